@@ -1,0 +1,1 @@
+"""Runnable example apps: ``python -m examples.<name>``."""

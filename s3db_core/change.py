@@ -1,0 +1,29 @@
+"""The change record announced after every durable write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+EventKind = Literal["insert", "update", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One durable write. ``record`` is the record after the write (the deleted one for delete);
+    ``previous`` is the record before it (update and delete). Receivers must not mutate them."""
+
+    resource: str
+    event: EventKind
+    record: dict[str, Any]
+    previous: dict[str, Any] | None
+    timestamp: int  # epoch milliseconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resource": self.resource,
+            "event": self.event,
+            "record": self.record,
+            "previous": self.previous,
+            "timestamp": self.timestamp,
+        }

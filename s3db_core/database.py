@@ -1,0 +1,175 @@
+"""The Database: a store connection, its resources, and its own plugin manager."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pluggy
+import structlog
+
+from . import hookspecs
+from .broker import load_broker
+from .change import Change
+from .errors import StorageError
+from .plugins import await_me_maybe
+from .resource import Resource
+from .storage import ObjectNotFound, StorageClient, open_storage
+
+log = structlog.get_logger("s3db.core")
+
+_RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+METADATA_KEY = "s3db.json"
+
+
+class Resources:
+    """Resources by name, with attribute access (``db.resources.chat_messages``)."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Resource] = {}
+
+    def __getattr__(self, name: str) -> Resource:
+        try:
+            return self.__dict__["_by_name"][name]
+        except KeyError:
+            raise AttributeError(f"no resource named {name!r}") from None
+
+    def __getitem__(self, name: str) -> Resource:
+        return self._by_name[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def get(self, name: str) -> Resource | None:
+        return self._by_name.get(name)
+
+    def items(self):
+        return self._by_name.items()
+
+    def _add(self, resource: Resource) -> None:
+        self._by_name[resource.name] = resource
+
+
+class Database:
+    """A document database on an object store.
+
+    ``Database("memory://demo")``, ``file://./data``, ``s3://KEY:SECRET@bucket/prefix?region=..``
+    or ``http(s)://KEY:SECRET@host:port/bucket/prefix``.
+    """
+
+    def __init__(
+        self,
+        connection_string: str = "memory://",
+        *,
+        broker: str = "local",
+        broker_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.connection_string = connection_string
+        self.storage: StorageClient = open_storage(connection_string)
+        self.resources = Resources()
+        self.pm = pluggy.PluginManager("s3db")
+        self.pm.add_hookspecs(hookspecs)
+        self.broker = load_broker(broker, broker_config)
+        self.broker.subscribe(self._dispatch_change)
+        self.connected = False
+        self._saved_definitions: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Database {self.storage.describe()}>"
+
+    @property
+    def _metadata_key(self) -> str:
+        return f"{self.storage.prefix}/{METADATA_KEY}" if self.storage.prefix else METADATA_KEY
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def connect(self) -> Database:
+        """Open the store, read the database metadata, and start every registered plugin."""
+        if self.connected:
+            return self
+        self.pm.check_pending()
+        await self.storage.connect()
+        try:
+            obj = await self.storage.get(self._metadata_key)
+            self._saved_definitions = orjson.loads(obj.body).get("resources", {})
+        except ObjectNotFound:
+            self._saved_definitions = {}
+        except orjson.JSONDecodeError as exc:
+            raise StorageError(f"{self.storage.describe()}: {METADATA_KEY} is not valid JSON") from exc
+        self.connected = True
+        await self._call_hook("s3db_startup", db=self)
+        log.debug("connected", store=self.storage.describe())
+        return self
+
+    async def disconnect(self) -> None:
+        """Stop plugins (they may still read the store), then close the store."""
+        if not self.connected:
+            return
+        try:
+            await self._call_hook("s3db_shutdown", db=self)
+        finally:
+            self.connected = False
+            await self.storage.close()
+
+    async def __aenter__(self) -> Database:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.disconnect()
+
+    # -- resources --------------------------------------------------------------------------
+    async def create_resource(
+        self,
+        name: str,
+        attributes: dict[str, Any],
+        *,
+        timestamps: bool = False,
+        partitions: dict[str, Any] | None = None,
+        behavior: str = "body-overflow",
+    ) -> Resource:
+        """Define (or redefine) a resource and record its definition in ``s3db.json``."""
+        if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
+            raise ValueError(f"invalid resource name {name!r}: use letters, digits, '_', '-' or '.'")
+        resource = Resource(
+            self, name, attributes, timestamps=timestamps, partitions=partitions, behavior=behavior
+        )
+        self.resources._add(resource)
+        definition = resource.definition()
+        if self._saved_definitions.get(name) != definition:
+            self._saved_definitions[name] = definition
+            body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
+            await self.storage.put(self._metadata_key, body, {}, content_type="application/json")
+        await self._call_hook("s3db_resource_created", db=self, resource=resource)
+        return resource
+
+    # -- plugins ----------------------------------------------------------------------------
+    async def use_plugin(self, plugin: object, name: str | None = None) -> object:
+        """Register ``plugin`` (an object or module with hookimpls); start it if connected."""
+        self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()
+        except Exception:
+            self.pm.unregister(plugin)
+            raise
+        if self.connected:
+            for impl in self.pm.hook.s3db_startup.get_hookimpls():
+                if impl.plugin is plugin:
+                    await await_me_maybe(impl.function(db=self))
+        return plugin
+
+    async def _call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
+        results = getattr(self.pm.hook, hook)(**kwargs)
+        return [await await_me_maybe(r) for r in results]
+
+    async def _publish(self, change: Change) -> None:
+        await self.broker.publish(change)
+
+    async def _dispatch_change(self, change: Change) -> None:
+        await self._call_hook("s3db_change", change=change)

@@ -1,0 +1,47 @@
+"""Typed errors raised by the core. Messages name fields and limits, never credentials."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class S3dbError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+    code = "INTERNAL_ERROR"
+
+
+class NotFoundError(S3dbError):
+    """A record (or resource) that does not exist."""
+
+    code = "NOT_FOUND"
+
+
+class ForbiddenError(S3dbError):
+    """Raised by guards to refuse an operation."""
+
+    code = "FORBIDDEN"
+
+
+class ValidationError(S3dbError):
+    """A record failed its schema. `errors` lists every failing field."""
+
+    code = "VALIDATION_ERROR"
+
+    def __init__(self, errors: list[dict[str, Any]], message: str | None = None) -> None:
+        self.errors = errors
+        if message is None:
+            message = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "invalid"
+        super().__init__(message)
+
+
+class ConflictError(S3dbError):
+    """A duplicate id on insert, or an update that lost its race too many times."""
+
+    code = "CONFLICT"
+
+
+class StorageError(S3dbError):
+    """The store is unreachable or failed. The message names the endpoint, never credentials."""
+
+    code = "STORAGE_ERROR"

@@ -1,0 +1,233 @@
+"""Durable local storage backend: ``file://./relative/dir`` or ``file:///absolute/dir``.
+
+Each key segment is a directory level; the object itself is the file ``<segment>%o`` holding a
+4-byte header length, a JSON header (etag, metadata) and the body. Segment names are escaped so
+that any key maps to exactly one path, also on case-insensitive file systems: ``[a-z0-9-_.=]``
+stay, an upper-case letter ``X`` becomes ``^x``, anything else is %-encoded UTF-8. ``%o`` never
+occurs in an escaped name, so objects and directories cannot collide (``a`` and ``a/b`` both
+fit). Segments ``""``, ``.`` and ``..`` are rejected (ValueError), so no key leaves the root.
+
+Writes go to a temp file that ``os.replace`` swaps in (atomic; survives a process crash, not a
+power loss: there is no fsync). Conditional writes and deletes hold an ``fcntl`` lock on the
+directory's ``%lock`` file while they check and swap, which serializes threads and processes
+alike. All file IO runs in worker threads (``asyncio.to_thread``) so the event loop never
+waits on the disk or on a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote, unquote
+
+import orjson
+
+from s3db_core.errors import StorageError
+from s3db_core.storage.base import (
+    ListPage,
+    ObjectNotFound,
+    PreconditionFailed,
+    RequestCounter,
+    StoredObject,
+    normalize_metadata,
+)
+
+T = TypeVar("T")
+_OBJ = "%o"
+_LOCK = "%lock"
+_ESCAPE = re.compile(r"[^a-z0-9\-_.=]")
+_UPPER = re.compile(r"\^([a-z])")
+
+
+def _escape_char(m: re.Match[str]) -> str:
+    ch = m.group()
+    return f"^{ch.lower()}" if "A" <= ch <= "Z" else quote(ch, safe="")
+
+
+def _escape(segment: str) -> str:
+    return _ESCAPE.sub(_escape_char, segment)
+
+
+def _unescape(name: str) -> str:
+    return unquote(_UPPER.sub(lambda m: m.group(1).upper(), name))
+
+
+class FileStorage:
+    """Object store in a local directory tree; several processes may share one directory."""
+
+    def __init__(self, url: str) -> None:
+        if not url.startswith("file://"):
+            raise ValueError("FileStorage needs a file:// URL")
+        self.root = Path(unquote(url[len("file://") :].partition("?")[0]) or ".").absolute()
+        self.prefix = ""
+        self.requests = RequestCounter()
+
+    def describe(self) -> str:
+        return f"file://{self.root}"
+
+    async def connect(self) -> None:
+        try:
+            await asyncio.to_thread(self.root.mkdir, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot open {self.describe()}: {e.strerror}") from e
+
+    async def close(self) -> None:
+        """Nothing to release: every call opens and closes its own files."""
+
+    def _path(self, key: str) -> Path:
+        *dirs, name = key.split("/")
+        for seg in (*dirs, name):
+            if seg in ("", ".", ".."):
+                raise ValueError(
+                    f"key not storable in a file store (empty, . or .. segment): {key!r}"
+                )
+        return self.root.joinpath(*map(_escape, dirs), _escape(name) + _OBJ)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except OSError as e:
+            raise StorageError(f"{self.describe()}: {e.strerror or e}") from e
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        metadata: dict[str, str],
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        path = self._path(key)
+        etag = uuid.uuid4().hex
+        header = orjson.dumps({"etag": etag, "metadata": normalize_metadata(metadata)})
+        self.requests.add("PUT")
+        if not await self._run(_write, path, header, bytes(body), if_none_match, if_match):
+            raise PreconditionFailed(key)
+        return etag
+
+    async def get(self, key: str) -> StoredObject:
+        path = self._path(key)
+        self.requests.add("GET")
+        return await self._read(key, path, True)
+
+    async def head(self, key: str) -> StoredObject:
+        path = self._path(key)
+        self.requests.add("HEAD")
+        return await self._read(key, path, False)
+
+    async def _read(self, key: str, path: Path, with_body: bool) -> StoredObject:
+        found = await self._run(_read, path, with_body)
+        if found is None:
+            raise ObjectNotFound(key)
+        header, body = found
+        return StoredObject(key, body, header["metadata"], header["etag"])
+
+    async def delete(self, key: str) -> None:
+        path = self._path(key)
+        self.requests.add("DELETE")
+        await self._run(_delete, path)
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
+    ) -> ListPage:
+        self.requests.add("LIST")
+        keys = await self._run(_list, self.root, prefix, start_after or "", max_keys + 1)
+        more = len(keys) > max_keys
+        del keys[max_keys:]
+        return ListPage(keys, keys[-1] if more and keys else None)
+
+
+def _read(path: Path, with_body: bool) -> tuple[dict, bytes] | None:
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(4), "big")
+            header = orjson.loads(f.read(size))
+            return header, f.read() if with_body else b""
+    except FileNotFoundError:
+        return None
+
+
+def _write(
+    path: Path, header: bytes, body: bytes, if_none_match: bool, if_match: str | None
+) -> bool:
+    """Write the object unless a condition fails; False when it does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}%t")
+    with open(tmp, "wb") as f:
+        f.write(len(header).to_bytes(4, "big") + header + body)
+    try:
+        if not (if_none_match or if_match is not None):
+            os.replace(tmp, path)
+            return True
+        with _dir_lock(path.parent):
+            current = _read(path, False)
+            if if_none_match and current is not None:
+                return False
+            if if_match is not None and (current is None or current[0]["etag"] != if_match):
+                return False
+            os.replace(tmp, path)
+            return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _delete(path: Path) -> None:
+    try:
+        with _dir_lock(path.parent):
+            path.unlink(missing_ok=True)
+    except FileNotFoundError:  # the directory itself does not exist
+        pass
+
+
+@contextmanager
+def _dir_lock(directory: Path) -> Iterator[None]:
+    """Exclusive fcntl lock on a directory's lock file (threads and processes alike)."""
+    fd = os.open(directory / _LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _list(root: Path, prefix: str, start_after: str, limit: int) -> list[str]:
+    out: list[str] = []
+    for key in _walk(root, "", max(prefix, start_after)):
+        if not key.startswith(prefix):
+            if key > prefix:
+                break  # keys under a prefix are contiguous in sorted order
+            continue
+        if key > start_after:
+            out.append(key)
+            if len(out) == limit:
+                break
+    return out
+
+
+def _walk(directory: Path, base: str, low: str) -> Iterator[str]:
+    """Keys under ``directory`` in byte order, skipping subtrees entirely below ``low``."""
+    entries: list[tuple[str, Path | None]] = []
+    try:
+        with os.scandir(directory) as it:
+            for e in it:
+                if e.name.endswith(_OBJ):
+                    entries.append((base + _unescape(e.name[: -len(_OBJ)]), None))
+                elif e.is_dir(follow_symlinks=False):
+                    entries.append((base + _unescape(e.name) + "/", Path(e.path)))
+    except FileNotFoundError:
+        return
+    entries.sort()
+    for key, sub in entries:
+        if sub is None:
+            yield key
+        elif key >= low or low.startswith(key):
+            yield from _walk(sub, key, low)

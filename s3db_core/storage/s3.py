@@ -1,0 +1,250 @@
+"""S3 storage backend (aiobotocore): AWS S3 or any S3-compatible endpoint.
+
+URLs:
+  ``s3://KEY:SECRET@bucket/prefix?region=us-east-1``      AWS; credentials optional (then the
+                                                          usual AWS environment/credential chain)
+  ``http(s)://KEY:SECRET@host:port/bucket/prefix``        MinIO, SeaweedFS, ... (path-style)
+
+KEY and SECRET are URL-decoded. Conditional puts use ``If-None-Match: *`` / ``If-Match``; 412
+(and 409 ConditionalRequestConflict) become PreconditionFailed, NoSuchKey/404 ObjectNotFound,
+every other failure StorageError naming the endpoint and bucket, never the credentials.
+
+Timeouts (connect 2 s, read 10 s) and botocore's standard retries (3 attempts in all) are
+bounded, so a store that is down fails within a few seconds. ``requests`` counts logical calls:
+one per method call, whatever botocore retried underneath.
+
+SeaweedFS lists directory by directory rather than in strict byte order when keys of different
+"directories" share a stem ("a/b" before "a-b"); keys inside one directory (a resource's ids,
+one partition value) come in byte order on every store.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from functools import cache
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from s3db_core.errors import StorageError
+from s3db_core.storage.base import (
+    ListPage,
+    ObjectNotFound,
+    PreconditionFailed,
+    RequestCounter,
+    StoredObject,
+    full_prefix,
+    normalize_metadata,
+)
+
+_TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
+_PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
+_MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
+
+
+def _config(path_style: bool) -> AioConfig:
+    return AioConfig(
+        connect_timeout=2,
+        read_timeout=10,
+        retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=64,
+        s3={"addressing_style": "path" if path_style else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+@cache
+def _session() -> AioSession:
+    """One botocore session per process: it caches the service model, so a client after the
+    first costs ~3 ms to create instead of ~100 ms (clients themselves are per store)."""
+    return get_session()
+
+
+class S3Storage:
+    """Async S3 client bound to one bucket and key prefix."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        creds, _, host = parts.netloc.rpartition("@")
+        key, _, secret = creds.partition(":")
+        self._access_key = unquote(key) or None
+        self._secret_key = unquote(secret) or None
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self._region = query.get("region")
+        path = unquote(parts.path).strip("/")
+        if parts.scheme == "s3":
+            self.endpoint: str | None = None
+            self.bucket, self.prefix = host, path
+        elif parts.scheme in ("http", "https"):
+            self.endpoint = f"{parts.scheme}://{host}"
+            self.bucket, _, self.prefix = path.partition("/")
+        else:
+            raise ValueError(f"S3Storage does not handle the scheme {parts.scheme!r}")
+        if not self.bucket:
+            raise ValueError(f"no bucket in the {parts.scheme}:// URL")
+        self.prefix = self.prefix.strip("/")
+        self._root = full_prefix(self.prefix)
+        self.requests = RequestCounter()
+        self._client: Any = None
+        self._stack: AsyncExitStack | None = None
+
+    def describe(self) -> str:
+        base = f"{self.endpoint}/" if self.endpoint else "s3://"
+        return f"{base}{self.bucket}/{self.prefix}".rstrip("/")
+
+    async def connect(self) -> None:
+        if self._client is not None:
+            return
+        session = _session()
+        region = self._region or session.get_config_variable("region") or "us-east-1"
+        stack = AsyncExitStack()
+        self._client = await stack.enter_async_context(
+            session.create_client(
+                "s3",
+                region_name=region,
+                endpoint_url=self.endpoint,
+                aws_access_key_id=self._access_key,
+                aws_secret_access_key=self._secret_key,
+                config=_config(path_style=self.endpoint is not None),
+            )
+        )
+        self._stack = stack
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            await self.close()
+            if _status(e) == 404:
+                raise StorageError(f"bucket not found: {self.describe()}") from e
+            raise StorageError(f"cannot reach {self.describe()}: {self._reason(e)}") from e
+
+    async def close(self) -> None:
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            raise StorageError(f"{self.describe()}: storage not connected")
+        return self._client
+
+    def _reason(self, e: Exception) -> str:
+        """Why a request failed, with any credential scrubbed out."""
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            text = f"{err.get('Code', _status(e))} {err.get('Message', '')}".strip()
+        else:
+            text = f"{type(e).__name__}: {e}"
+        for secret in (self._secret_key, self._access_key):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def _failure(self, op: str, key: str, e: Exception) -> StorageError:
+        return StorageError(f"S3 {op} {key!r} on {self.describe()} failed: {self._reason(e)}")
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        metadata: dict[str, str],
+        *,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self._root + key,
+            "Body": body,
+            "Metadata": normalize_metadata(metadata),
+            "ContentType": content_type,
+        }
+        if if_none_match:
+            args["IfNoneMatch"] = "*"
+        if if_match is not None:
+            args["IfMatch"] = if_match
+        client = self.client
+        self.requests.add("PUT")
+        try:
+            resp = await client.put_object(**args)
+        except ClientError as e:
+            code = _code(e)
+            lost = _status(e) == 412 or code in _PRECONDITION_CODES
+            # AWS answers If-Match on a missing key with 404 NoSuchKey.
+            if lost or (if_match is not None and code in _MISSING_CODES):
+                raise PreconditionFailed(key) from e
+            raise self._failure("PUT", key, e) from e
+        except _TRANSPORT_ERRORS as e:
+            raise self._failure("PUT", key, e) from e
+        return resp["ETag"]
+
+    async def get(self, key: str) -> StoredObject:
+        client = self.client
+        self.requests.add("GET")
+        try:
+            resp = await client.get_object(Bucket=self.bucket, Key=self._root + key)
+            async with resp["Body"] as stream:
+                body = await stream.read()
+        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            raise self._missing_or_failure("GET", key, e) from e
+        return StoredObject(key, body, resp["Metadata"], resp["ETag"])
+
+    async def head(self, key: str) -> StoredObject:
+        client = self.client
+        self.requests.add("HEAD")
+        try:
+            resp = await client.head_object(Bucket=self.bucket, Key=self._root + key)
+        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            raise self._missing_or_failure("HEAD", key, e) from e
+        return StoredObject(key, b"", resp["Metadata"], resp["ETag"])
+
+    def _missing_or_failure(self, op: str, key: str, e: Exception) -> Exception:
+        if isinstance(e, ClientError) and _code(e) != "NoSuchBucket":
+            if _code(e) in _MISSING_CODES or _status(e) == 404:
+                return ObjectNotFound(key)
+        return self._failure(op, key, e)
+
+    async def delete(self, key: str) -> None:
+        client = self.client
+        self.requests.add("DELETE")
+        try:
+            await client.delete_object(Bucket=self.bucket, Key=self._root + key)
+        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            raise self._failure("DELETE", key, e) from e
+
+    async def list(
+        self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
+    ) -> ListPage:
+        args: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": self._root + prefix,
+            "MaxKeys": max_keys,
+        }
+        if start_after:
+            args["StartAfter"] = self._root + start_after
+        client = self.client
+        self.requests.add("LIST")
+        try:
+            resp = await client.list_objects_v2(**args)
+        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            raise self._failure("LIST", prefix, e) from e
+        cut = len(self._root)
+        keys = [obj["Key"][cut:] for obj in resp.get("Contents", ())]
+        more = resp.get("IsTruncated", False) and keys
+        return ListPage(keys, keys[-1] if more else None)
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+def _status(e: Exception) -> int | None:
+    if isinstance(e, ClientError):
+        return e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None

@@ -1,0 +1,235 @@
+"""What each client frame does: ping, auth, subscribe, unsubscribe, list, get, insert, update,
+delete. Every handler returns the reply frame or raises ``ProtocolError``.
+
+For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
+user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
+revealed only after the guard allows. Records leave through ``ResourcePolicy.protected.strip``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from s3db_core import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    Resource,
+    ValidationError,
+)
+from s3db_core.query import compile_filter
+
+from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
+from .protocol import EVENT_KINDS, ErrorCode, ProtocolError, Request, now_ms, reply
+from .subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .plugin import WebSocketPlugin
+
+MAX_SUBSCRIPTIONS_PER_CONNECTION = 1000
+Frame = dict[str, Any]
+
+
+def client_error(exc: Exception) -> ProtocolError | None:
+    """The error frame a core or guard exception maps to; None for internal errors."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return ProtocolError(ErrorCode.VALIDATION_ERROR, str(exc), exc.errors)
+    if isinstance(exc, ForbiddenError):
+        return ProtocolError(ErrorCode.FORBIDDEN, str(exc) or "forbidden")
+    if isinstance(exc, NotFoundError):
+        return ProtocolError(ErrorCode.NOT_FOUND, str(exc) or "not found")
+    if isinstance(exc, ConflictError):
+        return ProtocolError(ErrorCode.CONFLICT, str(exc) or "conflict")
+    return None
+
+
+def _name(value: str) -> str:
+    return value if len(value) <= 100 else value[:100] + "..."
+
+
+class Handlers:
+    """The frame handlers of one plugin."""
+
+    def __init__(self, plugin: WebSocketPlugin) -> None:
+        self.plugin = plugin
+        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame]]] = {
+            "ping": self.ping,
+            "auth": self.auth,
+            "subscribe": self.subscribe,
+            "unsubscribe": self.unsubscribe,
+            "list": self.list,
+            "get": self.get,
+            "insert": self.insert,
+            "update": self.update,
+            "delete": self.delete,
+        }
+
+    async def handle(self, conn: Connection, req: Request) -> Frame:
+        return await self.table[req.type](conn, req)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
+        policy = self.plugin.policies.get(name)
+        resource = self.plugin.db.resources.get(name) if policy is not None else None
+        if policy is None or resource is None:
+            raise ProtocolError(
+                ErrorCode.RESOURCE_NOT_FOUND, f"no resource named {_name(name)!r}", {"resource": name}
+            )
+        if not policy.role_allows(conn.user):
+            who = "anonymous users" if conn.user is None else f"role {conn.user.role!r}"
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{who} may not use {name!r}")
+        return policy, resource
+
+    @staticmethod
+    def _client_filter(policy: ResourcePolicy, filter: dict[str, Any] | None) -> dict[str, Any]:
+        """The client's filter, refused if it reads a protected field or does not compile."""
+        filter = filter or {}
+        for key in filter:
+            if policy.protected.touches(key):
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f"filtering on protected field {_name(key)!r} is not allowed",
+                    {"field": key},
+                )
+        compile_filter(filter)  # ValidationError names the bad key
+        return filter
+
+    @staticmethod
+    async def _guard(policy: ResourcePolicy, kind: str, user: Any, arg: Any) -> Decision:
+        decision = await policy.check(kind, user, arg)
+        if not decision.allowed:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"{kind} on {policy.name!r} is not allowed")
+        return decision
+
+    @staticmethod
+    def _compile_effective(policy: ResourcePolicy, filter: dict[str, Any]) -> Callable[[Any], bool]:
+        try:
+            return compile_filter(filter)
+        except ValidationError as exc:  # the guard's own filter is broken: a server bug
+            raise RuntimeError(f"{policy.name}: guard returned an invalid filter: {exc}") from exc
+
+    def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
+        return GuardContext(user=conn.user, db=self.plugin.db, **fields)
+
+    # -- frames -------------------------------------------------------------------------------
+    async def ping(self, conn: Connection, req: Request) -> Frame:
+        return reply("pong", req.request_id, timestamp=now_ms())
+
+    async def auth(self, conn: Connection, req: Request) -> Frame:
+        return await self.plugin.authenticate_frame(conn, req)
+
+    async def subscribe(self, conn: Connection, req: Request) -> Frame:
+        f = req.fields
+        name = f["resource"]
+        policy, _ = self._resource(conn, name)
+        client_filter = self._client_filter(policy, f["filter"])
+        decision = await self._guard(policy, "subscribe", conn.user, dict(client_filter))
+        effective = merge_filter(client_filter, decision.filter_override)
+        predicate = self._compile_effective(policy, effective)
+        events = frozenset(f["events"] or EVENT_KINDS) & policy.events
+        registry = self.plugin.registry
+        for old in [s for s in conn.subscriptions if s.resource == name]:
+            if old.client_filter == client_filter:  # subscribing again replaces
+                registry.remove(old)
+                conn.subscriptions.remove(old)
+        if len(conn.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION})",
+                {"limit": MAX_SUBSCRIPTIONS_PER_CONNECTION},
+            )
+        sub = Subscription(conn, name, client_filter, effective, events, predicate)
+        registry.add(sub)
+        conn.subscriptions.append(sub)
+        return reply(
+            "subscribed",
+            req.request_id,
+            resource=name,
+            filter=effective,
+            events=[e for e in EVENT_KINDS if e in events],
+        )
+
+    async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
+        name, filter = req.fields["resource"], req.fields["filter"]
+        self._resource(conn, name)
+        for sub in [s for s in conn.subscriptions if s.resource == name]:
+            if filter is None or filter in (sub.client_filter, sub.filter):
+                self.plugin.registry.remove(sub)
+                conn.subscriptions.remove(sub)
+        return reply("unsubscribed", req.request_id, resource=name)
+
+    async def list(self, conn: Connection, req: Request) -> Frame:
+        f = req.fields
+        policy, resource = self._resource(conn, f["resource"])
+        client_filter = self._client_filter(policy, f["filter"])
+        ctx = self._guard_ctx(conn, filter=dict(client_filter))
+        decision = await self._guard(policy, "list", conn.user, ctx)
+        effective = merge_filter(client_filter, decision.filter_override)
+        self._compile_effective(policy, effective)
+        page = await resource.list(
+            filter=effective or None, limit=f["limit"], cursor=f["cursor"], order=f["order"]
+        )
+        strip = policy.protected.strip
+        return reply(
+            "data",
+            req.request_id,
+            resource=policy.name,
+            data=[strip(record) for record in page.items],
+            cursor=page.cursor,
+        )
+
+    async def get(self, conn: Connection, req: Request) -> Frame:
+        policy, resource = self._resource(conn, req.fields["resource"])
+        id = req.fields["id"]
+        found = await resource.get_versioned(id)
+        record = found[0] if found else None
+        await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
+        if record is None:
+            raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+        return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
+
+    async def insert(self, conn: Connection, req: Request) -> Frame:
+        policy, resource = self._resource(conn, req.fields["resource"])
+        data = req.fields["data"]
+        await self._guard(policy, "create", conn.user, data)
+        record = await resource.insert(data)
+        return reply(
+            "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
+        )
+
+    async def update(self, conn: Connection, req: Request) -> Frame:
+        policy, resource = self._resource(conn, req.fields["resource"])
+        id = req.fields["id"]
+        found = await resource.get_versioned(id)
+        ctx = self._guard_ctx(conn, id=id, data=req.fields["data"], record=found[0] if found else None)
+        await self._guard(policy, "update", conn.user, ctx)
+        if found is None:
+            raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+        if not isinstance(ctx.data, dict):
+            raise RuntimeError(f"{policy.name}: update guard replaced ctx.data with a non-dict")
+        record = await resource.update(id, ctx.data, current=found)
+        return reply(
+            "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
+        )
+
+    async def delete(self, conn: Connection, req: Request) -> Frame:
+        policy, resource = self._resource(conn, req.fields["resource"])
+        id = req.fields["id"]
+        found = await resource.get_versioned(id)
+        ctx = self._guard_ctx(conn, id=id, record=found[0] if found else None)
+        await self._guard(policy, "delete", conn.user, ctx)
+        if found is None:
+            raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+        record = await resource.delete(id, current=found)
+        return reply(
+            "deleted",
+            req.request_id,
+            resource=policy.name,
+            id=id,
+            data=policy.protected.strip(record),
+        )
+

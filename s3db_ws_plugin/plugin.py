@@ -1,0 +1,403 @@
+"""``WebSocketPlugin``: the aiohttp server, the connection lifecycle and the change fan-out.
+
+It is an ordinary pluggy plugin of the ``s3db`` project: ``s3db_startup`` starts the server,
+``s3db_shutdown`` closes every socket with 1001 and stops it, ``s3db_change`` fans a durable
+change out to the connections allowed to see it. The core knows nothing about it.
+
+    ws = WebSocketPlugin(port=3001, resources={"messages": True})
+    await db.use_plugin(ws)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
+from s3db_core import Change, hookimpl
+
+from .connection import CLOSE_TIMEOUT, Connection, text_frame
+from .guards import ResourcePolicy
+from .handlers import Handlers, client_error
+from .metrics import Metrics
+from .protocol import (
+    CloseCode,
+    ErrorCode,
+    ProtocolError,
+    Request,
+    decode,
+    encode,
+    error_frame,
+    now_ms,
+    parse,
+    reply,
+    request_id_of,
+)
+from .rate_limiters import load_rate_limiter
+from .subscriptions import SubscriptionRegistry
+
+log = structlog.get_logger("s3db.ws")
+
+RATE_LIMIT_KEYS = ("connection", "user", "ip")
+# The seed's camelCase spellings of keyword arguments.
+_ALIASES = {
+    "rateLimit": "rate_limit",
+    "heartbeatInterval": "heartbeat_interval",
+    "maxMessageSize": "max_message_size",
+    "maxQueueBytes": "max_queue_bytes",
+    "authTimeout": "auth_timeout",
+}
+
+
+class RateLimit:
+    """The frame rate limiter and what it is keyed by."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.key = config.get("key", "connection")
+        if self.key not in RATE_LIMIT_KEYS:
+            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS}")
+        name = config.get("limiter", "memory")
+        options = {k: v for k, v in config.items() if k not in ("enabled", "key", "limiter")}
+        self.limiter = load_rate_limiter(name, options)
+
+    def key_for(self, conn: Connection) -> str:
+        if self.key == "user" and conn.user is not None:
+            return f"user:{conn.user.id}"
+        if self.key == "connection":
+            return f"conn:{conn.client_id}"
+        return f"ip:{conn.remote}"
+
+
+class WebSocketPlugin:
+    """Serves the resources named in ``resources`` over WebSocket protocol v1 (SPEC 4)."""
+
+    def __init__(
+        self,
+        port: int = 3001,
+        host: str = "127.0.0.1",
+        path: str = "/",
+        auth: Mapping[str, Any] | None = None,
+        resources: Mapping[str, Any] | None = None,
+        rate_limit: Mapping[str, Any] | None = None,
+        heartbeat_interval: float | None = 30.0,
+        max_message_size: int = 1 << 20,
+        max_queue_bytes: int = 1 << 20,
+        compression: bool = False,
+        auth_timeout: float = 5.0,
+        **aliases: Any,
+    ) -> None:
+        options = {
+            "rate_limit": rate_limit,
+            "heartbeat_interval": heartbeat_interval,
+            "max_message_size": max_message_size,
+            "max_queue_bytes": max_queue_bytes,
+            "auth_timeout": auth_timeout,
+        }
+        for alias, value in aliases.items():
+            if alias not in _ALIASES:
+                raise TypeError(f"WebSocketPlugin() got an unexpected keyword argument {alias!r}")
+            options[_ALIASES[alias]] = value
+        self.host = host
+        self.port = port
+        self.path = path if path.startswith("/") else "/" + path
+        auth = dict(auth or {})
+        self.auth_required = bool(auth.get("required", bool(auth.get("drivers"))))
+        self.auth = AuthChain(auth.get("drivers") or [])
+        self.policies = {
+            name: ResourcePolicy.from_config(name, config)
+            for name, config in (resources or {}).items()
+        }
+        rate = options["rate_limit"]
+        self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
+        self.heartbeat_interval = options["heartbeat_interval"]
+        self.max_message_size = int(options["max_message_size"])
+        self.max_queue_bytes = int(options["max_queue_bytes"])
+        self.compression = bool(compression)
+        self.auth_timeout = float(options["auth_timeout"])
+
+        self.db: Any = None
+        self.connections: set[Connection] = set()
+        self.registry = SubscriptionRegistry()
+        self.handlers = Handlers(self)
+        self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
+        self._runner: web.AppRunner | None = None
+        self._handler_tasks: set[asyncio.Task] = set()
+        self._started = 0.0
+
+    @property
+    def url(self) -> str:
+        """The WebSocket URL clients connect to (the bound port once started)."""
+        return f"ws://{self.host}:{self.port}{self.path}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    # -- hooks --------------------------------------------------------------------------------
+    @hookimpl
+    async def s3db_startup(self, db: Any) -> None:
+        await self.start(db)
+
+    @hookimpl
+    async def s3db_shutdown(self, db: Any) -> None:
+        await self.stop()
+
+    @hookimpl
+    def s3db_change(self, change: Change) -> None:
+        """Fan a durable change out (synchronously, so commit order per resource holds)."""
+        policy = self.policies.get(change.resource)
+        if policy is None or self._runner is None:
+            return
+        started = time.perf_counter()
+        receivers = self.registry.receivers(change, policy)
+        if receivers:
+            payload = encode(
+                {
+                    "type": "event",
+                    "resource": change.resource,
+                    "event": change.event,
+                    "data": policy.protected.strip(change.record),
+                    "timestamp": change.timestamp,
+                }
+            )
+            frame = text_frame(payload)
+            for conn in receivers:
+                conn.send(payload, frame)
+            self.metrics.frames_out.inc(len(receivers))
+        self.metrics.events.labels(change.resource, change.event).inc()
+        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+
+    # -- server lifecycle ---------------------------------------------------------------------
+    async def start(self, db: Any) -> None:
+        """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
+        if self._runner is not None:
+            return
+        self.db = db
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(self.path, self._websocket)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self.port = runner.addresses[0][1]
+        self._runner = runner
+        self._started = time.monotonic()
+        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+
+    async def stop(self) -> None:
+        """Close every socket with 1001 (server shutting down) and stop the server."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        for conn in list(self.connections):
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            self.metrics.closes.labels(str(CloseCode.GOING_AWAY)).inc()
+        if self._handler_tasks:
+            await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
+        await runner.cleanup()
+        log.info("websocket server stopped")
+
+    # -- HTTP routes --------------------------------------------------------------------------
+    async def _health(self, request: web.Request) -> web.Response:
+        reachable = await self._store_reachable()
+        body = {
+            "status": "ok" if reachable else "degraded",
+            "connections": len(self.connections),
+            "subscriptions": len(self.registry),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "store": {"reachable": reachable},
+        }
+        return web.Response(
+            body=encode(body), status=200 if reachable else 503, content_type="application/json"
+        )
+
+    async def _store_reachable(self) -> bool:
+        storage = self.db.storage
+        try:
+            await asyncio.wait_for(storage.list(storage.prefix, max_keys=1), 2.0)
+        except Exception:
+            return False
+        return True
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": Metrics.content_type})
+
+    # -- connections --------------------------------------------------------------------------
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            heartbeat=self.heartbeat_interval,
+            max_msg_size=self.max_message_size,
+            compress=self.compression,
+        )
+        if not ws.can_prepare(request).ok:
+            return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
+        await ws.prepare(request)
+        conn = Connection(
+            ws,
+            request,
+            client_id=secrets.token_urlsafe(12),
+            max_queue_bytes=self.max_queue_bytes,
+            compress=self.compression,
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        self._handler_tasks.add(task)
+        self.connections.add(conn)
+        with structlog.contextvars.bound_contextvars(client_id=conn.client_id):
+            log.debug("connection opened", remote=conn.remote)
+            try:
+                await self._session(conn, request)
+            finally:
+                for sub in conn.subscriptions:
+                    self.registry.remove(sub)
+                conn.subscriptions.clear()
+                self.connections.discard(conn)
+                await conn.finish()
+                self._handler_tasks.discard(task)
+                log.debug("connection closed", close_code=ws.close_code)
+        return ws
+
+    async def _session(self, conn: Connection, request: web.Request) -> None:
+        """Authenticate from the upgrade request, then read frames until the socket closes."""
+        creds = Credentials.from_request(request.headers, request.query, request.remote)
+        try:
+            user = await self.auth.authenticate(creds)
+        except AuthError as exc:
+            self.reject(conn, str(exc) or "invalid credentials")
+            return
+        if user is not None:
+            self._login(conn, user)
+        elif not self.auth_required:
+            conn.authenticated = True
+            self._send(conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms()))
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.auth_timeout
+        ws = conn.ws
+        while not conn.closing:
+            timeout = None if conn.authenticated else deadline - loop.time()
+            try:
+                if timeout is not None and timeout <= 0:
+                    raise TimeoutError
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                self.reject(conn, f"no auth frame within {self.auth_timeout:g} s")
+                return
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                await self._on_frame(conn, msg.data)
+            else:
+                if msg.type is WSMsgType.ERROR:
+                    log.info("connection error", error=str(msg.data)[:200], close_code=ws.close_code)
+                return
+
+    async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
+        self.metrics.frames_in.inc()
+        try:
+            msg: Any = decode(raw)
+            bad_json = None
+        except ProtocolError as exc:
+            msg, bad_json = None, exc
+        rid = request_id_of(msg)
+        with structlog.contextvars.bound_contextvars(request_id=rid):
+            try:
+                if self.rate_limit is not None:
+                    decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
+                    if not decision.allowed:
+                        raise ProtocolError(
+                            ErrorCode.RATE_LIMITED,
+                            f"rate limit exceeded; retry in {decision.retry_after_ms} ms",
+                            retryAfterMs=decision.retry_after_ms,
+                        )
+                if bad_json is not None:
+                    raise bad_json
+                req = parse(msg)
+                if not conn.authenticated and req.type not in ("auth", "ping"):
+                    self.reject(conn, "authenticate first: send an auth frame", rid)
+                    return
+                self._send(conn, await self.handlers.handle(conn, req))
+            except Exception as exc:
+                error = client_error(exc)
+                if error is None:
+                    error = self._internal_error(exc, msg)
+                self._send_error(conn, error, rid)
+
+    def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
+        error_id = secrets.token_hex(8)
+        kind = msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
+        log.error("internal error", error_id=error_id, frame_type=kind, exc_info=exc)
+        return ProtocolError(
+            ErrorCode.INTERNAL_ERROR,
+            f"internal error; quote errorId {error_id} when reporting it",
+            errorId=error_id,
+        )
+
+    def _send(self, conn: Connection, frame: dict[str, Any]) -> None:
+        conn.send(encode(frame))
+        self.metrics.frames_out.inc()
+
+    def _send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+        self.metrics.errors.labels(error.code).inc()
+        self._send(conn, error_frame(error, request_id))
+
+    # -- authentication -----------------------------------------------------------------------
+    def _login(self, conn: Connection, user: User) -> None:
+        first = not conn.authenticated
+        conn.user = user
+        conn.authenticated = True
+        conn.arm_expiry(user.expires_at, self._token_expired)
+        structlog.contextvars.bind_contextvars(user_id=user.id)
+        if first:
+            log.info("authenticated", role=user.role)
+            self._send(
+                conn,
+                reply("connected", clientId=conn.client_id, user=user.to_dict(), timestamp=now_ms()),
+            )
+
+    def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
+        """Send ``error UNAUTHORIZED`` and close with 4401."""
+        log.info("unauthorized, closing", reason=message)
+        self._send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
+        conn.close(CloseCode.UNAUTHORIZED, message[:100])
+        self.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
+
+    def _token_expired(self, conn: Connection) -> None:
+        self.reject(conn, "token expired")
+
+    async def authenticate_frame(self, conn: Connection, req: Request) -> dict[str, Any]:
+        """``auth {token}``: the first-frame login or an in-band token refresh."""
+        creds = Credentials(token=req.fields["token"], remote=conn.remote)
+        try:
+            user = await self.auth.authenticate(creds)
+            if user is None:
+                raise AuthError("authentication is not configured on this server")
+        except AuthError as exc:
+            self.reject(conn, str(exc) or "invalid credentials", req.request_id)
+            raise _AlreadyAnswered from None
+        if conn.user is not None and user.id != conn.user.id:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                "a refresh token must belong to the connected user; reconnect to switch users",
+            )
+        answer = reply("authenticated", req.request_id, user=user.to_dict())
+        first = not conn.authenticated
+        self._login(conn, user)
+        if first:
+            # _login sent `connected`; the reply follows it.
+            pass
+        return answer
+
+
+class _AlreadyAnswered(Exception):
+    pass

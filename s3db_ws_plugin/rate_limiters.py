@@ -1,0 +1,163 @@
+"""Rate limiters for WebSocket frames, found by name in the ``s3db.rate_limiters`` group.
+
+``MemoryRateLimiter`` config (snake_case or the seed's camelCase):
+
+* ``max_requests`` / ``maxRequests`` - hits allowed per window, default 1000;
+* ``window_ms`` / ``windowMs`` - window length in milliseconds, default 60000;
+* ``strategy`` - ``"sliding-window"`` (default) or ``"token-bucket"``.
+
+Other keys (``enabled``, ``key``, ...) belong to the plugin and are ignored here.
+
+The sliding window is an exact sliding log: a hit is allowed when fewer than ``max_requests``
+hits were allowed in the last ``window_ms``; it keeps at most ``max_requests`` timestamps per
+active key. The token bucket holds ``max_requests`` tokens and refills ``max_requests`` per
+window. Keys idle for a whole window are evicted (their state then equals a fresh key's), so
+memory follows the number of recently active keys. Each hit costs O(1) amortized.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Protocol, runtime_checkable
+
+ENTRY_POINT_GROUP = "s3db.rate_limiters"
+STRATEGIES = ("sliding-window", "token-bucket")
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    """Outcome of one hit: ``retry_after_ms`` is 0 when allowed, else > 0."""
+
+    allowed: bool
+    retry_after_ms: int
+    remaining: int
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """Counts hits per key."""
+
+    async def hit(self, key: str) -> RateDecision:
+        """Record one hit for ``key`` (only if allowed) and say whether it may proceed."""
+        ...
+
+
+def _positive(config: Mapping[str, Any], snake: str, camel: str, default: float) -> float:
+    value = config.get(snake, config.get(camel, default))
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"rate limit {snake!r} must be a positive number")
+    return value
+
+
+class _Window:
+    """Sliding-log state: times of the allowed hits still inside the window."""
+
+    __slots__ = ("last", "log")
+
+    def __init__(self, now: float) -> None:
+        self.last = now
+        self.log: deque[float] = deque()
+
+
+class _Bucket:
+    """Token-bucket state: tokens left at the time of the last hit."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self, now: float, tokens: float) -> None:
+        self.last = now
+        self.tokens = tokens
+
+
+class MemoryRateLimiter:
+    """In-process rate limiter; ``clock`` returns seconds (default ``time.monotonic``)."""
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        config = config or {}
+        self.max_requests = int(_positive(config, "max_requests", "maxRequests", 1000))
+        self.window_ms = _positive(config, "window_ms", "windowMs", 60000)
+        self.window = self.window_ms / 1000.0
+        self.strategy = config.get("strategy", "sliding-window")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown rate limit strategy {self.strategy!r}; use {STRATEGIES}")
+        self._clock = clock
+        # Ordered by last hit (allowed or refused): idle keys sit at the front.
+        self._state: OrderedDict[str, _Window | _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        """Number of keys currently tracked."""
+        return len(self._state)
+
+    async def hit(self, key: str) -> RateDecision:
+        """Record one hit for ``key`` and decide whether it may proceed."""
+        now = self._clock()
+        while self._state:  # evict keys idle for a window: their state equals a fresh one
+            oldest = next(iter(self._state.values()))
+            if now - oldest.last < self.window:
+                break
+            self._state.popitem(last=False)
+        state = self._state.get(key)
+        if state is None:
+            state = self._state[key] = self._new_state(now)
+        else:
+            self._state.move_to_end(key)
+        if isinstance(state, _Bucket):
+            decision = self._hit_bucket(state, now)
+        else:
+            decision = self._hit_window(state, now)
+        state.last = now
+        return decision
+
+    def _new_state(self, now: float) -> _Window | _Bucket:
+        if self.strategy == "token-bucket":
+            return _Bucket(now, float(self.max_requests))
+        return _Window(now)
+
+    def _hit_window(self, state: _Window, now: float) -> RateDecision:
+        log, horizon = state.log, now - self.window
+        while log and log[0] <= horizon:
+            log.popleft()
+        if len(log) < self.max_requests:
+            log.append(now)
+            return RateDecision(True, 0, self.max_requests - len(log))
+        return RateDecision(False, self._retry_ms(log[0] - horizon), 0)
+
+    def _hit_bucket(self, state: _Bucket, now: float) -> RateDecision:
+        rate = self.max_requests / self.window  # tokens per second
+        state.tokens = min(self.max_requests, state.tokens + (now - state.last) * rate)
+        if state.tokens >= 1:
+            state.tokens -= 1
+            return RateDecision(True, 0, int(state.tokens))
+        return RateDecision(False, self._retry_ms((1 - state.tokens) / rate), 0)
+
+    def _retry_ms(self, wait: float) -> int:
+        """Seconds to wait as whole milliseconds in ``[1, window_ms]``."""
+        return max(1, min(math.ceil(wait * 1000), math.ceil(self.window_ms)))
+
+
+@cache
+def _limiter_entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_rate_limiter(name: str, config: Mapping[str, Any] | None = None) -> RateLimiter:
+    """Instantiate the limiter registered as ``name`` in ``s3db.rate_limiters``."""
+    entry = _limiter_entry_points().get(name)
+    if entry is None:  # maybe installed after the first lookup
+        _limiter_entry_points.cache_clear()
+        entry = _limiter_entry_points().get(name)
+    if entry is None:
+        known = ", ".join(sorted(_limiter_entry_points())) or "none"
+        raise ValueError(f"unknown rate limiter {name!r}; known limiters: {known}")
+    return entry.load()(dict(config or {}))

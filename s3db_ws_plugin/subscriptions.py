@@ -1,0 +1,161 @@
+"""Who receives a change: the subscription index and the delivery rule.
+
+A change on resource R reaches a connection when R's policy broadcasts that event kind, the
+connection's user passes R's role list, and one of its subscriptions on R lists the event kind
+and has an effective filter matching the record (for an update: the record before OR after, so
+a client learns when a record leaves its filter). Each connection receives at most one frame per
+change however many of its subscriptions match.
+
+Cost follows the number of candidate subscriptions, not all of them: each subscription is
+indexed under one equality term of its effective filter (``{"roomId": "r1"}`` files it under
+``roomId -> "r1"``); subscriptions without any equality term sit in a residual list that every
+change scans. A change looks up the record's value for each indexed field (a handful of fields,
+whatever the number of subscriptions) and then checks only those candidates with their compiled
+filters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from s3db_core import Change
+from s3db_core.query import equality_terms, get_path, index_key
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .guards import ResourcePolicy
+
+log = structlog.get_logger("s3db.ws")
+
+_UNINDEXABLE = index_key([])
+
+
+class Subscription:
+    """One subscribe frame's standing query on one resource."""
+
+    __slots__ = ("connection", "resource", "client_filter", "filter", "events", "predicate", "term")
+
+    def __init__(
+        self,
+        connection: Connection,
+        resource: str,
+        client_filter: dict[str, Any],
+        filter: dict[str, Any],
+        events: frozenset[str],
+        predicate: Callable[[Any], bool],
+    ) -> None:
+        self.connection = connection
+        self.resource = resource
+        self.client_filter = client_filter
+        self.filter = filter
+        self.events = events
+        self.predicate = predicate
+        # (field, index key) under which the subscription is indexed; None = residual.
+        self.term: tuple[str, Hashable] | None = None
+
+    def matches(self, record: dict[str, Any] | None) -> bool:
+        if record is None:
+            return False
+        try:
+            return self.predicate(record)
+        except Exception:  # predicates do not raise; never let one break delivery for others
+            log.exception("subscription predicate failed", resource=self.resource)
+            return False
+
+
+class ResourceSubscriptions:
+    """The subscriptions on one resource: an equality index plus a residual list."""
+
+    def __init__(self) -> None:
+        self.by_term: dict[str, dict[Hashable, set[Subscription]]] = {}
+        self.residual: set[Subscription] = set()
+        self.count = 0
+
+    def add(self, sub: Subscription) -> None:
+        terms = {
+            field: key
+            for field, value in equality_terms(sub.filter).items()
+            if (key := index_key(value)) is not _UNINDEXABLE
+        }
+        if terms:
+            # Prefer a field that is already indexed: fewer fields to look up per change.
+            field = next((f for f in terms if f in self.by_term), next(iter(terms)))
+            sub.term = (field, terms[field])
+            self.by_term.setdefault(field, {}).setdefault(terms[field], set()).add(sub)
+        else:
+            self.residual.add(sub)
+        self.count += 1
+
+    def remove(self, sub: Subscription) -> None:
+        if sub.term is None:
+            self.residual.discard(sub)
+        else:
+            field, key = sub.term
+            buckets = self.by_term.get(field, {})
+            bucket = buckets.get(key)
+            if bucket is not None:
+                bucket.discard(sub)
+                if not bucket:
+                    del buckets[key]
+                    if not buckets:
+                        del self.by_term[field]
+        self.count -= 1
+
+    def candidates(self, record: dict[str, Any] | None, into: set[Subscription]) -> None:
+        """Add every subscription that may match ``record`` to ``into``."""
+        into.update(self.residual)
+        if record is None:
+            return
+        for field, buckets in self.by_term.items():
+            found, value = get_path(record, field)
+            # A missing field counts as null for equality.
+            bucket = buckets.get(index_key(value if found else None))
+            if bucket:
+                into.update(bucket)
+
+
+class SubscriptionRegistry:
+    """Every subscription of every connection, by resource."""
+
+    def __init__(self) -> None:
+        self._by_resource: dict[str, ResourceSubscriptions] = {}
+
+    def __len__(self) -> int:
+        return sum(subs.count for subs in self._by_resource.values())
+
+    def add(self, sub: Subscription) -> None:
+        self._by_resource.setdefault(sub.resource, ResourceSubscriptions()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        subs = self._by_resource.get(sub.resource)
+        if subs is not None:
+            subs.remove(sub)
+            if not subs.count:
+                del self._by_resource[sub.resource]
+
+    def receivers(self, change: Change, policy: ResourcePolicy) -> list[Connection]:
+        """The connections that must receive ``change``, each once."""
+        if change.event not in policy.events:
+            return []
+        subs = self._by_resource.get(change.resource)
+        if subs is None:
+            return []
+        after = change.record if change.event != "delete" else None
+        before = change.previous
+        candidates: set[Subscription] = set()
+        subs.candidates(after, candidates)
+        if before is not None:
+            subs.candidates(before, candidates)
+        receivers: dict[Connection, None] = {}
+        for sub in candidates:
+            conn = sub.connection
+            if conn in receivers or change.event not in sub.events:
+                continue
+            if not policy.role_allows(conn.user):
+                continue
+            if sub.matches(after) or sub.matches(before):
+                receivers[conn] = None
+        return list(receivers)

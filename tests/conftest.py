@@ -1,0 +1,40 @@
+"""Shared fixtures: a real S3 server (SeaweedFS) per session and per-backend storage URLs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from s3server import S3Server, start_s3_server
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A running S3 server with one bucket for the session (``S3DB_TEST_S3_URL`` if set).
+
+    Attributes ``endpoint``, ``bucket``, ``access``, ``secret``; ``url(prefix)`` gives
+    ``http://testkey:testsecret@127.0.0.1:PORT/BUCKET/PREFIX``. Give each test its own prefix.
+    """
+    external = os.environ.get("S3DB_TEST_S3_URL")
+    if external:
+        yield S3Server.from_url(external)
+        return
+    server = start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["memory", "file", "s3"])
+def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty store's connection string for each backend (S3 started only if needed)."""
+    unique = uuid.uuid4().hex[:12]
+    if request.param == "memory":
+        return f"memory://test-{unique}"
+    if request.param == "file":
+        return f"file://{tmp_path / 'store'}"
+    server: S3Server = request.getfixturevalue("s3_server")
+    return server.url(f"test-{unique}")

@@ -1,0 +1,154 @@
+"""A real S3 server for tests: SeaweedFS ``weed mini`` on free loopback ports (see S3-SERVER.md).
+
+``start_s3_server()`` starts it in a temp dir, waits until it serves, creates one bucket and
+returns an ``S3Server``; ``S3Server.stop()`` ends that process by its PID and removes the dir.
+``S3Server.from_url()`` wraps an already running server (``S3DB_TEST_S3_URL``) instead.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote, urlsplit
+
+import boto3
+from botocore.config import Config
+
+WEED = Path(sys.executable).parent / "weed"
+GRPC_OFFSET = 10000  # SeaweedFS serves gRPC on every HTTP port + 10000
+
+
+@dataclass
+class S3Server:
+    endpoint: str  # http://127.0.0.1:PORT
+    bucket: str
+    access: str
+    secret: str
+    process: subprocess.Popen | None = None
+    workdir: Path | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Server:
+        """An external server given as http://KEY:SECRET@host:port/bucket."""
+        parts = urlsplit(url)
+        creds, _, host = parts.netloc.rpartition("@")
+        access, _, secret = creds.partition(":")
+        bucket = parts.path.strip("/").partition("/")[0]
+        return cls(f"{parts.scheme}://{host}", bucket, unquote(access), unquote(secret))
+
+    def url(self, prefix: str = "") -> str:
+        """Connection string for this bucket and key prefix, credentials included."""
+        scheme, _, host = self.endpoint.partition("://")
+        creds = f"{quote(self.access, safe='')}:{quote(self.secret, safe='')}"
+        return f"{scheme}://{creds}@{host}/{self.bucket}/{prefix}".rstrip("/")
+
+    def boto3_client(self):
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access,
+            aws_secret_access_key=self.secret,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def stop(self) -> None:
+        """SIGTERM the server we started, SIGKILL it after 10 s, remove its directory."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                os.kill(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.process.pid, signal.SIGKILL)
+                    self.process.wait()
+            self.process = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port() -> int:
+    """A port P with P-3..P+1 and their gRPC twins (+10000) all free on 127.0.0.1."""
+    for _ in range(200):
+        base = random.randint(20000, 55000)
+        ports = [p + off for p in range(base - 3, base + 2) for off in (0, GRPC_OFFSET)]
+        if all(_port_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range for weed mini")
+
+
+def _launch(workdir: Path, port: int) -> subprocess.Popen:
+    args = [
+        str(WEED), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", f"-master.port={port - 3}", f"-volume.port={port - 2}",
+        f"-filer.port={port - 1}", f"-s3.port={port}", f"-s3.localSocket={workdir / 's3.sock'}",
+        f"-admin.port={port + 1}", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+        "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-volume.max=1000",
+    ]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(workdir)}
+    with open(workdir / "weed.out", "wb") as out:
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _wait_ready(server: S3Server, deadline: float) -> None:
+    """Until the bucket exists and takes a write (the first write to a bucket is slow)."""
+    client = server.boto3_client()
+    created = False
+    while True:
+        if server.process is not None and server.process.poll() is not None:
+            raise RuntimeError("weed mini exited")
+        try:
+            if not created:
+                client.create_bucket(Bucket=server.bucket)
+                created = True
+            client.put_object(Bucket=server.bucket, Key="warm-up", Body=b"x")
+            client.delete_object(Bucket=server.bucket, Key="warm-up")
+            return
+        except Exception:  # not up yet: connection refused, 5xx, ...
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def start_s3_server(attempts: int = 3, timeout: float = 60.0) -> S3Server:
+    """Start ``weed mini`` with one fresh bucket; retries on other ports if a port was taken."""
+    failure = ""
+    for _ in range(attempts):
+        workdir = Path(tempfile.mkdtemp(prefix="s3db-weed-"))
+        port = free_base_port()
+        server = S3Server(
+            endpoint=f"http://127.0.0.1:{port}",
+            bucket=f"s3db-test-{uuid.uuid4().hex[:12]}",
+            access="testkey",
+            secret="testsecret",
+            process=_launch(workdir, port),
+            workdir=workdir,
+        )
+        try:
+            _wait_ready(server, time.monotonic() + timeout)
+            return server
+        except Exception as e:
+            log = (workdir / "weed.out").read_text(errors="replace")[-3000:]
+            failure = f"port {port}: {e!r}\n{log}"
+            server.stop()
+    raise RuntimeError(f"weed mini did not start ({attempts} attempts); last on {failure}")
