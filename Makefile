@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv clean browser
 
 venv: $(STAMP)
 
@@ -18,8 +18,12 @@ demo: venv
 	$(BIN)/python -m examples.quickstart
 
 # The suite starts the services it needs itself (SeaweedFS via tests/conftest.py) and stops them.
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q -ra
+
+# Browser tests drive Debian's Chromium through Playwright (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 lint: venv
 	$(BIN)/ruff check .

@@ -85,10 +85,6 @@ class Database:
     def __repr__(self) -> str:
         return f"<Database {self.storage.describe()}>"
 
-    @property
-    def _metadata_key(self) -> str:
-        return f"{self.storage.prefix}/{METADATA_KEY}" if self.storage.prefix else METADATA_KEY
-
     # -- lifecycle --------------------------------------------------------------------------
     async def connect(self) -> Database:
         """Open the store, read the database metadata, and start every registered plugin."""
@@ -97,7 +93,7 @@ class Database:
         self.pm.check_pending()
         await self.storage.connect()
         try:
-            obj = await self.storage.get(self._metadata_key)
+            obj = await self.storage.get(METADATA_KEY)
             self._saved_definitions = orjson.loads(obj.body).get("resources", {})
         except ObjectNotFound:
             self._saved_definitions = {}
@@ -145,7 +141,7 @@ class Database:
         if self._saved_definitions.get(name) != definition:
             self._saved_definitions[name] = definition
             body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
-            await self.storage.put(self._metadata_key, body, {}, content_type="application/json")
+            await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")
         await self._call_hook("s3db_resource_created", db=self, resource=resource)
         return resource
 

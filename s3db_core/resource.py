@@ -108,8 +108,7 @@ class Resource:
                 )
             self.partitions[pname] = sorted(fields)
         self._partition_defs = partitions or {}
-        root = f"{self.storage.prefix}/" if self.storage.prefix else ""
-        self._base = f"{root}resource={name}/"
+        self._base = f"resource={name}/"  # the storage client adds the connection's prefix
         self._data_prefix = f"{self._base}data/"
 
     # -- plumbing -------------------------------------------------------------------------

@@ -38,3 +38,12 @@ def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"file://{tmp_path / 'store'}"
     server: S3Server = request.getfixturevalue("s3_server")
     return server.url(f"test-{unique}")
+
+
+@pytest.fixture(params=["memory", "s3"])
+def ws_store_url(request: pytest.FixtureRequest) -> str:
+    """memory:// and the real S3 server, for the WebSocket plugin's representative tests."""
+    unique = uuid.uuid4().hex[:12]
+    if request.param == "memory":
+        return f"memory://ws-{unique}"
+    return request.getfixturevalue("s3_server").url(f"ws-{unique}")

@@ -36,6 +36,7 @@ class S3Server:
     secret: str
     process: subprocess.Popen | None = None
     workdir: Path | None = None
+    ports: tuple[int, ...] = ()
 
     @classmethod
     def from_url(cls, url: str) -> S3Server:
@@ -76,6 +77,9 @@ class S3Server:
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        for port in self.ports:  # weed puts gRPC sockets in /tmp whatever TMPDIR says
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 def _port_free(port: int) -> bool:
@@ -87,12 +91,16 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _ports(base: int) -> tuple[int, ...]:
+    """Every port weed mini listens on for S3 port ``base``."""
+    return tuple(p + off for p in range(base - 3, base + 2) for off in (0, GRPC_OFFSET))
+
+
 def free_base_port() -> int:
     """A port P with P-3..P+1 and their gRPC twins (+10000) all free on 127.0.0.1."""
     for _ in range(200):
         base = random.randint(20000, 55000)
-        ports = [p + off for p in range(base - 3, base + 2) for off in (0, GRPC_OFFSET)]
-        if all(_port_free(p) for p in ports):
+        if all(_port_free(p) for p in _ports(base)):
             return base
     raise RuntimeError("no free port range for weed mini")
 
@@ -143,6 +151,7 @@ def start_s3_server(attempts: int = 3, timeout: float = 60.0) -> S3Server:
             secret="testsecret",
             process=_launch(workdir, port),
             workdir=workdir,
+            ports=_ports(port),
         )
         try:
             _wait_ready(server, time.monotonic() + timeout)

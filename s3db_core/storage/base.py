@@ -8,6 +8,7 @@ scheme; the factory is called as ``factory(url)`` with the whole connection stri
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -120,3 +121,11 @@ class StorageClient(Protocol):
 
         ``next_start_after`` is the last key of the page when more keys follow, else None.
         """
+
+
+def body_etag(body: bytes) -> str:
+    """The ETag S3 gives a single-part object: the quoted MD5 of its body, whatever its metadata.
+
+    The local backends use it too, so code that relies on ETags meets S3's behaviour everywhere.
+    """
+    return f'"{hashlib.md5(body, usedforsecurity=False).hexdigest()}"'

@@ -36,6 +36,7 @@ from s3db_core.storage.base import (
     PreconditionFailed,
     RequestCounter,
     StoredObject,
+    body_etag,
     normalize_metadata,
 )
 
@@ -107,7 +108,7 @@ class FileStorage:
         content_type: str = "application/octet-stream",
     ) -> str:
         path = self._path(key)
-        etag = uuid.uuid4().hex
+        etag = body_etag(body)
         header = orjson.dumps({"etag": etag, "metadata": normalize_metadata(metadata)})
         self.requests.add("PUT")
         if not await self._run(_write, path, header, bytes(body), if_none_match, if_match):

@@ -9,7 +9,6 @@ ASCII, exactly as S3 would store them, so code tested here behaves the same on a
 
 from __future__ import annotations
 
-import itertools
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
@@ -20,11 +19,10 @@ from s3db_core.storage.base import (
     PreconditionFailed,
     RequestCounter,
     StoredObject,
+    body_etag,
     full_prefix,
     normalize_metadata,
 )
-
-_etags = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -76,7 +74,7 @@ class MemoryStorage:
             raise PreconditionFailed(key)
         if if_match is not None and (current is None or current[2] != if_match):
             raise PreconditionFailed(key)
-        etag = f"{next(_etags):x}"
+        etag = body_etag(body)
         bucket.objects[full] = (bytes(body), normalize_metadata(metadata), etag)
         if current is None:
             insort(bucket.keys, full)

@@ -120,7 +120,7 @@ class S3Storage:
             await self.close()
             if _status(e) == 404:
                 raise StorageError(f"bucket not found: {self.describe()}") from e
-            raise StorageError(f"cannot reach {self.describe()}: {self._reason(e)}") from e
+            raise StorageError(f"cannot open {self.describe()}: {self._reason(e)}") from e
 
     async def close(self) -> None:
         stack, self._stack, self._client = self._stack, None, None

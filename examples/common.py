@@ -1,0 +1,108 @@
+"""What every example app shares: its command line, the JWT secret, a dev-only login, and running.
+
+    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import structlog
+from aiohttp import web
+
+from s3db_core import Database
+
+DEV_SECRET = "s3db-examples-dev-secret-change-me"
+log = structlog.get_logger("s3db.examples")
+
+
+@dataclass
+class Options:
+    port: int
+    host: str
+    db: str
+    jwt_secret: str
+
+
+def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
+    parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=__doc__)
+    parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
+    args = parser.parse_args(argv)
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret())
+
+
+def jwt_secret() -> str:
+    """``JWT_SECRET`` from the environment, else a printed development default."""
+    secret = os.environ.get("JWT_SECRET")
+    if secret:
+        return secret
+    print(f"JWT_SECRET is not set: using the development secret {DEV_SECRET!r}", file=sys.stderr)
+    return DEV_SECRET
+
+
+def make_token(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "iat": now, "exp": now + int(ttl), **claims}, secret, algorithm="HS256")
+
+
+def dev_login_route(secret: str, *, path: str = "/dev/login", allowed_roles: tuple[str, ...] = ("user",)) -> web.RouteDef:
+    """DEVELOPMENT ONLY: trades a name (and a role from ``allowed_roles``) for a JWT, no password.
+
+    It exists so the example pages can be tried in a browser; never expose it in production.
+    """
+
+    async def login(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = {}
+        name = str(body.get("name") or request.query.get("name") or "").strip()[:40]
+        role = str(body.get("role") or request.query.get("role") or allowed_roles[0])
+        if not name or role not in allowed_roles:
+            return web.json_response({"error": f"name required; role one of {list(allowed_roles)}"}, status=400)
+        token = make_token(secret, name, name=name, role=role)
+        return web.json_response({"token": token, "user": {"id": name, "name": name, "role": role}})
+
+    return web.post(path, login)
+
+
+async def run_forever(db: Database, background: list[Callable[[], Awaitable[None]]] = ()) -> None:
+    """Connect ``db``, run the background jobs, and stop cleanly on Ctrl-C or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await db.connect()
+    tasks = [asyncio.create_task(job()) for job in background]
+    try:
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.disconnect()
+
+
+def every(seconds: float, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[None]]:
+    """A background job that runs ``job`` every ``seconds`` (errors are logged, not fatal)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:  # a failing tick must not stop the app
+                log.exception("background job failed", job=getattr(job, "__name__", repr(job)))
+
+    return loop
