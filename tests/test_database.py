@@ -197,3 +197,21 @@ def test_quickstart_demo_runs():
     ).stdout
     assert "lobby has 2 messages" in out
     assert "change: update chat_messages" in out
+
+
+async def test_a_store_that_is_down_fails_fast_without_leaking_credentials():
+    import socket
+    import time
+
+    from s3db_core import StorageError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db = Database(f"http://AKIAEXAMPLE:topsecret@127.0.0.1:{port}/bucket/prefix")
+    started = time.monotonic()
+    with pytest.raises(StorageError) as err:
+        await db.connect()
+    assert time.monotonic() - started < 10
+    assert "topsecret" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value)
+    assert f"127.0.0.1:{port}" in str(err.value)
