@@ -44,6 +44,18 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def close_frame(code: int, reason: str) -> bytes:
+    """A close frame (RFC 6455 5.5.1) for ``code`` and a short UTF-8 ``reason``."""
+    body = struct.pack("!H", code) + reason.encode()[:123]
+    return struct.pack("!BB", 0x88, len(body)) + body
+
+
+def _abort_if_stalled(transport: asyncio.WriteTransport | None) -> None:
+    """Drop a closing socket whose peer never read what was left to send."""
+    if transport is not None and transport.get_write_buffer_size():
+        transport.abort()
+
+
 class Connection:
     """Per-socket state, the send queue and its sender task."""
 
@@ -126,6 +138,8 @@ class Connection:
             self._queued_bytes = 0
 
     def _overflow(self) -> None:
+        """Close with 4408 now: the close frame goes behind what the transport already holds,
+        with no closing handshake to wait for since the peer is not reading."""
         log.warning(
             "slow consumer: send queue full, closing",
             client_id=self.client_id,
@@ -135,8 +149,12 @@ class Connection:
         self._queue.clear()
         self._queued_bytes = 0
         self._closing = (CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
-        self._sender.cancel()  # it may be waiting for a socket that is not being read
-        self._start_close()
+        self._sender.cancel()
+        self.cancel_expiry()
+        transport = self.transport
+        transport.write(close_frame(*self._closing))
+        transport.close()  # flushes what is buffered, then closes
+        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, _abort_if_stalled, transport)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:
@@ -159,13 +177,7 @@ class Connection:
         try:
             await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()), CLOSE_TIMEOUT)
         except (TimeoutError, ConnectionError):
-            pass
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.close()
-        if transport is not None and transport.get_write_buffer_size():
-            # A peer that never reads would keep the socket open forever.
-            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+            _abort_if_stalled(self.transport)
 
     async def finish(self) -> None:
         """Stop the sender and wait for a close in progress (called when the handler ends)."""

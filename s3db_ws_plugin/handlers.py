@@ -56,7 +56,7 @@ class Handlers:
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
-        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame]]] = {
+        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame | None]]] = {
             "ping": self.ping,
             "auth": self.auth,
             "subscribe": self.subscribe,
@@ -68,7 +68,8 @@ class Handlers:
             "delete": self.delete,
         }
 
-    async def handle(self, conn: Connection, req: Request) -> Frame:
+    async def handle(self, conn: Connection, req: Request) -> Frame | None:
+        """The reply to send, or None when the handler answered itself."""
         return await self.table[req.type](conn, req)
 
     # -- helpers ------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ class Handlers:
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
-    async def auth(self, conn: Connection, req: Request) -> Frame:
-        return await self.plugin.authenticate_frame(conn, req)
+    async def auth(self, conn: Connection, req: Request) -> None:
+        await self.plugin.authenticate_frame(conn, req)
 
     async def subscribe(self, conn: Connection, req: Request) -> Frame:
         f = req.fields

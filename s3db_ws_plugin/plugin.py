@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -45,6 +46,7 @@ from .subscriptions import SubscriptionRegistry
 log = structlog.get_logger("s3db.ws")
 
 RATE_LIMIT_KEYS = ("connection", "user", "ip")
+CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 # The seed's camelCase spellings of keyword arguments.
 _ALIASES = {
     "rateLimit": "rate_limit",
@@ -75,7 +77,16 @@ class RateLimit:
 
 
 class WebSocketPlugin:
-    """Serves the resources named in ``resources`` over WebSocket protocol v1 (SPEC 4)."""
+    """Serves the resources named in ``resources`` over WebSocket protocol v1 (docs/protocol.md).
+
+    ``auth``: ``{"required": bool, "drivers": [{"driver": name, "config": {...}}]}`` (drivers
+    from the ``s3db.auth_drivers`` group; ``required`` defaults to True when drivers are given).
+    ``resources``: ``{name: True | {"events", "protected", "auth", "guard"}}``.
+    ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
+    connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
+    port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
+    on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    """
 
     def __init__(
         self,
@@ -90,6 +101,7 @@ class WebSocketPlugin:
         max_queue_bytes: int = 1 << 20,
         compression: bool = False,
         auth_timeout: float = 5.0,
+        routes: Iterable[web.AbstractRouteDef] = (),
         **aliases: Any,
     ) -> None:
         options = {
@@ -120,6 +132,8 @@ class WebSocketPlugin:
         self.max_queue_bytes = int(options["max_queue_bytes"])
         self.compression = bool(compression)
         self.auth_timeout = float(options["auth_timeout"])
+        # Extra aiohttp routes served beside the socket (an app's pages, say).
+        self.routes = list(routes)
 
         self.db: Any = None
         self.connections: set[Connection] = set()
@@ -155,21 +169,25 @@ class WebSocketPlugin:
         if policy is None or self._runner is None:
             return
         started = time.perf_counter()
-        receivers = self.registry.receivers(change, policy)
-        if receivers:
-            payload = encode(
-                {
-                    "type": "event",
-                    "resource": change.resource,
-                    "event": change.event,
-                    "data": policy.protected.strip(change.record),
-                    "timestamp": change.timestamp,
-                }
-            )
-            frame = text_frame(payload)
-            for conn in receivers:
-                conn.send(payload, frame)
-            self.metrics.frames_out.inc(len(receivers))
+        try:
+            receivers = self.registry.receivers(change, policy)
+            if receivers:
+                payload = encode(
+                    {
+                        "type": "event",
+                        "resource": change.resource,
+                        "event": change.event,
+                        "data": policy.protected.strip(change.record),
+                        "timestamp": change.timestamp,
+                    }
+                )
+                frame = text_frame(payload)
+                for conn in receivers:
+                    conn.send(payload, frame)
+                self.metrics.frames_out.inc(len(receivers))
+        except Exception:  # the write is durable: never fail it because delivery broke
+            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            return
         self.metrics.events.labels(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
@@ -182,7 +200,9 @@ class WebSocketPlugin:
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self._websocket)
+        app.add_routes(self.routes)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -226,13 +246,24 @@ class WebSocketPlugin:
     async def _store_reachable(self) -> bool:
         storage = self.db.storage
         try:
-            await asyncio.wait_for(storage.list(storage.prefix, max_keys=1), 2.0)
+            await asyncio.wait_for(storage.list("", max_keys=1), 2.0)
         except Exception:
             return False
         return True
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": Metrics.content_type})
+
+    async def _client_js(self, request: web.Request) -> web.FileResponse:
+        """The browser client (an ES module any origin may import; it holds no secrets)."""
+        return web.FileResponse(
+            CLIENT_JS,
+            headers={
+                "Content-Type": "text/javascript; charset=utf-8",
+                "Cache-Control": "no-cache",
+                "Access-Control-Allow-Origin": "*",
+            },
+        )
 
     # -- connections --------------------------------------------------------------------------
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
@@ -244,6 +275,9 @@ class WebSocketPlugin:
         if not ws.can_prepare(request).ok:
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
         await ws.prepare(request)
+        if self._runner is None:  # stopping: do not start a session that would be cut off
+            await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+            return ws
         conn = Connection(
             ws,
             request,
@@ -267,6 +301,7 @@ class WebSocketPlugin:
                 await conn.finish()
                 self._handler_tasks.discard(task)
                 log.debug("connection closed", close_code=ws.close_code)
+                structlog.contextvars.unbind_contextvars("user_id")
         return ws
 
     async def _session(self, conn: Connection, request: web.Request) -> None:
@@ -294,6 +329,8 @@ class WebSocketPlugin:
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
                 self.reject(conn, f"no auth frame within {self.auth_timeout:g} s")
+                return
+            if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
             if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
                 await self._on_frame(conn, msg.data)
@@ -326,7 +363,9 @@ class WebSocketPlugin:
                 if not conn.authenticated and req.type not in ("auth", "ping"):
                     self.reject(conn, "authenticate first: send an auth frame", rid)
                     return
-                self._send(conn, await self.handlers.handle(conn, req))
+                answer = await self.handlers.handle(conn, req)
+                if answer is not None:
+                    self._send(conn, answer)
             except Exception as exc:
                 error = client_error(exc)
                 if error is None:
@@ -375,8 +414,12 @@ class WebSocketPlugin:
     def _token_expired(self, conn: Connection) -> None:
         self.reject(conn, "token expired")
 
-    async def authenticate_frame(self, conn: Connection, req: Request) -> dict[str, Any]:
-        """``auth {token}``: the first-frame login or an in-band token refresh."""
+    async def authenticate_frame(self, conn: Connection, req: Request) -> None:
+        """``auth {token}``: the first-frame login or an in-band token refresh.
+
+        Answers ``authenticated {user}`` (then ``connected`` on a first login); invalid
+        credentials answer ``error UNAUTHORIZED`` and close with 4401.
+        """
         creds = Credentials(token=req.fields["token"], remote=conn.remote)
         try:
             user = await self.auth.authenticate(creds)
@@ -384,20 +427,11 @@ class WebSocketPlugin:
                 raise AuthError("authentication is not configured on this server")
         except AuthError as exc:
             self.reject(conn, str(exc) or "invalid credentials", req.request_id)
-            raise _AlreadyAnswered from None
+            return
         if conn.user is not None and user.id != conn.user.id:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 "a refresh token must belong to the connected user; reconnect to switch users",
             )
-        answer = reply("authenticated", req.request_id, user=user.to_dict())
-        first = not conn.authenticated
+        self._send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
         self._login(conn, user)
-        if first:
-            # _login sent `connected`; the reply follows it.
-            pass
-        return answer
-
-
-class _AlreadyAnswered(Exception):
-    pass
