@@ -1,9 +1,25 @@
 """pytest plugin (entry point ``pytest11: s3db``): fixtures for testing your own s3db apps.
 
-    async def test_my_guard(s3db_database, s3db_token):
-        await s3db_database.create_resource("notes", {"title": "string"})
-        token = s3db_token(sub="alice", role="admin")
+| fixture | what it is |
+|---|---|
+| ``s3db_database`` | a connected ``Database`` on a private ``memory://`` store |
+| ``s3db_jwt_secret`` / ``s3db_token`` | the test HS256 secret and a JWT factory signing with it |
+| ``s3db_plugin_config`` | ``WebSocketPlugin`` keyword arguments; override it with your app's |
+| ``s3db_plugin_factory`` | ``await start(db, **config)``: a plugin on a free loopback port |
+| ``s3db_server`` | a running plugin over ``s3db_database`` configured by ``s3db_plugin_config`` |
+| ``s3db_connect`` | ``await s3db_connect(token=..., api_key=...)``: a connected ``Client`` |
+| ``s3db_client`` | a ``Client`` connected with ``s3db_token()`` (user ``user-1``, role ``user``) |
 
+    @pytest.fixture
+    def s3db_plugin_config():
+        return {"resources": {"notes": {"guard": {"get": owner_only}}}}
+
+    async def test_only_the_owner_reads(s3db_database, s3db_server, s3db_connect, s3db_token):
+        ...
+
+When the config has no ``auth``, the server accepts anonymous clients and ``s3db_token``
+tokens (jwt driver with ``s3db_jwt_secret``); without ``resources`` it exposes every resource
+the database has when the server starts. Every server and client is closed after the test.
 Fixtures are async and need pytest-asyncio (``asyncio_mode = "auto"`` or ``@pytest.mark.asyncio``).
 """
 
@@ -11,8 +27,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import jwt
 import pytest
@@ -20,7 +36,11 @@ import pytest_asyncio
 
 from s3db_core import Database
 
-DEFAULT_TEST_SECRET = "s3db-test-secret"
+if TYPE_CHECKING:  # imported lazily: pytest loads this plugin in every session
+    from .client import Client
+    from .plugin import WebSocketPlugin
+
+DEFAULT_TEST_SECRET = "s3db-test-secret-never-use-in-production"
 
 
 @pytest.fixture
@@ -48,3 +68,84 @@ async def s3db_database():
     await db.connect()
     yield db
     await db.disconnect()
+
+
+@pytest.fixture
+def s3db_plugin_config() -> dict[str, Any]:
+    """``WebSocketPlugin`` keyword arguments for ``s3db_server``; override it in your tests.
+
+    Missing ``auth``: anonymous clients and ``s3db_token`` tokens are accepted. Missing
+    ``resources``: every resource of the database is exposed as ``True``.
+    """
+    return {}
+
+
+@pytest_asyncio.fixture
+async def s3db_plugin_factory(s3db_jwt_secret: str):
+    """``plugin = await start(db, **config)``: a started ``WebSocketPlugin`` on a free port of
+    127.0.0.1 (``plugin.url``), with the same defaults as ``s3db_plugin_config``."""
+    from .plugin import WebSocketPlugin
+
+    started: list[WebSocketPlugin] = []
+
+    async def start(db: Database, **config: Any) -> WebSocketPlugin:
+        config.setdefault(
+            "auth",
+            {
+                "required": False,
+                "drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}],
+            },
+        )
+        config.setdefault("resources", {name: True for name in db.resources})
+        config.setdefault("port", 0)
+        config.setdefault("host", "127.0.0.1")
+        plugin = WebSocketPlugin(**config)
+        if not db.connected:
+            await db.connect()
+        await db.use_plugin(plugin)
+        started.append(plugin)
+        return plugin
+
+    yield start
+    for plugin in reversed(started):
+        await plugin.stop()
+
+
+@pytest_asyncio.fixture
+async def s3db_server(
+    s3db_database: Database,
+    s3db_plugin_config: dict[str, Any],
+    s3db_plugin_factory: Callable[..., Awaitable[WebSocketPlugin]],
+) -> WebSocketPlugin:
+    """A running ``WebSocketPlugin`` over ``s3db_database``, configured by
+    ``s3db_plugin_config``; ``s3db_server.url`` is its ``ws://`` address."""
+    return await s3db_plugin_factory(s3db_database, **s3db_plugin_config)
+
+
+@pytest_asyncio.fixture
+async def s3db_connect(s3db_server: WebSocketPlugin):
+    """``client = await s3db_connect(token=..., api_key=..., **client_options)``: a ``Client``
+    connected to ``s3db_server`` (fast reconnects, 5 s request timeout), closed after the test."""
+    from .client import Backoff, Client
+
+    clients: list[Client] = []
+
+    async def connect(token: Any = None, **options: Any) -> Client:
+        options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
+        options.setdefault("request_timeout", 5.0)
+        client = Client(s3db_server.url, token=token, **options)
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in reversed(clients):
+        await client.close()
+
+
+@pytest_asyncio.fixture
+async def s3db_client(
+    s3db_connect: Callable[..., Awaitable[Client]], s3db_token: Callable[..., str]
+) -> Client:
+    """A ``Client`` connected to ``s3db_server`` as ``user-1`` (role ``user``)."""
+    return await s3db_connect(token=s3db_token())

@@ -1,0 +1,259 @@
+"""The ``s3db`` command line.
+
+    s3db serve myapp:make_db [--log-format json|console]
+    s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
+
+``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
+one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
+then disconnects it (the WebSocket plugin closes every socket with 1001). ``tail`` subscribes
+with the Python client and prints every event as one JSON line on stdout. Logs go to stderr:
+JSON when stderr is not a terminal, a console renderer when it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import structlog
+
+log = structlog.get_logger("s3db.cli")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+    """Configure structlog once for the process: JSON lines, or a console renderer on a TTY."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(
+            serializer=lambda obj, **kw: orjson.dumps(obj, default=str).decode()
+        )
+        tracebacks: list[Any] = [structlog.processors.dict_tracebacks]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        tracebacks = []
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *tracebacks,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+
+
+# -- serve ------------------------------------------------------------------------------------
+def load_target(target: str) -> Any:
+    """Import ``MODULE:ATTR`` (ATTR may be dotted) from the current directory or sys.path."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected MODULE:ATTR, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+async def resolve_database(obj: Any) -> Any:
+    """A Database from a Database, or a (coroutine) function returning one."""
+    from s3db_core import Database
+
+    if not isinstance(obj, Database) and callable(obj):
+        obj = obj()
+        if inspect.isawaitable(obj):
+            obj = await obj
+    if not isinstance(obj, Database):
+        raise TypeError(f"expected a Database or a factory returning one, got {type(obj).__name__}")
+    return obj
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(target: str) -> int:
+    stop = _stop_event()
+    try:
+        factory = load_target(target)
+    except (ImportError, AttributeError, ValueError) as exc:
+        log.error("cannot load the app", target=target, error=str(exc))
+        return 2
+    try:
+        db = await resolve_database(factory)
+        if not db.connected:
+            await db.connect()
+    except Exception:
+        log.exception("the app failed to start", target=target)
+        return 1
+    urls = [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
+    log.info("serving", target=target, store=db.storage.describe(), urls=urls)
+    await stop.wait()
+    log.info("shutting down")
+    await db.disconnect()
+    log.info("stopped")
+    return 0
+
+
+# -- tail -------------------------------------------------------------------------------------
+def _write_line(event: Any) -> None:
+    line = {"resource": event.resource, "event": event.event, "data": event.data}
+    line["timestamp"] = event.timestamp
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+
+
+async def tail(
+    url: str,
+    resources: Sequence[str],
+    filter: dict[str, Any] | None,
+    events: list[str] | None,
+    token: str | None,
+    api_key: str | None,
+    reconnect: bool,
+) -> int:
+    from .client import Client, ClientError
+
+    stop = _stop_event()
+    client = Client(url, token=token, api_key=api_key, reconnect=reconnect)
+    try:
+        await client.connect()
+        subs = [await client.subscribe(r, filter=filter, events=events) for r in resources]
+    except ClientError as exc:
+        log.error("cannot subscribe", url=url, code=exc.code, error=exc.message)
+        await client.close()
+        return 1
+    for sub in subs:
+        log.info("subscribed", resource=sub.resource, filter=sub.effective_filter)
+
+    async def pump(sub: Any) -> None:
+        try:
+            async for event in sub:
+                _write_line(event)
+        except BrokenPipeError:  # `s3db tail ... | head`: the reader is gone
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stop.set()
+
+    pumps = [asyncio.create_task(pump(sub)) for sub in subs]
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopping, *pumps], return_when=asyncio.FIRST_COMPLETED)
+    status = 0
+    for task in done:
+        if task is not stopping and task.exception() is not None:
+            exc = task.exception()
+            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+            status = 1
+    for task in [stopping, *pumps]:
+        task.cancel()
+    await asyncio.gather(stopping, *pumps, return_exceptions=True)
+    await client.close()
+    return status
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _event_list(text: str) -> list[str]:
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in ("insert", "update", "delete")]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError("a comma-separated list of insert, update, delete")
+    return kinds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log renderer on stderr (default: console on a terminal, JSON otherwise)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run an app until SIGINT/SIGTERM")
+    serve_cmd.add_argument(
+        "target", metavar="MODULE:ATTR", help="a Database, or a (coroutine) function returning one"
+    )
+
+    tail_cmd = commands.add_parser("tail", help="print live events as JSON lines")
+    tail_cmd.add_argument("url", help="the server's ws:// or wss:// address")
+    tail_cmd.add_argument(
+        "--resource",
+        "-r",
+        action="append",
+        required=True,
+        help="resource to subscribe to (repeatable)",
+    )
+    tail_cmd.add_argument("--filter", "-f", type=_json_object, help="subscription filter (JSON)")
+    tail_cmd.add_argument("--events", "-e", type=_event_list, help="e.g. insert,update")
+    tail_cmd.add_argument(
+        "--token",
+        "-t",
+        default=os.environ.get("S3DB_TOKEN"),
+        help="bearer token (default: $S3DB_TOKEN, which keeps it out of ps)",
+    )
+    tail_cmd.add_argument(
+        "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
+    )
+    tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
+    for sub in (serve_cmd, tail_cmd):  # also accepted after the command
+        sub.add_argument(
+            "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
+        )
+        sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    if args.command == "serve":
+        coro = serve(args.target)
+    else:
+        coro = tail(
+            args.url,
+            args.resource,
+            args.filter,
+            args.events,
+            args.token,
+            args.api_key,
+            reconnect=not args.no_reconnect,
+        )
+    return asyncio.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

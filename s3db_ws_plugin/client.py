@@ -1,0 +1,924 @@
+"""The async Python client for WebSocket protocol v1 (SPEC 4.1): requests, subscriptions,
+reconnect with resubscribe, and token refresh.
+
+    async with Client("ws://127.0.0.1:3001/", token=get_token) as client:
+        note = await client.insert("notes", {"title": "hi"})
+        async with client.subscribe("notes", filter={"roomId": "r1"}) as sub:
+            async for event in sub:
+                print(event.event, event.data)
+
+Every request waits for the reply carrying its ``requestId`` and returns what the user wants
+from it (a record, a ``Page``, a user), or raises the ``ClientError`` subclass of the server's
+error code. The client owns one socket at a time; when it drops unexpectedly (server restart,
+1001, slow-consumer 4408, a network error) the client reconnects with exponential backoff and
+jitter, authenticates again (calling the token callable again), resubscribes every live
+subscription and keeps their iterators going. Events written while it was disconnected are not
+replayed: use ``on_reconnect`` to catch up (for instance with ``list``). Requests in flight when
+the socket drops fail with ``ConnectionLost``; new ones wait for the reconnect up to
+``request_timeout``. A 4401 close (invalid or expired token) reconnects with a fresh token when
+``token`` is a callable, and is final otherwise: requests and iterators raise ``Unauthorized``.
+
+When ``token`` is a callable and the current token is a JWT with ``exp``, the client sends an
+``auth`` frame with a fresh token shortly before it expires, so the connection stays open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import orjson
+import structlog
+
+from s3db_core.query import matches
+
+log = structlog.get_logger("s3db.client")
+
+TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
+EVENT_KINDS = ("insert", "update", "delete")
+# Close codes after which reconnecting cannot help.
+_FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
+UNAUTHORIZED_CLOSE = 4401
+
+
+# -- errors ------------------------------------------------------------------------------------
+class ClientError(Exception):
+    """An error reply from the server (or a client-side failure): ``code``, ``details``,
+    ``request_id`` and the server's ``message``."""
+
+    code = "CLIENT_ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        request_id: str | int | None = None,
+        frame: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.details = details
+        self.request_id = request_id
+        self.frame = dict(frame or {})
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class InvalidJSON(ClientError):
+    code = "INVALID_JSON"
+
+
+class InvalidMessage(ClientError):
+    """A missing or ill-typed field; ``details`` names it."""
+
+    code = "INVALID_MESSAGE"
+
+
+class UnknownMessageType(ClientError):
+    code = "UNKNOWN_MESSAGE_TYPE"
+
+
+class Unauthorized(ClientError):
+    """Invalid or expired credentials (the server closes the socket with 4401)."""
+
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(ClientError):
+    code = "FORBIDDEN"
+
+
+class ResourceNotFound(ClientError):
+    """The resource is not exposed by the server."""
+
+    code = "RESOURCE_NOT_FOUND"
+
+
+class NotFound(ClientError):
+    """No record with that id (revealed only to users the guard allows)."""
+
+    code = "NOT_FOUND"
+
+
+class ValidationFailed(ClientError):
+    """The record failed the schema; ``errors`` (= ``details``) lists every failing field."""
+
+    code = "VALIDATION_ERROR"
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return list(self.details or [])
+
+
+class Conflict(ClientError):
+    code = "CONFLICT"
+
+
+class RateLimited(ClientError):
+    """Too many frames; retry after ``retry_after_ms``."""
+
+    code = "RATE_LIMITED"
+
+    @property
+    def retry_after_ms(self) -> int | None:
+        return self.frame.get("retryAfterMs")
+
+
+class InternalError(ClientError):
+    """A server bug; quote ``error_id`` when reporting it."""
+
+    code = "INTERNAL_ERROR"
+
+    @property
+    def error_id(self) -> str | None:
+        return self.frame.get("errorId")
+
+
+class ConnectionLost(ClientError):
+    """The socket could not be opened, or dropped before the reply arrived, or the client was
+    closed. A request that raises this may or may not have been executed."""
+
+    code = "CONNECTION_LOST"
+
+
+class RequestTimeout(ClientError):
+    """No reply within ``request_timeout`` seconds."""
+
+    code = "TIMEOUT"
+
+
+ERRORS: dict[str, type[ClientError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidJSON,
+        InvalidMessage,
+        UnknownMessageType,
+        Unauthorized,
+        Forbidden,
+        ResourceNotFound,
+        NotFound,
+        ValidationFailed,
+        Conflict,
+        RateLimited,
+        InternalError,
+    )
+}
+
+
+def error_from_frame(frame: Mapping[str, Any]) -> ClientError:
+    """The typed exception for an ``error`` frame."""
+    code = str(frame.get("code") or "CLIENT_ERROR")
+    cls = ERRORS.get(code, ClientError)
+    return cls(
+        str(frame.get("message") or code),
+        code=code,
+        details=frame.get("details"),
+        request_id=frame.get("requestId"),
+        frame=frame,
+    )
+
+
+# -- values ------------------------------------------------------------------------------------
+class Page(NamedTuple):
+    """One page of ``list``: ``items`` and the ``cursor`` of the next page (None at the end)."""
+
+    items: list[dict[str, Any]]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change pushed by the server."""
+
+    resource: str
+    event: str  # insert | update | delete
+    data: dict[str, Any]
+    timestamp: int  # epoch ms
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect delays: ``initial * factor**attempt`` capped at ``maximum``, with jitter
+    (the delay is drawn uniformly from ``[(1 - jitter) * d, d]``)."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.maximum, self.initial * self.factor ** min(attempt, 64))
+        return ceiling * (1 - self.jitter * random.random())
+
+
+def jwt_expiry(token: str | None) -> float | None:
+    """The ``exp`` claim of a JWT (payload decoded without verification), else None."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def redact(url: str) -> str:
+    """``url`` without credentials or query string (where ``?token=`` would be), for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def refresh_delay(expires_at: float, now: float, margin: float) -> float:
+    """Seconds until a token expiring at ``expires_at`` should be refreshed: ``margin``
+    seconds before expiry, or at 80% of the remaining lifetime when that is later (short
+    tokens)."""
+    remaining = expires_at - now
+    return max(0.0, remaining - min(margin, remaining * 0.2))
+
+
+# -- subscriptions -----------------------------------------------------------------------------
+class _Closed:
+    """Queue sentinel: the iterator ends (``error`` None) or raises ``error``."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: ClientError | None) -> None:
+        self.error = error
+
+
+class Subscription:
+    """Live events of one ``subscribe``: an async iterator (also an async context manager).
+
+    ``filter`` is what was asked, ``effective_filter`` what the server applies (a guard may
+    narrow it). ``await sub.close()`` unsubscribes and ends the iterator.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        resource: str,
+        filter: dict[str, Any] | None,
+        events: tuple[str, ...] | None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.filter = dict(filter or {})
+        self.events = events
+        self.effective_filter: dict[str, Any] = dict(self.filter)
+        self.closed = False
+        self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"<Subscription {self.resource} {self.filter}>"
+
+    def wants(self, kind: str) -> bool:
+        return self.events is None or kind in self.events
+
+    def _push(self, event: Event) -> None:
+        if not self.closed:
+            self._queue.put_nowait(event)
+
+    def _end(self, error: ClientError | None = None) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(_Closed(error))
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        item = await self._queue.get()
+        if isinstance(item, _Closed):
+            self._queue.put_nowait(item)  # every later call ends the same way
+            if item.error is not None:
+                raise item.error
+            raise StopAsyncIteration
+        return item
+
+    async def next(self, timeout: float | None = None) -> Event:
+        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        async with asyncio.timeout(timeout):
+            return await self.__anext__()
+
+    async def close(self) -> None:
+        """Unsubscribe (if no other subscription of this client needs the same stream)."""
+        if self.closed:
+            return
+        self._end()
+        await self.client._release(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class _Stream:
+    """The server-side subscription that client subscriptions with the same resource and
+    filter share (the server keeps one per resource and filter on a connection)."""
+
+    def __init__(self, resource: str, filter: dict[str, Any]) -> None:
+        self.resource = resource
+        self.filter = filter
+        self.effective: dict[str, Any] = dict(filter)
+        self.subs: list[Subscription] = []
+
+    def events(self) -> list[str] | None:
+        if any(s.events is None for s in self.subs):
+            return None
+        return [k for k in EVENT_KINDS if any(k in (s.events or ()) for s in self.subs)]
+
+    def frame(self) -> dict[str, Any]:
+        frame: dict[str, Any] = {"type": "subscribe", "resource": self.resource}
+        if self.filter:
+            frame["filter"] = self.filter
+        events = self.events()
+        if events is not None:
+            frame["events"] = events
+        return frame
+
+
+class _SubscribeCall:
+    """What ``Client.subscribe`` returns: await it, or use it as ``async with``."""
+
+    def __init__(self, coro: Awaitable[Subscription]) -> None:
+        self._coro = coro
+        self._sub: Subscription | None = None
+
+    def __await__(self):
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> Subscription:
+        self._sub = await self._coro
+        return self._sub
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sub is not None:
+            await self._sub.close()
+
+
+# -- the client --------------------------------------------------------------------------------
+class _Pending:
+    __slots__ = ("future", "on_reply")
+
+    def __init__(self, future: asyncio.Future, on_reply: Callable[[dict], None] | None) -> None:
+        self.future = future
+        self.on_reply = on_reply
+
+
+class Client:
+    """An async client for an s3db WebSocket server. See the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: TokenSource = None,
+        api_key: str | None = None,
+        reconnect: bool = True,
+        backoff: Backoff | None = None,
+        request_timeout: float = 10.0,
+        refresh_margin: float = 30.0,
+        heartbeat: float | None = 30.0,
+        max_message_size: int = 16 << 20,
+        on_reconnect: Callable[[Client], Any] | None = None,
+    ) -> None:
+        self.url = url
+        self.safe_url = redact(url)
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.request_timeout = request_timeout
+        self.refresh_margin = refresh_margin
+        self.heartbeat = heartbeat
+        self.max_message_size = max_message_size
+        self.on_reconnect = on_reconnect
+        self.client_id: str | None = None
+        self.user: dict[str, Any] | None = None
+        self.reconnects = 0
+        self._token = token
+        self._api_key = api_key
+        self._current_token: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._streams: dict[tuple[str, bytes], _Stream] = {}
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._failure: ClientError | None = None
+        self._runner: asyncio.Task | None = None
+        self._refresher: asyncio.Task | None = None
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed" if self._closed else "disconnected"
+        return f"<Client {self.safe_url} {state}>"
+
+    @property
+    def connected(self) -> bool:
+        return self._ready.is_set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def connect(self) -> Client:
+        """Open the socket and authenticate; raises ``Unauthorized``, ``ConnectionLost``..."""
+        if self._runner is not None:
+            return self
+        if self._closed:
+            raise ConnectionLost("the client is closed")
+        self._session = aiohttp.ClientSession()
+        try:
+            ws = await self._open()
+        except BaseException:
+            await self._session.close()
+            self._session = None
+            raise
+        self._ready.set()
+        self._runner = asyncio.create_task(self._run(ws), name=f"s3db-client {self.safe_url}")
+        return self
+
+    async def close(self) -> None:
+        """Close the socket (1000), end every subscription's iterator, fail pending requests."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.clear()
+        self._stop_refresh()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+        ws, self._ws = self._ws, None
+        if ws is not None and not ws.closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2.0)
+        self._fail_pending(ConnectionLost("the client was closed"))
+        for stream in self._streams.values():
+            for sub in stream.subs:
+                sub._end()
+        self._streams.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Client:
+        return await self.connect()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests -------------------------------------------------------------------------
+    async def ping(self) -> int:
+        """Round trip to the server; returns the server's clock (epoch ms)."""
+        reply = await self.request({"type": "ping"})
+        return reply["timestamp"]
+
+    async def auth(self, token: str) -> dict[str, Any]:
+        """Refresh the connection's token (same user); returns the user. A static ``token``
+        given to the client is replaced, so reconnects use this one."""
+        reply = await self.request({"type": "auth", "token": token})
+        self._current_token = token
+        if not callable(self._token):
+            self._token = token
+        self.user = reply.get("user")
+        self._schedule_refresh()
+        return reply.get("user") or {}
+
+    async def get(self, resource: str, id: str) -> dict[str, Any]:
+        reply = await self.request({"type": "get", "resource": resource, "id": id})
+        return reply["data"]
+
+    async def list(
+        self,
+        resource: str,
+        filter: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        order: str | None = None,
+    ) -> Page:
+        """One page of records: ``items, cursor = await client.list("notes", limit=50)``."""
+        frame: dict[str, Any] = {"type": "list", "resource": resource}
+        for key, value in (
+            ("filter", filter),
+            ("limit", limit),
+            ("cursor", cursor),
+            ("order", order),
+        ):
+            if value is not None:
+                frame[key] = dict(value) if key == "filter" else value
+        reply = await self.request(frame)
+        return Page(reply["data"], reply.get("cursor"))
+
+    async def insert(self, resource: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        reply = await self.request({"type": "insert", "resource": resource, "data": dict(data)})
+        return reply["data"]
+
+    async def update(self, resource: str, id: str, data: Mapping[str, Any]) -> dict[str, Any]:
+        frame = {"type": "update", "resource": resource, "id": id, "data": dict(data)}
+        return (await self.request(frame))["data"]
+
+    async def delete(self, resource: str, id: str) -> dict[str, Any]:
+        """Delete a record; returns the deleted record (as much of it as the user may see)."""
+        reply = await self.request({"type": "delete", "resource": resource, "id": id})
+        return reply.get("data") or {"id": reply.get("id", id)}
+
+    def subscribe(
+        self,
+        resource: str,
+        filter: Mapping[str, Any] | None = None,
+        events: Iterable[str] | None = None,
+    ) -> _SubscribeCall:
+        """Subscribe to changes: ``sub = await client.subscribe(...)`` or
+        ``async with client.subscribe(...) as sub``; then ``async for event in sub``."""
+        kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
+        sub = Subscription(self, resource, dict(filter) if filter else None, kinds)
+        return _SubscribeCall(self._subscribe(sub))
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
+        return await self._request(frame)
+
+    # -- internals: requests ---------------------------------------------------------------
+    async def _request(
+        self,
+        frame: dict[str, Any],
+        *,
+        wait_ready: bool = True,
+        on_reply: Callable[[dict], None] | None = None,
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        if wait_ready and not self._ready.is_set():
+            await self._wait_ready(deadline)
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise self._failure or ConnectionLost("not connected")
+        rid = next(self._ids)
+        future = loop.create_future()
+        self._pending[rid] = _Pending(future, on_reply)
+        try:
+            await ws.send_str(orjson.dumps({**frame, "requestId": rid}).decode())
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no reply to {frame.get('type')!r} within {self.request_timeout:g} s",
+                request_id=rid,
+            ) from None
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            raise ConnectionLost(f"connection lost: {exc}", request_id=rid) from None
+        finally:
+            self._pending.pop(rid, None)
+
+    async def _wait_ready(self, deadline: float) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed or self._runner is None:
+            raise ConnectionLost("not connected")
+        waiter = asyncio.ensure_future(self._ready.wait())
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.wait({waiter, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise ConnectionLost(f"not reconnected within {self.request_timeout:g} s") from None
+        finally:
+            waiter.cancel()
+        if not self._ready.is_set():
+            raise self._failure or ConnectionLost("the client was closed")
+
+    def _fail_pending(self, error: ClientError) -> None:
+        pending, self._pending = self._pending, {}
+        for rid, entry in pending.items():
+            if not entry.future.done():
+                entry.future.set_exception(
+                    type(error)(error.message, code=error.code, request_id=rid, frame=error.frame)
+                )
+
+    # -- internals: subscriptions ----------------------------------------------------------
+    @staticmethod
+    def _key(resource: str, filter: dict[str, Any]) -> tuple[str, bytes]:
+        return resource, orjson.dumps(filter, option=orjson.OPT_SORT_KEYS)
+
+    async def _subscribe(self, sub: Subscription) -> Subscription:
+        key = self._key(sub.resource, sub.filter)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream(sub.resource, sub.filter)
+        stream.subs.append(sub)  # before the request: events may follow the reply at once
+        try:
+            reply = await self._request(stream.frame(), on_reply=self._subscribed(stream))
+        except BaseException:
+            self._drop(key, stream, sub)
+            raise
+        sub.effective_filter = dict(reply.get("filter") or {})
+        return sub
+
+    def _subscribed(self, stream: _Stream) -> Callable[[dict], None]:
+        def on_reply(reply: dict) -> None:  # runs in the reader, before any later frame
+            stream.effective = dict(reply.get("filter") or {})
+            for sub in stream.subs:
+                sub.effective_filter = dict(stream.effective)
+
+        return on_reply
+
+    def _drop(self, key: tuple[str, bytes], stream: _Stream, sub: Subscription) -> None:
+        if sub in stream.subs:
+            stream.subs.remove(sub)
+        if not stream.subs and self._streams.get(key) is stream:
+            del self._streams[key]
+
+    async def _release(self, sub: Subscription) -> None:
+        key = self._key(sub.resource, sub.filter)
+        stream = self._streams.get(key)
+        if stream is None:
+            return
+        self._drop(key, stream, sub)
+        if key in self._streams or not self.connected:
+            return
+        frame = {"type": "unsubscribe", "resource": sub.resource, "filter": sub.filter}
+        with contextlib.suppress(ClientError):
+            await self._request(frame)
+
+    def _dispatch(self, frame: dict[str, Any]) -> None:
+        """Hand a pushed event to the subscriptions it belongs to.
+
+        The server sends one frame per change even when several subscriptions match, so the
+        client matches the record against each stream's effective filter. An update that moved
+        a record out of every filter (or a filter on a field the user may not see) matches
+        none: it then goes to every subscription of that resource that wants its kind.
+        """
+        resource, kind = frame.get("resource"), frame.get("event")
+        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
+        event = Event(resource, kind, data, frame.get("timestamp") or 0)
+        wanted: list[tuple[_Stream, list[Subscription]]] = []
+        for stream in self._streams.values():
+            if stream.resource == resource:
+                subs = [s for s in stream.subs if s.wants(kind)]
+                if subs:
+                    wanted.append((stream, subs))
+        matched = [subs for stream, subs in wanted if _matches(data, stream.effective)]
+        for subs in matched or [subs for _, subs in wanted]:
+            for sub in subs:
+                sub._push(event)
+
+    async def _resubscribe(self) -> None:
+        for key, stream in list(self._streams.items()):
+            if not stream.subs:
+                continue
+            try:
+                await self._request(
+                    stream.frame(), wait_ready=False, on_reply=self._subscribed(stream)
+                )
+            except (ConnectionLost, RequestTimeout):
+                raise
+            except ClientError as exc:
+                log.warning("resubscribe refused", resource=stream.resource, code=exc.code)
+                for sub in stream.subs:
+                    sub._end(exc)
+                self._streams.pop(key, None)
+
+    # -- internals: the socket -------------------------------------------------------------
+    async def _get_token(self) -> str | None:
+        token = self._token
+        if callable(token):
+            token = token()
+            if asyncio.iscoroutine(token) or isinstance(token, asyncio.Future):
+                token = await token
+        if token is not None and not isinstance(token, str):
+            raise TypeError("the token callable must return a string")
+        return token
+
+    async def _open(self) -> aiohttp.ClientWebSocketResponse:
+        """Connect, authenticate from the upgrade request, wait for ``connected``."""
+        assert self._session is not None
+        token = await self._get_token()
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if self._api_key:
+            headers["x-api-key"] = self._api_key
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                ws = await self._session.ws_connect(
+                    self.url,
+                    headers=headers,
+                    heartbeat=self.heartbeat,
+                    max_msg_size=self.max_message_size,
+                    autoclose=True,
+                )
+                try:
+                    frame = await self._handshake(ws)
+                except BaseException:
+                    await ws.close()
+                    raise
+        except TimeoutError:
+            raise ConnectionLost(
+                f"no answer from {self.safe_url} within {self.request_timeout:g} s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionLost(
+                f"cannot connect to {self.safe_url}: {exc.__class__.__name__}"
+            ) from None
+        self._ws = ws
+        self._current_token = token
+        self.client_id = frame.get("clientId")
+        self.user = frame.get("user")
+        self._schedule_refresh()
+        log.debug("connected", url=self.safe_url, client_id=self.client_id)
+        return ws
+
+    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
+                frame = orjson.loads(msg.data)
+                if frame.get("type") == "connected":
+                    return frame
+                if frame.get("type") == "error":
+                    raise error_from_frame(frame)
+                continue
+            if ws.close_code == UNAUTHORIZED_CLOSE:
+                raise Unauthorized(str(msg.extra or "unauthorized"))
+            raise ConnectionLost(f"closed during the handshake ({ws.close_code})")
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> ClientError | None:
+        """Read frames until the socket closes; the error the close means (None: reconnect)."""
+        last_error: ClientError | None = None
+        async for msg in ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT and msg.type is not aiohttp.WSMsgType.BINARY:
+                break
+            try:
+                frame = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                log.warning("ignoring a frame that is not JSON")
+                continue
+            if not isinstance(frame, dict):
+                continue
+            kind = frame.get("type")
+            if kind == "event":
+                self._dispatch(frame)
+                continue
+            if kind == "error" and frame.get("code") == Unauthorized.code:
+                last_error = error_from_frame(frame)  # a 4401 close follows
+            entry = (
+                self._pending.pop(frame.get("requestId"), None) if "requestId" in frame else None
+            )
+            if entry is not None:
+                if kind == "error":
+                    if not entry.future.done():
+                        entry.future.set_exception(error_from_frame(frame))
+                else:
+                    if entry.on_reply is not None:
+                        entry.on_reply(frame)
+                    if not entry.future.done():
+                        entry.future.set_result(frame)
+            elif kind == "error":
+                last_error = error_from_frame(frame)
+                log.info("server error", code=last_error.code, message=last_error.message)
+            elif kind == "connected":
+                self.client_id = frame.get("clientId", self.client_id)
+                self.user = frame.get("user")
+        code = ws.close_code
+        if code == UNAUTHORIZED_CLOSE:
+            if isinstance(last_error, Unauthorized):
+                return last_error
+            return Unauthorized("unauthorized (close 4401)")
+        if code in _FINAL_CLOSE_CODES:
+            return ConnectionLost(f"closed by the server ({code})")
+        return None
+
+    async def _run(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Own the socket: read it, and reconnect + resubscribe when it drops."""
+        first = True
+        try:
+            while True:
+                reader = asyncio.create_task(self._read(ws))
+                if not first:
+                    try:
+                        await self._resubscribe()
+                    except (ConnectionLost, RequestTimeout):
+                        await ws.close()  # dropped again or stuck: the reader ends, reconnect
+                    else:
+                        self._ready.set()
+                        await self._notify_reconnect()
+                first = False
+                error = await reader
+                self._ready.clear()
+                self._stop_refresh()
+                close_code = ws.close_code
+                log.info("disconnected", url=self.safe_url, close_code=close_code)
+                final = self._final(error)
+                if final is not None:
+                    self._fail(final)
+                    return
+                self._fail_pending(ConnectionLost(f"connection lost (close {close_code})"))
+                ws = await self._reconnect()
+        except ClientError as exc:
+            self._fail(exc)
+
+    def _final(self, error: ClientError | None) -> ClientError | None:
+        """The error that ends the client after a close, or None to reconnect."""
+        if not self.reconnect:
+            return error or ConnectionLost("connection lost")
+        if isinstance(error, Unauthorized):
+            return None if callable(self._token) else error
+        return error
+
+    async def _reconnect(self) -> aiohttp.ClientWebSocketResponse:
+        attempt = 0
+        while True:
+            delay = self.backoff.delay(attempt)
+            log.info("reconnecting", url=self.safe_url, attempt=attempt + 1, delay=round(delay, 3))
+            await asyncio.sleep(delay)
+            try:
+                ws = await self._open()
+            except Unauthorized:
+                if not callable(self._token):
+                    raise
+            except ConnectionLost as exc:
+                log.debug("reconnect failed", error=exc.message)
+            except Exception as exc:  # the token callable failed
+                log.warning("reconnect failed", error=exc.__class__.__name__)
+            else:
+                self.reconnects += 1
+                return ws
+            attempt += 1
+
+    async def _notify_reconnect(self) -> None:
+        if self.on_reconnect is None:
+            return
+        try:
+            result = self.on_reconnect(self)
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("on_reconnect callback failed")
+
+    def _fail(self, error: ClientError) -> None:
+        """Make ``error`` final: pending requests, iterators and new requests raise it."""
+        log.warning("connection closed for good", url=self.safe_url, code=error.code)
+        self._failure = error
+        self._ready.clear()
+        self._fail_pending(error)
+        for stream in self._streams.values():
+            for sub in stream.subs:
+                sub._end(error)
+        self._streams.clear()
+
+    # -- internals: token refresh -----------------------------------------------------------
+    def _schedule_refresh(self) -> None:
+        self._stop_refresh()
+        if not callable(self._token):
+            return
+        expires_at = jwt_expiry(self._current_token)
+        if expires_at is None:
+            return
+        delay = refresh_delay(expires_at, time.time(), self.refresh_margin)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh(delay))
+
+    def _stop_refresh(self) -> None:
+        task, self._refresher = self._refresher, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _refresh(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            token = await self._get_token()
+            if token is None:
+                return
+            reply = await self._request({"type": "auth", "token": token}, wait_ready=False)
+        except Exception as exc:  # the server closes at exp; the reconnect fetches a new token
+            log.warning("token refresh failed", error=getattr(exc, "code", exc.__class__.__name__))
+            return
+        self._current_token = token
+        self.user = reply.get("user", self.user)
+        log.debug("token refreshed")
+        self._schedule_refresh()
+
+
+def _matches(record: dict[str, Any], filter: dict[str, Any]) -> bool:
+    if not filter:
+        return True
+    try:
+        return matches(record, filter)
+    except Exception:  # a filter the local matcher cannot read: let the fallback decide
+        return False
