@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SEED_CLIENTS := tests/seed_clients
+SEED_STAMP := $(SEED_CLIENTS)/node_modules/.installed
 
-.PHONY: demo test lint bench venv clean browser
+.PHONY: demo test lint bench venv clean browser seed-clients
 
 venv: $(STAMP)
 
@@ -15,18 +17,28 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/python -m examples.quickstart
+	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
+	$(BIN)/python -m examples.chat
 
 # The suite starts the services it needs itself (SeaweedFS via tests/conftest.py) and stops them.
-test: venv browser
+test: venv browser seed-clients
 	$(BIN)/python -m pytest -q -ra
 
 # Browser tests drive Debian's Chromium through Playwright (never `playwright install`).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# React 18 (UMD builds) for the seed's ChatRoom component in tests/test_seed_clients.py, pinned by
+# tests/seed_clients/package-lock.json, installed into the gitignored tests/seed_clients/node_modules.
+seed-clients: $(SEED_STAMP)
+
+$(SEED_STAMP): $(SEED_CLIENTS)/package.json $(SEED_CLIENTS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	cd $(SEED_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 lint: venv
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(SEED_CLIENTS)/node_modules

@@ -19,7 +19,7 @@ import jwt
 import structlog
 from aiohttp import web
 
-from s3db_core import Database
+from s3db_core import Database, Resource, ValidationError
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
 log = structlog.get_logger("s3db.examples")
@@ -106,3 +106,30 @@ def every(seconds: float, job: Callable[[], Awaitable[Any]]) -> Callable[[], Awa
                 log.exception("background job failed", job=getattr(job, "__name__", repr(job)))
 
     return loop
+
+
+async def find_record(resource: Resource, id: Any) -> dict[str, Any] | None:
+    """The record ``id`` of ``resource``, or None when it is missing or ``id`` is not an id.
+
+    Guards use it on ids that come from clients (``filter["documentId"]``, ``data["projectId"]``):
+    a filter like ``{"$in": [...]}`` or a malformed id is "no such record", never an error.
+    """
+    if not isinstance(id, str) or not id:
+        return None
+    try:
+        return await resource.get_or_none(id)
+    except ValidationError:
+        return None
+
+
+def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]]) -> None:
+    """DEVELOPMENT ONLY: print a ready-to-use socket URL per demo user (``{sub: claims}``).
+
+    Prints nothing unless the app runs with the development secret, so a real ``JWT_SECRET``
+    never signs tokens into a terminal.
+    """
+    if options.jwt_secret != DEV_SECRET:
+        return
+    print("Development tokens (signed with the development secret):", flush=True)
+    for sub, claims in users.items():
+        print(f"  {sub}: {url}?token={make_token(options.jwt_secret, sub, **claims)}", flush=True)

@@ -1,0 +1,1 @@
+"""The seed's chat application as a runnable example: ``python -m examples.chat``."""

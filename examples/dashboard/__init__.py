@@ -1,0 +1,1 @@
+"""The seed's real-time dashboard as a runnable example: ``python -m examples.dashboard``."""

@@ -1,0 +1,1 @@
+"""The seed's gaming leaderboard as a runnable example: ``python -m examples.leaderboard``."""

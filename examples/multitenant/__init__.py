@@ -1,0 +1,1 @@
+"""The seed's multi-tenant SaaS as a runnable example: ``python -m examples.multitenant``."""

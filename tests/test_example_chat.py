@@ -1,0 +1,355 @@
+"""The chat example end to end: real sockets, the seed's story, and what each user must not see.
+
+Alice, Bob and Carol use ``examples.chat`` through the Python client, exactly as the seed's
+React client does through the browser's WebSocket (see test_seed_clients.py for that one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from contextlib import AsyncExitStack
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from browser_helpers import chromium, pages_for, served
+from example_process import running_example
+from playwright.sync_api import expect
+
+from examples.chat.app import create_app, delete_expired_typing
+from examples.common import Options
+from s3db_ws_plugin.client import Client, Forbidden, NotFound
+
+SECRET = "chat-test-secret-with-enough-bytes"
+TYPING_TTL = 0.4
+EVENT_TIMEOUT = 5.0
+
+
+class Chat:
+    """The running example and a way to sign its users in."""
+
+    def __init__(self, db, plugin, token, stack: AsyncExitStack) -> None:
+        self.db = db
+        self.plugin = plugin
+        self.token = token
+        self.stack = stack
+
+    async def user(self, name: str) -> Client:
+        """A connected client for ``name`` (a JWT with ``sub`` and ``name``, as the seed expects)."""
+        client = Client(self.plugin.url, token=self.token(name, name=name.title()))
+        return await self.stack.enter_async_context(client)
+
+
+@pytest.fixture
+def s3db_jwt_secret() -> str:
+    return SECRET  # what the project's s3db_token fixture signs with
+
+
+@pytest_asyncio.fixture
+async def chat(s3db_token):
+    options = Options(port=0, host="127.0.0.1", db=f"memory://chat-{uuid.uuid4().hex}", jwt_secret=SECRET)
+    db, plugin, jobs = await create_app(options, typing_ttl=TYPING_TTL, cleanup_every=0.1)
+    tasks = [asyncio.create_task(job()) for job in jobs]
+    try:
+        async with AsyncExitStack() as stack:
+            yield Chat(db, plugin, s3db_token, stack)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await db.disconnect()
+
+
+async def next_event(sub):
+    return await sub.next(timeout=EVENT_TIMEOUT)
+
+
+async def test_a_public_room_conversation_with_history(chat):
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+
+    # The create guard decides who created the room and who is in it, whatever the client says.
+    room = await alice.insert(
+        "chat_rooms", {"name": "general", "createdBy": "mallory", "members": ["mallory"]}
+    )
+    assert room["createdBy"] == "alice"
+    assert room["members"] == ["alice", "mallory"]
+    assert room["isPrivate"] is False
+    listed = await bob.list("chat_rooms")
+    assert [r["id"] for r in listed.items] == [room["id"]]
+
+    alice_msgs = await alice.subscribe("chat_messages", {"roomId": room["id"]})
+    bob_msgs = await bob.subscribe("chat_messages", {"roomId": room["id"]})
+
+    # The sender is who the token says: a forged userId/username is overwritten by the guard.
+    sent = await bob.insert(
+        "chat_messages",
+        {"roomId": room["id"], "content": "hi all", "userId": "alice", "username": "Alice"},
+    )
+    assert (sent["userId"], sent["username"], sent["type"]) == ("bob", "Bob", "text")
+    for sub in (alice_msgs, bob_msgs):
+        event = await next_event(sub)
+        assert (event.event, event.data["id"]) == ("insert", sent["id"])
+        assert (event.data["userId"], event.data["username"]) == ("bob", "Bob")
+
+    await alice.insert("chat_messages", {"roomId": room["id"], "content": "hello bob"})
+    assert (await next_event(bob_msgs)).data["content"] == "hello bob"
+
+    # Carol arrives later and loads the history the way the seed does (list, limit 50).
+    carol = await chat.user("carol")
+    history = await carol.list("chat_messages", {"roomId": room["id"]}, limit=50)
+    assert [(m["username"], m["content"]) for m in history.items] == [
+        ("Bob", "hi all"),
+        ("Alice", "hello bob"),
+    ]
+    newest_first = await carol.list("chat_messages", {"roomId": room["id"]}, limit=1, order="desc")
+    assert [m["content"] for m in newest_first.items] == ["hello bob"]
+
+    # Only the seed's message kinds come from clients; "system" messages are the server's.
+    with pytest.raises(Forbidden):
+        await carol.insert("chat_messages", {"roomId": room["id"], "content": "x", "type": "system"})
+
+
+async def test_a_private_room_refuses_outsiders_everywhere(chat):
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    public = await alice.insert("chat_rooms", {"name": "lobby"})
+    carol_rooms = await carol.subscribe("chat_rooms")
+    secret = await alice.insert(
+        "chat_rooms", {"name": "secret", "isPrivate": True, "members": ["bob"]}
+    )
+    assert secret["members"] == ["alice", "bob"]
+    room_id = secret["id"]
+    carol_public = await carol.subscribe("chat_messages", {"roomId": public["id"]})
+
+    # Members work normally.
+    bob_msgs = await bob.subscribe("chat_messages", {"roomId": room_id})
+    bob_typing = await bob.subscribe("typing_indicators", {"roomId": room_id})
+    message = await alice.insert("chat_messages", {"roomId": room_id, "content": "for bob only"})
+    assert (await next_event(bob_msgs)).data["content"] == "for bob only"
+    await alice.insert("typing_indicators", {"roomId": room_id})
+    assert (await next_event(bob_typing)).data["userId"] == "alice"
+    assert [m["id"] for m in (await bob.list("chat_messages", {"roomId": room_id})).items] == [
+        message["id"]
+    ]
+    assert (await bob.get("chat_rooms", room_id))["name"] == "secret"
+
+    # Carol is refused for subscribe, list, get and insert, on messages and typing indicators.
+    for resource in ("chat_messages", "typing_indicators"):
+        with pytest.raises(Forbidden):
+            await carol.subscribe(resource, {"roomId": room_id})
+        with pytest.raises(Forbidden):
+            await carol.list(resource, {"roomId": room_id})
+        with pytest.raises(Forbidden):
+            await carol.insert(resource, {"roomId": room_id, "content": "let me in"})
+    with pytest.raises(Forbidden):
+        await carol.get("chat_messages", message["id"])
+    with pytest.raises(Forbidden):
+        await carol.get("chat_rooms", room_id)
+    # ... also when she tries to get around the room check.
+    for sneaky in ({}, {"roomId": {"$in": [room_id, public["id"]]}}, {"roomId": {"$ne": "x"}}):
+        with pytest.raises(Forbidden):
+            await carol.subscribe("chat_messages", sneaky)
+        with pytest.raises(Forbidden):
+            await carol.list("chat_messages", sneaky)
+    with pytest.raises(Forbidden):
+        await carol.update("chat_rooms", room_id, {"members": ["alice", "bob", "carol"]})
+    with pytest.raises(Forbidden):
+        await carol.update("chat_messages", message["id"], {"content": "defaced"})
+
+    # The room list shows her the public room only, even when she asks for private ones.
+    assert [r["id"] for r in (await carol.list("chat_rooms")).items] == [public["id"]]
+    asking = await carol.list("chat_rooms", {"isPrivate": True})
+    assert [r["id"] for r in asking.items] == [public["id"]]
+    assert (await carol.list("chat_rooms", {"members[]": "bob"})).items == []
+    assert [r["id"] for r in (await bob.list("chat_rooms", {"members[]": "bob"})).items] == [room_id]
+
+    # Nothing of the private room reaches her subscriptions: her next events are public ones.
+    await alice.update("chat_rooms", room_id, {"description": "still secret"})
+    await bob.insert("chat_messages", {"roomId": room_id, "content": "psst"})
+    await alice.update("chat_rooms", public["id"], {"description": "open to all"})
+    await alice.insert("chat_messages", {"roomId": public["id"], "content": "public news"})
+    room_event = await next_event(carol_rooms)
+    assert (room_event.data["id"], room_event.data["description"]) == (public["id"], "open to all")
+    assert (await next_event(carol_public)).data["content"] == "public news"
+
+    # A missing room is refused for messages, and not found for rooms.
+    with pytest.raises(Forbidden):
+        await carol.subscribe("chat_messages", {"roomId": "no-such-room"})
+    with pytest.raises(NotFound):
+        await carol.get("chat_rooms", "no-such-room")
+
+
+async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True})
+    with pytest.raises(Forbidden):
+        await bob.list("chat_messages", {"roomId": room["id"]})
+    # Only the creator manages the room; the creator can neither be replaced nor removed.
+    with pytest.raises(Forbidden):
+        await bob.update("chat_rooms", room["id"], {"members": ["bob"]})
+    updated = await alice.update(
+        "chat_rooms", room["id"], {"members": ["bob"], "createdBy": "bob"}
+    )
+    assert (updated["members"], updated["createdBy"]) == (["alice", "bob"], "alice")
+    with pytest.raises(Forbidden):
+        await alice.update("chat_rooms", room["id"], {"members": None})
+    odd = await carol.insert("chat_rooms", {"name": "odd", "members": None})
+    assert odd["members"] == ["carol"]
+    message = await bob.insert("chat_messages", {"roomId": room["id"], "content": "thanks!"})
+
+    # Authors edit and delete their own messages only, and cannot move them or change authorship.
+    with pytest.raises(Forbidden):
+        await alice.update("chat_messages", message["id"], {"content": "edited by alice"})
+    with pytest.raises(Forbidden):
+        await alice.delete("chat_messages", message["id"])
+    edited = await bob.update(
+        "chat_messages", message["id"], {"content": "thanks a lot!", "userId": "alice", "roomId": "x"}
+    )
+    assert (edited["content"], edited["userId"], edited["roomId"]) == ("thanks a lot!", "bob", room["id"])
+    with pytest.raises(Forbidden):
+        await carol.delete("chat_rooms", room["id"])
+    await bob.delete("chat_messages", message["id"])
+    assert await chat.db.resources.chat_messages.get_or_none(message["id"]) is None
+
+
+async def test_typing_indicators_appear_and_are_cleaned_up(chat):
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    room = await alice.insert("chat_rooms", {"name": "general"})
+    bob_typing = await bob.subscribe("typing_indicators", {"roomId": room["id"]})
+
+    before = int(time.time() * 1000)
+    typing = await alice.insert(
+        "typing_indicators",
+        {"roomId": room["id"], "userId": "bob", "username": "Bob", "expiresAt": 10**15},
+    )
+    # The guard sets who is typing and the TTL; the client's values are ignored.
+    assert (typing["userId"], typing["username"]) == ("alice", "Alice")
+    assert before + TYPING_TTL * 1000 <= typing["expiresAt"] <= time.time() * 1000 + TYPING_TTL * 1000
+    inserted = await next_event(bob_typing)
+    assert (inserted.event, inserted.data["id"], inserted.data["username"]) == ("insert", typing["id"], "Alice")
+
+    # The background cleanup (query expiresAt $lt now, delete each) removes it once expired.
+    deleted = await next_event(bob_typing)
+    assert (deleted.event, deleted.data["id"]) == ("delete", typing["id"])
+    assert time.time() * 1000 >= typing["expiresAt"]
+    assert await chat.db.resources.typing_indicators.get_or_none(typing["id"]) is None
+
+    # Users may clear their own indicator (e.g. on send), not somebody else's.
+    again = await chat.db.resources.typing_indicators.insert(
+        {"roomId": room["id"], "userId": "alice", "username": "Alice", "expiresAt": 10**15}
+    )
+    assert (await next_event(bob_typing)).data["id"] == again["id"]
+    with pytest.raises(Forbidden):
+        await bob.delete("typing_indicators", again["id"])
+    with pytest.raises(Forbidden):
+        await alice.update("typing_indicators", again["id"], {"expiresAt": 10**15})
+    await alice.delete("typing_indicators", again["id"])
+    assert (await next_event(bob_typing)).event == "delete"
+
+
+async def test_cleanup_deletes_only_expired_indicators(chat):
+    indicators = chat.db.resources.typing_indicators
+    now = int(time.time() * 1000)
+    old = await indicators.insert({"roomId": "r", "userId": "u", "username": "U", "expiresAt": now - 1})
+    fresh = await indicators.insert({"roomId": "r", "userId": "v", "username": "V", "expiresAt": now + 60_000})
+    await delete_expired_typing(chat.db)
+    assert await indicators.get_or_none(old["id"]) is None
+    assert await indicators.get_or_none(fresh["id"]) is not None
+
+
+async def test_python_m_examples_chat_serves_the_page_login_and_socket():
+    async with running_example("chat", SECRET, ready="Open the chat page") as (url, lines):
+        page = url.replace("ws://", "http://").rstrip("/") + "/chat"
+        assert f"Open the chat page: {page}" in "".join(lines)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(page) as resp:
+                assert resp.status == 200
+                assert "DEV ONLY" in await resp.text()
+            async with http.get(url.replace("ws://", "http://") + "client.js") as resp:
+                assert resp.status == 200
+            async with http.post(page.replace("/chat", "/dev/login"), json={"name": "dora"}) as resp:
+                token = (await resp.json())["token"]
+        async with Client(url, token=token) as dora:
+            room = await dora.insert("chat_rooms", {"name": "from the entry point"})
+            assert room["createdBy"] == "dora"
+
+
+# -- the chat page in real Chromium ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chromium_browser():
+    with chromium() as browser:
+        yield browser
+
+
+def sign_in(page, name: str) -> None:
+    expect(page.locator(".dev-banner")).to_contain_text("DEV ONLY")
+    page.fill("#login-name", name)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#connection")).to_have_text("connected")
+
+
+def test_chat_page_two_people_chat_and_see_each_other_typing(request, chromium_browser):
+    with served(create_app, typing_ttl=1.0, cleanup_every=0.2) as server, pages_for(request, chromium_browser) as pages:
+        alice, bob = pages.new(f"{server.http_url}/chat"), pages.new(f"{server.http_url}/chat")
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+
+        # Alice creates a room; Bob sees it appear in his room list and opens it.
+        alice.fill("#room-name", "general")
+        alice.click("#new-room button[type=submit]")
+        expect(alice.locator("#room-title")).to_have_text("# general")
+        bob.click("#rooms button:has-text('general')")
+        expect(bob.locator("#room-title")).to_have_text("# general")
+
+        # Alice types: Bob sees it; she sends: Bob gets the message and the indicator goes.
+        alice.locator("#message").press_sequentially("hi bob")
+        expect(bob.locator("#typing")).to_have_text("alice is typing…")
+        expect(alice.locator("#typing")).to_have_text("")  # nobody else is typing
+        alice.press("#message", "Enter")
+        for page in (alice, bob):
+            expect(page.locator("#messages li .content")).to_have_text(["hi bob"])
+            expect(page.locator("#messages li .author")).to_have_text(["alice"])
+        expect(bob.locator("#typing")).to_have_text("")
+
+        # Bob starts typing and stops: Alice sees him typing until the server's cleanup
+        # deletes the expired indicator.
+        bob.locator("#message").press_sequentially("hmm")
+        expect(alice.locator("#typing")).to_have_text("bob is typing…")
+        expect(alice.locator("#typing")).to_have_text("", timeout=5_000)
+        bob.locator("#message").press_sequentially(", hello alice")
+        bob.click("#composer button[type=submit]")
+        expect(alice.locator("#messages li .content")).to_have_text(["hi bob", "hmm, hello alice"])
+
+        # Carol arrives later and gets the history.
+        carol = pages.new(f"{server.http_url}/chat")
+        sign_in(carol, "carol")
+        carol.click("#rooms button:has-text('general')")
+        expect(carol.locator("#messages li .author")).to_have_text(["alice", "bob"])
+        expect(carol.locator("#messages li .content")).to_have_text(["hi bob", "hmm, hello alice"])
+
+
+def test_chat_page_private_rooms_stay_private(request, chromium_browser):
+    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
+        alice, carol = pages.new(f"{server.http_url}/chat"), pages.new(f"{server.http_url}/chat")
+        sign_in(alice, "alice")
+        sign_in(carol, "carol")
+        alice.fill("#room-name", "plans")
+        alice.check("#room-private")
+        alice.fill("#room-members", "bob")
+        alice.click("#new-room button[type=submit]")
+        expect(alice.locator("#room-title")).to_have_text("🔒 plans")
+        alice.fill("#message", "the secret plan")
+        alice.press("#message", "Enter")
+        expect(alice.locator("#messages li .content")).to_have_text(["the secret plan"])
+        alice.fill("#room-name", "lobby")
+        alice.click("#new-room button[type=submit]")
+        expect(alice.locator("#rooms button")).to_have_text(["# lobby", "🔒 plans"])
+
+        # Carol's room list shows the public room only; opening the private one by URL fails.
+        expect(carol.locator("#rooms button")).to_have_text(["# lobby"])
+        plans = server.call(lambda: server.db.resources.chat_rooms.query({"name": "plans"}))[0]
+        carol.goto(f"{server.http_url}/chat#room={plans['id']}")
+        expect(carol.locator("#status")).to_contain_text("FORBIDDEN")
+        expect(carol.locator("#messages li")).to_have_count(0)
+        expect(carol.locator("#rooms button")).to_have_text(["# lobby"])
