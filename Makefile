@@ -37,6 +37,11 @@ $(SEED_STAMP): $(SEED_CLIENTS)/package.json $(SEED_CLIENTS)/package-lock.json
 	cd $(SEED_CLIENTS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# SPEC §9 as ratios against baselines run in the same process; writes bench/results.json.
+bench: venv
+	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
+	$(BIN)/python -m bench
+
 lint: venv
 	$(BIN)/ruff check .
 
