@@ -161,6 +161,14 @@ class RequestTimeout(ClientError):
     code = "TIMEOUT"
 
 
+class SlowConsumer(ClientError):
+    """A subscription's reader fell ``max_pending`` events behind. The iterator still yields
+    every event it buffered, then raises this; the subscription is closed (never a silent drop,
+    like the server's 4408). Read faster, or subscribe again and catch up with ``list``."""
+
+    code = "SLOW_CONSUMER"
+
+
 ERRORS: dict[str, type[ClientError]] = {
     cls.code: cls
     for cls in (
@@ -278,14 +286,17 @@ class Subscription:
         resource: str,
         filter: dict[str, Any] | None,
         events: tuple[str, ...] | None,
+        max_pending: int,
     ) -> None:
         self.client = client
         self.resource = resource
         self.filter = dict(filter or {})
         self.events = events
+        self.max_pending = max_pending
         self.effective_filter: dict[str, Any] = dict(self.filter)
         self.closed = False
         self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
+        self._releasing: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"<Subscription {self.resource} {self.filter}>"
@@ -294,8 +305,27 @@ class Subscription:
         return self.events is None or kind in self.events
 
     def _push(self, event: Event) -> None:
-        if not self.closed:
-            self._queue.put_nowait(event)
+        if self.closed:
+            return
+        if self._queue.qsize() >= self.max_pending:
+            self._overflow()
+            return
+        self._queue.put_nowait(event)
+
+    def _overflow(self) -> None:
+        """End with ``SlowConsumer`` behind the buffered events and unsubscribe."""
+        log.warning(
+            "subscription reader too slow, closing it",
+            resource=self.resource,
+            max_pending=self.max_pending,
+        )
+        self._end(
+            SlowConsumer(
+                f"more than {self.max_pending} unread events on {self.resource!r}: "
+                "the subscription was closed"
+            )
+        )
+        self._releasing = asyncio.get_running_loop().create_task(self.client._release(self))
 
     def _end(self, error: ClientError | None = None) -> None:
         if not self.closed:
@@ -402,8 +432,12 @@ class Client:
         heartbeat: float | None = 30.0,
         max_message_size: int = 16 << 20,
         on_reconnect: Callable[[Client], Any] | None = None,
+        max_pending: int = 10_000,
     ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
         self.url = url
+        self.max_pending = max_pending
         self.safe_url = redact(url)
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
@@ -545,11 +579,18 @@ class Client:
         resource: str,
         filter: Mapping[str, Any] | None = None,
         events: Iterable[str] | None = None,
+        max_pending: int | None = None,
     ) -> _SubscribeCall:
         """Subscribe to changes: ``sub = await client.subscribe(...)`` or
-        ``async with client.subscribe(...) as sub``; then ``async for event in sub``."""
+        ``async with client.subscribe(...) as sub``; then ``async for event in sub``.
+
+        At most ``max_pending`` (default: the client's) unread events are kept; one more ends
+        the iterator with ``SlowConsumer`` once the buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        sub = Subscription(self, resource, dict(filter) if filter else None, kinds)
+        limit = self.max_pending if max_pending is None else max_pending
+        if limit < 1:
+            raise ValueError("max_pending must be at least 1")
+        sub = Subscription(self, resource, dict(filter) if filter else None, kinds, limit)
         return _SubscribeCall(self._subscribe(sub))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:

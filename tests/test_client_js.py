@@ -316,3 +316,37 @@ def test_token_function_refreshes_before_expiry(server, tab):
     tab.wait_for_function("events.length === 1")
     assert tab.evaluate("closedWith") is None and tab.evaluate("db.reconnects") == 0
     assert server.tokens_issued >= 2
+
+
+def test_an_unread_subscription_fails_with_slow_consumer_after_its_buffer(server, tab):
+    tab.evaluate(
+        """async ({url, token}) => {
+            window.db = await s3db.connect(url, { token, maxPending: 100 });
+            window.slow = await db.subscribe("notes", { maxPending: 2 });
+            await db.subscribe("notes", {}, (e) => events.push(e.data.title));
+        }""",
+        {"url": server.ws_url, "token": make_token("erin")},
+    )
+    for n in range(4):
+        server.insert({"title": f"n{n}"})
+    tab.wait_for_function("events.length === 4")  # the callback subscription misses nothing
+    read = tab.evaluate(
+        """async () => {
+            const got = [];
+            for (let i = 0; i < 4; i++) {
+              try { got.push((await slow.next()).value.data.title); }
+              catch (err) { got.push(err.code); }
+            }
+            return { got, closed: slow.closed, limit: db.maxPending };
+        }"""
+    )
+    assert read == {
+        "got": ["n0", "n1", "SLOW_CONSUMER", "SLOW_CONSUMER"],
+        "closed": True,
+        "limit": 100,
+    }
+    # The server forgot the slow subscription; the callback one still delivers.
+    server.insert({"title": "late"})
+    tab.wait_for_function("events.length === 5")
+    subs = sum(len(conn.subscriptions) for conn in server.plugin.connections)
+    assert subs == 1

@@ -149,8 +149,9 @@ function stableJson(value) {
 // -- subscriptions --------------------------------------------------------------------------------
 /** Live events of one subscribe: an async iterator, or a callback when one was given. */
 export class Subscription {
-  constructor(client, resource, filter, events, callback) {
+  constructor(client, resource, filter, events, callback, maxPending) {
     this.client = client;
+    this.maxPending = maxPending;
     this.resource = resource;
     this.filter = filter || {};
     this.events = events || null;
@@ -176,6 +177,12 @@ export class Subscription {
       }
     } else if (this._waiters.length) {
       this._waiters.shift().resolve({ value: event, done: false });
+    } else if (this._buffer.length >= this.maxPending) {
+      // Never a silent drop: the buffered events are still read, then the iterator throws.
+      this._finish(
+        new S3dbError("SLOW_CONSUMER", `more than ${this.maxPending} unread events on "${this.resource}": the subscription was closed`),
+      );
+      this.client._release(this).catch(() => {});
     } else {
       this._buffer.push(event);
     }
@@ -246,7 +253,8 @@ export class Client {
    * @param {string} url  ws:// or wss:// address of the server
    * @param {object} options  token (string | () => string | Promise<string>), apiKey,
    *   reconnect (true), backoff ({initial: 500, maximum: 30000, factor: 2, jitter: 0.5} ms),
-   *   requestTimeout (10000 ms), refreshMargin (30000 ms)
+   *   requestTimeout (10000 ms), refreshMargin (30000 ms), maxPending (10000 unread events per
+   *   subscription; one more ends its iterator with SLOW_CONSUMER after the buffered ones)
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -257,6 +265,7 @@ export class Client {
     this.backoff = { initial: 500, maximum: 30000, factor: 2, jitter: 0.5, ...(options.backoff || {}) };
     this.requestTimeout = options.requestTimeout ?? 10000;
     this.refreshMargin = options.refreshMargin ?? 30000;
+    this.maxPending = options.maxPending ?? 10000;
     this.state = "idle"; // connecting | open | reconnecting | closed
     this.clientId = null;
     this.user = null;
@@ -370,11 +379,13 @@ export class Client {
 
   /**
    * Subscribe to changes of `resource`: `{ filter, events }` are optional. With a `callback`
-   * every event is handed to it; otherwise iterate the subscription with `for await`.
+   * every event is handed to it; otherwise iterate the subscription with `for await`, which
+   * keeps at most `maxPending` unread events (default: the client's option).
    */
-  async subscribe(resource, { filter, events } = {}, callback = null) {
+  async subscribe(resource, { filter, events, maxPending } = {}, callback = null) {
     const kinds = events ? EVENT_KINDS.filter((k) => events.includes(k)) : null;
-    const sub = new Subscription(this, resource, filter ? { ...filter } : {}, kinds, callback);
+    const limit = maxPending ?? this.maxPending;
+    const sub = new Subscription(this, resource, filter ? { ...filter } : {}, kinds, callback, limit);
     const key = this._key(resource, sub.filter);
     let stream = this._streams.get(key);
     if (!stream) {
