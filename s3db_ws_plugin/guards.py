@@ -5,8 +5,11 @@ Guards follow the seed's signatures, sync or async: ``list(user, ctx)``, ``get(u
 ``create(user, data)``, ``update(user, ctx)``, ``delete(user, ctx)``, ``subscribe(user, filter)``.
 A truthy return allows, a falsy one forbids; a dict returned by ``list``/``subscribe`` allows and
 overrides the client's filter key by key (so the guard's keys can never be widened). A guard may
-raise ``ForbiddenError`` or ``NotFoundError`` to answer with that code; anything else it raises
-becomes ``INTERNAL_ERROR``. The role list (``auth``) is checked before any guard.
+raise ``ForbiddenError`` or ``NotFoundError`` to answer with that code, or s3db's own
+``ValidationError`` to reject the data with ``VALIDATION_ERROR`` and its per-field ``details``
+(for rules a schema cannot say, like the collab example's operation shapes); any other exception
+becomes ``INTERNAL_ERROR`` (logged with an error id, never sent). The role list (``auth``) is
+checked before any guard.
 """
 
 from __future__ import annotations
