@@ -104,15 +104,18 @@ class ResourcePolicy:
     roles: frozenset[str] | None = None
     requires_user: bool = False
     guards: dict[str, Guard] = field(default_factory=dict)
+    order: str = "asc"  # of a `list` frame that names none
 
     @classmethod
     def from_config(cls, name: str, config: Any) -> ResourcePolicy:
-        """Build from ``True`` or ``{events, protected, auth, guard}``; ValueError when malformed."""
+        """Build from ``True`` or ``{events, protected, auth, guard, order}``; ValueError when
+        malformed. ``order`` (``asc``, the default, or ``desc``) is what a ``list`` frame without
+        ``order`` gets: ``desc`` serves clients that expect the newest records first."""
         if config is True:
             return cls(name)
         if not isinstance(config, Mapping):
             raise ValueError(f"resource {name!r}: config must be True or a dict")
-        unknown = set(config) - {"events", "protected", "auth", "guard", "guards"}
+        unknown = set(config) - {"events", "protected", "auth", "guard", "guards", "order"}
         if unknown:
             raise ValueError(f"resource {name!r}: unknown option(s) {sorted(unknown)}")
         events = config.get("events", EVENT_KINDS)
@@ -125,6 +128,9 @@ class ResourcePolicy:
                 raise ValueError(f"resource {name!r}: unknown guard {kind!r}; use {GUARD_KINDS}")
             if not callable(guard):
                 raise ValueError(f"resource {name!r}: guard {kind!r} is not callable")
+        order = config.get("order", "asc")
+        if order not in ("asc", "desc"):
+            raise ValueError(f"resource {name!r}: 'order' must be 'asc' or 'desc'")
         return cls(
             name,
             events=frozenset(events),
@@ -132,6 +138,7 @@ class ResourcePolicy:
             roles=roles,
             requires_user=requires_user,
             guards=guards,
+            order=order,
         )
 
     def role_allows(self, user: Any) -> bool:

@@ -171,8 +171,9 @@ class Handlers:
         decision = await self._guard(policy, "list", conn.user, ctx)
         effective = merge_filter(client_filter, decision.filter_override)
         self._compile_effective(policy, effective)
+        order = f["order"] or policy.order
         page = await resource.list(
-            filter=effective or None, limit=f["limit"], cursor=f["cursor"], order=f["order"]
+            filter=effective or None, limit=f["limit"], cursor=f["cursor"], order=order
         )
         strip = policy.protected.strip
         return reply(

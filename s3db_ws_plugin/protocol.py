@@ -123,10 +123,11 @@ def _limit(msg: dict) -> int:
     return value
 
 
-def _order(msg: dict) -> str:
+def _order(msg: dict) -> str | None:
+    """``asc``/``desc``; None when absent (the resource's default order applies)."""
     value = msg.get("order")
     if _absent(value):
-        return "asc"
+        return None
     if value not in ("asc", "desc"):
         raise invalid("order", "must be 'asc' or 'desc'")
     return value

@@ -96,15 +96,16 @@ async def test_a_public_room_conversation_with_history(chat):
     await alice.insert("chat_messages", {"roomId": room["id"], "content": "hello bob"})
     assert (await next_event(bob_msgs)).data["content"] == "hello bob"
 
-    # Carol arrives later and loads the history the way the seed does (list, limit 50).
+    # Carol arrives later and loads the history the way the seed does (list, limit 50, no
+    # order): messages come newest first, which the seed's ChatRoom reverses.
     carol = await chat.user("carol")
     history = await carol.list("chat_messages", {"roomId": room["id"]}, limit=50)
     assert [(m["username"], m["content"]) for m in history.items] == [
-        ("Bob", "hi all"),
         ("Alice", "hello bob"),
+        ("Bob", "hi all"),
     ]
-    newest_first = await carol.list("chat_messages", {"roomId": room["id"]}, limit=1, order="desc")
-    assert [m["content"] for m in newest_first.items] == ["hello bob"]
+    oldest_first = await carol.list("chat_messages", {"roomId": room["id"]}, limit=1, order="asc")
+    assert [m["content"] for m in oldest_first.items] == ["hi all"]
 
     # Only the seed's message kinds come from clients; "system" messages are the server's.
     with pytest.raises(Forbidden):

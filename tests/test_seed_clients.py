@@ -87,7 +87,8 @@ def chat_room_url(origin: str, room_id: str, token: str) -> str:
 def test_seed_chatroom_component_chats_with_history_and_typing(request, chat, seed_origin):
     db = chat.db
     room = chat.call(lambda: db.resources.chat_rooms.insert({"name": "general", "createdBy": "alice"}))
-    for author, text in [("alice", "first"), ("bob", "second")]:
+    older = [("bob", f"message {n}") for n in range(1, 59)]  # 60 in all: 10 are past the history
+    for author, text in [*older, ("alice", "first"), ("bob", "second")]:
         chat.call(
             lambda author=author, text=text: db.resources.chat_messages.insert(
                 {"roomId": room["id"], "userId": author, "username": author.title(), "content": text}
@@ -99,11 +100,14 @@ def test_seed_chatroom_component_chats_with_history_and_typing(request, chat, se
         for page, name in ((alice, "alice"), (bob, "bob")):
             page.goto(chat_room_url(seed_origin, room["id"], chat.token(name, name=name.title())))
 
-        # History: the component's `list` with requestId 'history' (it renders it reversed).
+        # History: the component's `list` with requestId 'history' takes 50 and reverses them:
+        # the room serves newest first, so the page shows the latest 50, oldest at the top.
         for page in (alice, bob):
-            expect(page.locator(".message")).to_have_count(2)
-            shown = sorted(page.locator(".message").all_inner_texts())
-            assert shown == ["Alice: first", "Bob: second"]
+            expect(page.locator(".message")).to_have_count(50)
+            shown = page.locator(".message").all_inner_texts()
+            assert shown == [f"Bob: message {n}" for n in range(11, 59)] + [
+                "Alice: first", "Bob: second"
+            ]
 
         # Bob types: every keystroke is the seed's typing insert; both see "Bob typing...".
         bob.locator(".input input").press_sequentially("hi alice")
@@ -122,9 +126,10 @@ def test_seed_chatroom_component_chats_with_history_and_typing(request, chat, se
         alice.locator("button", has_text="Send").click()
         expect(bob.locator(".message").last).to_have_text("Alice: hello bob")
         stored = chat.call(lambda: db.resources.chat_messages.query({"roomId": room["id"]}))
-        assert sorted((m["userId"], m["content"]) for m in stored) == [
-            ("alice", "first"), ("alice", "hello bob"), ("bob", "hi alice"), ("bob", "second")
-        ]
+        assert len(stored) == 62
+        assert sorted(
+            (m["userId"], m["content"]) for m in stored if not m["content"].startswith("message")
+        ) == [("alice", "first"), ("alice", "hello bob"), ("bob", "hi alice"), ("bob", "second")]
 
 
 def test_seed_chatroom_component_of_an_outsider_gets_nothing_from_a_private_room(request, chat, seed_origin):

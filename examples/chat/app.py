@@ -176,6 +176,9 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
         },
         "chat_messages": {
             "events": ["insert"],
+            # Newest first when a `list` names no order: the seed's ChatRoom asks for 50 messages
+            # of history and reverses them, so it shows the latest 50 oldest-to-newest.
+            "order": "desc",
             "guard": {
                 "subscribe": room_filter_allowed,
                 "list": in_room_list,
