@@ -19,7 +19,7 @@ import jwt
 import structlog
 from aiohttp import web
 
-from s3db_core import Database, Resource, ValidationError
+from s3db_core import Change, Database, Resource, ValidationError, hookimpl
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
 log = structlog.get_logger("s3db.examples")
@@ -133,3 +133,32 @@ def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]
     print("Development tokens (signed with the development secret):", flush=True)
     for sub, claims in users.items():
         print(f"  {sub}: {url}?token={make_token(options.jwt_secret, sub, **claims)}", flush=True)
+
+
+class RecheckOnAccessChange:
+    """Revoke open subscriptions when the record that grants access to them changes.
+
+    ``dependents`` maps each resource whose subscriptions hang on a ``resource`` record to the
+    filter field naming that record: ``{"chat_messages": "roomId"}`` re-checks the message
+    subscriptions of a room when the room's ``fields`` (e.g. its members) change or it is
+    deleted. The hook awaits the re-check, so the write that changed access returns only once
+    the removed users' subscriptions are gone.
+    """
+
+    def __init__(
+        self, plugin: Any, resource: str, fields: tuple[str, ...], dependents: dict[str, str]
+    ) -> None:
+        self.plugin = plugin
+        self.resource = resource
+        self.fields = fields
+        self.dependents = dependents
+
+    @hookimpl
+    async def s3db_change(self, change: Change) -> None:
+        if change.resource != self.resource or change.event == "insert":
+            return
+        before, after = change.previous or {}, change.record
+        if change.event == "update" and all(before.get(f) == after.get(f) for f in self.fields):
+            return
+        for resource, field in self.dependents.items():
+            await self.plugin.recheck(resource, where={field: after["id"]})

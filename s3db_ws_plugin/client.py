@@ -720,6 +720,17 @@ class Client:
             for sub in subs:
                 sub._push(event)
 
+    def _revoked(self, error: ClientError) -> None:
+        """The server revoked a subscription (``details.revoked``): its iterators raise."""
+        details = error.details
+        if not (isinstance(details, dict) and details.get("revoked")):
+            return
+        filter = details.get("filter") if isinstance(details.get("filter"), dict) else {}
+        stream = self._streams.pop(self._key(str(details.get("resource")), filter), None)
+        if stream is not None:
+            for sub in stream.subs:
+                sub._end(error)
+
     async def _resubscribe(self) -> None:
         for key, stream in list(self._streams.items()):
             if not stream.subs:
@@ -834,6 +845,7 @@ class Client:
             elif kind == "error":
                 last_error = error_from_frame(frame)
                 log.info("server error", code=last_error.code, message=last_error.message)
+                self._revoked(last_error)
             elif kind == "connected":
                 self.client_id = frame.get("clientId", self.client_id)
                 self.user = frame.get("user")

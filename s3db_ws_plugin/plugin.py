@@ -41,6 +41,7 @@ from .protocol import (
     request_id_of,
 )
 from .rate_limiters import load_rate_limiter
+from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
 log = structlog.get_logger("s3db.ws")
@@ -138,6 +139,7 @@ class WebSocketPlugin:
         self.db: Any = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
+        self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
         self._runner: web.AppRunner | None = None
@@ -413,6 +415,25 @@ class WebSocketPlugin:
 
     def _token_expired(self, conn: Connection) -> None:
         self.reject(conn, "token expired")
+
+    # -- revocation ---------------------------------------------------------------------------
+    def recheck(
+        self,
+        resource: str | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        user_id: Any = None,
+    ) -> asyncio.Task[int]:
+        """Re-run the role list and ``subscribe`` guard of open subscriptions (all, or those on
+        ``resource`` whose filter pins ``where``, of ``user_id``'s connections) and revoke the
+        ones no longer allowed; see ``recheck.py``. Callable from sync code such as an
+        ``s3db_change`` hook; ``await`` the task for the number revoked."""
+        task = asyncio.get_running_loop().create_task(
+            recheck_subscriptions(self, resource, where=where, user_id=user_id)
+        )
+        self._rechecks.add(task)
+        task.add_done_callback(self._rechecks.discard)
+        return task
 
     async def authenticate_frame(self, conn: Connection, req: Request) -> None:
         """``auth {token}``: the first-frame login or an in-band token refresh.

@@ -57,6 +57,13 @@ def only_admins_delete(user, ctx):
     return user is not None and user.role == "admin"
 
 
+BANNED: set[str] = set()
+
+
+def not_banned(user, filter):
+    return user.id not in BANNED
+
+
 def make_token(sub: str = "alice", ttl: float = 3600, **claims) -> str:
     now = int(time.time())
     return jwt.encode({"sub": sub, "iat": now, "exp": now + ttl, **claims}, SECRET, "HS256")
@@ -120,7 +127,7 @@ class Server:
         plugin = WebSocketPlugin(
             port=port,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": SECRET}}]},
-            resources={"notes": {"guard": {"delete": only_admins_delete}}},
+            resources={"notes": {"guard": {"delete": only_admins_delete, "subscribe": not_banned}}},
         )
         await db.use_plugin(plugin)
         self.db, self.plugin = db, plugin
@@ -350,3 +357,35 @@ def test_an_unread_subscription_fails_with_slow_consumer_after_its_buffer(server
     tab.wait_for_function("events.length === 5")
     subs = sum(len(conn.subscriptions) for conn in server.plugin.connections)
     assert subs == 1
+
+
+def test_a_revoked_subscription_rejects_with_forbidden(server, tab):
+    tab.evaluate(
+        """async ({url, token}) => {
+            window.db = await s3db.connect(url, { token });
+            window.sub = await db.subscribe("notes", { filter: { roomId: "r1" } });
+            window.errors = [];
+            db.on("error", (err) => errors.push(err.code));
+        }""",
+        {"url": server.ws_url, "token": make_token("frank")},
+    )
+    async def recheck() -> int:
+        return await server.plugin.recheck("notes")
+
+    BANNED.add("frank")
+    try:
+        assert server.run(recheck()) == 1
+    finally:
+        BANNED.discard("frank")
+    got = tab.evaluate(
+        """async () => {
+            try { await sub.next(); return null; }
+            catch (err) { return { code: err.code, details: err.details, closed: sub.closed }; }
+        }"""
+    )
+    assert got == {
+        "code": "FORBIDDEN",
+        "details": {"resource": "notes", "filter": {"roomId": "r1"}, "revoked": True},
+        "closed": True,
+    }
+    assert "FORBIDDEN" in tab.evaluate("errors") and tab.evaluate("db.state") == "open"

@@ -214,6 +214,37 @@ async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
     assert await chat.db.resources.chat_messages.get_or_none(message["id"]) is None
 
 
+async def test_a_member_removed_from_a_private_room_stops_receiving_it(chat):
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob", "carol"]})
+    bob_msgs = await bob.subscribe("chat_messages", {"roomId": room["id"]})
+    bob_typing = await bob.subscribe("typing_indicators", {"roomId": room["id"]})
+    carol_msgs = await carol.subscribe("chat_messages", {"roomId": room["id"]})
+    await alice.insert("chat_messages", {"roomId": room["id"], "content": "welcome"})
+    assert (await next_event(bob_msgs)).data["content"] == "welcome"
+    assert (await next_event(carol_msgs)).data["content"] == "welcome"
+
+    # Alice removes Bob: his open subscriptions to the room end with FORBIDDEN (revoked)...
+    await alice.update("chat_rooms", room["id"], {"members": ["carol"]})
+    with pytest.raises(Forbidden, match="revoked") as revoked:
+        await next_event(bob_msgs)
+    assert revoked.value.details == {"resource": "chat_messages", "filter": {"roomId": room["id"]}, "revoked": True}
+    with pytest.raises(Forbidden, match="revoked"):
+        await next_event(bob_typing)
+    # ...so what is said next reaches Carol and not Bob, who cannot subscribe again either.
+    await alice.insert("chat_messages", {"roomId": room["id"], "content": "just us now"})
+    assert (await next_event(carol_msgs)).data["content"] == "just us now"
+    assert sum(len(c.subscriptions) for c in chat.plugin.connections if c.user.id == "bob") == 0
+    with pytest.raises(Forbidden):
+        await bob.subscribe("chat_messages", {"roomId": room["id"]})
+    assert await bob.ping()  # the connection itself stays open
+
+    # Deleting the room revokes Carol's subscription the same way.
+    await alice.delete("chat_rooms", room["id"])
+    with pytest.raises(Forbidden, match="revoked"):
+        await next_event(carol_msgs)
+
+
 async def test_typing_indicators_appear_and_are_cleaned_up(chat):
     alice, bob = await chat.user("alice"), await chat.user("bob")
     room = await alice.insert("chat_rooms", {"name": "general"})

@@ -224,6 +224,32 @@ async def test_only_the_owner_manages_and_the_server_keeps_the_text(app):
         assert await db.resources.cursors.query({"documentId": doc_id}) == []
 
 
+async def test_a_removed_collaborator_loses_the_documents_streams_at_once(app):
+    db, plugin = app
+    async with user(plugin, "alice") as alice, user(plugin, "bob") as bob:
+        doc_id = (await shared_document(alice, "bob"))["id"]
+        streams = [("documents", {"id": doc_id}), ("document_operations", {"documentId": doc_id}),
+                   ("cursors", {"documentId": doc_id})]
+        for resource, filter in streams:
+            await ok(bob, "subscribe", resource=resource, filter=filter)
+        await ok(alice, "update", resource="documents", id=doc_id, data={"title": "Renamed"})
+        assert seen(await bob.sync()) == [("documents", "update", doc_id)]
+
+        # The update that removes bob returns once his three subscriptions are revoked.
+        await ok(alice, "update", resource="documents", id=doc_id, data={"collaborators": []})
+        frames = await bob.sync()
+        revoked = [f for f in frames if f["type"] == "error"]
+        assert [(f["code"], f["details"]) for f in revoked] == [
+            ("FORBIDDEN", {"resource": resource, "filter": filter, "revoked": True})
+            for resource, filter in streams
+        ]
+        # From now on bob sees nothing of it: not the edits, not the cursors.
+        await ok(alice, "insert", resource="document_operations",
+                 data={"documentId": doc_id, "type": "insert", "position": 0, "text": "secret"})
+        await ok(alice, "insert", resource="cursors", data={"documentId": doc_id, "position": 3})
+        assert await bob.sync() == []
+
+
 async def test_cursors_move_only_by_their_own_user(app):
     db, plugin = app
     async with user(plugin, "alice") as alice, user(plugin, "bob") as bob:

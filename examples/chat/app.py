@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, dev_login_route, every, find_record
+from examples.common import Options, RecheckOnAccessChange, dev_login_route, every, find_record
 from s3db_core import Database, NotFoundError
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -258,6 +258,16 @@ async def create_app(
             routes=page_routes(options.jwt_secret),
         )
         await db.use_plugin(plugin)
+        # A member removed from a private room (or a room made private, or deleted) stops
+        # receiving its messages and typing indicators at once.
+        await db.use_plugin(
+            RecheckOnAccessChange(
+                plugin,
+                "chat_rooms",
+                ("members", "isPrivate"),
+                {"chat_messages": "roomId", "typing_indicators": "roomId"},
+            )
+        )
     except BaseException:
         await db.disconnect()
         raise

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from examples.common import Options, every, find_record
+from examples.common import Options, RecheckOnAccessChange, every, find_record
 from s3db_core import Change, Database, ForbiddenError, NotFoundError, ValidationError, hookimpl
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -332,6 +332,15 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             resources=resources_config(db),
         )
         await db.use_plugin(plugin)
+        # A collaborator removed from a document stops receiving it, its operations and cursors.
+        await db.use_plugin(
+            RecheckOnAccessChange(
+                plugin,
+                "documents",
+                ("ownerId", "collaborators"),
+                {"documents": "id", "document_operations": "documentId", "cursors": "documentId"},
+            )
+        )
     except BaseException:
         await db.disconnect()
         raise

@@ -563,6 +563,17 @@ export class Client {
     this._scheduleRefresh();
   }
 
+  /** The server revoked a subscription (details.revoked): its iterators reject with the error. */
+  _revoked(error) {
+    const details = error.details;
+    if (!details || typeof details !== "object" || !details.revoked) return;
+    const key = this._key(String(details.resource), details.filter || {});
+    const stream = this._streams.get(key);
+    if (!stream) return;
+    this._streams.delete(key);
+    for (const sub of stream.subs) sub._finish(error);
+  }
+
   _onFrame(frame) {
     if (!frame || typeof frame !== "object") return;
     if (frame.type === "event") {
@@ -580,7 +591,9 @@ export class Client {
         entry.resolve(frame);
       }
     } else if (frame.type === "error") {
-      this._emit("error", S3dbError.fromFrame(frame));
+      const error = S3dbError.fromFrame(frame);
+      this._emit("error", error);
+      this._revoked(error);
     } else if (frame.type === "connected") {
       this.user = frame.user ?? this.user;
     }

@@ -1,0 +1,112 @@
+"""Re-checking open subscriptions after who-may-see-what changed.
+
+A ``subscribe`` guard runs once, when the client subscribes. When the facts it decided on change
+(a member leaves a private room, a collaborator is removed from a document, a user's role is
+lowered), the app calls ``plugin.recheck(resource, where=..., user_id=...)``: every matching open
+subscription goes through its resource's role list and ``subscribe`` guard again, with the
+connection's user and the filter the client asked for.
+
+- Allowed with the same effective filter: nothing changes.
+- Allowed with another effective filter (the guard narrows differently now): the subscription is
+  re-indexed under the new filter, silently.
+- Refused, or the guard raises (fail closed): the subscription is removed and the connection
+  gets ``error FORBIDDEN`` with ``details {resource, filter, revoked: true}``, ``filter`` being
+  the filter the client subscribed with, so its client can end that subscription.
+
+Events committed between the change and the end of the re-check may still reach a subscription
+that is about to be revoked; apps that need a hard cut write the membership change first and
+await ``plugin.recheck(...)`` before writing anything the removed user must not see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from s3db_core.query import compile_filter
+
+from .guards import merge_filter
+from .protocol import ErrorCode, ProtocolError
+from .subscriptions import Subscription
+
+if TYPE_CHECKING:
+    from .plugin import WebSocketPlugin
+
+log = structlog.get_logger("s3db.ws")
+
+
+def _selected(sub: Subscription, where: Mapping[str, Any] | None) -> bool:
+    """Whether the subscription's client or effective filter pins every ``where`` key to its
+    value (``where={"roomId": r}`` picks the subscriptions to room ``r``)."""
+    if not where:
+        return True
+    return all(
+        sub.filter.get(key, sub.client_filter.get(key)) == value for key, value in where.items()
+    )
+
+
+async def recheck_subscriptions(
+    plugin: WebSocketPlugin,
+    resource: str | None = None,
+    *,
+    where: Mapping[str, Any] | None = None,
+    user_id: Any = None,
+) -> int:
+    """Re-run role and ``subscribe`` checks on the selected subscriptions; returns how many were
+    revoked. ``resource`` None means every resource; ``user_id`` limits it to that user's
+    connections."""
+    revoked = 0
+    for conn in list(plugin.connections):
+        if conn.closing or (user_id is not None and getattr(conn.user, "id", None) != user_id):
+            continue
+        for sub in [
+            s
+            for s in conn.subscriptions
+            if (resource is None or s.resource == resource) and _selected(s, where)
+        ]:
+            policy = plugin.policies.get(sub.resource)
+            effective = await _still_allowed(plugin, sub, policy)
+            if sub not in conn.subscriptions:  # unsubscribed while the guard ran
+                continue
+            if effective is None:
+                _revoke(plugin, sub)
+                revoked += 1
+            elif effective != sub.filter:
+                plugin.registry.remove(sub)
+                sub.filter = effective
+                sub.predicate = compile_filter(effective)
+                plugin.registry.add(sub)
+    if revoked:
+        log.info("subscriptions revoked", resource=resource, count=revoked)
+    return revoked
+
+
+async def _still_allowed(plugin: WebSocketPlugin, sub: Subscription, policy: Any) -> dict | None:
+    """The subscription's effective filter now, or None when it is no longer allowed."""
+    conn = sub.connection
+    if policy is None or not policy.role_allows(conn.user):
+        return None
+    try:
+        decision = await policy.check("subscribe", conn.user, dict(sub.client_filter))
+        if not decision.allowed:
+            return None
+        effective = merge_filter(sub.client_filter, decision.filter_override)
+        compile_filter(effective)
+    except Exception:  # fail closed: a guard that cannot decide does not keep the stream open
+        log.exception("subscribe guard failed during a re-check", resource=sub.resource)
+        return None
+    return effective
+
+
+def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:
+    conn = sub.connection
+    plugin.registry.remove(sub)
+    conn.subscriptions.remove(sub)
+    error = ProtocolError(
+        ErrorCode.FORBIDDEN,
+        f"subscription to {sub.resource!r} revoked: no longer allowed",
+        {"resource": sub.resource, "filter": sub.client_filter, "revoked": True},
+    )
+    plugin._send_error(conn, error)
