@@ -423,13 +423,16 @@ class WebSocketPlugin:
         *,
         where: Mapping[str, Any] | None = None,
         user_id: Any = None,
+        connections: Iterable[Connection] | None = None,
     ) -> asyncio.Task[int]:
         """Re-run the role list and ``subscribe`` guard of open subscriptions (all, or those on
         ``resource`` whose filter pins ``where``, of ``user_id``'s connections) and revoke the
         ones no longer allowed; see ``recheck.py``. Callable from sync code such as an
         ``s3db_change`` hook; ``await`` the task for the number revoked."""
         task = asyncio.get_running_loop().create_task(
-            recheck_subscriptions(self, resource, where=where, user_id=user_id)
+            recheck_subscriptions(
+                self, resource, where=where, user_id=user_id, connections=connections
+            )
         )
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
@@ -454,5 +457,8 @@ class WebSocketPlugin:
                 ErrorCode.FORBIDDEN,
                 "a refresh token must belong to the connected user; reconnect to switch users",
             )
+        refresh = conn.user is not None
         self._send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
         self._login(conn, user)
+        if refresh and conn.subscriptions:  # new claims may allow less than the old ones did
+            await self.recheck(connections=[conn])

@@ -13,6 +13,9 @@ connection's user and the filter the client asked for.
   gets ``error FORBIDDEN`` with ``details {resource, filter, revoked: true}``, ``filter`` being
   the filter the client subscribed with, so its client can end that subscription.
 
+A token refresh (``auth`` frame on an open connection) re-checks that connection's subscriptions
+the same way, so a token with a lower role or other claims stops streams it no longer allows.
+
 Events committed between the change and the end of the re-check may still reach a subscription
 that is about to be revoked; apps that need a hard cut write the membership change first and
 await ``plugin.recheck(...)`` before writing anything the removed user must not see.
@@ -20,7 +23,7 @@ await ``plugin.recheck(...)`` before writing anything the removed user must not 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,6 +35,7 @@ from .protocol import ErrorCode, ProtocolError
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
+    from .connection import Connection
     from .plugin import WebSocketPlugin
 
 log = structlog.get_logger("s3db.ws")
@@ -53,12 +57,13 @@ async def recheck_subscriptions(
     *,
     where: Mapping[str, Any] | None = None,
     user_id: Any = None,
+    connections: Iterable[Connection] | None = None,
 ) -> int:
     """Re-run role and ``subscribe`` checks on the selected subscriptions; returns how many were
     revoked. ``resource`` None means every resource; ``user_id`` limits it to that user's
-    connections."""
+    connections, ``connections`` to those."""
     revoked = 0
-    for conn in list(plugin.connections):
+    for conn in list(plugin.connections if connections is None else connections):
         if conn.closing or (user_id is not None and getattr(conn.user, "id", None) != user_id):
             continue
         for sub in [

@@ -33,6 +33,7 @@ async def s3db_database(s3db_database):
     schema = {"roomId": "string|required", "text": "string|required", "hidden": "boolean|optional"}
     await s3db_database.create_resource("msgs", schema)
     await s3db_database.create_resource("other", schema)
+    await s3db_database.create_resource("audit", schema)
     return s3db_database
 
 
@@ -40,7 +41,11 @@ async def s3db_database(s3db_database):
 def s3db_plugin_config(s3db_jwt_secret):
     return {
         "auth": {"drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}]},
-        "resources": {"msgs": {"guard": {"subscribe": room_member}}, "other": True},
+        "resources": {
+            "msgs": {"guard": {"subscribe": room_member}},
+            "other": True,
+            "audit": {"auth": ["admin"]},
+        },
     }
 
 
@@ -109,3 +114,18 @@ async def test_a_guard_that_fails_revokes_and_a_narrower_filter_reindexes(
     await msgs.insert({"roomId": "r1", "text": "hidden", "hidden": True})
     await msgs.insert({"roomId": "r1", "text": "shown", "hidden": False})
     assert (await r1.next(timeout=2)).data["text"] == "shown"
+
+
+async def test_a_token_refresh_with_a_lower_role_revokes_what_it_no_longer_allows(
+    s3db_connect, s3db_token, s3db_server, s3db_database
+):
+    client = await s3db_connect(token=s3db_token("u1", role="admin"))
+    audit = await client.subscribe("audit")
+    mine = await client.subscribe("msgs", {"roomId": "r1"})
+    await client.auth(s3db_token("u1", role="user"))
+    with pytest.raises(Forbidden, match="revoked"):
+        await audit.next(timeout=2)
+    assert open_subscriptions(s3db_server, "u1") == [("msgs", "{'roomId': 'r1'}")]
+    await s3db_database.resources.audit.insert({"roomId": "r1", "text": "admins only"})
+    await s3db_database.resources.msgs.insert({"roomId": "r1", "text": "still here"})
+    assert (await mine.next(timeout=2)).data["text"] == "still here"
