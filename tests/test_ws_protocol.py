@@ -1,5 +1,16 @@
 """Wire protocol v1 over real sockets: every message type's success and error paths, error
-codes, close codes 1001 and 1009, /health and /metrics."""
+codes, close codes 1001 and 1009, heartbeats, compression, /health and /metrics.
+
+Every test here talks to the server through the independent ``websockets`` library (or a bare
+TCP socket), never through the product's own Python client, on purpose: their subject is the
+wire itself (exact frame shapes and field names, ``requestId`` echoing, malformed, non-object,
+oversized and binary frames, unknown types, close codes), and a client written by the same
+team could share the server's mistakes and hide them. The full flows here
+(``test_authenticated_flow_frame_by_frame``, ``test_crud_and_events_round_trip``) check the
+protocol end to end from outside, against memory:// and the real S3 server. What users see
+through ``s3db_ws_plugin.client.Client`` is tested in test_client.py and in the client sections
+of test_ws_auth.py, test_ws_delivery.py and test_ws_guards.py.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +18,10 @@ import asyncio
 import json
 
 import aiohttp
+import jwt
 import pytest
 import structlog
-from ws_helpers import connect, notes_resource, serve
+from ws_helpers import JWT_AUTH, SECRET, connect, make_token, notes_resource, serve
 
 from s3db_core import ForbiddenError, StorageError
 
@@ -32,6 +44,147 @@ async def test_connected_frame_for_anonymous_connection():
         assert isinstance(client.hello["timestamp"], int)
 
 
+async def test_authenticated_flow_frame_by_frame(ws_store_url):
+    """auth -> subscribe -> insert/update/delete -> event, every frame compared whole."""
+    served = serve(notes_resource, url=ws_store_url, resources={"notes": True}, auth=JWT_AUTH)
+    async with served as (_, plugin):
+        token = make_token("alice", role="admin", tenantId="t1")
+        claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+        user = {**claims, "id": "alice"}
+        async with (
+            connect(plugin.url, token=token) as watcher,
+            connect(plugin.url, connected=False) as writer,
+        ):
+            hello = watcher.hello
+            assert hello == {
+                "type": "connected",
+                "clientId": hello["clientId"],
+                "user": user,
+                "timestamp": hello["timestamp"],
+            }
+            assert isinstance(hello["clientId"], str) and isinstance(hello["timestamp"], int)
+
+            await writer.send({"type": "auth", "token": token, "requestId": "a-1"})
+            assert await writer.recv() == {
+                "type": "authenticated",
+                "requestId": "a-1",
+                "user": user,
+            }
+            connected = await writer.recv()
+            assert connected["type"] == "connected" and connected["user"] == user
+
+            await watcher.send(
+                {
+                    "type": "subscribe",
+                    "resource": "notes",
+                    "filter": {"roomId": "r1"},
+                    "requestId": 1,
+                }
+            )
+            assert await watcher.recv() == {
+                "type": "subscribed",
+                "requestId": 1,
+                "resource": "notes",
+                "filter": {"roomId": "r1"},
+                "events": ["insert", "update", "delete"],
+            }
+
+            await writer.send(
+                {
+                    "type": "insert",
+                    "resource": "notes",
+                    "requestId": 2,
+                    "data": {"title": "elsewhere", "roomId": "r2"},
+                }
+            )
+            assert (await writer.recv())["type"] == "inserted"
+            await writer.send(
+                {
+                    "type": "insert",
+                    "resource": "notes",
+                    "requestId": 3,
+                    "data": {"title": "hello", "roomId": "r1"},
+                }
+            )
+            inserted = await writer.recv()
+            record = inserted["data"]
+            assert inserted == {
+                "type": "inserted",
+                "requestId": 3,
+                "resource": "notes",
+                "data": record,
+            }
+            assert record == {
+                "id": record["id"],
+                "title": "hello",
+                "roomId": "r1",
+                "createdAt": record["createdAt"],
+                "updatedAt": record["updatedAt"],
+            }
+            event = await watcher.recv()  # not the r2 note: it was first
+            assert event == {
+                "type": "event",
+                "resource": "notes",
+                "event": "insert",
+                "data": record,
+                "timestamp": event["timestamp"],
+            }
+            assert isinstance(event["timestamp"], int)
+
+            await writer.send(
+                {
+                    "type": "update",
+                    "resource": "notes",
+                    "id": record["id"],
+                    "data": {"status": "done"},
+                    "requestId": 4,
+                }
+            )
+            updated = await writer.recv()
+            after = updated["data"]
+            assert updated == {
+                "type": "updated",
+                "requestId": 4,
+                "resource": "notes",
+                "data": after,
+            }
+            assert after == {**record, "status": "done", "updatedAt": after["updatedAt"]}
+            event = await watcher.recv()
+            assert event == {
+                "type": "event",
+                "resource": "notes",
+                "event": "update",
+                "data": after,
+                "timestamp": event["timestamp"],
+            }
+
+            await writer.send(
+                {"type": "delete", "resource": "notes", "id": record["id"], "requestId": 5}
+            )
+            assert await writer.recv() == {
+                "type": "deleted",
+                "requestId": 5,
+                "resource": "notes",
+                "id": record["id"],
+                "data": after,
+            }
+            event = await watcher.recv()
+            assert event == {
+                "type": "event",
+                "resource": "notes",
+                "event": "delete",
+                "data": after,
+                "timestamp": event["timestamp"],
+            }
+
+            await watcher.send({"type": "unsubscribe", "resource": "notes", "requestId": "u"})
+            assert await watcher.recv() == {
+                "type": "unsubscribed",
+                "requestId": "u",
+                "resource": "notes",
+            }
+
+
 async def test_crud_and_events_round_trip(ws_store_url):
     """The seed's basic flow against memory:// and the real S3 server."""
     async with serve(notes_resource, url=ws_store_url, resources={"notes": True}) as (_, plugin):
@@ -51,7 +204,9 @@ async def test_crud_and_events_round_trip(ws_store_url):
             got = await writer.call("get", resource="notes", id=record["id"])
             assert got["type"] == "data" and got["data"] == record
 
-            upd = await writer.call("update", resource="notes", id=record["id"], data={"status": "x"})
+            upd = await writer.call(
+                "update", resource="notes", id=record["id"], data={"status": "x"}
+            )
             assert upd["type"] == "updated" and upd["data"]["status"] == "x"
             assert upd["data"]["title"] == "hello"
             event = await watcher.next_event()
@@ -208,7 +363,9 @@ async def test_validation_error_lists_every_failing_field():
             assert await db.resources.notes.count() == 0
 
             record = await db.resources.notes.insert({"title": "ok"})
-            error = await client.call("update", resource="notes", id=record["id"], data={"score": "x"})
+            error = await client.call(
+                "update", resource="notes", id=record["id"], data={"score": "x"}
+            )
             assert error["code"] == "VALIDATION_ERROR" and error["details"][0]["field"] == "score"
 
             error = await client.call("list", resource="notes", filter={"score": {"$regex": "a"}})
@@ -282,7 +439,9 @@ async def test_large_frames_round_trip():
         async with connect(plugin.url) as writer, connect(plugin.url) as watcher:
             await watcher.call("subscribe", resource="notes")
             for size in (10, 300, 70_000, 300_000):
-                ins = await writer.call("insert", resource="notes", data={"title": "t", "items": "x" * size})
+                ins = await writer.call(
+                    "insert", resource="notes", data={"title": "t", "items": "x" * size}
+                )
                 assert len(ins["data"]["items"]) == size
                 event = await watcher.next_event()
                 assert event["data"] == ins["data"]
@@ -346,10 +505,12 @@ async def _read_until_eof(reader: asyncio.StreamReader) -> None:
         pass
 
 
-
 async def test_compression_is_negotiated_only_when_enabled():
     for enabled in (False, True):
-        async with serve(notes_resource, resources={"notes": True}, compression=enabled) as (db, plugin):
+        async with serve(notes_resource, resources={"notes": True}, compression=enabled) as (
+            db,
+            plugin,
+        ):
             async with connect(plugin.url) as client:
                 extensions = client.ws.protocol.extensions
                 assert bool(extensions) is enabled

@@ -1,6 +1,9 @@
-"""Helpers for the WebSocket plugin tests: a served database, JWTs, and a small test client.
+"""Helpers for the plugin tests that check the wire protocol from outside: a served database,
+JWTs, and a small raw-frame client built on the independent ``websockets`` library.
 
-Tests talk to the server over real loopback sockets with the independent ``websockets`` library.
+Tests whose subject is what a user sees use the product's ``s3db_ws_plugin.client.Client`` and
+the pytest plugin's fixtures instead (see ``client_helpers``); these helpers serve the tests
+whose subject is the frames themselves: exact shapes, malformed input, close codes, timing.
 """
 
 from __future__ import annotations
@@ -30,22 +33,15 @@ def make_token(
     sub: str = "u1",
     *,
     role: str | None = None,
-    expires_in: float | None = 3600,
+    expires_in: float = 3600,
     secret: str = SECRET,
-    algorithm: str = "HS256",
     **claims: Any,
 ) -> str:
-    """A signed JWT; ``expires_in=None`` leaves out ``exp``; floats give sub-second expiry."""
-    payload: dict[str, Any] = {"sub": sub, **claims}
+    """A signed HS256 JWT; floats give sub-second expiry."""
+    payload: dict[str, Any] = {"sub": sub, "exp": time.time() + expires_in, **claims}
     if role is not None:
         payload["role"] = role
-    if expires_in is not None:
-        payload["exp"] = time.time() + expires_in
-    return jwt.encode(payload, secret, algorithm=algorithm)
-
-
-def memory_url() -> str:
-    return f"memory://ws-{uuid.uuid4().hex[:12]}"
+    return jwt.encode(payload, secret, algorithm="HS256")
 
 
 @asynccontextmanager
@@ -56,7 +52,7 @@ async def serve(
     **plugin_options: Any,
 ) -> AsyncIterator[tuple[Database, WebSocketPlugin]]:
     """A connected database (``setup(db)`` creates its resources) served on a free port."""
-    db = Database(url or memory_url())
+    db = Database(url or f"memory://ws-{uuid.uuid4().hex[:12]}")
     await db.connect()
     try:
         if setup is not None:
@@ -69,8 +65,8 @@ async def serve(
         await db.disconnect()
 
 
-class Client:
-    """A protocol client that keeps unsolicited frames (events, errors) in ``inbox``."""
+class RawClient:
+    """A raw-frame client that keeps unsolicited frames (events, errors) in ``inbox``."""
 
     _ids = itertools.count(1)
 
@@ -130,13 +126,13 @@ class Client:
 @asynccontextmanager
 async def connect(
     url: str, *, token: str | None = None, connected: bool = True, **options: Any
-) -> AsyncIterator[Client]:
+) -> AsyncIterator[RawClient]:
     """Open a client; with ``connected`` wait for (and keep) the ``connected`` frame."""
     if token is not None:
         url = f"{url}?token={token}"
     options.setdefault("max_size", None)
     async with websockets.connect(url, open_timeout=TIMEOUT, **options) as ws:
-        client = Client(ws)
+        client = RawClient(ws)
         if connected:
             hello = await client.recv()
             assert hello["type"] == "connected", hello
