@@ -294,6 +294,8 @@ class Subscription:
         self.events = events
         self.max_pending = max_pending
         self.effective_filter: dict[str, Any] = dict(self.filter)
+        # The kinds the server sends for this subscription's stream (its reply's ``events``).
+        self.effective_events: tuple[str, ...] = events or EVENT_KINDS
         self.closed = False
         self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._releasing: asyncio.Task | None = None
@@ -343,6 +345,17 @@ class Subscription:
                 raise item.error
             raise StopAsyncIteration
         return item
+
+    def drain(self) -> list[Event]:
+        """The events received and not read yet, without waiting (the end is left queued)."""
+        events: list[Event] = []
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, _Closed):
+                self._queue.put_nowait(item)
+                break
+            events.append(item)
+        return events
 
     async def next(self, timeout: float | None = None) -> Event:
         """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
@@ -449,6 +462,8 @@ class Client:
         self.client_id: str | None = None
         self.user: dict[str, Any] | None = None
         self.reconnects = 0
+        # The close code of the last socket the server closed (1001, 4401, 4408...), or None.
+        self.close_code: int | None = None
         self._token = token
         self._api_key = api_key
         self._current_token: str | None = None
@@ -675,8 +690,13 @@ class Client:
     def _subscribed(self, stream: _Stream) -> Callable[[dict], None]:
         def on_reply(reply: dict) -> None:  # runs in the reader, before any later frame
             stream.effective = dict(reply.get("filter") or {})
+            events = reply.get("events")
             for sub in stream.subs:
                 sub.effective_filter = dict(stream.effective)
+                if isinstance(events, list):
+                    sub.effective_events = tuple(
+                        k for k in EVENT_KINDS if k in events and sub.wants(k)
+                    )
 
         return on_reply
 
@@ -876,7 +896,7 @@ class Client:
                 error = await reader
                 self._ready.clear()
                 self._stop_refresh()
-                close_code = ws.close_code
+                close_code = self.close_code = ws.close_code
                 log.info("disconnected", url=self.safe_url, close_code=close_code)
                 final = self._final(error)
                 if final is not None:

@@ -54,8 +54,8 @@ def s3db_token(s3db_jwt_secret: str) -> Callable[..., str]:
     """A JWT factory: ``s3db_token(sub="alice", role="admin", ttl=3600, tenantId="t1")``."""
 
     def make(sub: str = "user-1", *, ttl: float = 3600, **claims: Any) -> str:
-        now = int(time.time())
-        payload = {"sub": sub, "iat": now, "exp": now + ttl, **claims}
+        now = time.time()  # exp to the sub-second: a 1.5 s token lives 1.5 s
+        payload = {"sub": sub, "iat": int(now), "exp": now + ttl, **claims}
         return jwt.encode(payload, s3db_jwt_secret, algorithm="HS256")
 
     return make

@@ -74,5 +74,21 @@ async def test_a_4408_close_reconnects_and_resubscribes(s3db_connect, s3db_datab
     conn._overflow()  # what the server does when this socket's send queue overflows
     await asyncio.wait_for(reconnected.wait(), 5)
     assert client.reconnects == 1 and client.client_id != first_id
+    assert client.close_code == 4408
     note = await s3db_database.resources.notes.insert({"title": "after", "roomId": "r1"})
     assert (await sub.next(timeout=2)).data["id"] == note["id"]
+
+
+async def test_drain_returns_what_arrived_without_waiting(s3db_client, s3db_database):
+    sub = await s3db_client.subscribe("notes", events=["insert", "delete"])
+    assert sub.effective_events == ("insert", "delete") and sub.drain() == []
+    notes = s3db_database.resources.notes
+    first = await notes.insert({"title": "one"})
+    await notes.update(first["id"], {"title": "uno"})  # not asked for
+    await notes.insert({"title": "two"})
+    await s3db_client.ping()  # the server answers after the events written before it
+    assert [e.data["title"] for e in sub.drain()] == ["one", "two"]
+    assert sub.drain() == []
+    await sub.close()
+    assert sub.drain() == []
+    assert [e async for e in sub] == []  # the end is still there for the iterator
