@@ -254,3 +254,38 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+# -- real S3 server ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def s3_server() -> Iterator[Any]:
+    """A SeaweedFS ``weed mini`` (``tests/s3server.py``) for the block; stopped on leaving it.
+
+    Yields its ``S3Server``: ``.url(prefix)`` is a connection string for a fresh key prefix.
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tests" / "s3server.py"
+    module = sys.modules.get("s3server")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("s3server", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["s3server"] = module
+        spec.loader.exec_module(module)
+    server = module.start_s3_server()
+    try:
+        yield server
+    finally:
+        # weed mini may take ~10 s to honour SIGTERM; a benchmark's data need not survive.
+        process = server.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=1.0)
+            except Exception:
+                process.kill()
+                process.wait()
+        server.stop()
