@@ -80,12 +80,13 @@ class Connection:
         self._max_queue_bytes = max_queue_bytes
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
-        self._wakeup = asyncio.Event()
         self._draining = False
         self._closing: tuple[int, str] | None = None
         self._close_task: asyncio.Task | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        self._sender = asyncio.create_task(self._send_loop(), name=f"ws-sender-{client_id}")
+        # Started only when a frame has to wait (see _wake): an idle socket holds no sender
+        # task, coroutine or event (~1.5 KiB each at thousands of sockets).
+        self._sender: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id}>"
@@ -97,7 +98,7 @@ class Connection:
     # -- sending ------------------------------------------------------------------------------
     def send(self, payload: bytes, frame: bytes | None = None) -> None:
         """Queue or write one text frame; ``frame`` is ``text_frame(payload)`` if already built."""
-        if self.closing:
+        if self._closing is not None or self.ws.closed:  # self.closing, inlined: once per frame
             return
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -115,24 +116,30 @@ class Connection:
             return
         self._queue.append(payload)
         self._queued_bytes += len(payload)
-        self._wakeup.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Make sure a sender is draining the queue: start one unless one is running.
+
+        A running sender only ends once the queue is empty, with no await in between, so a frame
+        queued while it runs is always picked up by it."""
+        if self._sender is None or self._sender.done():
+            name = f"ws-sender-{self.client_id}"
+            self._sender = asyncio.create_task(self._send_loop(), name=name)
 
     async def _send_loop(self) -> None:
+        """Send everything queued, then end (closing the socket if a close is pending)."""
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                self._draining = True
-                try:
-                    while self._queue:
-                        payload = self._queue.popleft()
-                        self._queued_bytes -= len(payload)
-                        await self.ws.send_frame(payload, WSMsgType.TEXT)
-                finally:
-                    self._draining = False
-                if self._closing is not None:
-                    self._start_close()
-                    return
+            self._draining = True
+            try:
+                while self._queue:
+                    payload = self._queue.popleft()
+                    self._queued_bytes -= len(payload)
+                    await self.ws.send_frame(payload, WSMsgType.TEXT)
+            finally:
+                self._draining = False
+            if self._closing is not None:
+                self._start_close()
         except ConnectionError:  # the peer went away; the handler sees it too
             self._queue.clear()
             self._queued_bytes = 0
@@ -149,7 +156,8 @@ class Connection:
         self._queue.clear()
         self._queued_bytes = 0
         self._closing = (CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
-        self._sender.cancel()
+        if self._sender is not None:
+            self._sender.cancel()
         self.cancel_expiry()
         transport = self.transport
         transport.write(close_frame(*self._closing))
@@ -164,9 +172,10 @@ class Connection:
         self._closing = (code, reason)
         self.cancel_expiry()
         if self._queue or self._draining:
-            self._wakeup.set()  # the sender closes once the queue is empty
+            self._wake()  # the sender closes once the queue is empty
         else:
-            self._sender.cancel()
+            if self._sender is not None:
+                self._sender.cancel()
             self._start_close()
 
     def _start_close(self) -> None:
@@ -182,10 +191,13 @@ class Connection:
     async def finish(self) -> None:
         """Stop the sender and wait for a close in progress (called when the handler ends)."""
         self.cancel_expiry()
-        self._sender.cancel()
+        sender = self._sender
+        if sender is not None:
+            sender.cancel()
         if self._close_task is not None:
             await asyncio.gather(self._close_task, return_exceptions=True)
-        await asyncio.gather(self._sender, return_exceptions=True)
+        if sender is not None:
+            await asyncio.gather(sender, return_exceptions=True)
 
     # -- token expiry -------------------------------------------------------------------------
     def arm_expiry(self, expires_at: float | None, on_expiry: Any) -> None:

@@ -291,19 +291,21 @@ class WebSocketPlugin:
         assert task is not None
         self._handler_tasks.add(task)
         self.connections.add(conn)
-        with structlog.contextvars.bound_contextvars(client_id=conn.client_id):
-            log.debug("connection opened", remote=conn.remote)
-            try:
-                await self._session(conn, request)
-            finally:
-                for sub in conn.subscriptions:
-                    self.registry.remove(sub)
-                conn.subscriptions.clear()
-                self.connections.discard(conn)
-                await conn.finish()
-                self._handler_tasks.discard(task)
-                log.debug("connection closed", close_code=ws.close_code)
-                structlog.contextvars.unbind_contextvars("user_id")
+        # Bound in this handler task's own context (not with ``bound_contextvars``, whose
+        # generator would stay alive for the whole session: ~0.4 KiB per socket).
+        structlog.contextvars.bind_contextvars(client_id=conn.client_id)
+        log.debug("connection opened", remote=conn.remote)
+        try:
+            await self._session(conn, request)
+        finally:
+            for sub in conn.subscriptions:
+                self.registry.remove(sub)
+            conn.subscriptions.clear()
+            self.connections.discard(conn)
+            await conn.finish()
+            self._handler_tasks.discard(task)
+            log.debug("connection closed", close_code=ws.close_code)
+            structlog.contextvars.unbind_contextvars("user_id", "client_id")
         return ws
 
     async def _session(self, conn: Connection, request: web.Request) -> None:
@@ -314,6 +316,7 @@ class WebSocketPlugin:
         except AuthError as exc:
             self.reject(conn, str(exc) or "invalid credentials")
             return
+        del creds  # copies of the request's headers and query: not kept for the whole session
         if user is not None:
             self._login(conn, user)
         elif not self.auth_required:
@@ -349,30 +352,33 @@ class WebSocketPlugin:
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        with structlog.contextvars.bound_contextvars(request_id=rid):
-            try:
-                if self.rate_limit is not None:
-                    decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
-                    if not decision.allowed:
-                        raise ProtocolError(
-                            ErrorCode.RATE_LIMITED,
-                            f"rate limit exceeded; retry in {decision.retry_after_ms} ms",
-                            retryAfterMs=decision.retry_after_ms,
-                        )
-                if bad_json is not None:
-                    raise bad_json
-                req = parse(msg)
-                if not conn.authenticated and req.type not in ("auth", "ping"):
-                    self.reject(conn, "authenticate first: send an auth frame", rid)
-                    return
-                answer = await self.handlers.handle(conn, req)
-                if answer is not None:
-                    self._send(conn, answer)
-            except Exception as exc:
-                error = client_error(exc)
-                if error is None:
-                    error = self._internal_error(exc, msg)
-                self._send_error(conn, error, rid)
+        # Bound and reset by token: cheaper per frame than the bound_contextvars generator.
+        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        try:
+            if self.rate_limit is not None:
+                decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
+                if not decision.allowed:
+                    raise ProtocolError(
+                        ErrorCode.RATE_LIMITED,
+                        f"rate limit exceeded; retry in {decision.retry_after_ms} ms",
+                        retryAfterMs=decision.retry_after_ms,
+                    )
+            if bad_json is not None:
+                raise bad_json
+            req = parse(msg)
+            if not conn.authenticated and req.type not in ("auth", "ping"):
+                self.reject(conn, "authenticate first: send an auth frame", rid)
+                return
+            answer = await self.handlers.handle(conn, req)
+            if answer is not None:
+                self._send(conn, answer)
+        except Exception as exc:
+            error = client_error(exc)
+            if error is None:
+                error = self._internal_error(exc, msg)
+            self._send_error(conn, error, rid)
+        finally:
+            structlog.contextvars.reset_contextvars(**tokens)
 
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)

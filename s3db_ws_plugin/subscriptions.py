@@ -107,14 +107,20 @@ class ResourceSubscriptions:
     def candidates(self, record: dict[str, Any] | None, into: set[Subscription]) -> None:
         """Add every subscription that may match ``record`` to ``into``."""
         into.update(self.residual)
-        if record is None:
-            return
+        if record is not None:
+            for bucket in self.buckets(record):
+                into.update(bucket)
+
+    def buckets(self, record: dict[str, Any]) -> list[set[Subscription]]:
+        """The index buckets whose subscriptions may match ``record`` (the residual aside)."""
+        found_buckets = []
         for field, buckets in self.by_term.items():
             found, value = get_path(record, field)
             # A missing field counts as null for equality.
             bucket = buckets.get(index_key(value if found else None))
             if bucket:
-                into.update(bucket)
+                found_buckets.append(bucket)
+        return found_buckets
 
 
 class SubscriptionRegistry:
@@ -143,19 +149,27 @@ class SubscriptionRegistry:
         subs = self._by_resource.get(change.resource)
         if subs is None:
             return []
-        after = change.record if change.event != "delete" else None
+        event = change.event
+        after = change.record if event != "delete" else None
         before = change.previous
-        candidates: set[Subscription] = set()
-        subs.candidates(after, candidates)
+        # The candidates, group by group, without copying them into one set: a subscription
+        # sits in one bucket (or the residual), and a bucket both records select is seen once.
+        groups = subs.buckets(after) if after is not None else []
         if before is not None:
-            subs.candidates(before, candidates)
+            for bucket in subs.buckets(before):
+                if not any(bucket is seen for seen in groups):
+                    groups.append(bucket)
+        if subs.residual:
+            groups.append(subs.residual)
+        check_role = policy.requires_user
         receivers: dict[Connection, None] = {}
-        for sub in candidates:
-            conn = sub.connection
-            if conn in receivers or change.event not in sub.events:
-                continue
-            if not policy.role_allows(conn.user):
-                continue
-            if sub.matches(after) or sub.matches(before):
-                receivers[conn] = None
+        for group in groups:
+            for sub in group:
+                conn = sub.connection
+                if conn in receivers or event not in sub.events:
+                    continue
+                if check_role and not policy.role_allows(conn.user):
+                    continue
+                if sub.matches(after) or sub.matches(before):
+                    receivers[conn] = None
         return list(receivers)
