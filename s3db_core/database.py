@@ -161,7 +161,10 @@ class Database:
         return plugin
 
     async def _call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
-        results = getattr(self.pm.hook, hook)(**kwargs)
+        caller = getattr(self.pm.hook, hook)
+        if not caller.get_hookimpls():  # nothing registered: skip pluggy's call machinery
+            return []
+        results = caller(**kwargs)
         return [await await_me_maybe(r) for r in results]
 
     async def _publish(self, change: Change) -> None:

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,14 @@ def _decode_cursor(cursor: str, order: str) -> str:
         raise ValidationError(
             [{"field": "cursor", "rule": "cursor", "message": "cursor is not one this listing returned"}]
         ) from None
+
+
+async def _all(operations: list[Any]) -> None:
+    """Await store requests concurrently (a lone one directly: no task to schedule)."""
+    if len(operations) == 1:
+        await operations[0]
+    else:
+        await asyncio.gather(*operations)
 
 
 def _partition_value(value: Any) -> str:
@@ -196,7 +204,7 @@ class Resource:
             raise ConflictError(f"{self.name} {id!r} already exists") from None
         refs = self._partition_keys(record)
         if refs:
-            await asyncio.gather(*(self.storage.put(k, b"", {}) for k in refs.values()))
+            await _all([self.storage.put(k, b"", {}) for k in refs.values()])
         await self._emit("insert", record, None)
         return record
 
@@ -249,7 +257,7 @@ class Resource:
         ops = [self.storage.put(k, b"", {}) for p, k in new.items() if old.get(p) != k]
         ops += [self.storage.delete(k) for p, k in old.items() if new.get(p) != k]
         if ops:
-            await asyncio.gather(*ops)
+            await _all(ops)
 
     async def delete(self, id: str, *, current: tuple[dict[str, Any], str] | None = None) -> dict[str, Any]:
         """Delete a record and its partition references; returns the deleted record."""
@@ -262,32 +270,49 @@ class Resource:
         await self.storage.delete(self._key(id))
         refs = self._partition_keys(record)
         if refs:
-            await asyncio.gather(*(self.storage.delete(k) for k in refs.values()))
+            await _all([self.storage.delete(k) for k in refs.values()])
         await self._emit("delete", record, record)
         return record
 
     # -- listing ----------------------------------------------------------------------------
-    def _scan_prefix(self, filter: dict[str, Any] | None) -> str:
-        """The data prefix, or the prefix of a partition whose every field ``filter`` pins."""
+    def _scan_prefix(self, filter: dict[str, Any] | None) -> tuple[str, bool]:
+        """The data prefix, or the prefix of a partition whose every field ``filter`` pins; and
+        whether that partition answers the whole filter (it pins nothing else), so that nearly
+        every key listed is a match."""
         if not filter or not self.partitions:
-            return self._data_prefix
+            return self._data_prefix, False
         terms = equality_terms(filter)
-        best: tuple[int, str] | None = None
+        best: tuple[int, str, bool] | None = None
         for pname, fields in self.partitions.items():
             if all(terms.get(f) is not None for f in fields) and (best is None or len(fields) > best[0]):
                 path = "/".join(f"{f}={_partition_value(terms[f])}" for f in fields)
-                best = (len(fields), f"{self._base}partition={pname}/{path}/")
-        return best[1] if best else self._data_prefix
+                exact = set(filter) == set(fields)
+                best = (len(fields), f"{self._base}partition={pname}/{path}/", exact)
+        return (best[1], best[2]) if best else (self._data_prefix, False)
 
-    async def _fetch(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
-        sem = asyncio.Semaphore(GET_CONCURRENCY)
+    async def _fetch(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
+        each, issued concurrently, at most GET_CONCURRENCY at a time."""
+        storage = self.storage
+        get_many = getattr(storage, "get_many", None)
+        if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
+            objects = await get_many([self._key(i) for i in ids])
+            decode = self._from_stored
+            return [
+                None if obj is None else decode(id, obj.metadata, obj.body)
+                for id, obj in zip(ids, objects, strict=True)
+            ]
+        sem = asyncio.Semaphore(GET_CONCURRENCY) if len(ids) > GET_CONCURRENCY else None
 
         async def one(id: str) -> dict[str, Any] | None:
-            async with sem:
-                try:
-                    obj = await self.storage.get(self._key(id))
-                except ObjectNotFound:
-                    return None  # deleted between LIST and GET
+            try:
+                if sem is None:
+                    obj = await storage.get(self._key(id))
+                else:
+                    async with sem:
+                        obj = await storage.get(self._key(id))
+            except ObjectNotFound:
+                return None  # deleted between LIST and GET
             return self._from_stored(id, obj.metadata, obj.body)
 
         return list(await asyncio.gather(*(one(i) for i in ids)))
@@ -328,21 +353,38 @@ class Resource:
             )
         predicate = compile_filter(filter) if filter else None
         after = _decode_cursor(cursor, order) if cursor is not None else None
-        prefix = self._scan_prefix(filter)
+        prefix, exact = self._scan_prefix(filter)
+        # A partition that answers the whole filter is read like an unfiltered prefix: one page
+        # of ``limit`` keys and a GET each. The predicate still runs on what was read, because a
+        # record may have moved to another partition after its key was listed (it is skipped,
+        # and the next chunk is read).
+        sparse = predicate is not None and not exact
         if order == "desc":
-            return await self._collect(self._desc_pages(prefix, after), predicate, limit, order)
-        page_size = MAX_LIST_LIMIT if predicate else limit
-        return await self._collect(self._ids(prefix, after, page_size), predicate, limit, order)
+            return await self._collect(self._desc_pages(prefix, after), predicate, limit, order, sparse)
+        page_size = MAX_LIST_LIMIT if sparse else limit
+        return await self._collect(
+            self._ids(prefix, after, page_size), predicate, limit, order, sparse
+        )
 
     async def _desc_pages(self, prefix: str, before: str | None):
         ids = await self._all_ids_desc(prefix, before)
         for i in range(0, len(ids), MAX_LIST_LIMIT):
             yield ids[i : i + MAX_LIST_LIMIT], i + MAX_LIST_LIMIT < len(ids)
 
-    async def _collect(self, pages, predicate: Callable[[dict], bool] | None, limit: int, order: str) -> Page:
+    async def _collect(
+        self,
+        pages,
+        predicate: Callable[[dict], bool] | None,
+        limit: int,
+        order: str,
+        sparse: bool,
+    ) -> Page:
+        """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate``. A chunk is
+        what is still missing; twice that (at least 50) when matches are ``sparse``."""
         items: list[dict[str, Any]] = []
         async for ids, more in pages:
-            step = max(limit - len(items), 1) if predicate is None else max(2 * (limit - len(items)), 50)
+            missing = limit - len(items)
+            step = max(2 * missing, 50) if sparse else max(missing, 1)
             for start in range(0, len(ids), step):
                 chunk = ids[start : start + step]
                 for pos, record in enumerate(await self._fetch(chunk)):

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 1000
 Frame = dict[str, Any]
+_ALLOWED = Decision(True)  # shared, never mutated
 
 
 def client_error(exc: Exception) -> ProtocolError | None:
@@ -101,6 +102,8 @@ class Handlers:
 
     @staticmethod
     async def _guard(policy: ResourcePolicy, kind: str, user: Any, arg: Any) -> Decision:
+        if kind not in policy.guards:  # no guard: allowed, without a coroutine to run
+            return _ALLOWED
         decision = await policy.check(kind, user, arg)
         if not decision.allowed:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{kind} on {policy.name!r} is not allowed")

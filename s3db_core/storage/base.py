@@ -64,9 +64,10 @@ def full_prefix(prefix: str) -> str:
 def normalize_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """A copy of ``metadata`` as S3 stores it: keys lower-cased; non-ASCII values rejected."""
     out = {k.lower(): v for k, v in metadata.items()}
-    for k, v in out.items():
-        if not (k.isascii() and v.isascii()):
-            raise ValueError(f"user metadata must be ASCII (S3 headers): {k!r}")
+    if not ("".join(out).isascii() and "".join(out.values()).isascii()):
+        for k, v in out.items():
+            if not (k.isascii() and v.isascii()):
+                raise ValueError(f"user metadata must be ASCII (S3 headers): {k!r}")
     return out
 
 
@@ -121,6 +122,11 @@ class StorageClient(Protocol):
 
         ``next_start_after`` is the last key of the page when more keys follow, else None.
         """
+
+    # Optional: ``async def get_many(self, keys: list[str]) -> list[StoredObject | None]`` reads
+    # a batch (1 GET per key, counted so; None for a missing key). A client whose reads finish
+    # without waiting (memory) offers it so a listing needs no task per key; without it the
+    # resource issues concurrent ``get`` calls.
 
 
 def body_etag(body: bytes) -> str:

@@ -84,6 +84,24 @@ class MemoryStorage:
         self.requests.add("GET")
         return self._read(key, with_body=True)
 
+    async def get_many(self, keys: list[str]) -> list[StoredObject | None]:
+        """Read several objects (1 GET each, counted so); None for a missing key.
+
+        The optional batch read of the storage contract: in memory the reads complete at once,
+        so the resource needs no task per key.
+        """
+        self.requests.add("GET", len(keys))
+        objects, root = self._bucket.objects, self._root
+        out: list[StoredObject | None] = []
+        for key in keys:
+            found = objects.get(root + key)
+            if found is None:
+                out.append(None)
+            else:
+                body, metadata, etag = found
+                out.append(StoredObject(key, body, dict(metadata), etag))
+        return out
+
     async def head(self, key: str) -> StoredObject:
         self.requests.add("HEAD")
         return self._read(key, with_body=False)
