@@ -54,11 +54,6 @@ SPEC_COSTS = {
     "list 100 (partition)": {"LIST": 1, "GET": 100},
     "list 100 (partition of 250)": {"LIST": 1, "GET": 100},
 }
-# Known gap, reported: a filter fully answered by the partition prefix still goes through the
-# residual-predicate path, which reads 2x the page (200 GETs for 100 records) when the partition
-# holds more records than the page. Remove from here once s3db_core lists it like an unfiltered
-# prefix.
-KNOWN_GAPS = {"list 100 (partition of 250)"}
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +72,10 @@ def test_store_requests_match_spec_exactly(store_results):
     for store, rows in by_store.items():
         assert set(rows) == set(SPEC_COSTS), store
         for op, r in rows.items():
-            if op in KNOWN_GAPS:
-                continue
             for run in r.extra["all_runs"]:
                 assert run == SPEC_COSTS[op], (store, op, run)
             assert r.met is True and r.ratio == 1.0
             assert r.unit == "requests"
-
-
-@pytest.mark.xfail(reason="s3db_core over-fetches partition listings (see KNOWN_GAPS)")
-def test_partition_listing_reads_only_the_page(store_results):
-    for r in store_results:
-        if r.params["op"] in KNOWN_GAPS:
-            for run in r.extra["all_runs"]:
-                assert run == SPEC_COSTS[r.params["op"]], (r.name, run)
 
 
 def test_memory_benchmark_quick():
