@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 import structlog
 
-from .harness import Result, Stat, Target, percentile, raise_fd_limit, spawn
+from .harness import Result, Stat, Target, percentile, raise_fd_limit, serve_websocket, spawn
 
 CLIENT_PROCS = 2
 WINDOW_EVENTS = 8  # events the writer may have in flight beyond what clients have counted
@@ -380,13 +380,7 @@ def server_main(conn: Any, kind: str, progress: Any, slots: list[int], name: str
                     sockets.discard(ws)
                 return ws
 
-            app = web.Application()
-            app.router.add_get("/", handler)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            port = runner.addresses[0][1]
+            runner, port = await serve_websocket(handler)
 
             async def publish(seq: int, sent: int, room: str) -> None:
                 frame = orjson.dumps(

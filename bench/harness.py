@@ -109,7 +109,15 @@ def fmt(value: float | None) -> str:
 
 def table(results: list[Result]) -> str:
     """A plain-text table: one line per result, notes indented beneath."""
-    headers = ("benchmark", "unit", "ours (median [min..max])", "baseline", "ratio", "target", "met")
+    headers = (
+        "benchmark",
+        "unit",
+        "ours (median [min..max])",
+        "baseline",
+        "ratio",
+        "target",
+        "met",
+    )
     rows = []
     for r in results:
         met = "-" if r.met is None else ("yes" if r.met else "NO")
@@ -173,6 +181,19 @@ def raise_fd_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
         return new
     return soft
+
+
+async def serve_websocket(handler: Callable[..., Any]) -> tuple[Any, int]:
+    """Serve ``handler`` at ``/`` on a free loopback port (the bare-aiohttp baselines); returns
+    the ``AppRunner`` (``await runner.cleanup()`` stops it) and the port."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
 
 
 def free_port() -> int:

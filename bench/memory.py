@@ -32,7 +32,7 @@ import os
 import time
 from typing import Any
 
-from .harness import Result, Stat, Target, raise_fd_limit, rss_bytes, spawn
+from .harness import Result, Stat, Target, raise_fd_limit, rss_bytes, serve_websocket, spawn
 
 SECRET = "bench-memory-secret-0123456789abcdef"
 RESOURCE = "items"
@@ -132,12 +132,7 @@ def bare_server(conn: Any, compression: bool = False) -> None:
         return ws
 
     async def setup():
-        app = web.Application()
-        app.router.add_get("/", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, port = await serve_websocket(handler)
         counter = iter(range(1 << 30))
 
         async def emit() -> int:
@@ -148,7 +143,7 @@ def bare_server(conn: Any, compression: bool = False) -> None:
                 queue.put_nowait(frame)
             return len(queues)
 
-        return runner.addresses[0][1], emit, runner.cleanup
+        return port, emit, runner.cleanup
 
     _serve(conn, setup)
 

@@ -26,6 +26,7 @@ import statistics
 import time
 from typing import Any
 
+from .core_vs_js import record
 from .harness import Result, Stat, fmt, spawn
 
 ATTRIBUTES = {
@@ -48,15 +49,6 @@ def config(quick: bool) -> dict[str, Any]:
     if quick:
         return {"records": 200, "rooms": 4, "reps": 1, "seconds": 0.25, "direct_seconds": 0.1}
     return {"records": 1000, "rooms": 10, "reps": 3, "seconds": 0.8, "direct_seconds": 0.4}
-
-
-def record(i: int, rooms: int) -> dict[str, Any]:
-    return {
-        "roomId": f"room-{i % rooms:03d}",
-        "title": f"message number {i} in the benchmark",
-        "author": f"author-{i % 7}",
-        "score": i,
-    }
 
 
 async def _database(cfg: dict[str, Any]):
