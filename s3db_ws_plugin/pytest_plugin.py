@@ -7,7 +7,8 @@
 | ``s3db_plugin_config`` | ``WebSocketPlugin`` keyword arguments; override it with your app's |
 | ``s3db_plugin_factory`` | ``await start(db, **config)``: a plugin on a free loopback port |
 | ``s3db_server`` | a running plugin over ``s3db_database`` configured by ``s3db_plugin_config`` |
-| ``s3db_connect`` | ``await s3db_connect(token=..., api_key=...)``: a connected ``Client`` |
+| ``s3db_connect`` | ``await s3db_connect(token=..., api_key=...)``: a ``Client`` of ``s3db_server`` |
+| ``s3db_client_factory`` | ``await connect(plugin, token=...)``: a ``Client`` of any plugin |
 | ``s3db_client`` | a ``Client`` connected with ``s3db_token()`` (user ``user-1``, role ``user``) |
 
     @pytest.fixture
@@ -123,24 +124,41 @@ async def s3db_server(
 
 
 @pytest_asyncio.fixture
-async def s3db_connect(s3db_server: WebSocketPlugin):
-    """``client = await s3db_connect(token=..., api_key=..., **client_options)``: a ``Client``
-    connected to ``s3db_server`` (fast reconnects, 5 s request timeout), closed after the test."""
+async def s3db_client_factory(s3db_plugin_factory: Callable[..., Awaitable[WebSocketPlugin]]):
+    """``client = await connect(plugin, token=..., api_key=..., url=..., **client_options)``: a
+    ``Client`` connected to any running plugin (e.g. one from ``s3db_plugin_factory`` with a
+    config of the test's own; ``url`` overrides ``plugin.url``), with fast reconnects and a 5 s
+    request timeout, closed after the test (before the plugins stop)."""
     from .client import Backoff, Client
 
     clients: list[Client] = []
 
-    async def connect(token: Any = None, **options: Any) -> Client:
+    async def connect(
+        plugin: WebSocketPlugin, token: Any = None, *, url: str | None = None, **options: Any
+    ) -> Client:
         options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
         options.setdefault("request_timeout", 5.0)
-        client = Client(s3db_server.url, token=token, **options)
-        await client.connect()
+        client = Client(url or plugin.url, token=token, **options)
         clients.append(client)
+        await client.connect()
         return client
 
     yield connect
     for client in reversed(clients):
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def s3db_connect(
+    s3db_server: WebSocketPlugin, s3db_client_factory: Callable[..., Awaitable[Client]]
+):
+    """``client = await s3db_connect(token=..., api_key=..., **client_options)``: a ``Client``
+    connected to ``s3db_server``, closed after the test."""
+
+    async def connect(token: Any = None, **options: Any) -> Client:
+        return await s3db_client_factory(s3db_server, token, **options)
+
+    return connect
 
 
 @pytest_asyncio.fixture

@@ -64,28 +64,3 @@ async def ws_database(request: pytest.FixtureRequest):
     await db.connect()
     yield db
     await db.disconnect()
-
-
-@pytest.fixture
-async def connect_client(s3db_plugin_factory):  # set up after it: closed before plugins stop
-    """``client = await connect_client(plugin, token=..., api_key=..., **options)``: a connected
-    ``s3db_ws_plugin.client.Client`` for any running plugin (``url=`` overrides ``plugin.url``,
-    e.g. to add a query string), closed after the test.
-
-    The pytest plugin's ``s3db_connect`` only reaches ``s3db_server``; tests that start a plugin
-    per test (``s3db_plugin_factory``, to vary the guards or the auth config) connect with this.
-    """
-    from s3db_ws_plugin.client import Backoff, Client
-
-    clients: list[Client] = []
-
-    async def connect(plugin, token=None, *, url: str | None = None, **options) -> Client:
-        options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
-        client = Client(url or plugin.url, token=token, **options)
-        clients.append(client)
-        await client.connect()
-        return client
-
-    yield connect
-    for client in reversed(clients):
-        await client.close()

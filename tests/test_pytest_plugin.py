@@ -87,3 +87,14 @@ async def test_fixtures_start_a_server_per_test_and_clean_up(
     assert other.port != s3db_server.port and other.url.startswith("ws://127.0.0.1:")
     anonymous = await s3db_connect()
     assert anonymous.user is None and await anonymous.ping()
+
+
+async def test_client_factory_connects_to_a_plugin_with_its_own_config(
+    s3db_plugin_factory, s3db_client_factory, s3db_database, s3db_token
+):
+    admins = await s3db_plugin_factory(s3db_database, resources={"notes": {"auth": ["admin"]}})
+    root = await s3db_client_factory(admins, s3db_token("root", role="admin"))
+    user = await s3db_client_factory(admins, s3db_token("bob"))
+    assert (await root.insert("notes", {"title": "t", "author": "root"}))["author"] == "root"
+    with pytest.raises(Forbidden):
+        await user.list("notes")

@@ -54,18 +54,18 @@ def start(s3db_database, s3db_plugin_factory, s3db_jwt_secret):
     return start
 
 
-async def test_bearer_header_authenticates(start, connect_client, s3db_token):
+async def test_bearer_header_authenticates(start, s3db_client_factory, s3db_token):
     plugin = await start()
-    bob = await connect_client(plugin, s3db_token("bob"))  # the client sends a Bearer header
+    bob = await s3db_client_factory(plugin, s3db_token("bob"))  # the client sends a Bearer header
     assert bob.user["id"] == "bob" and bob.user["role"] == "user"
 
 
 async def test_refresh_extends_the_connection_past_the_first_expiry(
-    start, connect_client, s3db_token
+    start, s3db_client_factory, s3db_token
 ):
     plugin = await start()
     with structlog.testing.capture_logs() as logs:
-        client = await connect_client(plugin, s3db_token("frank", exp=time.time() + 2.5))
+        client = await s3db_client_factory(plugin, s3db_token("frank", exp=time.time() + 2.5))
         user = await client.auth(s3db_token("frank", ttl=60))
         assert user["id"] == "frank"
         await asyncio.sleep(2.8)  # past the first token's exp
@@ -75,9 +75,9 @@ async def test_refresh_extends_the_connection_past_the_first_expiry(
     assert not [e for e in logs if e["event"] in ("server error", "disconnected")], logs
 
 
-async def test_refresh_with_another_users_token_is_forbidden(start, connect_client, s3db_token):
+async def test_refresh_with_another_users_token_is_forbidden(start, s3db_client_factory, s3db_token):
     plugin = await start()
-    client = await connect_client(plugin, s3db_token("henry"))
+    client = await s3db_client_factory(plugin, s3db_token("henry"))
     with pytest.raises(Forbidden):
         await client.auth(s3db_token("ivan"))
     assert await client.ping()
@@ -85,35 +85,35 @@ async def test_refresh_with_another_users_token_is_forbidden(start, connect_clie
 
 
 async def test_api_key_in_header_and_query_and_jwt_in_the_same_chain(
-    start, connect_client, s3db_token
+    start, s3db_client_factory, s3db_token
 ):
     plugin = await start(api_keys=True)
-    device = await connect_client(plugin, api_key=DEVICE_KEY)  # the x-api-key header
+    device = await s3db_client_factory(plugin, api_key=DEVICE_KEY)  # the x-api-key header
     assert device.user == DEVICE
-    device = await connect_client(plugin, url=f"{plugin.url}?apiKey={DEVICE_KEY}")
+    device = await s3db_client_factory(plugin, url=f"{plugin.url}?apiKey={DEVICE_KEY}")
     assert device.user["id"] == "sensor-7"
-    person = await connect_client(plugin, s3db_token("owner"))
+    person = await s3db_client_factory(plugin, s3db_token("owner"))
     assert person.user["id"] == "owner"
     with pytest.raises(Unauthorized):  # on the wire: test_an_unknown_api_key_is_rejected_...
-        await connect_client(plugin, api_key="stolen")
+        await s3db_client_factory(plugin, api_key="stolen")
 
 
-async def test_tokens_and_keys_never_reach_the_logs(start, connect_client, s3db_token):
+async def test_tokens_and_keys_never_reach_the_logs(start, s3db_client_factory, s3db_token):
     plugin = await start(api_keys=True)
     token = s3db_token("judy")
     merge = [structlog.contextvars.merge_contextvars]
     with structlog.testing.capture_logs(processors=merge) as logs:
-        client = await connect_client(plugin, token)  # Authorization: Bearer
+        client = await s3db_client_factory(plugin, token)  # Authorization: Bearer
         await client.auth(token)
         await client.close()
-        seed_way = await connect_client(plugin, url=f"{plugin.url}?token={token}")
+        seed_way = await s3db_client_factory(plugin, url=f"{plugin.url}?token={token}")
         await seed_way.close()
-        device = await connect_client(plugin, api_key=DEVICE_KEY)
+        device = await s3db_client_factory(plugin, api_key=DEVICE_KEY)
         await device.close()
         with pytest.raises(Unauthorized):
-            await connect_client(plugin, url=f"{plugin.url}?token={token}x")
+            await s3db_client_factory(plugin, url=f"{plugin.url}?token={token}x")
         with pytest.raises(Unauthorized):
-            await connect_client(plugin, token + "x")
+            await s3db_client_factory(plugin, token + "x")
     text = repr(logs)  # the server's logs and the client's
     assert logs and token not in text and DEVICE_KEY not in text
     assert any(e.get("client_id") and e.get("user_id") == "judy" for e in logs)

@@ -155,12 +155,12 @@ async def test_event_payload_is_serialized_once_per_change(monkeypatch, s3db_dat
 
 
 async def test_rate_limit_answers_rate_limited_and_skips_the_frame(
-    s3db_database, s3db_plugin_factory, connect_client
+    s3db_database, s3db_plugin_factory, s3db_client_factory
 ):
     rate = {"enabled": True, "maxRequests": 3, "windowMs": 60_000}
     plugin = await s3db_plugin_factory(s3db_database, resources={"notes": True}, rate_limit=rate)
-    client = await connect_client(plugin)
-    other = await connect_client(plugin)
+    client = await s3db_client_factory(plugin)
+    other = await s3db_client_factory(plugin)
     for _ in range(3):
         await client.ping()
     with pytest.raises(RateLimited) as limited:
@@ -173,12 +173,12 @@ async def test_rate_limit_answers_rate_limited_and_skips_the_frame(
 
 
 async def test_rate_limit_keyed_by_ip_is_shared_between_connections(
-    s3db_database, s3db_plugin_factory, connect_client
+    s3db_database, s3db_plugin_factory, s3db_client_factory
 ):
     rate = {"max_requests": 2, "window_ms": 60_000, "key": "ip"}
     plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate)
-    a = await connect_client(plugin)
-    b = await connect_client(plugin)
+    a = await s3db_client_factory(plugin)
+    b = await s3db_client_factory(plugin)
     assert await a.ping()
     assert await b.ping()
     with pytest.raises(RateLimited):
@@ -188,14 +188,14 @@ async def test_rate_limit_keyed_by_ip_is_shared_between_connections(
 
 
 async def test_rate_limit_keyed_by_user_follows_the_user_across_connections(
-    s3db_database, s3db_plugin_factory, connect_client, s3db_token, s3db_jwt_secret
+    s3db_database, s3db_plugin_factory, s3db_client_factory, s3db_token, s3db_jwt_secret
 ):
     rate = {"max_requests": 2, "window_ms": 60_000, "key": "user"}
     auth = {"required": True, "drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}]}
     plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate, auth=auth)
-    ann1 = await connect_client(plugin, s3db_token("ann"))
-    ann2 = await connect_client(plugin, s3db_token("ann"))
-    ben = await connect_client(plugin, s3db_token("ben"))
+    ann1 = await s3db_client_factory(plugin, s3db_token("ann"))
+    ann2 = await s3db_client_factory(plugin, s3db_token("ann"))
+    ben = await s3db_client_factory(plugin, s3db_token("ben"))
     assert await ann1.ping()
     assert await ann2.ping()
     with pytest.raises(RateLimited):

@@ -99,7 +99,7 @@ def ids(page):
 
 @both
 async def test_list_guard_allows_denies_and_overrides_the_filter(
-    kind, start, connect_client, token
+    kind, start, s3db_client_factory, token
 ):
     def guard(user, ctx):
         assert ctx.user is user and ctx.db is not None
@@ -108,7 +108,7 @@ async def test_list_guard_allows_denies_and_overrides_the_filter(
         return {"tenantId": user.tenantId}
 
     plugin = await start({"projects": {"guard": {"list": variant(guard, kind)}}})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     assert ids(await alice.list("projects")) == ["p1", "p2", "p3"]
     widened = await alice.list("projects", filter={"tenantId": "t2"})
     assert ids(widened) == ["p1", "p2", "p3"]
@@ -117,14 +117,14 @@ async def test_list_guard_allows_denies_and_overrides_the_filter(
     own = await alice.list("projects", filter={"ownerId": "alice"})
     assert ids(own) == ["p1", "p3"]
 
-    banned = await connect_client(plugin, token("mal", role="banned"))
+    banned = await s3db_client_factory(plugin, token("mal", role="banned"))
     with pytest.raises(Forbidden):
         await banned.list("projects")
 
 
 @both
 async def test_subscribe_guard_overrides_and_cannot_be_widened(
-    kind, s3db_database, start, connect_client, token
+    kind, s3db_database, start, s3db_client_factory, token
 ):
     def guard(user, filter):
         if user.role == "guest":
@@ -132,9 +132,9 @@ async def test_subscribe_guard_overrides_and_cannot_be_widened(
         return {**filter, "tenantId": user.tenantId}
 
     plugin = await start({"projects": {"guard": {"subscribe": variant(guard, kind)}}})
-    alice = await connect_client(plugin, token("alice"))
-    bob = await connect_client(plugin, token("bob"))
-    guest = await connect_client(plugin, token("gus", role="guest"))
+    alice = await s3db_client_factory(plugin, token("alice"))
+    bob = await s3db_client_factory(plugin, token("bob"))
+    guest = await s3db_client_factory(plugin, token("gus", role="guest"))
 
     no_filter = await alice.subscribe("projects")
     assert no_filter.effective_filter == {"tenantId": "t1"}
@@ -152,7 +152,7 @@ async def test_subscribe_guard_overrides_and_cannot_be_widened(
 
 
 async def test_seed_chat_subscribe_guard_requires_a_room(
-    s3db_database, start, connect_client, token
+    s3db_database, start, s3db_client_factory, token
 ):
     async def subscribe(user, filter):
         if not filter.get("roomId"):
@@ -162,7 +162,7 @@ async def test_seed_chat_subscribe_guard_requires_a_room(
 
     plugin = await start({"notes": {"guard": {"subscribe": subscribe}}})
     await s3db_database.resources.notes.insert({"id": "room1", "title": "room", "owner": "alice"})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     with pytest.raises(Forbidden):
         await alice.subscribe("notes")
     room = await alice.subscribe("notes", filter={"roomId": "room1"})
@@ -170,14 +170,14 @@ async def test_seed_chat_subscribe_guard_requires_a_room(
     with pytest.raises(NotFound):  # the guard's own NotFoundError
         await alice.subscribe("notes", filter={"roomId": "nope"})
 
-    bob = await connect_client(plugin, token("bob"))
+    bob = await s3db_client_factory(plugin, token("bob"))
     with pytest.raises(Forbidden):
         await bob.subscribe("notes", filter={"roomId": "room1"})
 
 
 @both
 async def test_get_guard_sees_the_record_loaded_once(
-    kind, ws_store_url, s3db_database, start, connect_client, token
+    kind, ws_store_url, s3db_database, start, s3db_client_factory, token
 ):
     seen = []
 
@@ -186,7 +186,7 @@ async def test_get_guard_sees_the_record_loaded_once(
         return ctx.record is None or ctx.record["ownerId"] == user.id
 
     plugin = await start({"projects": {"guard": {"get": variant(owner_only, kind)}}})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     s3db_database.storage.requests.reset()
     mine = await alice.get("projects", "p1")
     assert mine["id"] == "p1" and seen[-1]["id"] == "p1"
@@ -198,23 +198,23 @@ async def test_get_guard_sees_the_record_loaded_once(
     assert seen[-1] is None
 
 
-async def test_get_guard_denial_hides_whether_a_record_exists(start, connect_client, token):
+async def test_get_guard_denial_hides_whether_a_record_exists(start, s3db_client_factory, token):
     plugin = await start({"projects": {"guard": {"get": lambda user, ctx: user.role == "admin"}}})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     with pytest.raises(Forbidden) as exists:
         await alice.get("projects", "p1")
     with pytest.raises(Forbidden) as missing:
         await alice.get("projects", "nope")
     assert "p1" not in exists.value.message and "nope" not in missing.value.message
 
-    admin = await connect_client(plugin, token("root", role="admin"))
+    admin = await s3db_client_factory(plugin, token("root", role="admin"))
     with pytest.raises(NotFound):
         await admin.get("projects", "nope")
 
 
 @both
 async def test_create_guard_mutations_are_written_and_denial_writes_nothing(
-    kind, s3db_database, start, connect_client, token
+    kind, s3db_database, start, s3db_client_factory, token
 ):
     def create(user, data):
         data["tenantId"] = user.tenantId
@@ -222,13 +222,13 @@ async def test_create_guard_mutations_are_written_and_denial_writes_nothing(
         return user.role != "viewer"
 
     plugin = await start({"projects": {"guard": {"create": variant(create, kind)}}})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     created = await alice.insert("projects", {"name": "new", "tenantId": "t2", "ownerId": "zed"})
     assert created["tenantId"] == "t1" and created["ownerId"] == "alice"
     stored = await s3db_database.resources.projects.get(created["id"])
     assert stored["tenantId"] == "t1" and stored["ownerId"] == "alice"
 
-    viewer = await connect_client(plugin, token("vic", role="viewer"))
+    viewer = await s3db_client_factory(plugin, token("vic", role="viewer"))
     before = await s3db_database.resources.projects.count()
     with pytest.raises(Forbidden):
         await viewer.insert("projects", {"name": "nope"})
@@ -237,7 +237,7 @@ async def test_create_guard_mutations_are_written_and_denial_writes_nothing(
 
 @both
 async def test_update_guard_mutates_the_patch_and_reuses_the_loaded_record(
-    kind, ws_store_url, s3db_database, start, connect_client, token
+    kind, ws_store_url, s3db_database, start, s3db_client_factory, token
 ):
     def update(user, ctx):
         if ctx.data.get("acknowledged"):
@@ -246,7 +246,7 @@ async def test_update_guard_mutates_the_patch_and_reuses_the_loaded_record(
 
     plugin = await start({"projects": {"guard": {"update": variant(update, kind)}}})
     projects = s3db_database.resources.projects
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     s3db_database.storage.requests.reset()
     updated = await alice.update("projects", "p2", {"acknowledged": True})
     assert updated["acknowledgedBy"] == "alice" and updated["name"] == "p2"
@@ -262,13 +262,13 @@ async def test_update_guard_mutates_the_patch_and_reuses_the_loaded_record(
 
 
 @both
-async def test_delete_guard(kind, ws_store_url, s3db_database, start, connect_client, token):
+async def test_delete_guard(kind, ws_store_url, s3db_database, start, s3db_client_factory, token):
     def delete(user, ctx):
         return ctx.record is None or (ctx.record["ownerId"] == user.id and user.role == "admin")
 
     plugin = await start({"projects": {"guard": {"delete": variant(delete, kind)}}})
     projects = s3db_database.resources.projects
-    admin = await connect_client(plugin, token("alice", role="admin"))
+    admin = await s3db_client_factory(plugin, token("alice", role="admin"))
     s3db_database.storage.requests.reset()
     gone = await admin.delete("projects", "p1")
     assert gone["id"] == "p1" and gone["name"] == "p1"
@@ -278,7 +278,7 @@ async def test_delete_guard(kind, ws_store_url, s3db_database, start, connect_cl
     with pytest.raises(NotFound):
         await admin.delete("projects", "p1")
 
-    user = await connect_client(plugin, token("alice"))
+    user = await s3db_client_factory(plugin, token("alice"))
     with pytest.raises(Forbidden):
         await user.delete("projects", "p3")
     assert await projects.exists("p2") and await projects.exists("p3")
@@ -305,13 +305,13 @@ OPERATIONS = {
     ],
 )
 async def test_guard_exceptions_map_to_codes(
-    guard_kind, exception, error_type, s3db_database, start, connect_client, token
+    guard_kind, exception, error_type, s3db_database, start, s3db_client_factory, token
 ):
     async def guard(user, arg):
         raise exception
 
     plugin = await start({"projects": {"guard": {guard_kind: guard}}})
-    alice = await connect_client(plugin, token("alice"))
+    alice = await s3db_client_factory(plugin, token("alice"))
     with pytest.raises(ClientError) as err:
         await OPERATIONS[guard_kind](alice)
     assert type(err.value) is error_type
@@ -331,7 +331,7 @@ ROLE_OPERATIONS = [
 ]
 
 
-async def test_role_lists_apply_to_every_operation_before_guards(start, connect_client, token):
+async def test_role_lists_apply_to_every_operation_before_guards(start, s3db_client_factory, token):
     calls = []
 
     def guard(user, arg):
@@ -340,8 +340,8 @@ async def test_role_lists_apply_to_every_operation_before_guards(start, connect_
 
     config = {"projects": {"auth": ["admin", "viewer"], "guard": {k: guard for k in OPERATIONS}}}
     plugin = await start(config, required=False)
-    anonymous = await connect_client(plugin)
-    wrong_role = await connect_client(plugin, token("uma", role="user"))
+    anonymous = await s3db_client_factory(plugin)
+    wrong_role = await s3db_client_factory(plugin, token("uma", role="user"))
     for client in (anonymous, wrong_role):
         for operation in ROLE_OPERATIONS:
             with pytest.raises(Forbidden):
@@ -349,7 +349,7 @@ async def test_role_lists_apply_to_every_operation_before_guards(start, connect_
     assert calls == []
     assert len(plugin.registry) == 0  # on the wire: test_refused_subscribers_get_no_event_frames
 
-    viewer = await connect_client(plugin, token("vera", role="viewer"))
+    viewer = await s3db_client_factory(plugin, token("vera", role="viewer"))
     for operation in ROLE_OPERATIONS:
         await operation(viewer)  # raises on any error reply
     assert len(calls) == len(OPERATIONS)
@@ -372,11 +372,11 @@ def assert_clean(raw: str) -> None:
 
 
 async def test_protected_fields_are_stripped_from_what_a_client_gets(
-    s3db_database, start, connect_client
+    s3db_database, start, s3db_client_factory
 ):
     plugin = await start(PROTECTED, required=False)
-    client = await connect_client(plugin)
-    watcher = await connect_client(plugin)
+    client = await s3db_client_factory(plugin)
+    watcher = await s3db_client_factory(plugin)
     sub = await watcher.subscribe("notes")
 
     note = await client.insert("notes", WITH_SECRETS)
@@ -408,9 +408,9 @@ async def test_protected_fields_are_stripped_from_what_a_client_gets(
         {"items[]": {"secret": "s3cr3t", "label": "a"}},
     ],
 )
-async def test_filters_on_protected_fields_are_refused(filter, start, connect_client):
+async def test_filters_on_protected_fields_are_refused(filter, start, s3db_client_factory):
     plugin = await start(PROTECTED, required=False)
-    client = await connect_client(plugin)
+    client = await s3db_client_factory(plugin)
     with pytest.raises(Forbidden):
         await client.list("notes", filter=filter)
     with pytest.raises(Forbidden):
