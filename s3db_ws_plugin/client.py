@@ -422,11 +422,22 @@ class _SubscribeCall:
 
 # -- the client --------------------------------------------------------------------------------
 class _Pending:
-    __slots__ = ("future", "on_reply")
+    """A request waiting for its reply: the future the reader resolves, the callback run on
+    the reply (in the reader), the loop time it fails with ``RequestTimeout`` and its type."""
 
-    def __init__(self, future: asyncio.Future, on_reply: Callable[[dict], None] | None) -> None:
+    __slots__ = ("future", "on_reply", "deadline", "kind")
+
+    def __init__(
+        self,
+        future: asyncio.Future,
+        on_reply: Callable[[dict], None] | None,
+        deadline: float,
+        kind: Any,
+    ) -> None:
         self.future = future
         self.on_reply = on_reply
+        self.deadline = deadline
+        self.kind = kind
 
 
 class Client:
@@ -477,6 +488,11 @@ class Client:
         self._failure: ClientError | None = None
         self._runner: asyncio.Task | None = None
         self._refresher: asyncio.Task | None = None
+        # One timer for every request's deadline (not one per request): armed for the earliest
+        # deadline in ``_pending``, it fails the late ones with RequestTimeout and re-arms.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._closed else "disconnected"
@@ -537,13 +553,13 @@ class Client:
     # -- requests -------------------------------------------------------------------------
     async def ping(self) -> int:
         """Round trip to the server; returns the server's clock (epoch ms)."""
-        reply = await self.request({"type": "ping"})
+        reply = await self._request({"type": "ping"})
         return reply["timestamp"]
 
     async def auth(self, token: str) -> dict[str, Any]:
         """Refresh the connection's token (same user); returns the user. A static ``token``
         given to the client is replaced, so reconnects use this one."""
-        reply = await self.request({"type": "auth", "token": token})
+        reply = await self._request({"type": "auth", "token": token})
         self._current_token = token
         if not callable(self._token):
             self._token = token
@@ -552,7 +568,7 @@ class Client:
         return reply.get("user") or {}
 
     async def get(self, resource: str, id: str) -> dict[str, Any]:
-        reply = await self.request({"type": "get", "resource": resource, "id": id})
+        reply = await self._request({"type": "get", "resource": resource, "id": id})
         return reply["data"]
 
     async def list(
@@ -573,20 +589,20 @@ class Client:
         ):
             if value is not None:
                 frame[key] = dict(value) if key == "filter" else value
-        reply = await self.request(frame)
+        reply = await self._request(frame)
         return Page(reply["data"], reply.get("cursor"))
 
     async def insert(self, resource: str, data: Mapping[str, Any]) -> dict[str, Any]:
-        reply = await self.request({"type": "insert", "resource": resource, "data": dict(data)})
+        reply = await self._request({"type": "insert", "resource": resource, "data": dict(data)})
         return reply["data"]
 
     async def update(self, resource: str, id: str, data: Mapping[str, Any]) -> dict[str, Any]:
         frame = {"type": "update", "resource": resource, "id": id, "data": dict(data)}
-        return (await self.request(frame))["data"]
+        return (await self._request(frame))["data"]
 
     async def delete(self, resource: str, id: str) -> dict[str, Any]:
         """Delete a record; returns the deleted record (as much of it as the user may see)."""
-        reply = await self.request({"type": "delete", "resource": resource, "id": id})
+        reply = await self._request({"type": "delete", "resource": resource, "id": id})
         return reply.get("data") or {"id": reply.get("id", id)}
 
     def subscribe(
@@ -629,20 +645,53 @@ class Client:
             raise self._failure or ConnectionLost("not connected")
         rid = next(self._ids)
         future = loop.create_future()
-        self._pending[rid] = _Pending(future, on_reply)
+        self._pending[rid] = _Pending(future, on_reply, deadline, frame.get("type"))
+        if self._timer is None or deadline < self._timer_at or self._timer_loop is not loop:
+            self._arm(loop, deadline)
         try:
             await ws.send_str(orjson.dumps({**frame, "requestId": rid}).decode())
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            raise RequestTimeout(
-                f"no reply to {frame.get('type')!r} within {self.request_timeout:g} s",
-                request_id=rid,
-            ) from None
+            # The reader resolves the future with the reply (or its error), ``_expire`` fails
+            # it with RequestTimeout at the deadline, ``_fail_pending`` with ConnectionLost.
+            return await future
         except (ConnectionError, aiohttp.ClientError) as exc:
             raise ConnectionLost(f"connection lost: {exc}", request_id=rid) from None
         finally:
             self._pending.pop(rid, None)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer_loop = loop
+        self._timer = loop.call_at(when, self._expire)
+
+    def _disarm(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self) -> None:
+        """The request timer fired: fail every request past its deadline with RequestTimeout
+        (as a per-request timeout would have) and re-arm for the earliest deadline left."""
+        loop, self._timer = self._timer_loop, None
+        assert loop is not None
+        # A timer may run a clock tick early: what it was armed for is due.
+        now = max(loop.time(), self._timer_at)
+        earliest: float | None = None
+        for rid, entry in list(self._pending.items()):
+            if entry.deadline <= now:
+                del self._pending[rid]  # a late reply finds no request (as after a timeout)
+                if not entry.future.done():
+                    entry.future.set_exception(
+                        RequestTimeout(
+                            f"no reply to {entry.kind!r} within {self.request_timeout:g} s",
+                            request_id=rid,
+                        )
+                    )
+            elif earliest is None or entry.deadline < earliest:
+                earliest = entry.deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     async def _wait_ready(self, deadline: float) -> None:
         if self._failure is not None:
@@ -662,6 +711,7 @@ class Client:
 
     def _fail_pending(self, error: ClientError) -> None:
         pending, self._pending = self._pending, {}
+        self._disarm()  # no request left to time out
         for rid, entry in pending.items():
             if not entry.future.done():
                 entry.future.set_exception(
@@ -834,8 +884,12 @@ class Client:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> ClientError | None:
         """Read frames until the socket closes; the error the close means (None: reconnect)."""
         last_error: ClientError | None = None
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT and msg.type is not aiohttp.WSMsgType.BINARY:
+        text, binary = aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY
+        while True:
+            # ``receive`` rather than ``async for``: one coroutine less per frame; a close (or
+            # an error) ends the loop either way.
+            msg = await ws.receive()
+            if msg.type is not text and msg.type is not binary:
                 break
             try:
                 frame = orjson.loads(msg.data)

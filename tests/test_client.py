@@ -25,6 +25,7 @@ from s3db_ws_plugin.client import (
     NotFound,
     Page,
     RateLimited,
+    RequestTimeout,
     ResourceNotFound,
     Unauthorized,
     UnknownMessageType,
@@ -324,6 +325,49 @@ async def test_a_request_in_flight_when_the_socket_drops_fails_fast(s3db_token):
         assert time.monotonic() - started < 2
         release.set()
         await stopping
+
+
+async def test_a_request_without_a_reply_times_out_at_its_own_deadline():
+    db = Database(f"memory://timeout-{uuid.uuid4().hex}")
+    await db.connect()
+    await db.create_resource("notes", NOTE)
+    release = asyncio.Event()
+
+    async def stuck_get(user, ctx):
+        if ctx.id == "stuck":
+            await release.wait()
+        return True
+
+    plugin = WebSocketPlugin(port=0, resources={"notes": {"guard": {"get": stuck_get}}})
+    await db.use_plugin(plugin)
+    async with Client(plugin.url, request_timeout=0.4) as client:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout) as info:
+            await client.get("notes", "stuck")
+        assert 0.35 <= time.monotonic() - started < 2
+        assert info.value.code == "TIMEOUT" and isinstance(info.value.request_id, int)
+        assert "'get'" in info.value.message
+
+        # A request sent later with a shorter timeout fails first: each at its own deadline.
+        client.request_timeout = 1.5
+        slow = asyncio.create_task(client.get("notes", "stuck"))
+        await asyncio.sleep(0.05)
+        client.request_timeout = 0.1
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout):
+            await client.get("notes", "stuck")
+        assert time.monotonic() - started < 1 and not slow.done()
+        with pytest.raises(RequestTimeout):
+            await slow
+        assert 1.2 <= time.monotonic() - started < 3
+
+        release.set()  # the late replies find no request and are ignored
+        client.request_timeout = 5
+        assert await client.ping() > 0
+        with pytest.raises(NotFound):
+            await client.get("notes", "stuck")
+        assert client.connected and not client._pending
+    await db.disconnect()
 
 
 async def test_requests_wait_for_the_reconnect():
