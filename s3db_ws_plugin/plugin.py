@@ -11,6 +11,7 @@ change out to the connections allowed to see it. The core knows nothing about it
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -45,6 +46,20 @@ from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
 log = structlog.get_logger("s3db.ws")
+
+
+def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
+    """The ContextVar behind structlog's context-local ``key`` (the one ``bind_contextvars``
+    sets and ``merge_contextvars`` reads), found through the token that binding it returns: a
+    frame then binds its request id with one ``set`` and one ``reset`` instead of
+    ``bind_contextvars``/``reset_contextvars`` and their keyword dicts."""
+    token = structlog.contextvars.bind_contextvars(**{key: None})[key]
+    token.var.reset(token)
+    return token.var
+
+
+_REQUEST_ID = _structlog_var("request_id")
+_DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 RATE_LIMIT_KEYS = ("connection", "user", "ip")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
@@ -190,7 +205,7 @@ class WebSocketPlugin:
         except Exception:  # the write is durable: never fail it because delivery broke
             log.exception("change fan-out failed", resource=change.resource, event=change.event)
             return
-        self.metrics.events.labels(change.resource, change.event).inc()
+        self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
     # -- server lifecycle ---------------------------------------------------------------------
@@ -337,7 +352,7 @@ class WebSocketPlugin:
                 return
             if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
-            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+            if msg.type in _DATA_FRAMES:
                 await self._on_frame(conn, msg.data)
             else:
                 if msg.type is WSMsgType.ERROR:
@@ -352,8 +367,8 @@ class WebSocketPlugin:
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        # Bound and reset by token: cheaper per frame than the bound_contextvars generator.
-        tokens = structlog.contextvars.bind_contextvars(request_id=rid)
+        # structlog's request_id, bound and reset by token (see _structlog_var).
+        token = _REQUEST_ID.set(rid)
         try:
             if self.rate_limit is not None:
                 decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
@@ -369,7 +384,7 @@ class WebSocketPlugin:
             if not conn.authenticated and req.type not in ("auth", "ping"):
                 self.reject(conn, "authenticate first: send an auth frame", rid)
                 return
-            answer = await self.handlers.handle(conn, req)
+            answer = await self.handlers.table[req.type](conn, req)  # Handlers.handle, inlined
             if answer is not None:
                 self._send(conn, answer)
         except Exception as exc:
@@ -378,7 +393,7 @@ class WebSocketPlugin:
                 error = self._internal_error(exc, msg)
             self._send_error(conn, error, rid)
         finally:
-            structlog.contextvars.reset_contextvars(**tokens)
+            _REQUEST_ID.reset(token)
 
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)
@@ -395,7 +410,7 @@ class WebSocketPlugin:
         self.metrics.frames_out.inc()
 
     def _send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
-        self.metrics.errors.labels(error.code).inc()
+        self.metrics.error(error.code).inc()
         self._send(conn, error_frame(error, request_id))
 
     # -- authentication -----------------------------------------------------------------------

@@ -191,8 +191,8 @@ def parse(msg: Any) -> Request:
             {"field": "", "message": "must be an object"},
         )
     rid = msg.get("requestId")
-    if rid is not None and request_id_of(msg) is None:
-        raise invalid("requestId", "must be a string or a number")
+    if rid is not None and (type(rid) is bool or not isinstance(rid, str | int | float)):
+        raise invalid("requestId", "must be a string or a number")  # see request_id_of
     kind = msg.get("type")
     if kind is None:
         raise invalid("type", "is required")
