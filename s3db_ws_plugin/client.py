@@ -41,6 +41,8 @@ import structlog
 
 from s3db_core.query import matches
 
+from .connection import limit_read_size
+
 log = structlog.get_logger("s3db.client")
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
@@ -859,6 +861,8 @@ class Client:
             raise ConnectionLost(
                 f"cannot connect to {self.safe_url}: {exc.__class__.__name__}"
             ) from None
+        # Small reads, as the server does (aiohttp keeps the transport on its private writer).
+        limit_read_size(getattr(getattr(ws, "_writer", None), "transport", None))
         self._ws = ws
         self._current_token = token
         self.client_id = frame.get("clientId")

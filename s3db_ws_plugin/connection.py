@@ -29,7 +29,7 @@ log = structlog.get_logger("s3db.ws")
 DIRECT_WRITE_LIMIT = 64 * 1024
 # How long a closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
-# Bytes asked of each recv() on a socket (see _limit_read_size).
+# Bytes asked of each recv() on a socket (see limit_read_size).
 READ_SIZE = 64 * 1024
 
 
@@ -57,7 +57,7 @@ def close_frame(code: int, reason: str) -> bytes:
     return struct.pack("!BB", 0x88, len(body)) + body
 
 
-def _limit_read_size(transport: Any) -> None:
+def limit_read_size(transport: Any) -> None:
     """Make asyncio's selector transport read ``READ_SIZE`` bytes at a time, not 256 KiB.
 
     Each ``recv(256 KiB)`` allocates a 256 KiB bytes object, above glibc's mmap threshold: every
@@ -91,7 +91,7 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.transport = request.transport
-        _limit_read_size(self.transport)
+        limit_read_size(self.transport)
         self.client_id = client_id
         self.remote = request.remote
         self.user: Any = None
