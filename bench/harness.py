@@ -300,13 +300,4 @@ def s3_server() -> Iterator[Any]:
     try:
         yield server
     finally:
-        # weed mini may take ~10 s to honour SIGTERM; a benchmark's data need not survive.
-        process = server.process
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=1.0)
-            except Exception:
-                process.kill()
-                process.wait()
-        server.stop()
+        server.stop(grace=1.0)  # a benchmark's data need not survive

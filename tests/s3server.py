@@ -63,13 +63,14 @@ class S3Server:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
 
-    def stop(self) -> None:
-        """SIGTERM the server we started, SIGKILL it after 10 s, remove its directory."""
+    def stop(self, grace: float = 2.0) -> None:
+        """SIGTERM the server we started, SIGKILL it after ``grace`` seconds (weed mini may take
+        ~10 s to honour SIGTERM, and test data need not survive), remove its directory."""
         if self.process is not None:
             if self.process.poll() is None:
                 os.kill(self.process.pid, signal.SIGTERM)
                 try:
-                    self.process.wait(timeout=10)
+                    self.process.wait(timeout=grace)
                 except subprocess.TimeoutExpired:
                     os.kill(self.process.pid, signal.SIGKILL)
                     self.process.wait()
