@@ -109,6 +109,16 @@ class Handlers:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{kind} on {policy.name!r} is not allowed")
         return decision
 
+    async def subscription_filter(
+        self, policy: ResourcePolicy, user: Any, client_filter: dict[str, Any]
+    ) -> tuple[dict[str, Any], Callable[[Any], bool]]:
+        """The effective filter of a subscription to ``policy``'s resource and its compiled
+        predicate, as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses).
+        Used by ``subscribe`` and by re-checks of open subscriptions (``recheck.py``)."""
+        decision = await self._guard(policy, "subscribe", user, dict(client_filter))
+        effective = merge_filter(client_filter, decision.filter_override)
+        return effective, self._compile_effective(policy, effective)
+
     @staticmethod
     def _compile_effective(policy: ResourcePolicy, filter: dict[str, Any]) -> Callable[[Any], bool]:
         try:
@@ -131,9 +141,7 @@ class Handlers:
         name = f["resource"]
         policy, _ = self._resource(conn, name)
         client_filter = self._client_filter(policy, f["filter"])
-        decision = await self._guard(policy, "subscribe", conn.user, dict(client_filter))
-        effective = merge_filter(client_filter, decision.filter_override)
-        predicate = self._compile_effective(policy, effective)
+        effective, predicate = await self.subscription_filter(policy, conn.user, client_filter)
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
         for old in [s for s in conn.subscriptions if s.resource == name]:
@@ -170,13 +178,13 @@ class Handlers:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
         client_filter = self._client_filter(policy, f["filter"])
-        if "list" in policy.guards:
+        effective = client_filter  # compiled by _client_filter already
+        if "list" in policy.guards:  # the context is built only for a guard to see
             ctx = self._guard_ctx(conn, filter=dict(client_filter))
             decision = await self._guard(policy, "list", conn.user, ctx)
-            effective = merge_filter(client_filter, decision.filter_override)
-            self._compile_effective(policy, effective)
-        else:  # no guard: the client's filter, compiled by _client_filter already
-            effective = client_filter
+            if decision.filter_override:
+                effective = merge_filter(client_filter, decision.filter_override)
+                self._compile_effective(policy, effective)
         order = f["order"] or policy.order
         page = await resource.list(
             filter=effective or None, limit=f["limit"], cursor=f["cursor"], order=order
@@ -201,8 +209,7 @@ class Handlers:
     async def insert(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         data = req.fields["data"]
-        if "create" in policy.guards:
-            await self._guard(policy, "create", conn.user, data)
+        await self._guard(policy, "create", conn.user, data)
         record = await resource.insert(data)
         return reply(
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)

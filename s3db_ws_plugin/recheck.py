@@ -23,14 +23,13 @@ await ``plugin.recheck(...)`` before writing anything the removed user must not 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from s3db_core.query import compile_filter
+from s3db_core import ForbiddenError, NotFoundError
 
-from .guards import merge_filter
 from .protocol import ErrorCode, ProtocolError
 from .subscriptions import Subscription
 
@@ -71,38 +70,37 @@ async def recheck_subscriptions(
             for s in conn.subscriptions
             if (resource is None or s.resource == resource) and _selected(s, where)
         ]:
-            policy = plugin.policies.get(sub.resource)
-            effective = await _still_allowed(plugin, sub, policy)
+            allowed = await _still_allowed(plugin, sub)
             if sub not in conn.subscriptions:  # unsubscribed while the guard ran
                 continue
-            if effective is None:
+            if allowed is None:
                 _revoke(plugin, sub)
                 revoked += 1
-            elif effective != sub.filter:
+            elif allowed[0] != sub.filter:
                 plugin.registry.remove(sub)
-                sub.filter = effective
-                sub.predicate = compile_filter(effective)
+                sub.filter, sub.predicate = allowed
                 plugin.registry.add(sub)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
     return revoked
 
 
-async def _still_allowed(plugin: WebSocketPlugin, sub: Subscription, policy: Any) -> dict | None:
-    """The subscription's effective filter now, or None when it is no longer allowed."""
+async def _still_allowed(
+    plugin: WebSocketPlugin, sub: Subscription
+) -> tuple[dict[str, Any], Callable[[Any], bool]] | None:
+    """The subscription's effective filter and predicate now (the same decision ``subscribe``
+    makes), or None when it is no longer allowed."""
     conn = sub.connection
+    policy = plugin.policies.get(sub.resource)
     if policy is None or not policy.role_allows(conn.user):
         return None
     try:
-        decision = await policy.check("subscribe", conn.user, dict(sub.client_filter))
-        if not decision.allowed:
-            return None
-        effective = merge_filter(sub.client_filter, decision.filter_override)
-        compile_filter(effective)
+        return await plugin.handlers.subscription_filter(policy, conn.user, sub.client_filter)
+    except (ProtocolError, ForbiddenError, NotFoundError):  # refused
+        return None
     except Exception:  # fail closed: a guard that cannot decide does not keep the stream open
         log.exception("subscribe guard failed during a re-check", resource=sub.resource)
         return None
-    return effective
 
 
 def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:

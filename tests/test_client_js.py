@@ -15,27 +15,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import jwt
 import pytest
 from aiohttp import web
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, RESULTS
 
 from s3db_core import Database
 from s3db_ws_plugin import WebSocketPlugin
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SECRET = "browser-test-secret-long-enough-for-hs256"
-RESULTS = Path(__file__).resolve().parent.parent / "test-results"
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>s3db client.js</title></head>
 <body><pre id="log"></pre>
