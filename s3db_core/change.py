@@ -18,6 +18,13 @@ class Change:
     record: dict[str, Any]
     previous: dict[str, Any] | None
     timestamp: int  # epoch milliseconds
+    # The record's system version after this write (1 on insert, +1 per update; the deleted
+    # record's version for delete). 0 only for changes built by hand in tests.
+    version: int = 0
+    # Stream position, set by the broker when the change is appended to its resource's stream
+    # (``None`` until then): ``offset`` strictly increases within ``epoch``.
+    offset: int | None = None
+    epoch: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
