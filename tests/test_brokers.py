@@ -12,47 +12,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from broker_helpers import DEADLINE, Collector, eventually, open_db, texts
 
-from s3db_core import Change, Database, Position, hookimpl
+from s3db_core import Change, Database, Position
 from s3db_core.brokers import load_broker
 from s3db_core.brokers.local import LocalBroker
-
-DEADLINE = 10.0
-
-
-class Collector:
-    """A plugin that records every change its database's ``s3db_change`` hook receives."""
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-
-    @hookimpl
-    def s3db_change(self, change: Change) -> None:
-        self.changes.append(change)
-
-    def of(self, resource: str) -> list[Change]:
-        return [c for c in self.changes if c.resource == resource]
-
-
-async def eventually(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def open_db(store: str, broker: str, **config) -> tuple[Database, Collector]:
-    db = Database(store, broker=broker, broker_config=config or None)
-    collector = Collector()
-    await db.use_plugin(collector)
-    await db.connect()
-    await db.create_resource("notes", {"text": "string|required"})
-    return db, collector
 
 
 @pytest.fixture
@@ -65,10 +33,6 @@ async def db(store_url: str, broker_url: str) -> AsyncIterator[tuple[Database, C
     pair = await open_db(store_url, broker_url)
     yield pair
     await pair[0].disconnect()
-
-
-def texts(changes: list[Change]) -> list[str]:
-    return [c.record["text"] for c in changes]
 
 
 async def test_changes_arrive_in_order_with_increasing_positions(db) -> None:

@@ -214,14 +214,14 @@ class NatsBroker(StreamBroker):
             )  # fmt: skip
         raise RuntimeError(f"{resource}: lost the append race {RACE_RETRIES} times")
 
-    async def position(self, resource: str) -> Position:
+    async def _position(self, resource: str) -> Position:
         last = await self._last(resource)
         if last is not None:
             return Position(*last)
         _, stream_last = await self._bounds()  # nothing of it in history: "as of now"
         return Position(stream_last, self._stream_epoch)
 
-    async def history(self, resource: str, since: Position) -> list[Change] | None:
+    async def _history(self, resource: str, since: Position) -> list[Change] | None:
         last = await self._last(resource)
         if last is None:  # nothing left: recoverable only if nothing after `since` expired
             first, stream_last = await self._bounds()
