@@ -168,6 +168,13 @@ class RedisBroker(StreamBroker):
     async def _interrupt(self) -> None:
         await self._reader.connection_pool.disconnect(inuse_connections=True)
 
+    async def memory_usage(self, resource: str) -> int:
+        """Bytes Redis holds for ``resource``'s history (stream + meta), counted exactly."""
+        used = 0
+        for key in (self.stream_key(resource), self.meta_key(resource)):
+            used += int(await self._client.memory_usage(key, samples=0) or 0)
+        return used
+
     async def _load_cursors(self, since_ms: int | None = None) -> None:
         args = [self._key_prefix, self._key_suffix]
         if since_ms is not None:
