@@ -283,6 +283,11 @@ class StreamBroker:
             self._start_retry()
 
     async def close(self) -> None:
+        """Stop; changes still waiting in the outage buffer get ``connect_timeout`` to drain
+        first (a writer script that exits right after an outage still publishes them)."""
+        retry = self._retry_task
+        if self._buffer and retry is not None and not retry.done():
+            await asyncio.wait({retry}, timeout=self.options.connect_timeout)
         self._started = False
         tasks = {t for t in (self._reader_task, self._retry_task) if t is not None}
         for task in tasks:
