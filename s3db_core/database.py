@@ -154,10 +154,11 @@ class Database:
         except Exception:
             self.pm.unregister(plugin)
             raise
-        if self.connected:
-            for impl in self.pm.hook.s3db_startup.get_hookimpls():
-                if impl.plugin is plugin:
-                    await await_me_maybe(impl.function(db=self))
+        if self.connected:  # the others started at connect: start this one alone
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            start = self.pm.subset_hook_caller("s3db_startup", remove_plugins=others)
+            for result in start(db=self):
+                await await_me_maybe(result)
         return plugin
 
     async def _call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
