@@ -146,7 +146,7 @@ class RedisBroker(StreamBroker):
         self._position_script = self._client.register_script(POSITION)
         self._history_script = self._client.register_script(HISTORY)
         self._cursors_script = self._reader.register_script(CURSORS)
-        self._cursors: dict[bytes, bytes] = {}  # stream key -> last id read
+        self._cursors: dict[Any, Any] = {}  # stream key -> last id read (bytes)
         self._ttl_ms = int(self.options.history_ttl * 1000)
         self._started_ms = 0
 
@@ -226,7 +226,9 @@ class RedisBroker(StreamBroker):
             try:
                 if not self._cursors:  # Redis was down at start: read from the start time
                     await self._load_cursors(self._started_ms)
-                reply = await self._reader.xread(self._cursors, count=1000, block=self.block_ms)
+                reply: Any = await self._reader.xread(
+                    self._cursors, count=1000, block=self.block_ms
+                )
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
