@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
@@ -34,7 +35,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from ..change import Change
@@ -64,12 +65,17 @@ class NatsBroker(StreamBroker):
         self._js: JetStreamContext | None = None
         self._stream_epoch = ""
         self._heads: dict[str, tuple[int, str]] = {}  # resource -> (last offset, epoch) seen here
+        self._first_attempt: datetime | None = None
 
     def subject(self, resource: str) -> str:
         return self._subject_prefix + resource.replace(".", "~")
 
     # -- connection ------------------------------------------------------------------------------
     async def _connect(self) -> None:
+        # A process that reaches NATS late reads what was published since it first tried.
+        late = self._first_attempt is not None
+        if self._first_attempt is None:
+            self._first_attempt = datetime.now(UTC)
         nc = await nats.connect(
             self._server,
             connect_timeout=self.options.connect_timeout,
@@ -100,12 +106,17 @@ class NatsBroker(StreamBroker):
                 info = await js.update_stream(config)
             created = str(info.created or info.config.name)
             self._stream_epoch = hashlib.sha1(created.encode()).hexdigest()[:12]
+            policy = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            if late:
+                policy = ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._first_attempt
+                )
             await js.subscribe(
                 self._subject_prefix + "*",
                 cb=self._on_message,
                 ordered_consumer=True,
                 idle_heartbeat=1.0,
-                deliver_policy=DeliverPolicy.NEW,
+                config=policy,
             )
         except BaseException:
             await nc.close()
