@@ -248,5 +248,11 @@ class RedisBroker(StreamBroker):
                     continue
                 for entry_id, fields in entries:
                     self._cursors[key] = entry_id
-                    change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+                    try:
+                        change = decode_change(
+                            fields[b"d"], int(fields[b"o"]), fields[b"e"].decode()
+                        )
+                    except Exception:  # not ours (a stray XADD): never stop the reader
+                        log.exception("undecodable_entry", stream=key, id=entry_id)
+                        continue
                     await self.listeners.dispatch(change)
