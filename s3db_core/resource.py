@@ -11,7 +11,9 @@ import asyncio
 import base64
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -59,6 +61,12 @@ class Versioned(tuple[dict[str, Any], str]):
         return self[1]
 
 
+def _write_token(body: bytes) -> bytes:
+    """The random revision line every stored record's body starts with: it tells one write
+    from every other, so a writer can recognise its own write after a lost reply."""
+    return body[: body.find(b"\n")]
+
+
 def _stored_version(metadata: dict[str, str]) -> int:
     """The system version kept in a stored object's metadata (records written before versions
     existed count as version 1)."""
@@ -66,6 +74,43 @@ def _stored_version(metadata: dict[str, str]) -> int:
         return max(1, int(metadata.get(VERSION_KEY, "1")))
     except ValueError:
         return 1
+
+
+_held: ContextVar[frozenset[tuple[int, str]]] = ContextVar("s3db_held_records", default=frozenset())
+
+
+class _RecordLocks:
+    """One asyncio lock per record id while someone writes it, so that writes of one record in
+    this process run one at a time: no wasted conditional writes between them, and their
+    changes are announced in commit order. Re-entrant along a call chain (a change listener
+    that updates the record it was told about does not wait for itself); other processes are
+    still kept apart by the conditional writes alone."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, record_id: str) -> AsyncIterator[None]:
+        key = (id(self), record_id)
+        held = _held.get()
+        if key in held:
+            yield
+            return
+        lock, users = self._locks.get(record_id) or (asyncio.Lock(), 0)
+        self._locks[record_id] = (lock, users + 1)
+        try:
+            async with lock:
+                token = _held.set(held | {key})
+                try:
+                    yield
+                finally:
+                    _held.reset(token)
+        finally:
+            lock, users = self._locks[record_id]
+            if users == 1:
+                del self._locks[record_id]
+            else:
+                self._locks[record_id] = (lock, users - 1)
 
 
 @dataclass(slots=True)
@@ -150,6 +195,7 @@ class Resource:
         self._partition_defs = partitions or {}
         self._base = f"resource={name}/"  # the storage client adds the connection's prefix
         self._data_prefix = f"{self._base}data/"
+        self._locks = _RecordLocks()
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -196,13 +242,8 @@ class Resource:
         """The stored record with its ETag and system version (1 GET), or None if it does not
         exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version."""
         validate_id(id)
-        try:
-            obj = await self.storage.get(self._key(id))
-        except ObjectNotFound:
-            return None
-        return Versioned(
-            self._from_stored(id, obj.metadata, obj.body), obj.etag, _stored_version(obj.metadata)
-        )
+        found = await self._read(id)
+        return found[0] if found else None
 
     async def get_or_none(self, id: str) -> dict[str, Any] | None:
         found = await self.get_versioned(id)
@@ -274,26 +315,37 @@ class Resource:
             raise ValidationError(
                 [{"field": "version", "rule": "integer", "message": "version must be an integer"}]
             )
+        async with self._locks.hold(id):
+            return await self._update(id, data, current, expected_version, check)
+
+    async def _update(
+        self,
+        id: str,
+        data: dict[str, Any] | Callable[[dict[str, Any]], Any],
+        current: tuple[dict[str, Any], str] | None,
+        expected_version: int | None,
+        check: Callable[[dict[str, Any]], Any] | None,
+    ) -> dict[str, Any]:
         compute = data if callable(data) else None
         # A caller that said what it read gets a conflict, not its patch applied to a newer record.
         strict = compute is None and check is None and current is not None
+        # What the last attempt wrote, in case its reply was lost after the store committed it.
+        sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
         for attempt in range(UPDATE_ATTEMPTS):
-            if current is None:
-                current = await self.get_versioned(id)
-                if current is None:
-                    raise NotFoundError(f"{self.name} {id!r} not found")
-            previous, etag = current
-            version = getattr(current, "version", None)
-            if version is None:  # a bare (record, etag) pair: read the version once
-                found = await self.get_versioned(id)
+            if current is None or getattr(current, "version", None) is None:
+                found = await self._read(id)
                 if found is None:
                     raise NotFoundError(f"{self.name} {id!r} not found")
-                if found.etag != etag:
-                    if strict:
-                        raise self._stale(id)
-                    current = found
-                    previous, etag = found
-                version = found.version
+                stored, obj = found
+                if sent is not None and _write_token(obj.body) == sent[0]:
+                    # Our write did land (its reply was lost and a retry met our own version).
+                    _, record, previous, version = sent
+                    return await self._updated(record, previous, version)
+                if current is not None and current[1] != obj.etag and strict:
+                    raise self._stale(id)
+                current = stored
+            previous, etag = current
+            version = current.version  # type: ignore[attr-defined]
             current = None
             if expected_version is not None and version != expected_version:
                 raise self._stale(id, f"is at version {version}, not {expected_version}")
@@ -316,14 +368,34 @@ class Resource:
             try:
                 await self.storage.put(self._key(id), body, metadata, if_match=etag)
             except PreconditionFailed:
-                if strict:
+                # Lost the race, or won it and lost the reply: the next read tells which.
+                sent = (_write_token(body), record, previous, version + 1)
+                if strict or expected_version is not None:
+                    found = await self._read(id)
+                    if found is not None and _write_token(found[1].body) == sent[0]:
+                        return await self._updated(record, previous, version + 1)
                     raise self._stale(id) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                 continue
-            await self._emit("update", record, previous, version + 1)
-            await self._move_partitions(previous, record)
-            return record
+            return await self._updated(record, previous, version + 1)
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
+
+    async def _updated(
+        self, record: dict[str, Any], previous: dict[str, Any], version: int
+    ) -> dict[str, Any]:
+        """Announce a committed update, then tidy its partition references."""
+        await self._emit("update", record, previous, version)
+        await self._move_partitions(previous, record)
+        return record
+
+    async def _read(self, id: str) -> tuple[Versioned, Any] | None:
+        try:
+            obj = await self.storage.get(self._key(id))
+        except ObjectNotFound:
+            return None
+        return Versioned(
+            self._from_stored(id, obj.metadata, obj.body), obj.etag, _stored_version(obj.metadata)
+        ), obj
 
     def _stale(self, id: str, why: str = "changed since it was read") -> ConflictError:
         return ConflictError(f"{self.name} {id!r} {why}")
