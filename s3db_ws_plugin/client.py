@@ -37,13 +37,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-import structlog
 
+from s3db_core.log import get_logger
 from s3db_core.query import matches
 
 from .connection import limit_read_size
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
 EVENT_KINDS = ("insert", "update", "delete")

@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core import Change, hookimpl
+from s3db_core.log import get_logger
 
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
@@ -45,7 +46,7 @@ from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
