@@ -232,7 +232,8 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""

@@ -68,4 +68,4 @@ def test_logs_follow_the_apps_structlog_configuration() -> None:
     done = run(setup)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    assert '"event": "websocket server started"' in done.stderr
+    assert '"event": "listening"' in done.stderr
