@@ -162,16 +162,22 @@ async def tail(
     token: str | None,
     api_key: str | None,
     reconnect: bool,
+    wait: float = 30.0,
 ) -> int:
     from .client import Client, ClientError
 
     stop = _stop_event()
     client = Client(url, token=token, api_key=api_key, reconnect=reconnect)
     try:
-        await client.connect()
+        if not await _connect_within(client, wait, stop):
+            await client.close()
+            return 0
         subs = [await client.subscribe(r, filter=filter, events=events) for r in resources]
     except ClientError as exc:
-        log.error("cannot subscribe", url=url, code=exc.code, error=exc.message)
+        fields = {"code": exc.code, "error": exc.message}
+        if exc.code == "UNAUTHORIZED" and not token and not api_key:
+            fields["hint"] = "pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)"
+        log.error("cannot subscribe", url=client.safe_url, **fields)
         await client.close()
         return 1
     for sub in subs:
@@ -199,6 +205,33 @@ async def tail(
     await asyncio.gather(stopping, *pumps, return_exceptions=True)
     await client.close()
     return status
+
+
+async def _connect_within(client: Any, wait: float, stop: asyncio.Event) -> bool:
+    """Connect, retrying with the client's backoff while the server is not up yet, for at
+    most ``wait`` seconds (then the last ConnectionLost is raised). False when SIGINT or
+    SIGTERM stopped the wait."""
+    from .client import ConnectionLost
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    attempt = 0
+    while True:
+        try:
+            await client.connect()
+            return True
+        except ConnectionLost as exc:
+            delay = min(client.backoff.delay(attempt), deadline - loop.time())
+            if delay <= 0:
+                raise ConnectionLost(f"{exc.message}; gave up after {wait:g} s") from None
+            if attempt == 0:
+                log.info("waiting for the server", url=client.safe_url, error=exc.message)
+            attempt += 1
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -262,6 +295,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
     )
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
+    tail_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep trying while the server is not up yet (default 30)",
+    )
     for sub in (serve_cmd, tail_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
@@ -285,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.token,
             args.api_key,
             reconnect=not args.no_reconnect,
+            wait=args.wait,
         )
     return asyncio.run(coro)
 
