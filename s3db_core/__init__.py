@@ -1,6 +1,7 @@
 """s3db core: a document database whose records live in S3 (or a memory/file store)."""
 
 from .change import Change
+from .compat import IncompatibleSchemaError
 from .database import Database, Resources
 from .errors import (
     ConflictError,
@@ -19,6 +20,7 @@ __all__ = [
     "ConflictError",
     "Database",
     "ForbiddenError",
+    "IncompatibleSchemaError",
     "NotFoundError",
     "Page",
     "Resource",

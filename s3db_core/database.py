@@ -12,6 +12,7 @@ import pluggy
 from . import hookspecs
 from .broker import load_broker
 from .change import Change
+from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import StorageError
 from .log import get_logger
 from .plugins import await_me_maybe
@@ -129,16 +130,26 @@ class Database:
         timestamps: bool = False,
         partitions: dict[str, Any] | None = None,
         behavior: str = "body-overflow",
+        migrate: bool = False,
     ) -> Resource:
-        """Define (or redefine) a resource and record its definition in ``s3db.json``."""
+        """Define (or redefine) a resource and record its definition in ``s3db.json``.
+
+        Redefining a resource that holds records in a way they no longer fit (a type change, a
+        new required field without default, a partition change: see ``compat.py``) raises
+        ``IncompatibleSchemaError`` unless ``migrate=True``."""
         if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
             raise ValueError(f"invalid resource name {name!r}: use letters, digits, '_', '-' or '.'")
         resource = Resource(
             self, name, attributes, timestamps=timestamps, partitions=partitions, behavior=behavior
         )
-        self.resources._add(resource)
         definition = resource.definition()
-        if self._saved_definitions.get(name) != definition:
+        saved = self._saved_definitions.get(name)
+        if saved is not None and saved != definition and not migrate:
+            changes = incompatible_changes(saved, definition)
+            if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                raise IncompatibleSchemaError(name, changes)
+        self.resources._add(resource)
+        if saved != definition:
             self._saved_definitions[name] = definition
             body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
             await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")
