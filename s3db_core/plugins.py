@@ -29,11 +29,6 @@ def _read(group: str, *, again: bool = False) -> dict[str, EntryPoint]:
     return _groups[group]
 
 
-def entry_point_names(group: str) -> list[str]:
-    """The names registered in ``group``."""
-    return sorted(_read(group))
-
-
 def load_entry_point(group: str, name: str, *, kind: str | None = None) -> Any:
     """The object registered as ``name`` in ``group``. ValueError ``unknown <kind> <name>``
     naming the known ones if there is none (``kind`` defaults to the group's name)."""

@@ -160,9 +160,9 @@ async def tail(
     done, _ = await asyncio.wait([stopping, *pumps], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     for task in done:
-        if task is not stopping and task.exception() is not None:
-            exc = task.exception()
-            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+        failure = None if task is stopping else task.exception()
+        if failure is not None:
+            log.error("stream ended", code=getattr(failure, "code", None), error=str(failure))
             status = 1
     for task in [stopping, *pumps]:
         task.cancel()

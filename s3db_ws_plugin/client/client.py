@@ -39,9 +39,11 @@ import aiohttp
 import orjson
 import structlog
 
+from s3db_core import await_me_maybe
 from s3db_core.query import matches
 
-from ..connection import limit_read_size
+from ..internals import client_transport, limit_read_size
+from ..protocol import CloseCode
 from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
 from .subscription import EVENT_KINDS, Event, Page, Stream, SubscribeCall, Subscription
 
@@ -50,7 +52,7 @@ log = structlog.get_logger("s3db.client")
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
 # Close codes after which reconnecting cannot help.
 _FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
-UNAUTHORIZED_CLOSE = 4401
+UNAUTHORIZED_CLOSE = CloseCode.UNAUTHORIZED
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ class Client:
             ("order", order),
         ):
             if value is not None:
-                frame[key] = dict(value) if key == "filter" else value
+                frame[key] = dict(value) if isinstance(value, Mapping) else value
         reply = await self._request(frame)
         return Page(reply["data"], reply.get("cursor"))
 
@@ -456,7 +458,9 @@ class Client:
         none: it then goes to every subscription of that resource that wants its kind.
         """
         resource, kind = frame.get("resource"), frame.get("event")
-        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
+        if not isinstance(resource, str) or not isinstance(kind, str):
+            return  # not an event this client can route
+        data = frame["data"] if isinstance(frame.get("data"), dict) else {}
         event = Event(resource, kind, data, frame.get("timestamp") or 0)
         wanted: list[tuple[Stream, list[Subscription]]] = []
         for stream in self._streams.values():
@@ -474,7 +478,7 @@ class Client:
         details = error.details
         if not (isinstance(details, dict) and details.get("revoked")):
             return
-        filter = details.get("filter") if isinstance(details.get("filter"), dict) else {}
+        filter = details["filter"] if isinstance(details.get("filter"), dict) else {}
         stream = self._streams.pop(self._key(str(details.get("resource")), filter), None)
         if stream is not None:
             for sub in stream.subs:
@@ -498,11 +502,9 @@ class Client:
 
     # -- internals: the socket -------------------------------------------------------------
     async def _get_token(self) -> str | None:
-        token = self._token
+        token: Any = self._token
         if callable(token):
-            token = token()
-            if asyncio.iscoroutine(token) or isinstance(token, asyncio.Future):
-                token = await token
+            token = await await_me_maybe(token())
         if token is not None and not isinstance(token, str):
             raise TypeError("the token callable must return a string")
         return token
@@ -539,7 +541,7 @@ class Client:
                 f"cannot connect to {self.safe_url}: {exc.__class__.__name__}"
             ) from None
         # Small reads, as the server does (aiohttp keeps the transport on its private writer).
-        limit_read_size(getattr(getattr(ws, "_writer", None), "transport", None))
+        limit_read_size(client_transport(ws))
         self._ws = ws
         self._current_token = token
         self.client_id = frame.get("clientId")
@@ -586,7 +588,7 @@ class Client:
             if kind == "error" and frame.get("code") == Unauthorized.code:
                 last_error = error_from_frame(frame)  # a 4401 close follows
             entry = (
-                self._pending.pop(frame.get("requestId"), None) if "requestId" in frame else None
+                self._pending.pop(frame["requestId"], None) if "requestId" in frame else None
             )
             if entry is not None:
                 if kind == "error":

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
+from ..protocol import EVENT_KINDS
 from .errors import ClientError, SlowConsumer
 
 if TYPE_CHECKING:
@@ -17,7 +18,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("s3db.client")
 
-EVENT_KINDS = ("insert", "update", "delete")
 
 
 # -- values ------------------------------------------------------------------------------------
