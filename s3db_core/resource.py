@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -402,7 +403,9 @@ class Resource:
 
     async def _move_partitions(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         old, new = self._partition_keys(before), self._partition_keys(after)
-        ops = [self.storage.put(k, b"", {}) for p, k in new.items() if old.get(p) != k]
+        ops: list[Awaitable[Any]] = [
+            self.storage.put(k, b"", {}) for p, k in new.items() if old.get(p) != k
+        ]
         ops += [self.storage.delete(k) for p, k in old.items() if new.get(p) != k]
         if ops:
             await _all(ops)
@@ -546,9 +549,9 @@ class Resource:
                         return Page(items, None if done else _encode_cursor(record["id"], order))
         return Page(items, None)
 
-    async def query(self, filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""
-        found: list[dict[str, Any]] = []
+        found: builtins.list[dict[str, Any]] = []
         cursor = None
         while True:
             page = await self.list(filter, limit=MAX_LIST_LIMIT, cursor=cursor)

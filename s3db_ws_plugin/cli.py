@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -87,12 +86,10 @@ def load_target(target: str) -> Any:
 
 async def resolve_database(obj: Any) -> Any:
     """A Database from a Database, or a (coroutine) function returning one."""
-    from s3db_core import Database
+    from s3db_core import Database, await_me_maybe
 
     if not isinstance(obj, Database) and callable(obj):
-        obj = obj()
-        if inspect.isawaitable(obj):
-            obj = await obj
+        obj = await await_me_maybe(obj())
     if not isinstance(obj, Database):
         raise TypeError(f"expected a Database or a factory returning one, got {type(obj).__name__}")
     return obj
@@ -196,9 +193,9 @@ async def tail(
     done, _ = await asyncio.wait([stopping, *pumps], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     for task in done:
-        if task is not stopping and task.exception() is not None:
-            exc = task.exception()
-            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+        failure = None if task is stopping else task.exception()
+        if failure is not None:
+            log.error("stream ended", code=getattr(failure, "code", None), error=str(failure))
             status = 1
     for task in [stopping, *pumps]:
         task.cancel()

@@ -11,7 +11,6 @@ change out to the connections allowed to see it. The core knows nothing about it
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -21,25 +20,24 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
-from s3db_core import Change, hookimpl
+from s3db_core import Change, Database, hookimpl
 from s3db_core.log import get_logger
 
+from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
-from .handlers import Handlers, client_error
+from .handlers import Handlers
+from .internals import structlog_var
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
     ErrorCode,
     ProtocolError,
-    Request,
+    client_error,
     decode,
     encode,
     error_frame,
-    now_ms,
     parse,
-    reply,
     request_id_of,
 )
 from .rate_limiters import load_rate_limiter
@@ -49,23 +47,14 @@ from .subscriptions import SubscriptionRegistry
 log = get_logger("s3db.ws")
 
 
-def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
-    """The ContextVar behind structlog's context-local ``key`` (the one ``bind_contextvars``
-    sets and ``merge_contextvars`` reads), found through the token that binding it returns: a
-    frame then binds its request id with one ``set`` and one ``reset`` instead of
-    ``bind_contextvars``/``reset_contextvars`` and their keyword dicts."""
-    token = structlog.contextvars.bind_contextvars(**{key: None})[key]
-    token.var.reset(token)
-    return token.var
-
-
-_REQUEST_ID = _structlog_var("request_id")
+_REQUEST_ID = structlog_var("request_id")
 _DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 RATE_LIMIT_KEYS = ("connection", "user", "ip")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
-# The seed's camelCase spellings of keyword arguments.
-_ALIASES = {
+# The JavaScript-style (camelCase) spellings ``WebSocketPlugin.from_seed`` accepts, and the
+# keyword argument each stands for.
+SEED_KEYWORDS = {
     "rateLimit": "rate_limit",
     "heartbeatInterval": "heartbeat_interval",
     "maxMessageSize": "max_message_size",
@@ -102,7 +91,8 @@ class WebSocketPlugin:
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
     connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
-    on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    on the same port. ``WebSocketPlugin.from_seed(rateLimit=..., ...)`` takes the keyword
+    names spelled the JavaScript way (``SEED_KEYWORDS``).
     """
 
     def __init__(
@@ -119,40 +109,25 @@ class WebSocketPlugin:
         compression: bool = False,
         auth_timeout: float = 5.0,
         routes: Iterable[web.AbstractRouteDef] = (),
-        **aliases: Any,
     ) -> None:
-        options = {
-            "rate_limit": rate_limit,
-            "heartbeat_interval": heartbeat_interval,
-            "max_message_size": max_message_size,
-            "max_queue_bytes": max_queue_bytes,
-            "auth_timeout": auth_timeout,
-        }
-        for alias, value in aliases.items():
-            if alias not in _ALIASES:
-                raise TypeError(f"WebSocketPlugin() got an unexpected keyword argument {alias!r}")
-            options[_ALIASES[alias]] = value
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
-        auth = dict(auth or {})
-        self.auth_required = bool(auth.get("required", bool(auth.get("drivers"))))
-        self.auth = AuthChain(auth.get("drivers") or [])
+        self.session_auth = SessionAuth(self, auth, auth_timeout)
         self.policies = {
             name: ResourcePolicy.from_config(name, config)
             for name, config in (resources or {}).items()
         }
-        rate = options["rate_limit"]
+        rate = rate_limit
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = options["heartbeat_interval"]
-        self.max_message_size = int(options["max_message_size"])
-        self.max_queue_bytes = int(options["max_queue_bytes"])
+        self.heartbeat_interval = heartbeat_interval
+        self.max_message_size = int(max_message_size)
+        self.max_queue_bytes = int(max_queue_bytes)
         self.compression = bool(compression)
-        self.auth_timeout = float(options["auth_timeout"])
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
 
-        self.db: Any = None
+        self._db: Database | None = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
         self._rechecks: set[asyncio.Task] = set()
@@ -161,6 +136,26 @@ class WebSocketPlugin:
         self._runner: web.AppRunner | None = None
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
+
+    @classmethod
+    def from_seed(cls, **options: Any) -> WebSocketPlugin:
+        """A plugin from keyword arguments spelled the JavaScript way (``rateLimit``,
+        ``heartbeatInterval``, ``maxMessageSize``, ``maxQueueBytes``, ``authTimeout``; see
+        ``SEED_KEYWORDS``); other names are passed on as they are."""
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            name = SEED_KEYWORDS.get(key, key)
+            if name in kwargs:
+                raise TypeError(f"WebSocketPlugin.from_seed() got {name!r} twice (as {key!r})")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    @property
+    def db(self) -> Database:
+        """The database this plugin serves (set when it starts)."""
+        if self._db is None:
+            raise RuntimeError("the WebSocket plugin has not started: no database yet")
+        return self._db
 
     @property
     def url(self) -> str:
@@ -173,11 +168,11 @@ class WebSocketPlugin:
 
     # -- hooks --------------------------------------------------------------------------------
     @hookimpl
-    async def s3db_startup(self, db: Any) -> None:
+    async def s3db_startup(self, db: Database) -> None:
         await self.start(db)
 
     @hookimpl
-    async def s3db_shutdown(self, db: Any) -> None:
+    async def s3db_shutdown(self, db: Database) -> None:
         await self.stop()
 
     @hookimpl
@@ -210,11 +205,11 @@ class WebSocketPlugin:
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
     # -- server lifecycle ---------------------------------------------------------------------
-    async def start(self, db: Any) -> None:
+    async def start(self, db: Database) -> None:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
-        self.db = db
+        self._db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -303,6 +298,7 @@ class WebSocketPlugin:
             client_id=secrets.token_urlsafe(12),
             max_queue_bytes=self.max_queue_bytes,
             compress=self.compression,
+            registry=self.registry,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -315,9 +311,7 @@ class WebSocketPlugin:
         try:
             await self._session(conn, request)
         finally:
-            for sub in conn.subscriptions:
-                self.registry.remove(sub)
-            conn.subscriptions.clear()
+            self.registry.remove_connection(conn)
             self.connections.discard(conn)
             await conn.finish()
             self._handler_tasks.discard(task)
@@ -327,21 +321,11 @@ class WebSocketPlugin:
 
     async def _session(self, conn: Connection, request: web.Request) -> None:
         """Authenticate from the upgrade request, then read frames until the socket closes."""
-        creds = Credentials.from_request(request.headers, request.query, request.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials")
+        auth = self.session_auth
+        if not await auth.open(conn, request):
             return
-        del creds  # copies of the request's headers and query: not kept for the whole session
-        if user is not None:
-            self._login(conn, user)
-        elif not self.auth_required:
-            conn.authenticated = True
-            self._send(conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms()))
-
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.auth_timeout
+        deadline = loop.time() + auth.timeout
         ws = conn.ws
         while not conn.closing:
             timeout = None if conn.authenticated else deadline - loop.time()
@@ -350,7 +334,7 @@ class WebSocketPlugin:
                     raise TimeoutError
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
-                self.reject(conn, f"no auth frame within {self.auth_timeout:g} s")
+                auth.reject(conn, f"no auth frame within {auth.timeout:g} s")
                 return
             if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
@@ -369,7 +353,7 @@ class WebSocketPlugin:
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        # structlog's request_id, bound and reset by token (see _structlog_var).
+        # structlog's request_id, bound and reset by token (see internals.structlog_var).
         token = _REQUEST_ID.set(rid)
         try:
             if self.rate_limit is not None:
@@ -382,18 +366,19 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg)
-            if not conn.authenticated and req.type not in ("auth", "ping"):
-                self.reject(conn, "authenticate first: send an auth frame", rid)
+            handlers = self.handlers
+            req = parse(msg, handlers.messages)
+            if not conn.authenticated and not handlers.messages[req.type].before_auth:
+                self.session_auth.reject(conn, "authenticate first: send an auth frame", rid)
                 return
-            answer = await self.handlers.table[req.type](conn, req)  # Handlers.handle, inlined
+            answer = await handlers.table[req.type](conn, req)
             if answer is not None:
-                self._send(conn, answer)
+                self.send(conn, answer)
         except Exception as exc:
             error = client_error(exc)
             if error is None:
                 error = self._internal_error(exc, msg)
-            self._send_error(conn, error, rid)
+            self.send_error(conn, error, rid)
         finally:
             _REQUEST_ID.reset(token)
 
@@ -407,37 +392,15 @@ class WebSocketPlugin:
             errorId=error_id,
         )
 
-    def _send(self, conn: Connection, frame: dict[str, Any]) -> None:
+    def send(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Send one server frame to ``conn`` (counted in the metrics)."""
         conn.send(encode(frame))
         self.metrics.frames_out.inc()
 
-    def _send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+    def send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+        """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
         self.metrics.error(error.code).inc()
-        self._send(conn, error_frame(error, request_id))
-
-    # -- authentication -----------------------------------------------------------------------
-    def _login(self, conn: Connection, user: User) -> None:
-        first = not conn.authenticated
-        conn.user = user
-        conn.authenticated = True
-        conn.arm_expiry(user.expires_at, self._token_expired)
-        structlog.contextvars.bind_contextvars(user_id=user.id)
-        if first:
-            log.info("authenticated", role=user.role)
-            self._send(
-                conn,
-                reply("connected", clientId=conn.client_id, user=user.to_dict(), timestamp=now_ms()),
-            )
-
-    def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
-        """Send ``error UNAUTHORIZED`` and close with 4401."""
-        log.info("unauthorized, closing", reason=message)
-        self._send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
-        conn.close(CloseCode.UNAUTHORIZED, message[:100])
-        self.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
-
-    def _token_expired(self, conn: Connection) -> None:
-        self.reject(conn, "token expired")
+        self.send(conn, error_frame(error, request_id))
 
     # -- revocation ---------------------------------------------------------------------------
     def recheck(
@@ -460,28 +423,3 @@ class WebSocketPlugin:
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
         return task
-
-    async def authenticate_frame(self, conn: Connection, req: Request) -> None:
-        """``auth {token}``: the first-frame login or an in-band token refresh.
-
-        Answers ``authenticated {user}`` (then ``connected`` on a first login); invalid
-        credentials answer ``error UNAUTHORIZED`` and close with 4401.
-        """
-        creds = Credentials(token=req.fields["token"], remote=conn.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-            if user is None:
-                raise AuthError("authentication is not configured on this server")
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials", req.request_id)
-            return
-        if conn.user is not None and user.id != conn.user.id:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN,
-                "a refresh token must belong to the connected user; reconnect to switch users",
-            )
-        refresh = conn.user is not None
-        self._send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
-        self._login(conn, user)
-        if refresh and conn.subscriptions:  # new claims may allow less than the old ones did
-            await self.recheck(connections=[conn])

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from s3db_core import ForbiddenError, NotFoundError
+from s3db_core import Change, ForbiddenError, NotFoundError, hookimpl
 from s3db_core.log import get_logger
 
 from .protocol import ErrorCode, ProtocolError
@@ -64,21 +64,17 @@ async def recheck_subscriptions(
     for conn in list(plugin.connections if connections is None else connections):
         if conn.closing or (user_id is not None and getattr(conn.user, "id", None) != user_id):
             continue
-        for sub in [
-            s
-            for s in conn.subscriptions
-            if (resource is None or s.resource == resource) and _selected(s, where)
-        ]:
+        for sub in plugin.registry.of(conn, resource):
+            if not _selected(sub, where):
+                continue
             allowed = await _still_allowed(plugin, sub)
-            if sub not in conn.subscriptions:  # unsubscribed while the guard ran
+            if sub not in plugin.registry:  # unsubscribed while the guard ran
                 continue
             if allowed is None:
                 _revoke(plugin, sub)
                 revoked += 1
             elif allowed[0] != sub.filter:
-                plugin.registry.remove(sub)
-                sub.filter, sub.predicate = allowed
-                plugin.registry.add(sub)
+                plugin.registry.reindex(sub, *allowed)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
     return revoked
@@ -103,12 +99,43 @@ async def _still_allowed(
 
 
 def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:
-    conn = sub.connection
     plugin.registry.remove(sub)
-    conn.subscriptions.remove(sub)
     error = ProtocolError(
         ErrorCode.FORBIDDEN,
         f"subscription to {sub.resource!r} revoked: no longer allowed",
         {"resource": sub.resource, "filter": sub.client_filter, "revoked": True},
     )
-    plugin._send_error(conn, error)
+    plugin.send_error(sub.connection, error)
+
+
+class RecheckOnAccessChange:
+    """A plugin that revokes open subscriptions when the record granting access to them changes.
+
+    ``dependents`` maps each resource whose subscriptions hang on a ``resource`` record to the
+    filter field naming that record: ``{"chat_messages": "roomId"}`` re-checks the message
+    subscriptions of a room when the room's ``fields`` (e.g. its members) change or it is
+    deleted. The hook awaits the re-check, so the write that changed access returns only once
+    the removed users' subscriptions are gone.
+    """
+
+    def __init__(
+        self,
+        plugin: WebSocketPlugin,
+        resource: str,
+        fields: tuple[str, ...],
+        dependents: Mapping[str, str],
+    ) -> None:
+        self.plugin = plugin
+        self.resource = resource
+        self.fields = fields
+        self.dependents = dependents
+
+    @hookimpl
+    async def s3db_change(self, change: Change) -> None:
+        if change.resource != self.resource or change.event == "insert":
+            return
+        before, after = change.previous or {}, change.record
+        if change.event == "update" and all(before.get(f) == after.get(f) for f in self.fields):
+            return
+        for resource, field in self.dependents.items():
+            await self.plugin.recheck(resource, where={field: after["id"]})

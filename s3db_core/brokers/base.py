@@ -24,11 +24,11 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-import structlog
 
 from ..change import Change
+from ..log import get_logger
 
-log = structlog.get_logger("s3db.broker")
+log = get_logger("s3db.broker")
 
 Listener = Callable[[Change], Awaitable[None] | None]
 
