@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ import orjson
 
 from .change import Change
 from .encoding import BEHAVIORS, decode_record, encode_record
-from .errors import ConflictError, NotFoundError, ValidationError
+from .errors import ConflictError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
@@ -276,15 +277,42 @@ class Resource:
         if self.timestamps:
             record["createdAt"] = record["updatedAt"] = now_iso()
         metadata, body = self._to_stored(record, 1)
+        refs = list(self._partition_keys(record).values())
+        # Partition references first: a record is never committed (nor acknowledged) before it
+        # can be listed in its partitions. A reference whose record is missing is skipped by
+        # every listing (and removed by repair).
+        if refs:
+            await _all([self.storage.put(k, b"", {}) for k in refs])
         try:
             await self.storage.put(self._key(id), body, metadata, if_none_match=True)
-        except PreconditionFailed:
+        except (PreconditionFailed, StorageError) as exc:
+            # A create-only PUT that met an object, or whose reply never came: if the object
+            # stored is this very write (its reply was lost and a retry met it), it succeeded.
+            existing = await self._peek(id)
+            if existing is not None and _write_token(existing[1].body) == _write_token(body):
+                await self._emit("insert", record, None, 1)
+                return record
+            keep = set(self._partition_keys(existing[0].record).values()) if existing else set()
+            await self._forget_refs([k for k in refs if k not in keep])
+            if isinstance(exc, StorageError):
+                raise
             raise ConflictError(f"{self.name} {id!r} already exists") from None
-        refs = self._partition_keys(record)
-        if refs:
-            await _all([self.storage.put(k, b"", {}) for k in refs.values()])
         await self._emit("insert", record, None, 1)
         return record
+
+    async def _peek(self, id: str) -> tuple[Versioned, Any] | None:
+        """``_read`` for a check after a failure: None when the store cannot tell either."""
+        try:
+            return await self._read(id)
+        except StorageError:
+            return None
+
+    async def _forget_refs(self, keys: list[str]) -> None:
+        """Remove partition references of a write that did not happen (best effort: one left
+        behind is skipped by listings and removed by repair)."""
+        if keys:
+            with contextlib.suppress(StorageError):
+                await _all([self.storage.delete(k) for k in keys])
 
     async def update(
         self,
