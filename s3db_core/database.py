@@ -14,8 +14,9 @@ from . import hookspecs
 from .broker import load_broker
 from .change import Change
 from .errors import StorageError
+from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
 from .plugins import await_me_maybe
-from .resource import Resource
+from .resource import Resource, Stats
 from .storage import ObjectNotFound, StorageClient, open_storage
 
 log = structlog.get_logger("s3db.core")
@@ -71,8 +72,14 @@ class Database:
         *,
         broker: str = "local",
         broker_config: dict[str, Any] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
     ) -> None:
         self.connection_string = connection_string
+        # Input limits every write is checked against before any store request.
+        self.limits = Limits(max_depth, max_record_size)
+        # Counters of trouble met while serving (e.g. damaged records skipped by listings).
+        self.stats = Stats()
         self.storage: StorageClient = open_storage(connection_string)
         self.resources = Resources()
         self.pm = pluggy.PluginManager("s3db")

@@ -43,6 +43,7 @@ from s3db_core.storage.base import (
     StoredObject,
     full_prefix,
     normalize_metadata,
+    s3_key_problem,
 )
 
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
@@ -243,13 +244,26 @@ class S3Storage:
                 return ObjectNotFound(key)
         return self._failure(op, key, e)
 
-    async def delete(self, key: str) -> None:
+    def key_problem(self, key: str) -> str | None:
+        return s3_key_problem(self._root + key)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         client = self.client
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._root + key}
+        if if_match is not None:
+            args["IfMatch"] = if_match
         self.requests.add("DELETE")
         try:
             async with asyncio.timeout(self.timeout):
-                await client.delete_object(Bucket=self.bucket, Key=self._root + key)
-        except (ClientError, *_TRANSPORT_ERRORS) as e:
+                await client.delete_object(**args)
+        except ClientError as e:
+            code = _code(e)
+            if if_match is not None and (
+                _status(e) in (404, 412) or code in _PRECONDITION_CODES or code in _MISSING_CODES
+            ):
+                raise PreconditionFailed(key) from e
+            raise self._failure("DELETE", key, e) from e
+        except _TRANSPORT_ERRORS as e:
             raise self._failure("DELETE", key, e) from e
 
     async def list(
