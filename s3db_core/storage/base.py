@@ -137,13 +137,18 @@ class StorageClient(Protocol):
 
 
 S3_MAX_KEY_BYTES = 1024
+S3_MAX_SEGMENT_BYTES = 255
 
 
 def s3_key_problem(full_key: str) -> str | None:
-    """S3 keys are at most 1,024 bytes of UTF-8 (prefix included)."""
+    """S3 keys are at most 1,024 bytes of UTF-8 (prefix included); servers that keep objects as
+    files (SeaweedFS, MinIO) also need every ``/``-separated segment within 255 bytes."""
     size = len(full_key.encode("utf-8", "surrogatepass"))
     if size > S3_MAX_KEY_BYTES:
         return f"its key would be {size} bytes, over the store's {S3_MAX_KEY_BYTES}-byte key limit"
+    longest = max(len(seg.encode("utf-8", "surrogatepass")) for seg in full_key.split("/"))
+    if longest > S3_MAX_SEGMENT_BYTES:
+        return f"a key segment would be {longest} bytes, over the {S3_MAX_SEGMENT_BYTES}-byte segment limit"
     return None
 
 
