@@ -246,6 +246,12 @@ class Resource:
         check_size(metadata_size(metadata) + len(body), self.db.limits.max_record_size)
         return metadata, body
 
+    @staticmethod
+    def _ref_body() -> bytes:
+        """A partition reference holds the time it was written (ms), so repair can tell a
+        reference of a write in flight from one left behind."""
+        return str(int(time.time() * 1000)).encode()
+
     def _check_keys(self, record: dict[str, Any], keys: list[str]) -> None:
         """Refuse, before any request, a write whose keys the store could not hold."""
         problem_of = getattr(self.storage, "key_problem", None)
@@ -340,7 +346,7 @@ class Resource:
         # can be listed in its partitions. A reference whose record is missing is skipped by
         # every listing (and removed by repair).
         if refs:
-            await _all([self.storage.put(k, b"", {}) for k in refs])
+            await _all([self.storage.put(k, self._ref_body(), {}) for k in refs])
         try:
             await self.storage.put(self._key(id), body, metadata, if_none_match=True)
         except (PreconditionFailed, StorageError) as exc:
@@ -460,7 +466,7 @@ class Resource:
             new_refs = [k for p, k in self._partition_keys(record).items() if old_refs.get(p) != k]
             self._check_keys(record, new_refs)
             if new_refs:  # references first, as on insert: committed means listed
-                await _all([self.storage.put(k, b"", {}) for k in new_refs])
+                await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
             try:
                 await self.storage.put(self._key(id), body, metadata, if_match=etag)
             except PreconditionFailed:

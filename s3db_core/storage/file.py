@@ -20,6 +20,7 @@ import asyncio
 import fcntl
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -158,6 +159,11 @@ class FileStorage:
         if not await self._run(_delete, path, if_match):
             raise PreconditionFailed(key)
 
+    async def remove_temp_files(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Remove temp files a killed writer left behind (older than ``older_than`` seconds, so a
+        write in progress keeps its own); returns how many there were."""
+        return await self._run(_remove_temp_files, self.root, older_than, dry_run)
+
     async def list(
         self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
     ) -> ListPage:
@@ -231,6 +237,25 @@ def _delete(path: Path, if_match: str | None) -> bool:
     except FileNotFoundError:  # the directory itself does not exist
         return if_match is None
     return True
+
+
+def _remove_temp_files(root: Path, older_than: float, dry_run: bool) -> int:
+    cutoff = time.time() - older_than
+    found = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith("%t"):
+                continue
+            path = Path(directory, name)
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            found += 1
+    return found
 
 
 @contextmanager
