@@ -31,8 +31,6 @@ class LocalBroker:
     """In-process broker with a bounded in-memory history per resource."""
 
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
-        if isinstance(url, Mapping):  # the wave-1 signature: LocalBroker(config)
-            url, config = "local", url
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()
         self._listeners: list[Listener] = []
@@ -92,7 +90,7 @@ class LocalBroker:
         assert ring is not None
         self._expire(ring.changes, int(time.time() * 1000))
         changes = ring.changes
-        first = changes[0].offset if changes else last + 1
+        first = (changes[0].offset or 0) if changes else last + 1
         if since.offset + 1 < first:  # part of what followed has left the ring
             return None
         return list(islice(changes, since.offset + 1 - first, None))
