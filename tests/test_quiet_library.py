@@ -69,3 +69,19 @@ def test_logs_follow_the_apps_structlog_configuration() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
     assert '"event": "listening"' in done.stderr
+
+
+def test_bound_values_reach_stdlib_logging(caplog, monkeypatch) -> None:
+    import logging
+
+    from s3db_core import log as s3db_log
+    from s3db_core.log import get_logger
+
+    # As in a program that configured no structlog (other tests of this process may have).
+    monkeypatch.setattr(s3db_log, "_is_configured", lambda: False)
+
+    log = get_logger("s3db.test").bind(resource="notes")
+    with caplog.at_level(logging.INFO, logger="s3db"):
+        log.info("hello", count=2)
+        log.debug("hidden")
+    assert [r.getMessage() for r in caplog.records] == ["hello resource='notes' count=2"]
