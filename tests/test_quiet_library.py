@@ -85,3 +85,16 @@ def test_bound_values_reach_stdlib_logging(caplog, monkeypatch) -> None:
         log.info("hello", count=2)
         log.debug("hidden")
     assert [r.getMessage() for r in caplog.records] == ["hello resource='notes' count=2"]
+
+
+def test_library_modules_log_through_the_quiet_logger() -> None:
+    """structlog.get_logger in a library module would print when the app configured nothing."""
+    allowed = {"cli.py", "startup.py"}  # the command line configures logging before it logs
+    offenders = [
+        str(path.relative_to(ROOT))
+        for package in ("s3db_core", "s3db_ws_plugin", "s3db_auth_drivers")
+        for path in (ROOT / package).rglob("*.py")
+        if path.name not in allowed and "structlog.get_logger(" in path.read_text()
+        and path.name != "log.py"
+    ]
+    assert not offenders, f"use s3db_core.log.get_logger in {offenders}"
