@@ -98,3 +98,15 @@ def test_library_modules_log_through_the_quiet_logger() -> None:
         and path.name != "log.py"
     ]
     assert not offenders, f"use s3db_core.log.get_logger in {offenders}"
+
+
+def test_the_readme_first_snippet_prints_nothing(tmp_path) -> None:
+    from test_docs import blocks_of
+
+    first = next(b for b in blocks_of(ROOT / "README.md") if b.kind == "program")
+    assert "Database(" in first.code
+    done = subprocess.run(
+        [sys.executable, "-c", first.code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, done.stderr) == ("", "")
