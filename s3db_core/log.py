@@ -28,12 +28,18 @@ _is_configured = structlog.is_configured
 class LibraryLogger:
     """A structlog-style logger (``log.info("event", key=value)``) for library code."""
 
-    __slots__ = ("name", "_structlog", "_std")
+    __slots__ = ("name", "_structlog", "_std", "_bound")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, bound: dict[str, Any] | None = None) -> None:
         self.name = name
-        self._structlog = structlog.get_logger(name)  # lazy: follows the app's configuration
+        # Lazy: resolved against the app's configuration at each call until it caches.
+        self._structlog = structlog.get_logger(name, **(bound or {}))
         self._std = logging.getLogger(name)
+        self._bound = bound or {}
+
+    def bind(self, **values: Any) -> LibraryLogger:
+        """A logger that adds ``values`` to every event (as structlog's ``bind``)."""
+        return LibraryLogger(self.name, {**self._bound, **values})
 
     def _log(self, level: int, method: str, event: str, kw: dict[str, Any]) -> None:
         if _is_configured():
@@ -43,7 +49,7 @@ class LibraryLogger:
         if not std.isEnabledFor(level):
             return
         exc_info = kw.pop("exc_info", method == "exception")
-        fields = {**structlog.contextvars.get_contextvars(), **kw}
+        fields = {**structlog.contextvars.get_contextvars(), **self._bound, **kw}
         text = " ".join([event, *(f"{k}={v!r}" for k, v in fields.items())])
         std.log(level, "%s", text, exc_info=exc_info)
 
@@ -61,6 +67,12 @@ class LibraryLogger:
 
     def exception(self, event: str, **kw: Any) -> None:
         self._log(logging.ERROR, "exception", event, kw)
+
+    def critical(self, event: str, **kw: Any) -> None:
+        self._log(logging.CRITICAL, "critical", event, kw)
+
+    warn = warning
+    msg = info
 
 
 def get_logger(name: str) -> LibraryLogger:
