@@ -199,7 +199,7 @@ class WebSocketPlugin:
                     conn.send(payload, frame)
                 self.metrics.frames_out.inc(len(receivers))
         except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            log.exception("change fan-out failed", resource=change.resource, kind=change.event)
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
@@ -227,7 +227,11 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        pages = [
+            f"{self.http_url}{r.path}"
+            for r in self.routes
+            if isinstance(r, web.RouteDef) and r.method == "GET"
+        ]
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
