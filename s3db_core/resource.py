@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-import structlog
+
+from s3db_core.log import get_logger
 
 from .change import Change
 from .encoding import BEHAVIORS, decode_record, encode_record, metadata_size
@@ -38,7 +39,7 @@ from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_
 if TYPE_CHECKING:
     from .database import Database
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000

@@ -67,6 +67,8 @@ class SessionAuth:
             self.plugin.send(
                 conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms())
             )
+        else:  # tell the client at once that an ``auth`` frame is expected, and until when
+            self.plugin.send(conn, reply("auth_required", timeoutMs=int(self.timeout * 1000)))
         return True
 
     async def frame(self, conn: Connection, req: Request) -> None:
