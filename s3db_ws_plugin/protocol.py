@@ -20,7 +20,6 @@ import orjson
 
 from s3db_core.errors import S3dbError
 
-PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
