@@ -132,6 +132,14 @@ def test_the_constructor_takes_only_its_own_keyword_names():
         WebSocketPlugin.from_seed(maxMessageSize=1, max_message_size=2)
 
 
+def test_a_new_plugin_can_be_read_attribute_by_attribute():
+    """pluggy (1.5) reads every attribute of a plugin object when it registers it: none may
+    raise before the plugin has started."""
+    plugin = WebSocketPlugin(port=0)
+    for name in dir(plugin):
+        getattr(plugin, name)
+
+
 def test_the_entry_point_loader_caches_and_clears():
     first = load_entry_point("s3db.storage", "memory")
     assert load_entry_point("s3db.storage", "memory") is first
