@@ -22,7 +22,9 @@ from aiohttp import web
 
 from s3db_core import Database, Resource, ValidationError
 from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin.cli import add_logging_options, configure_logging
 from s3db_ws_plugin.recheck import RecheckOnAccessChange
+from s3db_ws_plugin.startup import report_startup_errors
 
 __all__ = [
     "DEV_SECRET",
@@ -56,7 +58,10 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
     parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
+    add_logging_options(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    report_startup_errors(debug=args.debug, port_option="--port")
     return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret())
 
 

@@ -15,9 +15,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
-import structlog
 
-log = structlog.get_logger("s3db.core")
+from .log import get_logger
+
+log = get_logger("s3db.core")
 
 _groups: dict[str, dict[str, EntryPoint]] = {}
 _loaded: dict[tuple[str, str], Any] = {}

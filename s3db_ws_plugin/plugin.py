@@ -21,6 +21,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from s3db_core import Change, Database, hookimpl
+from s3db_core.log import get_logger
 
 from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
@@ -43,7 +44,7 @@ from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 _REQUEST_ID = structlog_var("request_id")
@@ -194,7 +195,7 @@ class WebSocketPlugin:
                     conn.send(payload, frame)
                 self.metrics.frames_out.inc(len(receivers))
         except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            log.exception("change fan-out failed", resource=change.resource, kind=change.event)
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
@@ -222,7 +223,12 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [
+            f"{self.http_url}{r.path}"
+            for r in self.routes
+            if isinstance(r, web.RouteDef) and r.method == "GET"
+        ]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""
