@@ -98,6 +98,16 @@ def test_architecture_names_every_module(package):
     )
 
 
+@pytest.mark.parametrize("package", PACKAGES)
+def test_architecture_names_no_module_that_is_gone(package):
+    rows = re.findall(r"^\| `([\w/]+\.py)` \|", section(package), re.M)
+    gone = [row for row in rows if not (ROOT / package / row).exists()]
+    assert not gone, (
+        f"docs/architecture.md, section '## {package}': remove or rename the rows for {gone} "
+        "(no such module)"
+    )
+
+
 def test_no_module_imports_another_modules_private_names():
     offenders = []
     for package in PACKAGES:
