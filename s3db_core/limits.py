@@ -7,6 +7,7 @@ against the storage client's own key limit (``key_problem``). Each failure is a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +42,11 @@ def check_depth(data: Any, max_depth: int) -> None:
     stack: list[tuple[Any, int, str]] = [(data, 0, "")]
     while stack:
         value, depth, field = stack.pop()
+        children: Iterable[tuple[Any, Any]]
         if isinstance(value, dict):
             children = value.items()
         elif isinstance(value, list | tuple):
-            children = ((str(i), v) for i, v in enumerate(value))
+            children = enumerate(value)
         else:
             continue
         depth += 1

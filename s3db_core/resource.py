@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import random
 import time
@@ -688,9 +689,9 @@ class Resource:
                         return Page(items, None if done else _encode_cursor(record["id"], order))
         return Page(items, None)
 
-    async def query(self, filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""
-        found: list[dict[str, Any]] = []
+        found: builtins.list[dict[str, Any]] = []
         cursor = None
         while True:
             page = await self.list(filter, limit=MAX_LIST_LIMIT, cursor=cursor)
