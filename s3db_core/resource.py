@@ -59,6 +59,9 @@ class Versioned(tuple[dict[str, Any], str]):
         self.version = version
         return self
 
+    def __getnewargs__(self) -> tuple[dict[str, Any], str, int]:  # type: ignore[override]
+        return self[0], self[1], self.version  # copy/pickle keep the version
+
     @property
     def record(self) -> dict[str, Any]:
         return self[0]
