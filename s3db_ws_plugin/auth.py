@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
+from s3db_core.log import get_logger
 
 from .protocol import CloseCode, ErrorCode, ProtocolError, Request, now_ms, reply
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .plugin import WebSocketPlugin
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 class SessionAuth:

@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from s3db_core import await_me_maybe
 
 from .protected import ProtectedFields
 from .protocol import EVENT_KINDS
+
+if TYPE_CHECKING:
+    from s3db_auth_drivers import User
+    from s3db_core import Database
 
 GUARD_KINDS = ("list", "get", "create", "update", "delete", "subscribe")
 Guard = Callable[..., Any]
@@ -39,8 +43,8 @@ class GuardContext:
     def __init__(
         self,
         *,
-        user: Any,
-        db: Any,
+        user: User | None,
+        db: Database,
         id: str | None = None,
         data: dict[str, Any] | None = None,
         filter: dict[str, Any] | None = None,
@@ -141,7 +145,7 @@ class ResourcePolicy:
             order=order,
         )
 
-    def role_allows(self, user: Any) -> bool:
+    def role_allows(self, user: User | None) -> bool:
         """Whether the connection's user may use this resource at all (anonymous is None)."""
         if not self.requires_user:
             return True
@@ -149,7 +153,7 @@ class ResourcePolicy:
             return False
         return self.roles is None or getattr(user, "role", None) in self.roles
 
-    async def check(self, kind: str, user: Any, arg: Any) -> Decision:
+    async def check(self, kind: str, user: User | None, arg: Any) -> Decision:
         """Run the ``kind`` guard (allow when there is none). Exceptions propagate."""
         guard = self.guards.get(kind)
         if guard is None:

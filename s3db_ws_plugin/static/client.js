@@ -26,6 +26,8 @@
 const EVENT_KINDS = ["insert", "update", "delete"];
 const UNAUTHORIZED_CLOSE = 4401;
 
+const AUTH_PROBE = "s3db-auth-probe";
+
 export class S3dbError extends Error {
   constructor(code, message, extra = {}) {
     super(message || code);
@@ -513,8 +515,14 @@ export class Client {
     );
     let opened = false;
     let lastError = null;
+    // Without credentials, a ping tells at once whether the server needs some: one that does
+    // not sends `connected` before it reads the ping; one that does answers the ping and would
+    // otherwise wait for an auth frame until its deadline.
+    const probe = !token && !this.apiKey && !/[?&](token|apiKey)=/.test(url);
+    let connectedSeen = false;
     ws.onopen = () => {
       opened = true;
+      if (probe) ws.send(JSON.stringify({ type: "ping", requestId: AUTH_PROBE }));
       if (!token) return;
       const requestId = this._nextId++;
       this._pending.set(requestId, {
@@ -534,8 +542,13 @@ export class Client {
       }
       if (frame.type === "error" && frame.code === "UNAUTHORIZED") lastError = S3dbError.fromFrame(frame);
       if (frame.type === "connected") {
+        connectedSeen = true;
         this.clientId = frame.clientId ?? this.clientId;
         if (!token) handshake.resolve(frame.user ?? null);
+      }
+      if (probe && !connectedSeen && frame.type === "pong" && frame.requestId === AUTH_PROBE) {
+        handshake.reject(new S3dbError("UNAUTHORIZED", "this server requires a token (or an API key) and none was given"));
+        return;
       }
       this._onFrame(frame);
     };
