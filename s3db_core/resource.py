@@ -26,7 +26,7 @@ import orjson
 import structlog
 
 from .change import Change
-from .encoding import BEHAVIORS, decode_record, encode_record, metadata_size
+from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
 from .limits import check_depth, check_size, merge_patch
@@ -59,7 +59,7 @@ class Versioned(tuple[dict[str, Any], str]):
         self.version = version
         return self
 
-    def __getnewargs__(self) -> tuple[dict[str, Any], str, int]:  # type: ignore[override]
+    def __getnewargs__(self) -> tuple[dict[str, Any], str, int]:
         return self[0], self[1], self.version  # copy/pickle keep the version
 
     @property
@@ -264,7 +264,9 @@ class Resource:
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         fields = {k: v for k, v in record.items() if k != "id"}
         metadata, body = encode_record(fields, self.behavior, {VERSION_KEY: str(version)})
-        check_size(metadata_size(metadata) + len(body), self.db.limits.max_record_size)
+        limit = self.db.limits.max_record_size
+        if len(body) + 2 * METADATA_LIMIT > limit:  # metadata stays within its 2 KB budget
+            check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
     @staticmethod
