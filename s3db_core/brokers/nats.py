@@ -161,7 +161,11 @@ class NatsBroker(StreamBroker):
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        change = decode_change(msg.data, msg.metadata.sequence.stream, headers.get(EPOCH, ""))
+        try:
+            change = decode_change(msg.data, msg.metadata.sequence.stream, headers.get(EPOCH, ""))
+        except Exception:  # not ours (a stray publish on our subjects): skip it
+            log.exception("undecodable_message", subject=msg.subject)
+            return
         await self.listeners.dispatch(change)
 
     # -- streams ---------------------------------------------------------------------------------
