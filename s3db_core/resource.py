@@ -34,6 +34,7 @@ SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000
 GET_CONCURRENCY = 64
 UPDATE_ATTEMPTS = 100
+DESC_LIST_PAGE = 10_000  # keys per LIST of a desc listing; S3 servers answer at most 1,000 (SeaweedFS refuses more than 10,000)
 
 
 @dataclass(slots=True)
@@ -77,6 +78,15 @@ async def _all(operations: list[Any]) -> None:
         await operations[0]
     else:
         await asyncio.gather(*operations)
+
+
+def _both(first: Callable[[Any], bool], second: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda record: first(record) and second(record)
+
+
+def page_cursor(last_id: str, order: str = "asc") -> str:
+    """The cursor of a page that ends with ``last_id`` (for a caller that cuts a page short)."""
+    return _encode_cursor(last_id, order)
 
 
 def _partition_value(value: Any) -> str:
@@ -330,7 +340,10 @@ class Resource:
 
     async def _all_ids_desc(self, prefix: str, before: str | None) -> list[str]:
         ids: list[str] = []
-        async for chunk, _ in self._ids(prefix, None, MAX_LIST_LIMIT):
+        # One LIST call where the store allows it (memory, file: each call re-reads the
+        # directory, so 1,000-key pages made a desc listing cost ~10x an asc one); S3 still
+        # answers 1,000 keys at a time.
+        async for chunk, _ in self._ids(prefix, None, DESC_LIST_PAGE):
             ids.extend(chunk)
         ids.reverse()
         if before is not None:
@@ -343,8 +356,15 @@ class Resource:
         limit: int = 100,
         cursor: str | None = None,
         order: str = "asc",
+        *,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        scan_limit: int | None = None,
     ) -> Page:
-        """Records matching ``filter`` in id (creation) order, ``limit`` at a time."""
+        """Records matching ``filter`` in id (creation) order, ``limit`` at a time.
+
+        ``where`` is a further test a record must pass (a caller's read rule); ``scan_limit``
+        bounds how many records this call reads: once that many were read the page ends early,
+        with a cursor after the last one read (even when none matched)."""
         if order not in ("asc", "desc"):
             raise ValidationError([{"field": "order", "rule": "enum", "message": "order must be asc or desc"}])
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
@@ -352,19 +372,20 @@ class Resource:
                 [{"field": "limit", "rule": "range", "message": f"limit must be 1..{MAX_LIST_LIMIT}"}]
             )
         predicate = compile_filter(filter) if filter else None
+        if where is not None:
+            predicate = where if predicate is None else _both(predicate, where)
         after = _decode_cursor(cursor, order) if cursor is not None else None
         prefix, exact = self._scan_prefix(filter)
         # A partition that answers the whole filter is read like an unfiltered prefix: one page
         # of ``limit`` keys and a GET each. The predicate still runs on what was read, because a
         # record may have moved to another partition after its key was listed (it is skipped,
         # and the next chunk is read).
-        sparse = predicate is not None and not exact
+        sparse = predicate is not None and (not exact or where is not None)
         if order == "desc":
-            return await self._collect(self._desc_pages(prefix, after), predicate, limit, order, sparse)
-        page_size = MAX_LIST_LIMIT if sparse else limit
-        return await self._collect(
-            self._ids(prefix, after, page_size), predicate, limit, order, sparse
-        )
+            pages = self._desc_pages(prefix, after)
+        else:
+            pages = self._ids(prefix, after, MAX_LIST_LIMIT if sparse else limit)
+        return await self._collect(pages, predicate, limit, order, sparse, scan_limit)
 
     async def _desc_pages(self, prefix: str, before: str | None):
         ids = await self._all_ids_desc(prefix, before)
@@ -378,23 +399,34 @@ class Resource:
         limit: int,
         order: str,
         sparse: bool,
+        scan_limit: int | None = None,
     ) -> Page:
-        """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate``. A chunk is
-        what is still missing; twice that (at least 50) when matches are ``sparse``."""
+        """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate`` or
+        ``scan_limit`` were read. A chunk is what is still missing; twice that (at least 50)
+        when matches are ``sparse``; never more than the scan budget left."""
         items: list[dict[str, Any]] = []
+        budget = scan_limit
         async for ids, more in pages:
-            missing = limit - len(items)
-            step = max(2 * missing, 50) if sparse else max(missing, 1)
-            for start in range(0, len(ids), step):
+            start = 0
+            while start < len(ids):
+                missing = limit - len(items)
+                step = max(2 * missing, 50) if sparse else max(missing, 1)
+                if budget is not None:
+                    step = min(step, budget)
                 chunk = ids[start : start + step]
                 for pos, record in enumerate(await self._fetch(chunk)):
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
                     if len(items) == limit:
-                        last = start + pos == len(ids) - 1
-                        done = last and not more
+                        done = start + pos == len(ids) - 1 and not more
                         return Page(items, None if done else _encode_cursor(record["id"], order))
+                start += len(chunk)
+                if budget is not None:
+                    budget -= len(chunk)
+                    if budget <= 0:  # out of scan budget: the page ends after the last id read
+                        done = start == len(ids) and not more
+                        return Page(items, None if done else _encode_cursor(chunk[-1], order))
         return Page(items, None)
 
     async def query(self, filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
