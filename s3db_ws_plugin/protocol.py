@@ -19,6 +19,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
+MAX_REQUEST_ID = 128  # characters of a string requestId
 
 
 class ErrorCode:
@@ -177,7 +178,9 @@ def request_id_of(msg: Any) -> str | int | float | None:
     """The frame's ``requestId`` if it is a string or a number (anything else is not echoed)."""
     if isinstance(msg, dict):
         rid = msg.get("requestId")
-        if isinstance(rid, str | int | float) and not isinstance(rid, bool):
+        if isinstance(rid, str):
+            return rid if len(rid) <= MAX_REQUEST_ID else None
+        if isinstance(rid, int | float) and not isinstance(rid, bool):
             return rid
     return None
 
@@ -193,6 +196,8 @@ def parse(msg: Any) -> Request:
     rid = msg.get("requestId")
     if rid is not None and (type(rid) is bool or not isinstance(rid, str | int | float)):
         raise invalid("requestId", "must be a string or a number")  # see request_id_of
+    if isinstance(rid, str) and len(rid) > MAX_REQUEST_ID:
+        raise invalid("requestId", f"must be at most {MAX_REQUEST_ID} characters")
     kind = msg.get("type")
     if kind is None:
         raise invalid("type", "is required")
@@ -215,8 +220,11 @@ def encode(frame: dict[str, Any]) -> bytes:
     """Serialize a server frame (orjson; the stdlib for the rare value orjson refuses)."""
     try:
         return orjson.dumps(frame)
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(frame, default=str, ensure_ascii=False).encode()
+    except TypeError:  # integers beyond 64 bits, or nested deeper than orjson goes
+        try:
+            return json.dumps(frame, default=str, ensure_ascii=False).encode()
+        except RecursionError:
+            raise ValueError("frame is nested too deeply to serialize") from None
 
 
 def reply(kind: str, request_id: str | int | float | None = None, **fields: Any) -> dict[str, Any]:

@@ -76,9 +76,12 @@ async def recheck_subscriptions(
             if allowed is None:
                 _revoke(plugin, sub)
                 revoked += 1
-            elif allowed[0] != sub.filter:
+                continue
+            # The read rule follows the connection's user (a refreshed token's claims).
+            sub.read = plugin.policies[sub.resource].readable(conn.user)
+            if allowed[0] != sub.filter:
                 plugin.registry.remove(sub)
-                sub.filter, sub.predicate = allowed
+                sub.filter, sub.predicate, sub.access = allowed
                 plugin.registry.add(sub)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
@@ -87,7 +90,7 @@ async def recheck_subscriptions(
 
 async def _still_allowed(
     plugin: WebSocketPlugin, sub: Subscription
-) -> tuple[dict[str, Any], Callable[[Any], bool]] | None:
+) -> tuple[dict[str, Any], Callable[[Any], bool], Callable[[Any], bool] | None] | None:
     """The subscription's effective filter and predicate now (the same decision ``subscribe``
     makes), or None when it is no longer allowed."""
     conn = sub.connection
