@@ -30,8 +30,10 @@ from .handlers import Handlers, client_error
 from .limits import (
     DEFAULT_LIST_MAX_BYTES,
     DEFAULT_LIST_SCAN_LIMIT,
+    DEFAULT_MAX_FRAME_VALUES,
     DEFAULT_MAX_SUBSCRIPTIONS,
     FilterLimits,
+    check_frame,
     clip,
     positive_int,
 )
@@ -142,6 +144,7 @@ class WebSocketPlugin:
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
         **aliases: Any,
     ) -> None:
@@ -180,6 +183,7 @@ class WebSocketPlugin:
         self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
         self.list_scan_limit = positive_int("list_scan_limit", list_scan_limit)
         self.list_max_bytes = positive_int("list_max_bytes", list_max_bytes)
+        self.max_frame_values = positive_int("max_frame_values", max_frame_values)
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
@@ -424,6 +428,7 @@ class WebSocketPlugin:
     async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
         self.metrics.frames_in.inc()
         try:
+            check_frame(raw, self.max_frame_values)
             msg: Any = decode(raw)
             bad_json = None
         except ProtocolError as exc:
