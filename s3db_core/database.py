@@ -14,7 +14,7 @@ from . import hookspecs
 from .broker import load_broker
 from .change import Change
 from .errors import StorageError
-from .plugins import await_me_maybe
+from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource
 from .storage import ObjectNotFound, StorageClient, open_storage
 
@@ -154,10 +154,11 @@ class Database:
         except Exception:
             self.pm.unregister(plugin)
             raise
-        if self.connected:
-            for impl in self.pm.hook.s3db_startup.get_hookimpls():
-                if impl.plugin is plugin:
-                    await await_me_maybe(impl.function(db=self))
+        if self.connected:  # the others started at connect: start this one alone
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            start = self.pm.subset_hook_caller("s3db_startup", remove_plugins=others)
+            for result in start(db=self):
+                await await_me_maybe(result)
         return plugin
 
     async def _call_hook(self, hook: str, **kwargs: Any) -> list[Any]:
@@ -171,4 +172,6 @@ class Database:
         await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:
-        await self._call_hook("s3db_change", change=change)
+        """Each ``s3db_change`` implementation on its own: one that raises is logged and the
+        others still run (the write is durable; nothing may fail it now)."""
+        await call_each_isolated(self.pm.hook.s3db_change, change=change)

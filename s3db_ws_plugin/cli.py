@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -76,12 +75,10 @@ def load_target(target: str) -> Any:
 
 async def resolve_database(obj: Any) -> Any:
     """A Database from a Database, or a (coroutine) function returning one."""
-    from s3db_core import Database
+    from s3db_core import Database, await_me_maybe
 
     if not isinstance(obj, Database) and callable(obj):
-        obj = obj()
-        if inspect.isawaitable(obj):
-            obj = await obj
+        obj = await await_me_maybe(obj())
     if not isinstance(obj, Database):
         raise TypeError(f"expected a Database or a factory returning one, got {type(obj).__name__}")
     return obj

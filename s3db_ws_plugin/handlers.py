@@ -1,5 +1,8 @@
 """What each client frame does: ping, auth, subscribe, unsubscribe, list, get, insert, update,
-delete. Every handler returns the reply frame or raises ``ProtocolError``.
+delete. Each message type is declared once, here: ``@message(type, field=validator, ...)`` on
+its handler; the dispatch table (``Handlers.table``) and the parser's known types
+(``Handlers.messages``) are built from those declarations. Every handler returns the reply frame
+or raises ``ProtocolError`` (or a core error, mapped by ``protocol.client_error``).
 
 For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
 user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
@@ -18,19 +21,31 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import structlog
 
-from s3db_core import (
-    ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    Resource,
-    ValidationError,
-)
+from s3db_auth_drivers import User
+from s3db_core import NotFoundError, Resource, ValidationError
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
 from s3db_core.resource import page_cursor
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
 from .limits import clip, filter_fields, limit_error
-from .protocol import EVENT_KINDS, ErrorCode, ProtocolError, Request, encode, now_ms, reply
+from .protocol import (
+    EVENT_KINDS,
+    ErrorCode,
+    Message,
+    ProtocolError,
+    Request,
+    encode,
+    event_kinds,
+    list_limit,
+    message,
+    now_ms,
+    optional_object,
+    optional_text,
+    reply,
+    required_object,
+    required_text,
+    sort_order,
+)
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -38,27 +53,11 @@ if TYPE_CHECKING:
     from .plugin import WebSocketPlugin
 
 Frame = dict[str, Any]
+Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
 _ALLOWED = Decision(True)  # shared, never mutated
 Predicate = Callable[[Any], bool]
 
 log = structlog.get_logger("s3db.ws")
-
-
-def client_error(exc: Exception) -> ProtocolError | None:
-    """The error frame a core or guard exception maps to; None for internal errors."""
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, FilterLimitError):
-        return limit_error(exc)
-    if isinstance(exc, ValidationError):
-        return ProtocolError(ErrorCode.VALIDATION_ERROR, str(exc), exc.errors)
-    if isinstance(exc, ForbiddenError):
-        return ProtocolError(ErrorCode.FORBIDDEN, str(exc) or "forbidden")
-    if isinstance(exc, NotFoundError):
-        return ProtocolError(ErrorCode.NOT_FOUND, str(exc) or "not found")
-    if isinstance(exc, ConflictError):
-        return ProtocolError(ErrorCode.CONFLICT, str(exc) or "conflict")
-    return None
 
 
 def _name(value: str) -> str:
@@ -70,21 +69,14 @@ class Handlers:
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
-        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame | None]]] = {
-            "ping": self.ping,
-            "auth": self.auth,
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "list": self.list,
-            "get": self.get,
-            "insert": self.insert,
-            "update": self.update,
-            "delete": self.delete,
-        }
-
-    async def handle(self, conn: Connection, req: Request) -> Frame | None:
-        """The reply to send, or None when the handler answered itself."""
-        return await self.table[req.type](conn, req)
+        # Built from the @message declarations below: type -> declaration, type -> handler.
+        self.messages: dict[str, Message] = {}
+        self.table: dict[str, Handler] = {}
+        for attr in vars(type(self)).values():
+            declared: Message | None = getattr(attr, "message", None)
+            if isinstance(declared, Message):
+                self.messages[declared.type] = declared
+                self.table[declared.type] = getattr(self, attr.__name__)
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
@@ -137,7 +129,7 @@ class Handlers:
         return effective, compile_filter(effective), access
 
     @staticmethod
-    async def _guard(policy: ResourcePolicy, kind: str, user: Any, arg: Any) -> Decision:
+    async def _guard(policy: ResourcePolicy, kind: str, user: User | None, arg: Any) -> Decision:
         if kind not in policy.guards:  # no guard: allowed, without a coroutine to run
             return _ALLOWED
         decision = await policy.check(kind, user, arg)
@@ -146,7 +138,7 @@ class Handlers:
         return decision
 
     async def subscription_filter(
-        self, policy: ResourcePolicy, user: Any, client_filter: dict[str, Any]
+        self, policy: ResourcePolicy, user: User | None, client_filter: dict[str, Any]
     ) -> tuple[dict[str, Any], Predicate, Predicate | None]:
         """The effective filter of a subscription to ``policy``'s resource, its compiled
         predicate and its access part (the guard's keys compiled; None when there are none),
@@ -159,12 +151,15 @@ class Handlers:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
 
     # -- frames -------------------------------------------------------------------------------
+    @message("ping", before_auth=True)
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
+    @message("auth", before_auth=True, token=required_text)
     async def auth(self, conn: Connection, req: Request) -> None:
-        await self.plugin.authenticate_frame(conn, req)
+        await self.plugin.session_auth.frame(conn, req)
 
+    @message("subscribe", resource=required_text, filter=optional_object, events=event_kinds)
     async def subscribe(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         name = f["resource"]
@@ -175,12 +170,11 @@ class Handlers:
         )
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
-        for old in [s for s in conn.subscriptions if s.resource == name]:
+        for old in registry.of(conn, name):
             if old.client_filter == client_filter:  # subscribing again replaces
                 registry.remove(old)
-                conn.subscriptions.remove(old)
         limit = self.plugin.max_subscriptions
-        if len(conn.subscriptions) >= limit:
+        if len(registry.of(conn)) >= limit:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"too many subscriptions on this connection (limit {limit})",
@@ -197,7 +191,6 @@ class Handlers:
             read=policy.readable(conn.user),
         )
         registry.add(sub)
-        conn.subscriptions.append(sub)
         return reply(
             "subscribed",
             req.request_id,
@@ -206,15 +199,23 @@ class Handlers:
             events=[e for e in EVENT_KINDS if e in events],
         )
 
+    @message("unsubscribe", resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]
         self._resource(conn, name)
-        for sub in [s for s in conn.subscriptions if s.resource == name]:
+        for sub in self.plugin.registry.of(conn, name):
             if filter is None or filter in (sub.client_filter, sub.filter):
                 self.plugin.registry.remove(sub)
-                conn.subscriptions.remove(sub)
         return reply("unsubscribed", req.request_id, resource=name)
 
+    @message(
+        "list",
+        resource=required_text,
+        filter=optional_object,
+        limit=list_limit,
+        cursor=optional_text,
+        order=sort_order,
+    )
     async def list(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
@@ -241,6 +242,7 @@ class Handlers:
         )
         return reply("data", req.request_id, resource=policy.name, data=data, cursor=cursor)
 
+    @message("get", resource=required_text, id=required_text)
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -252,6 +254,7 @@ class Handlers:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
         return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
 
+    @message("insert", resource=required_text, data=required_object)
     async def insert(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         data = req.fields["data"]
@@ -265,6 +268,7 @@ class Handlers:
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("update", resource=required_text, id=required_text, data=required_object)
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -280,6 +284,7 @@ class Handlers:
             "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -296,7 +301,6 @@ class Handlers:
             id=id,
             data=policy.protected.strip(record),
         )
-
 
 
 def _readable(
