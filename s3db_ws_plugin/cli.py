@@ -2,6 +2,7 @@
 
     s3db serve myapp:make_db [--log-format json|console]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
+    s3db repair STORE_URL [--grace SECONDS] [--dry-run]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -189,6 +190,24 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+async def repair(store: str, grace: float, dry_run: bool) -> int:
+    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
+    from s3db_core import Database, S3dbError
+
+    try:
+        db = Database(store)
+        await db.connect()
+    except (S3dbError, ValueError) as exc:
+        log.error("cannot open the store", error=str(exc))
+        return 1
+    try:
+        report = await db.repair(grace=grace, dry_run=dry_run)
+    finally:
+        await db.disconnect()
+    sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -226,7 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
     )
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
-    for sub in (serve_cmd, tail_cmd):  # also accepted after the command
+    repair_cmd = commands.add_parser(
+        "repair", help="find and fix damage in a store; print what was done as JSON"
+    )
+    repair_cmd.add_argument("store", help="the store's connection string (e.g. file://./data)")
+    repair_cmd.add_argument(
+        "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
+    )
+    repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
@@ -239,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     if args.command == "serve":
         coro = serve(args.target)
+    elif args.command == "repair":
+        coro = repair(args.store, args.grace, args.dry_run)
     else:
         coro = tail(
             args.url,
