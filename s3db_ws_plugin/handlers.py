@@ -24,7 +24,7 @@ import structlog
 from s3db_auth_drivers import User
 from s3db_core import NotFoundError, Resource, ValidationError
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
-from s3db_core.resource import page_cursor
+from s3db_core.resource import Versioned, page_cursor
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
 from .limits import clip, filter_fields, limit_error
@@ -41,6 +41,7 @@ from .protocol import (
     now_ms,
     optional_object,
     optional_text,
+    record_version,
     reply,
     required_object,
     required_text,
@@ -250,9 +251,15 @@ class Handlers:
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
-        if record is None:
+        if found is None:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
-        return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
+        return reply(
+            "data",
+            req.request_id,
+            resource=policy.name,
+            data=policy.protected.strip(found[0]),
+            version=found.version,
+        )
 
     @message("insert", resource=required_text, data=required_object)
     async def insert(self, conn: Connection, req: Request) -> Frame:
@@ -268,7 +275,13 @@ class Handlers:
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
-    @message("update", resource=required_text, id=required_text, data=required_object)
+    @message(
+        "update",
+        resource=required_text,
+        id=required_text,
+        data=required_object,
+        version=record_version,
+    )
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -279,7 +292,28 @@ class Handlers:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
         if not isinstance(ctx.data, dict):
             raise RuntimeError(f"{policy.name}: update guard replaced ctx.data with a non-dict")
-        record = await resource.update(id, ctx.data, current=found)
+        seen = found[0]
+
+        async def still_allowed(current: dict[str, Any]) -> None:
+            """Run before each write attempt: when another write got in first, the newer record
+            must still be readable and pass the update guard (the patch stays the first run's)."""
+            if current is seen:
+                return
+            if policy.read is not None and not policy.read.bind(conn.user)(current):
+                raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+            if "update" in policy.guards:
+                retry = self._guard_ctx(conn, id=id, data=dict(req.fields["data"]), record=current)
+                await self._guard(policy, "update", conn.user, retry)
+
+        # With ``version`` the update is a compare-and-set: CONFLICT when the record is no
+        # longer at the version the client read.
+        record = await resource.update(
+            id,
+            ctx.data,
+            current=found,
+            expected_version=req.fields["version"],
+            check=still_allowed,
+        )
         return reply(
             "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
@@ -303,9 +337,7 @@ class Handlers:
         )
 
 
-def _readable(
-    policy: ResourcePolicy, conn: Connection, found: tuple[dict[str, Any], str] | None
-) -> tuple[dict[str, Any], str] | None:
+def _readable(policy: ResourcePolicy, conn: Connection, found: Versioned | None) -> Versioned | None:
     """``found`` if the connection may read its record, else None: a record hidden by the read
     rule is, to this connection, exactly a missing one."""
     if found is None or policy.read is None:

@@ -176,6 +176,18 @@ def list_limit(msg: dict[str, Any], name: str) -> int:
     return value
 
 
+def record_version(msg: dict[str, Any], name: str) -> int | None:
+    """A record version (an integer from 1), or None when absent."""
+    value = msg.get(name)
+    if _absent(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise invalid(name, "must be a positive integer (the version you read)")
+    return value
+
+
 def sort_order(msg: dict[str, Any], name: str) -> str | None:
     """``asc``/``desc``; None when absent (the resource's default order applies)."""
     value = msg.get(name)

@@ -71,7 +71,9 @@ async def test_a_frame_of_too_many_values_is_refused_before_it_is_parsed():
             }
             # A big frame of few values (one long text) is parsed as usual.
             text = "a long, long text " * 10_000  # 190 KB, 10,000 commas
-            reply = await client.call("insert", resource="notes", data={"title": "t", "items": text})
+            reply = await client.call(
+                "insert", resource="notes", data={"title": "t", "items": text}
+            )
             assert reply["type"] == "inserted"
 
 
@@ -378,3 +380,64 @@ async def test_signed_in_attackers_are_held_to_the_same_bounds():
                 "subscribe", resource="scores", filter={f"k{i}": 1 for i in range(100)}
             )
             assert error["code"] == "INVALID_MESSAGE" and error["details"]["limit"] == "keys"
+
+
+# -- compare-and-set over the socket ------------------------------------------------------------
+async def test_update_with_a_stale_version_answers_conflict():
+    async with serve(notes_resource, resources={"notes": True}) as (db, plugin):
+        async with connect(plugin.url) as client:
+            made = await client.call("insert", resource="notes", data={"title": "v1"})
+            id = made["data"]["id"]
+            got = await client.call("get", resource="notes", id=id)
+            assert got["version"] == 1
+            first = await client.call(
+                "update", resource="notes", id=id, data={"title": "v2"}, version=1
+            )
+            assert first["type"] == "updated" and first["data"]["title"] == "v2"
+            stale = await client.call(
+                "update", resource="notes", id=id, data={"title": "lost"}, version=1
+            )
+            assert stale["code"] == "CONFLICT"
+            assert (await db.resources.notes.get(id))["title"] == "v2"
+            assert (await client.call("get", resource="notes", id=id))["version"] == 2
+            for bad in (0, "2", True, 1.5):
+                error = await client.call(
+                    "update", resource="notes", id=id, data={"title": "x"}, version=bad
+                )
+                assert error["code"] == "INVALID_MESSAGE" and error["details"]["field"] == "version"
+            # Without a version, an update still merges into whatever is current.
+            plain = await client.call("update", resource="notes", id=id, data={"status": "ok"})
+            assert plain["data"] == {**plain["data"], "title": "v2", "status": "ok"}
+
+
+async def test_an_update_that_loses_a_race_is_guarded_again_against_the_newer_record():
+    """The update guard decided on the record it read; if another write lands first, the guard
+    runs again on the record actually replaced (here the owner changed meanwhile)."""
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def owner_only(user, ctx):
+        if ctx.record is not None and ctx.record.get("owner") == "ann" and not gate.is_set():
+            entered.set()
+            await gate.wait()  # hold the first decision while the owner changes
+        return ctx.record is None or ctx.record.get("owner") == "ann"
+
+    resources = {"notes": {"guard": {"update": owner_only}}}
+    async with serve(notes_resource, resources=resources) as (db, plugin):
+        note = await db.resources.notes.insert({"title": "t", "owner": "ann"})
+        async with connect(plugin.url) as client:
+            await client.send(
+                {
+                    "type": "update",
+                    "requestId": "u",
+                    "resource": "notes",
+                    "id": note["id"],
+                    "data": {"title": "ann's edit"},
+                }
+            )
+            await asyncio.wait_for(entered.wait(), 5)
+            await db.resources.notes.update(note["id"], {"owner": "bob"})
+            gate.set()
+            answer = await client.recv()
+            assert answer["requestId"] == "u" and answer["code"] == "FORBIDDEN"
+            assert (await db.resources.notes.get(note["id"]))["title"] == "t"
