@@ -12,13 +12,15 @@ import asyncio
 import json
 import statistics
 import time
+import uuid
 from typing import Any
 
 import aiohttp
 import structlog
 from ws_helpers import JWT_AUTH, connect, make_token, notes_resource, serve
 
-from s3db_core import Change
+from s3db_core import Change, Database
+from s3db_ws_plugin import WebSocketPlugin
 from s3db_ws_plugin.limits import DEFAULT_LIST_SCAN_LIMIT
 
 
@@ -441,3 +443,34 @@ async def test_an_update_that_loses_a_race_is_guarded_again_against_the_newer_re
             answer = await client.recv()
             assert answer["requestId"] == "u" and answer["code"] == "FORBIDDEN"
             assert (await db.resources.notes.get(note["id"]))["title"] == "t"
+
+
+async def test_a_record_stored_600_deep_never_breaks_a_list_a_get_or_the_fan_out():
+    """A record nested 600 levels (stored by a Database that allowed it) under a nested protected
+    path: it used to make every later list answer INTERNAL_ERROR. Now lists, gets and events
+    serve it (beyond what orjson nests) with the protected field stripped."""
+    db = Database(f"memory://deep-{uuid.uuid4().hex[:8]}", max_depth=2000)
+    await db.connect()
+    try:
+        await notes_resource(db)
+        plugin = WebSocketPlugin(port=0, resources={"notes": {"protected": ["profile.ssn"]}})
+        await db.use_plugin(plugin)
+        async with connect(plugin.url) as client:
+            await client.call("subscribe", resource="notes")
+            nested: Any = {"city": "Oslo"}
+            for _ in range(600):
+                nested = {"next": nested}
+            profile = {"ssn": "123-45-6789", "next": nested}
+            made = await db.resources.notes.insert({"title": "deep", "profile": profile})
+            await db.resources.notes.insert({"title": "plain"})
+            events = await client.events()
+            assert [e["data"]["title"] for e in events] == ["deep", "plain"]
+            page = await client.call("list", resource="notes")
+            assert [r["title"] for r in page["data"]] == ["deep", "plain"]
+            got = await client.call("get", resource="notes", id=made["id"])
+            assert got["data"]["title"] == "deep"
+            for frame in (events, page, got):
+                assert "123-45-6789" not in json.dumps(frame)
+            assert (await client.call("ping"))["type"] == "pong"
+    finally:
+        await db.disconnect()
