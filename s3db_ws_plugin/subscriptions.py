@@ -114,8 +114,6 @@ class Subscription:
 
     def delivery(self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None) -> int:
         """``RECORD``, ``LEAVE`` or ``NOTHING`` for one change (the module docstring's rule)."""
-        if self.access is None and self.read is None:  # nothing to leave: the common case
-            return RECORD if self.matches(after) or self.matches(before) else NOTHING
         if self.matches(after):
             return RECORD
         if not self.matches(before):
@@ -271,17 +269,31 @@ class SubscriptionRegistry:
         if subs.residual:
             groups.append(subs.residual)
         check_role = policy.requires_user
-        receivers: dict[Connection, int] = {}
+        receivers: dict[Connection, None] = {}
+        leaving: dict[Connection, None] = {}
         for group in groups:
             for sub in group:
                 conn = sub.connection
-                if receivers.get(conn) == RECORD or event not in sub.events:
+                if conn in receivers or event not in sub.events:
                     continue
                 if check_role and not policy.role_allows(conn.user):
                     continue
-                outcome = sub.delivery(event, after, before)
-                if outcome > receivers.get(conn, NOTHING):
-                    receivers[conn] = outcome
-        full = [conn for conn, outcome in receivers.items() if outcome == RECORD]
-        leave = [conn for conn, outcome in receivers.items() if outcome == LEAVE]
-        return full, leave
+                try:
+                    if sub.access is None and sub.read is None:  # nothing to leave: the hot path
+                        predicate = sub.predicate
+                        if (after is not None and predicate(after)) or (
+                            before is not None and predicate(before)
+                        ):
+                            receivers[conn] = None
+                        continue
+                    outcome = sub.delivery(event, after, before)
+                except Exception:  # fail closed for this subscription, never for the others
+                    _failed("subscription check failed", sub.resource)
+                    continue
+                if outcome == RECORD:
+                    receivers[conn] = None
+                elif outcome == LEAVE:
+                    leaving[conn] = None
+        if leaving:  # a connection another of whose subscriptions still sees the record
+            return list(receivers), [conn for conn in leaving if conn not in receivers]
+        return list(receivers), []
