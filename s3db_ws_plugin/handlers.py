@@ -110,14 +110,11 @@ class Handlers:
                     )
         return filter
 
-    def _effective(
-        self, policy: ResourcePolicy, client_filter: dict[str, Any], override: dict[str, Any] | None
-    ) -> tuple[dict[str, Any], Predicate, Predicate | None]:
-        """The effective filter (the client's, overridden by the guard's keys), compiled once,
-        and the guard's keys compiled alone (the access part; None when it imposed none).
-        A guard's override is bounded like a client filter."""
-        if not override:
-            return client_filter, compile_filter(client_filter), None  # ValidationError: the client's
+    def _merged(
+        self, policy: ResourcePolicy, client_filter: dict[str, Any], override: dict[str, Any]
+    ) -> tuple[dict[str, Any], Predicate]:
+        """The effective filter (the client's, overridden by the guard's keys), bounded like a
+        client filter, and the guard's keys compiled alone (the access part)."""
         effective = merge_filter(client_filter, override)
         try:
             check_limits(effective, self.plugin.filter_limits)
@@ -127,6 +124,16 @@ class Handlers:
             access = compile_filter(override)
         except ValidationError as exc:  # the guard's own filter is broken: a server bug
             raise RuntimeError(f"{policy.name}: guard returned an invalid filter: {exc}") from exc
+        return effective, access
+
+    def _effective(
+        self, policy: ResourcePolicy, client_filter: dict[str, Any], override: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], Predicate, Predicate | None]:
+        """The effective filter, compiled once, and its access part (None when the guard
+        imposed no keys)."""
+        if not override:
+            return client_filter, compile_filter(client_filter), None  # ValidationError: the client's
+        effective, access = self._merged(policy, client_filter, override)
         return effective, compile_filter(effective), access
 
     @staticmethod
@@ -226,7 +233,7 @@ class Handlers:
             ctx = self._guard_ctx(conn, filter=dict(client_filter))
             decision = await self._guard(policy, "list", conn.user, ctx)
             if decision.filter_override:
-                effective = self._effective(policy, client_filter, decision.filter_override)[0]
+                effective = self._merged(policy, client_filter, decision.filter_override)[0]
         order = f["order"] or policy.order
         plugin = self.plugin
         # The core compiles the effective filter (once) and reads at most the scan budget.

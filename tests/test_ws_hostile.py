@@ -474,3 +474,27 @@ async def test_a_record_stored_600_deep_never_breaks_a_list_a_get_or_the_fan_out
             assert (await client.call("ping"))["type"] == "pong"
     finally:
         await db.disconnect()
+
+
+async def test_a_filter_is_compiled_once_per_frame(monkeypatch):
+    import s3db_core.query
+    import s3db_core.resource
+    import s3db_ws_plugin.handlers
+
+    compiled = []
+    real = s3db_core.query.compile_filter
+
+    def counting(filter, limits=None):
+        compiled.append(filter)
+        return real(filter, limits)
+
+    for module in (s3db_core.resource, s3db_ws_plugin.handlers):
+        monkeypatch.setattr(module, "compile_filter", counting)
+    filter = {f"k{i}": i for i in range(60)}
+    async with serve(notes_resource, resources={"notes": True}) as (_, plugin):
+        async with connect(plugin.url) as client:
+            for kind in ("list", "subscribe"):
+                compiled.clear()
+                reply = await client.call(kind, resource="notes", filter=filter)
+                assert reply["type"] in ("data", "subscribed")
+                assert compiled == [filter], kind
