@@ -85,7 +85,9 @@ class Handlers:
         resource = self.plugin.db.resources.get(name) if policy is not None else None
         if policy is None or resource is None:
             raise ProtocolError(
-                ErrorCode.RESOURCE_NOT_FOUND, f"no resource named {_name(name)!r}", {"resource": name}
+                ErrorCode.RESOURCE_NOT_FOUND,
+                f"no resource named {_name(name)!r}",
+                {"resource": _name(name)},
             )
         if not policy.role_allows(conn.user):
             who = "anonymous users" if conn.user is None else f"role {conn.user.role!r}"
