@@ -246,6 +246,7 @@ class Handlers:
             order=order,
             where=policy.readable(conn.user),
             scan_limit=plugin.list_scan_limit,
+            max_bytes=plugin.list_max_bytes,
         )
         data, cursor = _page_within(
             page.items, page.cursor, policy, order, plugin.list_max_bytes
