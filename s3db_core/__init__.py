@@ -2,9 +2,11 @@
 
 from .brokers import Position
 from .change import Change
+from .compat import IncompatibleSchemaError
 from .database import Database, Resources
 from .errors import (
     ConflictError,
+    DamagedRecordError,
     ForbiddenError,
     NotFoundError,
     S3dbError,
@@ -12,22 +14,28 @@ from .errors import (
     ValidationError,
 )
 from .hookspecs import hookimpl
+from .limits import Limits
 from .plugins import await_me_maybe
-from .resource import Page, Resource
+from .resource import Page, Resource, Stats, Versioned
 
 __all__ = [
     "Change",
     "ConflictError",
+    "DamagedRecordError",
     "Database",
     "ForbiddenError",
+    "IncompatibleSchemaError",
+    "Limits",
     "NotFoundError",
     "Page",
     "Position",
     "Resource",
     "Resources",
     "S3dbError",
+    "Stats",
     "StorageError",
     "ValidationError",
+    "Versioned",
     "await_me_maybe",
     "hookimpl",
 ]

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pluggy
-import structlog
 
 from . import hookspecs
 from .brokers import Broker, load_broker
 from .change import Change
+from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import StorageError
+from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
+from .log import get_logger
 from .plugins import await_me_maybe, call_each_isolated
-from .resource import Resource
+from .resource import Resource, Stats
+
+if TYPE_CHECKING:
+    from .repair import RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"
@@ -75,8 +80,14 @@ class Database:
         *,
         broker: str = "local",
         broker_config: dict[str, Any] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
     ) -> None:
         self.connection_string = connection_string
+        # Input limits every write is checked against before any store request.
+        self.limits = Limits(max_depth, max_record_size)
+        # Counters of trouble met while serving (e.g. damaged records skipped by listings).
+        self.stats = Stats()
         self.storage: StorageClient = open_storage(connection_string)
         self.resources = Resources()
         self.pm = pluggy.PluginManager("s3db")
@@ -137,21 +148,40 @@ class Database:
         timestamps: bool = False,
         partitions: dict[str, Any] | None = None,
         behavior: str = "body-overflow",
+        migrate: bool = False,
     ) -> Resource:
-        """Define (or redefine) a resource and record its definition in ``s3db.json``."""
+        """Define (or redefine) a resource and record its definition in ``s3db.json``.
+
+        Redefining a resource that holds records in a way they no longer fit (a type change, a
+        new required field without default, a partition change: see ``compat.py``) raises
+        ``IncompatibleSchemaError`` unless ``migrate=True``."""
         if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
             raise ValueError(f"invalid resource name {name!r}: use letters, digits, '_', '-' or '.'")
         resource = Resource(
             self, name, attributes, timestamps=timestamps, partitions=partitions, behavior=behavior
         )
-        self.resources._add(resource)
         definition = resource.definition()
-        if self._saved_definitions.get(name) != definition:
+        saved = self._saved_definitions.get(name)
+        if saved is not None and saved != definition and not migrate:
+            changes = incompatible_changes(saved, definition)
+            if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                raise IncompatibleSchemaError(name, changes)
+        self.resources._add(resource)
+        if saved != definition:
             self._saved_definitions[name] = definition
             body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
             await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")
         await self._call_hook("s3db_resource_created", db=self, resource=resource)
         return resource
+
+    async def repair(self, *, grace: float = 120.0, dry_run: bool = False) -> RepairReport:
+        """Find and fix damage in the store (records missing from partition listings, stale
+        partition references, temp files of killed writers) and report it, damaged records
+        included. References and temp files younger than ``grace`` seconds are left alone (a
+        write may be in flight). See ``s3db_core.repair``."""
+        from .repair import repair
+
+        return await repair(self, grace=grace, dry_run=dry_run)
 
     # -- plugins ----------------------------------------------------------------------------
     async def use_plugin(self, plugin: object, name: str | None = None) -> object:

@@ -11,7 +11,6 @@ change out to the connections allowed to see it. The core knows nothing about it
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -21,12 +20,24 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from s3db_core import Change, hookimpl
+from s3db_core import Change, Database, hookimpl
+from s3db_core.log import get_logger
 
 from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
+from .internals import structlog_var
+from .limits import (
+    DEFAULT_LIST_MAX_BYTES,
+    DEFAULT_LIST_SCAN_LIMIT,
+    DEFAULT_MAX_FRAME_VALUES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    FilterLimits,
+    check_frame,
+    clip,
+    positive_int,
+)
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
@@ -43,32 +54,35 @@ from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
-def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
-    """The ContextVar behind structlog's context-local ``key`` (the one ``bind_contextvars``
-    sets and ``merge_contextvars`` reads), found through the token that binding it returns: a
-    frame then binds its request id with one ``set`` and one ``reset`` instead of
-    ``bind_contextvars``/``reset_contextvars`` and their keyword dicts."""
-    token = structlog.contextvars.bind_contextvars(**{key: None})[key]
-    token.var.reset(token)
-    return token.var
-
-
-_REQUEST_ID = _structlog_var("request_id")
+_REQUEST_ID = structlog_var("request_id")
 _DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 RATE_LIMIT_KEYS = ("connection", "user", "ip")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
-# The seed's camelCase spellings of keyword arguments.
-_ALIASES = {
+# The JavaScript-style (camelCase) spellings ``WebSocketPlugin.from_seed`` accepts, and the
+# keyword argument each stands for.
+SEED_KEYWORDS = {
     "rateLimit": "rate_limit",
     "heartbeatInterval": "heartbeat_interval",
     "maxMessageSize": "max_message_size",
     "maxQueueBytes": "max_queue_bytes",
     "authTimeout": "auth_timeout",
 }
+
+
+def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
+    """The bearer token ``/metrics`` requires (``metrics={"token": ...}``), or None."""
+    if isinstance(metrics, bool):
+        return None
+    if not isinstance(metrics, Mapping) or set(metrics) - {"token"}:
+        raise ValueError("metrics must be True, False or {'token': '...'}")
+    token = metrics.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ValueError("metrics token must be a non-empty string")
+    return token
 
 
 class RateLimit:
@@ -99,8 +113,13 @@ class WebSocketPlugin:
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
     connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
-    on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    on the same port. ``WebSocketPlugin.from_seed(rateLimit=..., ...)`` takes the keyword
+    names spelled the JavaScript way (``SEED_KEYWORDS``).
     """
+
+    # The database served, set by ``start`` (pluggy reads every attribute of a plugin when it
+    # registers one, so this is no property that could raise before then).
+    db: Database
 
     def __init__(
         self,
@@ -116,37 +135,38 @@ class WebSocketPlugin:
         compression: bool = False,
         auth_timeout: float = 5.0,
         routes: Iterable[web.AbstractRouteDef] = (),
-        **aliases: Any,
+        filter_limits: Mapping[str, int] | FilterLimits | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
+        list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
+        metrics: bool | Mapping[str, Any] = False,
     ) -> None:
-        options = {
-            "rate_limit": rate_limit,
-            "heartbeat_interval": heartbeat_interval,
-            "max_message_size": max_message_size,
-            "max_queue_bytes": max_queue_bytes,
-            "auth_timeout": auth_timeout,
-        }
-        for alias, value in aliases.items():
-            if alias not in _ALIASES:
-                raise TypeError(f"WebSocketPlugin() got an unexpected keyword argument {alias!r}")
-            options[_ALIASES[alias]] = value
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
-        self.session_auth = SessionAuth(self, auth, options["auth_timeout"])
+        self.session_auth = SessionAuth(self, auth, auth_timeout)
         self.policies = {
             name: ResourcePolicy.from_config(name, config)
             for name, config in (resources or {}).items()
         }
-        rate = options["rate_limit"]
+        rate = rate_limit
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = options["heartbeat_interval"]
-        self.max_message_size = int(options["max_message_size"])
-        self.max_queue_bytes = int(options["max_queue_bytes"])
+        self.heartbeat_interval = heartbeat_interval
+        self.max_message_size = int(max_message_size)
+        self.max_queue_bytes = int(max_queue_bytes)
         self.compression = bool(compression)
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
+        # What one client may make the server do (limits.py).
+        self.filter_limits = FilterLimits.from_config(filter_limits)
+        self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
+        self.list_scan_limit = positive_int("list_scan_limit", list_scan_limit)
+        self.list_max_bytes = positive_int("list_max_bytes", list_max_bytes)
+        self.max_frame_values = positive_int("max_frame_values", max_frame_values)
+        self.metrics_token = _metrics_token(metrics)
+        self.metrics_enabled = bool(metrics)
 
-        self.db: Any = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
         self._rechecks: set[asyncio.Task] = set()
@@ -155,6 +175,19 @@ class WebSocketPlugin:
         self._runner: web.AppRunner | None = None
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
+
+    @classmethod
+    def from_seed(cls, **options: Any) -> WebSocketPlugin:
+        """A plugin from keyword arguments spelled the JavaScript way (``rateLimit``,
+        ``heartbeatInterval``, ``maxMessageSize``, ``maxQueueBytes``, ``authTimeout``; see
+        ``SEED_KEYWORDS``); other names are passed on as they are."""
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            name = SEED_KEYWORDS.get(key, key)
+            if name in kwargs:
+                raise TypeError(f"WebSocketPlugin.from_seed() got {name!r} twice (as {key!r})")
+            kwargs[name] = value
+        return cls(**kwargs)
 
     @property
     def url(self) -> str:
@@ -167,11 +200,11 @@ class WebSocketPlugin:
 
     # -- hooks --------------------------------------------------------------------------------
     @hookimpl
-    async def s3db_startup(self, db: Any) -> None:
+    async def s3db_startup(self, db: Database) -> None:
         await self.start(db)
 
     @hookimpl
-    async def s3db_shutdown(self, db: Any) -> None:
+    async def s3db_shutdown(self, db: Database) -> None:
         await self.stop()
 
     @hookimpl
@@ -182,36 +215,57 @@ class WebSocketPlugin:
             return
         started = time.perf_counter()
         try:
-            receivers = self.registry.receivers(change, policy)
+            receivers, leaving = self.registry.deliveries(change, policy)
             if receivers:
-                payload = encode(
-                    {
-                        "type": "event",
-                        "resource": change.resource,
-                        "event": change.event,
-                        "data": policy.protected.strip(change.record),
-                        "timestamp": change.timestamp,
-                    }
-                )
-                frame = text_frame(payload)
-                for conn in receivers:
-                    conn.send(payload, frame)
-                self.metrics.frames_out.inc(len(receivers))
+                self._deliver(change, receivers, change.event, policy.protected.strip(change.record))
+            if leaving:  # the record left their access: its id, nothing of its new content
+                self._deliver(change, leaving, "leave", {"id": change.record.get("id")})
         except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            log.exception(
+                "change fan-out failed",
+                error_id=secrets.token_hex(8),
+                resource=change.resource,
+                change_event=change.event,
+            )
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
+    def _deliver(self, change: Change, receivers: list[Connection], event: str, data: Any) -> None:
+        """Send one event frame, serialized once, to each receiver; a receiver that fails is
+        logged with an error id and never keeps the frame from the others."""
+        payload = encode(
+            {
+                "type": "event",
+                "resource": change.resource,
+                "event": event,
+                "data": data,
+                "timestamp": change.timestamp,
+            }
+        )
+        frame = text_frame(payload)
+        for conn in receivers:
+            try:
+                conn.send(payload, frame)
+            except Exception:
+                log.exception(
+                    "event delivery failed",
+                    error_id=secrets.token_hex(8),
+                    resource=change.resource,
+                    receiver=conn.client_id,
+                )
+        self.metrics.frames_out.inc(len(receivers))
+
     # -- server lifecycle ---------------------------------------------------------------------
-    async def start(self, db: Any) -> None:
+    async def start(self, db: Database) -> None:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
         self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        if self.metrics_enabled:  # never on the public listener unless asked for
+            app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self._websocket)
         app.add_routes(self.routes)
@@ -226,7 +280,12 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [
+            f"{self.http_url}{r.path}"
+            for r in self.routes
+            if isinstance(r, web.RouteDef) and r.method == "GET"
+        ]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""
@@ -264,6 +323,15 @@ class WebSocketPlugin:
         return True
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.metrics_token}"
+            if not secrets.compare_digest(given.encode(), expected.encode()):
+                return web.Response(
+                    status=401,
+                    text="a bearer token is required\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": Metrics.content_type})
 
     async def _client_js(self, request: web.Request) -> web.FileResponse:
@@ -346,13 +414,14 @@ class WebSocketPlugin:
     async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
         self.metrics.frames_in.inc()
         try:
+            check_frame(raw, self.max_frame_values)
             msg: Any = decode(raw)
             bad_json = None
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        # structlog's request_id, bound and reset by token (see _structlog_var).
-        token = _REQUEST_ID.set(rid)
+        # structlog's request_id, bound and reset by token (see internals.structlog_var).
+        token = _REQUEST_ID.set(clip(rid))
         try:
             if self.rate_limit is not None:
                 decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
@@ -383,7 +452,7 @@ class WebSocketPlugin:
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)
         kind = msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
-        log.error("internal error", error_id=error_id, frame_type=kind, exc_info=exc)
+        log.error("internal error", error_id=error_id, frame_type=clip(kind), exc_info=exc)
         return ProtocolError(
             ErrorCode.INTERNAL_ERROR,
             f"internal error; quote errorId {error_id} when reporting it",

@@ -20,10 +20,10 @@ import orjson
 
 from s3db_core.errors import S3dbError
 
-PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
+MAX_REQUEST_ID = 128  # characters of a string requestId
 
 
 class ErrorCode:
@@ -104,50 +104,36 @@ def _absent(value: Any) -> bool:
 Field = Callable[[dict[str, Any], str], Any]
 
 
-def _text(msg: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = msg.get(name)
-    if _absent(value):
-        if required:
-            raise invalid(name, "is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise invalid(name, "must be a non-empty string")
-    return value
-
-
-def _object(msg: dict[str, Any], name: str, *, required: bool) -> dict[str, Any] | None:
-    value = msg.get(name)
-    if _absent(value):
-        if required:
-            raise invalid(name, "is required")
-        return None
-    if not isinstance(value, dict):
-        raise invalid(name, "must be an object")
-    return value
-
-
 def required_text(msg: dict[str, Any], name: str) -> str:
     """A non-empty string that must be present."""
-    value = _text(msg, name, required=True)
-    assert value is not None
-    return value
+    value = msg.get(name)
+    if isinstance(value, str) and value:
+        return value
+    raise invalid(name, "is required" if value is None else "must be a non-empty string")
 
 
 def optional_text(msg: dict[str, Any], name: str) -> str | None:
     """A non-empty string, or None when absent."""
-    return _text(msg, name, required=False)
+    value = msg.get(name)
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise invalid(name, "must be a non-empty string")
 
 
 def required_object(msg: dict[str, Any], name: str) -> dict[str, Any]:
     """A JSON object that must be present."""
-    value = _object(msg, name, required=True)
-    assert value is not None
-    return value
+    value = msg.get(name)
+    if isinstance(value, dict):
+        return value
+    raise invalid(name, "is required" if value is None else "must be an object")
 
 
 def optional_object(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
     """A JSON object, or None when absent."""
-    return _object(msg, name, required=False)
+    value = msg.get(name)
+    if value is None or isinstance(value, dict):
+        return value
+    raise invalid(name, "must be an object")
 
 
 def event_kinds(msg: dict[str, Any], name: str) -> tuple[str, ...] | None:
@@ -172,6 +158,18 @@ def list_limit(msg: dict[str, Any], name: str) -> int:
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIST_LIMIT:
         raise invalid(name, f"must be an integer from 1 to {MAX_LIST_LIMIT}")
+    return value
+
+
+def record_version(msg: dict[str, Any], name: str) -> int | None:
+    """A record version (an integer from 1), or None when absent."""
+    value = msg.get(name)
+    if _absent(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise invalid(name, "must be a positive integer (the version you read)")
     return value
 
 
@@ -229,7 +227,9 @@ def request_id_of(msg: Any) -> str | int | float | None:
     """The frame's ``requestId`` if it is a string or a number (anything else is not echoed)."""
     if isinstance(msg, dict):
         rid = msg.get("requestId")
-        if isinstance(rid, str | int | float) and not isinstance(rid, bool):
+        if isinstance(rid, str):
+            return rid if len(rid) <= MAX_REQUEST_ID else None
+        if isinstance(rid, int | float) and not isinstance(rid, bool):
             return rid
     return None
 
@@ -245,6 +245,8 @@ def parse(msg: Any, messages: Mapping[str, Message]) -> Request:
     rid = msg.get("requestId")
     if rid is not None and (type(rid) is bool or not isinstance(rid, str | int | float)):
         raise invalid("requestId", "must be a string or a number")  # see request_id_of
+    if isinstance(rid, str) and len(rid) > MAX_REQUEST_ID:
+        raise invalid("requestId", f"must be at most {MAX_REQUEST_ID} characters")
     kind = msg.get("type")
     if kind is None:
         raise invalid("type", "is required")
@@ -268,8 +270,11 @@ def encode(frame: dict[str, Any]) -> bytes:
     """Serialize a server frame (orjson; the stdlib for the rare value orjson refuses)."""
     try:
         return orjson.dumps(frame)
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(frame, default=str, ensure_ascii=False).encode()
+    except TypeError:  # integers beyond 64 bits, or nested deeper than orjson goes
+        try:
+            return json.dumps(frame, default=str, ensure_ascii=False).encode()
+        except RecursionError:
+            raise ValueError("frame is nested too deeply to serialize") from None
 
 
 def reply(kind: str, request_id: str | int | float | None = None, **fields: Any) -> dict[str, Any]:

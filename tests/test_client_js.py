@@ -116,7 +116,12 @@ class Server:
         plugin = WebSocketPlugin(
             port=port,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": SECRET}}]},
-            resources={"notes": {"guard": {"delete": only_admins_delete, "subscribe": not_banned}}},
+            resources={
+                "notes": {
+                    "guard": {"delete": only_admins_delete, "subscribe": not_banned},
+                    "read": {"roomId": {"$ne": "hidden"}},  # see the leave test
+                }
+            },
         )
         await db.use_plugin(plugin)
         self.db, self.plugin = db, plugin
@@ -378,3 +383,43 @@ def test_a_revoked_subscription_rejects_with_forbidden(server, tab):
         "closed": True,
     }
     assert "FORBIDDEN" in tab.evaluate("errors") and tab.evaluate("db.state") == "open"
+
+
+def test_connect_without_a_token_is_told_at_once_that_the_server_requires_one(server, tab):
+    # The answer must not come from the authentication deadline (5 s by default).
+    server.plugin.session_auth.timeout = 30
+    started = time.monotonic()
+    error = tab.evaluate(
+        """async (url) => {
+            try { await s3db.connect(url, { reconnect: false }); return null; }
+            catch (err) { return { code: err.code, message: err.message }; }
+        }""",
+        server.ws_url,
+    )
+    assert error == {
+        "code": "UNAUTHORIZED",
+        "message": "this server requires a token (or an API key) and none was given",
+    }
+    assert time.monotonic() - started < 5
+
+
+def test_a_record_that_leaves_what_the_user_may_see_arrives_as_leave(server, tab):
+    tab.evaluate(
+        """async ({url, token}) => {
+            window.db = await s3db.connect(url, { token });
+            window.room = await db.subscribe("notes", { filter: { roomId: "r1" } });
+            window.updates = await db.subscribe("notes", { events: ["update"] });
+        }""",
+        {"url": server.ws_url, "token": make_token("alice")},
+    )
+    note = server.insert({"title": "soon hidden", "roomId": "r1"})
+    server.run(server.db.resources.notes.update(note["id"], {"title": "secret", "roomId": "hidden"}))
+    got = tab.evaluate(
+        """async () => [(await room.next()).value, (await room.next()).value,
+                        (await updates.next()).value]"""
+    )
+    assert [(e["event"], e["data"]) for e in got] == [
+        ("insert", {**got[0]["data"], "title": "soon hidden"}),
+        ("leave", {"id": note["id"]}),
+        ("leave", {"id": note["id"]}),
+    ]

@@ -16,7 +16,6 @@ supplies ``_connect``, ``_disconnect``, ``_append``, ``_run_reader``, ``_positio
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 import secrets
 from collections import deque
@@ -26,11 +25,12 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-import structlog
 
 from ..change import Change
+from ..log import get_logger
+from ..plugins import await_me_maybe
 
-log = structlog.get_logger("s3db.broker")
+log = get_logger("s3db.broker")
 
 Listener = Callable[[Change], Awaitable[None] | None]
 UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
@@ -182,9 +182,7 @@ class Listeners:
     async def dispatch(self, change: Change) -> None:
         for listener in self.items:
             try:
-                result = listener(change)
-                if inspect.isawaitable(result):
-                    await result
+                await await_me_maybe(listener(change))
             except Exception:
                 log.exception("listener_failed", resource=change.resource, offset=change.offset)
 

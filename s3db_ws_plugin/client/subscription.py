@@ -8,16 +8,16 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import structlog
+from s3db_core.log import get_logger
 
+from ..protocol import EVENT_KINDS
 from .errors import ClientError, SlowConsumer
 
 if TYPE_CHECKING:
     from .client import Client
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
 
-EVENT_KINDS = ("insert", "update", "delete")
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -79,6 +79,8 @@ class Subscription:
         return f"<Subscription {self.resource} {self.filter}>"
 
     def wants(self, kind: str) -> bool:
+        if kind == "leave":  # an update that took the record out of what the user may see
+            kind = "update"
         return self.events is None or kind in self.events
 
     def _push(self, event: Event) -> None:

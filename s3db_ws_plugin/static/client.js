@@ -26,6 +26,7 @@
 const EVENT_KINDS = ["insert", "update", "delete"];
 const UNAUTHORIZED_CLOSE = 4401;
 
+
 export class S3dbError extends Error {
   constructor(code, message, extra = {}) {
     super(message || code);
@@ -164,7 +165,9 @@ export class Subscription {
   }
 
   wants(kind) {
-    return this.events === null || this.events.includes(kind);
+    // "leave": an update that took the record out of what the user may see.
+    const asked = kind === "leave" ? "update" : kind;
+    return this.events === null || this.events.includes(asked);
   }
 
   _push(event) {
@@ -537,6 +540,11 @@ export class Client {
         this.clientId = frame.clientId ?? this.clientId;
         if (!token) handshake.resolve(frame.user ?? null);
       }
+      // Sent at once by a server that needs credentials the upgrade did not carry.
+      if (frame.type === "auth_required" && !token) {
+        handshake.reject(new S3dbError("UNAUTHORIZED", "this server requires a token (or an API key) and none was given"));
+        return;
+      }
       this._onFrame(frame);
     };
     ws.onclose = (e) => {
@@ -612,7 +620,8 @@ export class Client {
       const subs = stream.subs.filter((s) => s.wants(event.event));
       if (subs.length) wanted.push([stream, subs]);
     }
-    const matched = wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
+    // A leave carries only the id: every subscription of the resource may have shown it.
+    const matched = event.event === "leave" ? [] : wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
     for (const [, subs] of matched.length ? matched : wanted) for (const sub of subs) sub._push(event);
   }
 
