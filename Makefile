@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
-	$(BIN)/python -m examples.chat
+	$(BIN)/python -m examples.chat --dev
 
 # The suite starts the services it needs itself (SeaweedFS via tests/conftest.py) and stops them.
 test: venv browser seed-clients

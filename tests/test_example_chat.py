@@ -19,7 +19,7 @@ from example_process import running_example
 from playwright.sync_api import expect
 
 from examples.chat.app import create_app, delete_expired_typing
-from examples.common import Options
+from examples.common import DEV_SECRET, Options, make_token, parse_options
 from s3db_ws_plugin.client import Client, Forbidden, NotFound
 
 SECRET = "chat-test-secret-with-enough-bytes"
@@ -290,8 +290,9 @@ async def test_cleanup_deletes_only_expired_indicators(chat):
     assert await indicators.get_or_none(fresh["id"]) is not None
 
 
-async def test_python_m_examples_chat_serves_the_page_login_and_socket():
-    async with running_example("chat", SECRET, ready="Open the chat page") as (url, lines):
+async def test_python_m_examples_chat_dev_serves_the_page_login_and_socket():
+    # `make demo` runs the chat with --dev and no JWT_SECRET: the page and its login work.
+    async with running_example("chat", None, dev=True, ready="Open the chat page") as (url, lines):
         page = url.replace("ws://", "http://").rstrip("/") + "/chat"
         assert f"Open the chat page: {page}" in "".join(lines)
         async with aiohttp.ClientSession() as http:
@@ -305,6 +306,58 @@ async def test_python_m_examples_chat_serves_the_page_login_and_socket():
         async with Client(url, token=token) as dora:
             room = await dora.insert("chat_rooms", {"name": "from the entry point"})
             assert room["createdBy"] == "dora"
+
+
+async def test_python_m_examples_chat_with_an_operator_secret_has_no_dev_login():
+    async with running_example("chat", SECRET, ready="Open the chat page") as (url, _lines):
+        http_url = url.replace("ws://", "http://").rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            for body in ({"name": "alice"}, {"name": "system"}):
+                async with http.post(f"{http_url}/dev/login", json=body) as resp:
+                    assert resp.status in (404, 405)
+                    assert "token" not in await resp.text()
+        # The socket itself serves users whose tokens the operator's secret signs.
+        async with Client(url, token=make_token(SECRET, "alice", name="Alice")) as alice:
+            assert (await alice.insert("chat_rooms", {"name": "ops"}))["createdBy"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "complaint"),
+    [
+        (["--dev"], {"JWT_SECRET": SECRET}, "--dev"),  # an operator's secret never meets /dev/login
+        ([], {}, "JWT_SECRET"),  # no secret and no --dev: no well-known secret in production
+    ],
+)
+def test_the_dev_login_needs_dev_and_no_operator_secret(monkeypatch, capsys, argv, env, complaint):
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit:
+        parse_options("chat", argv)
+    assert exit.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_dev_options_use_the_development_secret(monkeypatch):
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    options = parse_options("chat", ["--dev"])
+    assert (options.dev, options.jwt_secret) == (True, DEV_SECRET)
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    options = parse_options("chat", [])
+    assert (options.dev, options.jwt_secret) == (False, SECRET)
+
+
+async def test_without_dev_the_app_mounts_no_dev_login():
+    options = Options(port=0, host="127.0.0.1", db=f"memory://chat-{uuid.uuid4().hex}", jwt_secret=SECRET)
+    db, plugin, _jobs = await create_app(options)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{plugin.http_url}/dev/login", json={"name": "system"}) as resp:
+                assert resp.status in (404, 405)
+            async with http.get(f"{plugin.http_url}/chat") as resp:
+                assert resp.status == 200  # the page itself is still served
+    finally:
+        await db.disconnect()
 
 
 # -- the chat page in real Chromium ------------------------------------------------------------

@@ -223,17 +223,19 @@ async def ensure_lobby(db: Database) -> None:
         )
 
 
-def page_routes(secret: str) -> list[web.AbstractRouteDef]:
-    """The chat page, its assets, and the DEVELOPMENT-ONLY login (name -> JWT)."""
+def page_routes(secret: str, *, dev: bool = False) -> list[web.AbstractRouteDef]:
+    """The chat page, its assets, and with ``dev`` the DEVELOPMENT-ONLY login (name -> JWT)."""
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "chat.html")
 
-    return [
+    routes: list[web.AbstractRouteDef] = [
         web.get("/chat", page),
         web.static("/chat/static", STATIC),
-        dev_login_route(secret),
     ]
+    if dev:  # never in production: see examples/common.py
+        routes.append(dev_login_route(secret))
+    return routes
 
 
 async def create_app(
@@ -255,7 +257,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db, typing_ttl=typing_ttl),
-            routes=page_routes(options.jwt_secret),
+            routes=page_routes(options.jwt_secret, dev=options.dev),
         )
         await db.use_plugin(plugin)
         # A member removed from a private room (or a room made private, or deleted) stops
