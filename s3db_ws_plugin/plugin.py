@@ -41,7 +41,7 @@ from .protocol import (
     reply,
     request_id_of,
 )
-from .rate_limiters import load_rate_limiter
+from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
@@ -74,22 +74,48 @@ _ALIASES = {
 
 
 class RateLimit:
-    """The frame rate limiter and what it is keyed by."""
+    """The frame rate limiter and what it is keyed by.
+
+    ``key`` is ``"user"`` (the default: an authenticated connection counts against its user,
+    any other against its IP address, so neither reconnecting nor opening parallel sockets
+    resets the budget), ``"ip"``, ``"connection"``, or a list of them (``["user", "ip"]``): a
+    frame must then be allowed under every key.
+    """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.key = config.get("key", "connection")
-        if self.key not in RATE_LIMIT_KEYS:
-            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS}")
+        key = config.get("key", "user")
+        keys = [key] if isinstance(key, str) else key
+        if (
+            not isinstance(keys, list | tuple)
+            or not keys
+            or not all(isinstance(k, str) and k in RATE_LIMIT_KEYS for k in keys)
+        ):
+            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS} or a list of them")
+        self.keys: tuple[str, ...] = tuple(dict.fromkeys(keys))
         name = config.get("limiter", "memory")
         options = {k: v for k, v in config.items() if k not in ("enabled", "key", "limiter")}
         self.limiter = load_rate_limiter(name, options)
 
-    def key_for(self, conn: Connection) -> str:
-        if self.key == "user" and conn.user is not None:
-            return f"user:{conn.user.id}"
-        if self.key == "connection":
-            return f"conn:{conn.client_id}"
-        return f"ip:{conn.remote}"
+    def keys_for(self, conn: Connection) -> list[str]:
+        keys = []
+        for kind in self.keys:
+            if kind == "connection":
+                keys.append(f"conn:{conn.client_id}")
+            elif kind == "user" and conn.user is not None:
+                keys.append(f"user:{conn.user.id}")
+            else:  # "ip", and "user" before (or without) authentication
+                keys.append(f"ip:{conn.remote}")
+        return list(dict.fromkeys(keys))
+
+    async def hit(self, conn: Connection) -> RateDecision:
+        """Count one frame of ``conn``; refused when any of its keys is over the limit."""
+        decision = None
+        for key in self.keys_for(conn):
+            decision = await self.limiter.hit(key)
+            if not decision.allowed:
+                return decision
+        assert decision is not None
+        return decision
 
 
 class WebSocketPlugin:
@@ -99,7 +125,8 @@ class WebSocketPlugin:
     from the ``s3db.auth_drivers`` group; ``required`` defaults to True when drivers are given).
     ``resources``: ``{name: True | {"events", "protected", "auth", "guard"}}``.
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
-    connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
+    user (default)|ip|connection or a list of them, "limiter": name}`` (camelCase keys
+    accepted; see ``RateLimit``). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
     on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
     """
@@ -371,7 +398,7 @@ class WebSocketPlugin:
         token = _REQUEST_ID.set(rid)
         try:
             if self.rate_limit is not None:
-                decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
+                decision = await self.rate_limit.hit(conn)
                 if not decision.allowed:
                     raise ProtocolError(
                         ErrorCode.RATE_LIMITED,
