@@ -25,6 +25,8 @@ import structlog
 from aiohttp import web
 
 from s3db_core import Change, Database, Resource, ValidationError, hookimpl
+from s3db_ws_plugin.cli import add_logging_options, configure_logging
+from s3db_ws_plugin.startup import report_startup_errors
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
 log = structlog.get_logger("s3db.examples")
@@ -53,6 +55,7 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
         action="store_true",
         help="DEVELOPMENT ONLY: development secret and passwordless /dev/login (refused with JWT_SECRET)",
     )
+    add_logging_options(parser)
     args = parser.parse_args(argv)
     secret = os.environ.get("JWT_SECRET")
     if args.dev and secret:
@@ -66,6 +69,8 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
         print(f"--dev: using the development secret {DEV_SECRET!r} and the passwordless /dev/login", file=sys.stderr)
         secret = DEV_SECRET
     assert secret
+    configure_logging(args.log_format, args.log_level)
+    report_startup_errors(debug=args.debug, port_option="--port")
     return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev)
 
 

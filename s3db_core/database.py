@@ -8,17 +8,17 @@ from typing import Any
 
 import orjson
 import pluggy
-import structlog
 
 from . import hookspecs
 from .broker import load_broker
 from .change import Change
 from .errors import StorageError
+from .log import get_logger
 from .plugins import await_me_maybe
 from .resource import Resource
 from .storage import ObjectNotFound, StorageClient, open_storage
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"

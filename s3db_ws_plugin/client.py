@@ -29,6 +29,7 @@ import base64
 import contextlib
 import itertools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,13 +38,17 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-import structlog
 
+from s3db_core.log import get_logger
 from s3db_core.query import matches
 
 from .connection import limit_read_size
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
+
+# Credentials a URL may carry (``?token=``, ``?apiKey=``, user:password@).
+_URL_CREDENTIALS = re.compile(r"[?&](token|apiKey|api_key)=|//[^/]*@")
+_AUTH_PROBE = '{"type":"ping","requestId":"s3db-auth-probe"}'
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
 EVENT_KINDS = ("insert", "update", "delete")
@@ -839,6 +844,10 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         if self._api_key:
             headers["x-api-key"] = self._api_key
+        # Without credentials, a ping tells at once whether the server needs some: one that
+        # does not sends ``connected`` before it reads the ping, one that does answers the
+        # ping and would otherwise wait for an auth frame until its deadline.
+        probe = not headers and not _URL_CREDENTIALS.search(self.url)
         try:
             async with asyncio.timeout(self.request_timeout):
                 ws = await self._session.ws_connect(
@@ -849,7 +858,9 @@ class Client:
                     autoclose=True,
                 )
                 try:
-                    frame = await self._handshake(ws)
+                    if probe:
+                        await ws.send_str(_AUTH_PROBE)
+                    frame = await self._handshake(ws, probe)
                 except BaseException:
                     await ws.close()
                     raise
@@ -871,13 +882,19 @@ class Client:
         log.debug("connected", url=self.safe_url, client_id=self.client_id)
         return ws
 
-    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    async def _handshake(
+        self, ws: aiohttp.ClientWebSocketResponse, probe: bool = False
+    ) -> dict[str, Any]:
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                 frame = orjson.loads(msg.data)
                 if frame.get("type") == "connected":
                     return frame
+                if probe and frame.get("type") == "pong":
+                    raise Unauthorized(
+                        "this server requires a token (or an API key) and none was given"
+                    )
                 if frame.get("type") == "error":
                     raise error_from_frame(frame)
                 continue

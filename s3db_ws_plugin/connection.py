@@ -15,15 +15,16 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiohttp import WSMsgType, web
+
+from s3db_core.log import get_logger
 
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
     from .subscriptions import Subscription
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 # Direct writes stop once this much is waiting in the transport; the sender takes over.
 DIRECT_WRITE_LIMIT = 64 * 1024

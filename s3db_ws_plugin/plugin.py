@@ -23,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core import Change, hookimpl
+from s3db_core.log import get_logger
 
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
@@ -45,7 +46,7 @@ from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
@@ -258,7 +259,8 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from s3db_core import ForbiddenError, NotFoundError
+from s3db_core.log import get_logger
 
 from .protocol import ErrorCode, ProtocolError
 from .subscriptions import Subscription
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .plugin import WebSocketPlugin
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _selected(sub: Subscription, where: Mapping[str, Any] | None) -> bool:

@@ -18,6 +18,7 @@ from browser_helpers import chromium, pages_for, served
 from example_process import running_example
 from playwright.sync_api import expect
 
+import examples.common
 from examples.chat.app import create_app, delete_expired_typing
 from examples.common import DEV_SECRET, Options, make_token, parse_options
 from s3db_ws_plugin.client import Client, Forbidden, NotFound
@@ -339,6 +340,9 @@ def test_the_dev_login_needs_dev_and_no_operator_secret(monkeypatch, capsys, arg
 
 
 def test_dev_options_use_the_development_secret(monkeypatch):
+    # parse_options configures the process's logging: not this test process's.
+    monkeypatch.setattr(examples.common, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(examples.common, "report_startup_errors", lambda **kwargs: None)
     monkeypatch.delenv("JWT_SECRET", raising=False)
     options = parse_options("chat", ["--dev"])
     assert (options.dev, options.jwt_secret) == (True, DEV_SECRET)
