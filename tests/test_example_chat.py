@@ -144,9 +144,10 @@ async def test_a_private_room_refuses_outsiders_everywhere(chat):
             await carol.list(resource, {"roomId": room_id})
         with pytest.raises(Forbidden):
             await carol.insert(resource, {"roomId": room_id, "content": "let me in"})
-    with pytest.raises(Forbidden):
+    # A private room and its messages look missing to her (see the parity test below).
+    with pytest.raises(NotFound):
         await carol.get("chat_messages", message["id"])
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.get("chat_rooms", room_id)
     # ... also when she tries to get around the room check.
     for sneaky in ({}, {"roomId": {"$in": [room_id, public["id"]]}}, {"roomId": {"$ne": "x"}}):
@@ -154,9 +155,9 @@ async def test_a_private_room_refuses_outsiders_everywhere(chat):
             await carol.subscribe("chat_messages", sneaky)
         with pytest.raises(Forbidden):
             await carol.list("chat_messages", sneaky)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.update("chat_rooms", room_id, {"members": ["alice", "bob", "carol"]})
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.update("chat_messages", message["id"], {"content": "defaced"})
 
     # The room list shows her the public room only, even when she asks for private ones.
@@ -187,8 +188,9 @@ async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
     room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True})
     with pytest.raises(Forbidden):
         await bob.list("chat_messages", {"roomId": room["id"]})
-    # Only the creator manages the room; the creator can neither be replaced nor removed.
-    with pytest.raises(Forbidden):
+    # Only the creator manages the room; the creator can neither be replaced nor removed. (To
+    # Bob, not a member yet, the private room does not even exist.)
+    with pytest.raises(NotFound):
         await bob.update("chat_rooms", room["id"], {"members": ["bob"]})
     updated = await alice.update(
         "chat_rooms", room["id"], {"members": ["bob"], "createdBy": "bob"}
@@ -209,8 +211,10 @@ async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
         "chat_messages", message["id"], {"content": "thanks a lot!", "userId": "alice", "roomId": "x"}
     )
     assert (edited["content"], edited["userId"], edited["roomId"]) == ("thanks a lot!", "bob", room["id"])
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):  # Carol is no member: the private room is not there for her
         await carol.delete("chat_rooms", room["id"])
+    with pytest.raises(Forbidden):  # Bob is a member, not its creator
+        await bob.delete("chat_rooms", room["id"])
     await bob.delete("chat_messages", message["id"])
     assert await chat.db.resources.chat_messages.get_or_none(message["id"]) is None
 
@@ -244,6 +248,52 @@ async def test_a_member_removed_from_a_private_room_stops_receiving_it(chat):
     await alice.delete("chat_rooms", room["id"])
     with pytest.raises(Forbidden, match="revoked"):
         await next_event(carol_msgs)
+
+
+async def test_a_private_room_answers_like_a_missing_one_to_outsiders(chat):
+    # get/update/delete of a private room (or of its messages) must not tell an outsider that
+    # it exists: the same NOT_FOUND as an id that names nothing.
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    room = await alice.insert("chat_rooms", {"name": "secret", "isPrivate": True, "members": ["bob"]})
+    message = await bob.insert("chat_messages", {"roomId": room["id"], "content": "hush"})
+    typing = await bob.insert("typing_indicators", {"roomId": room["id"]})
+    missing = "AAAAAAAAAAAAAAAAAAAAAA"
+    for resource, real in (
+        ("chat_rooms", room["id"]),
+        ("chat_messages", message["id"]),
+        ("typing_indicators", typing["id"]),
+    ):
+        for id in (real, missing):
+            for attempt in (
+                carol.get(resource, id),
+                carol.update(resource, id, {"name": "x", "content": "x"}),
+                carol.delete(resource, id),
+            ):
+                with pytest.raises(NotFound) as err:
+                    await attempt
+                assert err.value.code == "NOT_FOUND"
+    # A member who is not the creator sees the room, so a refusal there is FORBIDDEN.
+    with pytest.raises(Forbidden):
+        await bob.delete("chat_rooms", room["id"])
+    assert (await alice.get("chat_rooms", room["id"]))["name"] == "secret"
+
+
+async def test_deleting_a_room_deletes_its_history(chat):
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob"]})
+    await bob.insert("chat_messages", {"roomId": room["id"], "content": "before"})
+    await alice.update("chat_rooms", room["id"], {"members": []})  # Bob is removed
+    await alice.insert("chat_messages", {"roomId": room["id"], "content": "after bob left"})
+    await alice.insert("typing_indicators", {"roomId": room["id"]})
+    await alice.delete("chat_rooms", room["id"])
+    # The room's messages and typing indicators go with it: nothing is left to inherit.
+    for name in ("chat_messages", "typing_indicators"):
+        assert await chat.db.resources[name].query({"roomId": room["id"]}) == []
+    # Even a room the server itself re-creates under that id starts with an empty history.
+    reborn = await chat.db.resources.chat_rooms.insert(
+        {"id": room["id"], "name": "team", "isPrivate": True, "members": ["bob"], "createdBy": "bob"}
+    )
+    assert (await bob.list("chat_messages", {"roomId": reborn["id"]})).items == []
 
 
 async def test_typing_indicators_appear_and_are_cleaned_up(chat):
@@ -435,10 +485,10 @@ def test_chat_page_private_rooms_stay_private(request, chromium_browser):
         alice.click("#new-room button[type=submit]")
         expect(alice.locator("#rooms button")).to_have_text(["# lobby", "🔒 plans"])
 
-        # Carol's room list shows the public room only; opening the private one by URL fails.
+        # Carol's room list shows the public room only; opening the private one by URL finds nothing.
         expect(carol.locator("#rooms button")).to_have_text(["# lobby"])
         plans = server.call(lambda: server.db.resources.chat_rooms.query({"name": "plans"}))[0]
         carol.goto(f"{server.http_url}/chat#room={plans['id']}")
-        expect(carol.locator("#status")).to_contain_text("FORBIDDEN")
+        expect(carol.locator("#status")).to_contain_text("NOT_FOUND")  # a private room looks missing
         expect(carol.locator("#messages li")).to_have_count(0)
         expect(carol.locator("#rooms button")).to_have_text(["# lobby"])
