@@ -363,8 +363,7 @@ class WebSocketPlugin:
         ).present
         refused = self.per_ip.admit(ip, unauthenticated=pending)
         if refused is not None:
-            self.metrics.error("TOO_MANY_CONNECTIONS").inc()
-            log.info("connection refused", remote=ip, reason=refused)
+            log.debug("connection refused", remote=ip, reason=refused)  # debug: a flood is cheap
             return web.Response(status=429, text=refused + "\n", headers={"Retry-After": "5"})
         try:
             await ws.prepare(request)
