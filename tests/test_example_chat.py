@@ -320,6 +320,18 @@ async def test_a_room_made_private_leaves_outsiders_with_its_id_only(chat):
         assert (await alice.get("chat_rooms", room["id"]))["description"] == "plans"
 
 
+async def test_a_member_removed_from_a_private_room_gets_leave_not_its_new_state(chat):
+    alice = await chat.user("alice")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob"]})
+    async with connect(chat.plugin.url, token=chat.token("bob", name="Bob")) as bob:
+        # Bob follows the private rooms he belongs to (the room list's own form).
+        await bob.call("subscribe", resource="chat_rooms", filter={"members[]": "bob"})
+        await alice.update("chat_rooms", room["id"], {"members": ["carol"], "name": "no bob here"})
+        frames = await bob.sync()
+        assert [(f["event"], f["data"]) for f in frames] == [("leave", {"id": room["id"]})]
+        assert "no bob here" not in json.dumps(frames) and "carol" not in json.dumps(frames)
+
+
 async def test_clients_cannot_choose_ids(chat):
     # A removed member cannot re-create a deleted room under its old id (nor squat or probe
     # ids): a client-chosen id is refused whatever it is, taken or free.

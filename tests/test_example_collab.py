@@ -8,6 +8,7 @@ what they must not see (the document's content, anything at all for Eve).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from contextlib import asynccontextmanager
 
@@ -254,9 +255,14 @@ async def test_a_removed_collaborator_loses_the_documents_streams_at_once(app):
         await ok(alice, "update", resource="documents", id=doc_id, data={"title": "Renamed"})
         assert seen(await bob.sync()) == [("documents", "update", doc_id)]
 
-        # The update that removes bob returns once his three subscriptions are revoked.
-        await ok(alice, "update", resource="documents", id=doc_id, data={"collaborators": []})
+        # The update that removes bob returns once his three subscriptions are revoked, and
+        # what it changes (here a new title too) never reaches him: at most that it left.
+        await ok(alice, "update", resource="documents", id=doc_id,
+                 data={"collaborators": [], "title": "Without Bob"})
         frames = await bob.sync()
+        events = [(f["event"], f["data"]) for f in frames if f["type"] == "event"]
+        assert events in ([], [("leave", {"id": doc_id})])
+        assert "Without Bob" not in json.dumps(frames)
         revoked = [f for f in frames if f["type"] == "error"]
         assert [(f["code"], f["details"]) for f in revoked] == [
             ("FORBIDDEN", {"resource": resource, "filter": filter, "revoked": True})

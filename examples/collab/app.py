@@ -215,6 +215,9 @@ def resources_config(db: Database) -> dict[str, Any]:
         "documents": {
             "events": ["update"],
             "protected": ["content"],  # don't broadcast full content
+            # Who may see a document at all, checked on every record that leaves the server:
+            # the change that removes a collaborator reaches them as `leave`, never its content.
+            "read": {"$or": [{"ownerId": "$user.id"}, {"collaborators[]": "$user.id"}]},
             "guard": {
                 "subscribe": document_subscribe,
                 "list": document_list,
