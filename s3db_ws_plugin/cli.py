@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def scrub(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def scrub(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """structlog processor: no credential (URL user-info, ``?token=``...) and no unbounded string
     in any value, the exception's text and traceback included (it runs after they are built).
     A plain-text traceback keeps its end, where the exception raised is named."""
@@ -267,8 +267,8 @@ async def tail(
     status = 0
     for task in done:
         if task is not stopping and task.exception() is not None:
-            exc = task.exception()
-            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+            failure = task.exception()
+            log.error("stream ended", code=getattr(failure, "code", None), error=str(failure))
             status = 1
     for task in [stopping, *pumps]:
         task.cancel()

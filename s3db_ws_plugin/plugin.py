@@ -195,7 +195,7 @@ class WebSocketPlugin:
         metrics: bool | Mapping[str, Any] = False,
         **aliases: Any,
     ) -> None:
-        options = {
+        options: dict[str, Any] = {
             "rate_limit": rate_limit,
             "heartbeat_interval": heartbeat_interval,
             "max_message_size": max_message_size,
@@ -351,7 +351,7 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        pages = [f"{self.http_url}{getattr(r, 'path', '')}" for r in self.routes if getattr(r, "method", "") == "GET"]
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
