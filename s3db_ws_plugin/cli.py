@@ -21,11 +21,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 import structlog
+import structlog.tracebacks
+
+from s3db_core.redact import redact
 
 from .startup import StartupProblem, report
 
@@ -35,8 +38,73 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PORT_OPTION = "WebSocketPlugin(port=...)"
 
 
+# Bounds on one log line: every string value, the traceback frames kept, the rendered line.
+MAX_LOG_STRING = 1000
+MAX_TRACEBACK_FRAMES = 12
+MAX_LOG_LINE = 8192
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with credentials masked and strings truncated, recursively (lists, dicts)."""
+    if isinstance(value, str):
+        value = redact(value)
+        if len(value) > MAX_LOG_STRING:
+            value = f"{value[:MAX_LOG_STRING]}... [{len(value) - MAX_LOG_STRING} more chars]"
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def scrub(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """structlog processor: no credential (URL user-info, ``?token=``...) and no unbounded string
+    in any value, the exception's text and traceback included (it runs after they are built).
+    A plain-text traceback keeps its end, where the exception raised is named."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        text = redact(text)
+        budget = MAX_LOG_LINE - MAX_LOG_STRING
+        event_dict["exception"] = text if len(text) <= budget else "..." + text[-budget:]
+    return {
+        key: value if key == "exception" and isinstance(value, str) else _scrub(value)
+        for key, value in event_dict.items()
+    }
+
+
+def _bounded(render: Any) -> Any:
+    """Wrap a renderer so a line never exceeds ``MAX_LOG_LINE`` characters: an oversized line
+    is rendered again with its exception reduced to its last frames' summary, then cut."""
+
+    def renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        line = render(logger, method, dict(event_dict))
+        if len(line) <= MAX_LOG_LINE:
+            return line
+        slim = {
+            k: ("..." + v[-500:] if isinstance(v, str) and k == "exception" else v)
+            for k, v in event_dict.items()
+        }
+        if isinstance(slim.get("exception"), list):  # dict tracebacks: keep type and message
+            slim["exception"] = [
+                {"exc_type": e.get("exc_type"), "exc_value": e.get("exc_value")}
+                for e in slim["exception"]
+                if isinstance(e, dict)
+            ]
+        line = render(logger, method, slim)
+        if len(line) <= MAX_LOG_LINE:
+            return line
+        return line[: MAX_LOG_LINE - 20] + " ...[truncated]"
+
+    return renderer
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog once for the process: JSON lines, or a console renderer on a TTY."""
+    """Configure structlog once for the process: JSON lines, or a console renderer on a TTY.
+
+    Tracebacks never carry local variables; every line is scrubbed of credentials and bounded
+    (``MAX_LOG_STRING`` per value, ``MAX_TRACEBACK_FRAMES`` frames, ``MAX_LOG_LINE`` per line).
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
@@ -44,17 +112,21 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer(
             serializer=lambda obj, **kw: orjson.dumps(obj, default=str).decode()
         )
-        tracebacks: list[Any] = [structlog.processors.dict_tracebacks]
+        transformer = structlog.tracebacks.ExceptionDictTransformer(
+            show_locals=False, max_frames=MAX_TRACEBACK_FRAMES
+        )
+        tracebacks: Any = structlog.processors.ExceptionRenderer(transformer)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        tracebacks = []
+        tracebacks = structlog.processors.format_exc_info  # plain text: no locals
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *tracebacks,
-            renderer,
+            tracebacks,
+            scrub,
+            _bounded(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

@@ -154,8 +154,9 @@ class Handlers:
         predicate and its access part (the guard's keys compiled; None when there are none),
         as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses). Used by
         ``subscribe`` and by re-checks of open subscriptions (``recheck.py``)."""
-        decision = await self._guard(policy, "subscribe", user, dict(client_filter))
-        return self._effective(policy, client_filter, decision.filter_override)
+        given = dict(client_filter)
+        decision = await self._guard(policy, "subscribe", user, given)
+        return self._effective(policy, _kept(client_filter, given), decision.filter_override)
 
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
@@ -232,10 +233,12 @@ class Handlers:
         client_filter = self._client_filter(policy, f["filter"])
         effective = client_filter
         if "list" in policy.guards:  # the context is built only for a guard to see
-            ctx = self._guard_ctx(conn, filter=dict(client_filter))
+            given = dict(client_filter)
+            ctx = self._guard_ctx(conn, filter=given)
             decision = await self._guard(policy, "list", conn.user, ctx)
             if decision.filter_override:
-                effective = self._merged(policy, client_filter, decision.filter_override)[0]
+                kept = _kept(client_filter, given)
+                effective = self._merged(policy, kept, decision.filter_override)[0]
         order = f["order"] or policy.order
         plugin = self.plugin
         # The core compiles the effective filter (once) and reads at most the scan budget.
@@ -400,3 +403,11 @@ def _page_within(
             if size >= max_bytes and index < len(records) - 1:
                 return data, page_cursor(record["id"], order)
     return data, cursor
+
+
+def _kept(client_filter: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The client's filter without the keys the guard removed from its copy (``given``): a
+    guard that translates a key (the seed's ``{documentId}`` into ``{id}``) deletes it and
+    returns its replacement. Only deletions count; what a guard imposes is what it returns."""
+    kept = {k: v for k, v in client_filter.items() if k in given}
+    return client_filter if len(kept) == len(client_filter) else kept

@@ -47,7 +47,8 @@ class ExampleServer:
 
     def __init__(self, create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
         self.options = Options(
-            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET
+            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET,
+            dev=True,  # the pages sign in through the development login, like `make demo`
         )
         self._create_app = create_app
         self._kwargs = kwargs

@@ -128,17 +128,19 @@ async def collect_metrics(
         )
 
 
-def page_routes(secret: str) -> list[web.AbstractRouteDef]:
-    """The dashboard page, its assets, and the DEVELOPMENT-ONLY login (name + role -> JWT)."""
+def page_routes(secret: str, *, dev: bool = False) -> list[web.AbstractRouteDef]:
+    """The dashboard page, its assets, and with ``dev`` the DEVELOPMENT-ONLY login (name + role -> JWT)."""
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "dashboard.html")
 
-    return [
+    routes: list[web.AbstractRouteDef] = [
         web.get("/dashboard", page),
         web.static("/dashboard/static", STATIC),
-        dev_login_route(secret, allowed_roles=("viewer", "admin")),
     ]
+    if dev:  # never in production: see examples/common.py
+        routes.append(dev_login_route(secret, allowed_roles=("viewer", "admin")))
+    return routes
 
 
 async def create_app(
@@ -155,7 +157,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=RESOURCES,
-            routes=page_routes(options.jwt_secret),
+            routes=page_routes(options.jwt_secret, dev=options.dev),
         )
 
     db, plugin = await start_app(options, define_resources, make_plugin)
