@@ -183,3 +183,21 @@ async def test_replies_lost_anywhere_leave_every_record_listed_in_its_partition(
         assert len(updates) == len(set(updates))
     finally:
         await db.disconnect()
+
+
+async def test_update_that_never_gets_a_reply_but_landed_succeeds(s3_server, proxy):
+    """Every reply to the update's conditional PUT is lost (retries included): botocore gives up,
+    yet the first attempt committed, and the update says so instead of failing."""
+    db = Database(proxied_url(s3_server, proxy, "?timeout=10"))
+    await db.connect()
+    try:
+        counters = await db.create_resource("counters", {"n": "number"})
+        rec = await counters.insert({"n": 0})
+        proxy.drop_response = lambda request: request.method == "PUT" and "if-match" in request.headers
+        updated = await counters.update(rec["id"], lambda current: {"n": current["n"] + 1})
+        proxy.drop_response = None
+        assert proxy.dropped >= 2 and updated["n"] == 1
+        found = await counters.get_versioned(rec["id"])
+        assert (found.record["n"], found.version) == (1, 2)
+    finally:
+        await db.disconnect()
