@@ -201,3 +201,28 @@ async def test_update_that_never_gets_a_reply_but_landed_succeeds(s3_server, pro
         assert (found.record["n"], found.version) == (1, 2)
     finally:
         await db.disconnect()
+
+
+async def test_a_hung_file_store_fails_within_its_timeout(tmp_path):
+    """A file store whose directory lock is held elsewhere (as by a writer stuck on a hung disk)
+    fails the write within its timeout instead of waiting forever."""
+    import fcntl
+    import os
+
+    db = Database(f"file://{tmp_path}?timeout=0.5")
+    await db.connect()
+    items = await db.create_resource("items", {"n": "number"})
+    rec = await items.insert({"n": 1})
+    lock_dir = db.storage._path(items._key(rec["id"])).parent
+    fd = os.open(lock_dir / "%lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageError, match="timeout"):
+            await items.update(rec["id"], {"n": 2})
+        assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        os.close(fd)  # releases the lock: the stuck write completes in its thread
+        await db.disconnect()
+    with pytest.raises(ValueError, match="timeout"):
+        Database(f"file://{tmp_path}?timeout=nope")
