@@ -375,7 +375,14 @@ class Resource:
         except (PreconditionFailed, StorageError) as exc:
             # A create-only PUT that met an object, or whose reply never came: if the object
             # stored is this very write (its reply was lost and a retry met it), it succeeded.
-            existing = await self._peek(id)
+            try:
+                existing = await self._read(id)
+            except StorageError:
+                # The store cannot tell either: leave the references (listings skip a reference
+                # without its record; repair removes it) rather than wait on it once more.
+                if isinstance(exc, StorageError):
+                    raise exc from None
+                raise
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
                 await self._emit("insert", record, None, 1)
                 return record
