@@ -1,6 +1,8 @@
 """s3db core: a document database whose records live in S3 (or a memory/file store)."""
 
+from .brokers import Position
 from .change import Change
+from .compat import IncompatibleSchemaError
 from .database import Database, Resources
 from .errors import (
     ConflictError,
@@ -22,9 +24,11 @@ __all__ = [
     "DamagedRecordError",
     "Database",
     "ForbiddenError",
+    "IncompatibleSchemaError",
     "Limits",
     "NotFoundError",
     "Page",
+    "Position",
     "Resource",
     "Resources",
     "S3dbError",

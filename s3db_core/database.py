@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pluggy
-import structlog
 
 from . import hookspecs
-from .broker import load_broker
+from .brokers import Broker, load_broker
 from .change import Change
+from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import StorageError
 from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
+from .log import get_logger
 from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource, Stats
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .repair import RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"
@@ -67,6 +68,10 @@ class Database:
 
     ``Database("memory://demo")``, ``file://./data``, ``s3://KEY:SECRET@bucket/prefix?region=..``
     or ``http(s)://KEY:SECRET@host:port/bucket/prefix``.
+
+    ``broker`` says where changes go: ``"local"`` (this process only), or a shared
+    ``"redis://host:port/db"`` / ``"nats://host:port"`` so every process on it (servers and plain
+    writer scripts) sees every change; options in the URL's query or in ``broker_config``.
     """
 
     def __init__(
@@ -87,7 +92,7 @@ class Database:
         self.resources = Resources()
         self.pm = pluggy.PluginManager("s3db")
         self.pm.add_hookspecs(hookspecs)
-        self.broker = load_broker(broker, broker_config)
+        self.broker: Broker = load_broker(broker, broker_config)
         self.broker.subscribe(self._dispatch_change)
         self.connected = False
         self._saved_definitions: dict[str, Any] = {}
@@ -109,6 +114,7 @@ class Database:
             self._saved_definitions = {}
         except orjson.JSONDecodeError as exc:
             raise StorageError(f"{self.storage.describe()}: {METADATA_KEY} is not valid JSON") from exc
+        await self.broker.start()
         self.connected = True
         await self._call_hook("s3db_startup", db=self)
         log.debug("connected", store=self.storage.describe())
@@ -122,7 +128,10 @@ class Database:
             await self._call_hook("s3db_shutdown", db=self)
         finally:
             self.connected = False
-            await self.storage.close()
+            try:
+                await self.broker.close()
+            finally:
+                await self.storage.close()
 
     async def __aenter__(self) -> Database:
         return await self.connect()
@@ -139,16 +148,26 @@ class Database:
         timestamps: bool = False,
         partitions: dict[str, Any] | None = None,
         behavior: str = "body-overflow",
+        migrate: bool = False,
     ) -> Resource:
-        """Define (or redefine) a resource and record its definition in ``s3db.json``."""
+        """Define (or redefine) a resource and record its definition in ``s3db.json``.
+
+        Redefining a resource that holds records in a way they no longer fit (a type change, a
+        new required field without default, a partition change: see ``compat.py``) raises
+        ``IncompatibleSchemaError`` unless ``migrate=True``."""
         if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
             raise ValueError(f"invalid resource name {name!r}: use letters, digits, '_', '-' or '.'")
         resource = Resource(
             self, name, attributes, timestamps=timestamps, partitions=partitions, behavior=behavior
         )
-        self.resources._add(resource)
         definition = resource.definition()
-        if self._saved_definitions.get(name) != definition:
+        saved = self._saved_definitions.get(name)
+        if saved is not None and saved != definition and not migrate:
+            changes = incompatible_changes(saved, definition)
+            if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                raise IncompatibleSchemaError(name, changes)
+        self.resources._add(resource)
+        if saved != definition:
             self._saved_definitions[name] = definition
             body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
             await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")
@@ -187,8 +206,9 @@ class Database:
         results = caller(**kwargs)
         return [await await_me_maybe(r) for r in results]
 
-    async def _publish(self, change: Change) -> None:
-        await self.broker.publish(change)
+    async def _publish(self, change: Change) -> Change:
+        """Hand a durable change to the broker (never raises: the write already happened)."""
+        return await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:
         """Each ``s3db_change`` implementation on its own: one that raises is logged and the

@@ -526,7 +526,11 @@ async def test_seed_style_options_and_extra_routes():
 
     rate = {"enabled": True, "maxRequests": 1, "windowMs": 60_000}
     async with serve(
-        resources={}, rateLimit=rate, maxMessageSize=4096, routes=[aiohttp.web.get("/hello", hello)]
+        seed_style=True,
+        resources={},
+        rateLimit=rate,
+        maxMessageSize=4096,
+        routes=[aiohttp.web.get("/hello", hello)],
     ) as (_, plugin):
         assert plugin.max_message_size == 4096
         async with connect(plugin.url) as client:
