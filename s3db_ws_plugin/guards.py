@@ -33,7 +33,7 @@ import structlog
 
 from s3db_core import await_me_maybe
 from s3db_core.errors import ValidationError
-from s3db_core.query import compile_filter
+from s3db_core.query import LOGICAL, compile_filter
 
 from .protected import ProtectedFields
 from .protocol import EVENT_KINDS
@@ -187,10 +187,20 @@ class Decision:
 
 
 def merge_filter(client: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    """The effective filter: the client's keys, replaced by the guard's where both name one."""
+    """The effective filter: the client's keys, replaced by the guard's where both name one.
+
+    A ``$or``/``$and`` both name is not replaced but kept as a further condition (the two
+    joined by ``$and``): the client's own alternatives only narrow what the guard allows."""
     effective = dict(client or {})
-    if override:
-        effective.update(override)
+    kept: list[dict[str, Any]] = []
+    for key, value in (override or {}).items():
+        if key in LOGICAL and key in effective:
+            kept.append({key: effective.pop(key)})
+        effective[key] = value
+    if kept:
+        if "$and" in effective:
+            kept.insert(0, {"$and": effective["$and"]})
+        effective["$and"] = kept
     return effective
 
 

@@ -19,6 +19,7 @@ import pytest
 from client_helpers import received
 from ws_helpers import JWT_AUTH, connect, make_token, serve
 
+from s3db_core.query import compile_filter
 from s3db_ws_plugin.guards import ReadRule, ResourcePolicy
 
 PUBLIC_OR_MEMBER = {"$or": [{"isPrivate": False}, {"members[]": "$user.id"}]}
@@ -318,3 +319,38 @@ async def test_the_python_client_hands_leave_to_the_subscription(
     await ws_database.resources.rooms.update(room["id"], {"isPrivate": True, "members": ["al"]})
     for sub in (everything, updates_only):
         assert [(e.event, e.data) for e in await received(sub)] == [("leave", {"id": room["id"]})]
+
+
+async def test_a_writer_is_shown_only_the_id_of_a_result_it_may_not_read():
+    async with serve(rooms, resources=config(), auth=JWT_AUTH) as (db, plugin):
+        async with connect(plugin.url, token=make_token("bob")) as bob:
+            made = await bob.call(
+                "insert", resource="rooms", data={"name": "for others", "isPrivate": True}
+            )
+            assert made["type"] == "inserted" and made["data"] == {"id": made["data"]["id"]}
+            public = await bob.call("insert", resource="rooms", data={"name": "open"})
+            assert public["data"]["name"] == "open"
+            hidden = await bob.call(
+                "update",
+                resource="rooms",
+                id=public["data"]["id"],
+                data={"isPrivate": True, "members": ["carol"]},
+            )
+            assert hidden["type"] == "updated" and hidden["data"] == {"id": public["data"]["id"]}
+            stored = await db.resources.rooms.get(public["data"]["id"])
+            assert stored["members"] == ["carol"]
+
+
+def test_a_clients_or_narrows_a_guards_or_instead_of_being_replaced():
+    from s3db_ws_plugin.guards import merge_filter
+
+    guard = {"$or": [{"isPrivate": False}, {"members[]": "bob"}]}
+    client = {"$or": [{"name": "a"}, {"name": "b"}], "tenantId": "t1"}
+    effective = merge_filter(client, guard)
+    assert effective["$or"] == guard["$or"] and effective["tenantId"] == "t1"
+    predicate = compile_filter(effective)
+    assert predicate({"name": "a", "tenantId": "t1", "isPrivate": False})
+    assert not predicate({"name": "c", "tenantId": "t1", "isPrivate": False})  # client's $or
+    assert not predicate({"name": "a", "tenantId": "t1", "isPrivate": True})  # guard's $or
+    # Plain keys are still replaced by the guard's.
+    assert merge_filter({"tenantId": "t2"}, {"tenantId": "t1"}) == {"tenantId": "t1"}
