@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-import structlog
 
 from .change import Change
 from .encoding import BEHAVIORS, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
 from .limits import check_depth, check_size, merge_patch
+from .log import get_logger
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
 from .schema import Schema
@@ -38,7 +38,7 @@ from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_
 if TYPE_CHECKING:
     from .database import Database
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000

@@ -95,6 +95,10 @@ class WebSocketPlugin:
     names spelled the JavaScript way (``SEED_KEYWORDS``).
     """
 
+    # The database served, set by ``start`` (pluggy reads every attribute of a plugin when it
+    # registers one, so this is no property that could raise before then).
+    db: Database
+
     def __init__(
         self,
         port: int = 3001,
@@ -127,7 +131,6 @@ class WebSocketPlugin:
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
 
-        self._db: Database | None = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
         self._rechecks: set[asyncio.Task] = set()
@@ -149,13 +152,6 @@ class WebSocketPlugin:
                 raise TypeError(f"WebSocketPlugin.from_seed() got {name!r} twice (as {key!r})")
             kwargs[name] = value
         return cls(**kwargs)
-
-    @property
-    def db(self) -> Database:
-        """The database this plugin serves (set when it starts)."""
-        if self._db is None:
-            raise RuntimeError("the WebSocket plugin has not started: no database yet")
-        return self._db
 
     @property
     def url(self) -> str:
@@ -209,7 +205,7 @@ class WebSocketPlugin:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
-        self._db = db
+        self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)

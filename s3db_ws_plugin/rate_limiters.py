@@ -33,11 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import structlog
-
+from s3db_core.log import get_logger
 from s3db_core.plugins import load_entry_point
 
-log = structlog.get_logger("s3db.rate_limit")
+log = get_logger("s3db.rate_limit")
 
 ENTRY_POINT_GROUP = "s3db.rate_limiters"
 STRATEGIES = ("sliding-window", "token-bucket")

@@ -102,8 +102,8 @@ async def test_two_servers_share_one_limit_per_ip(redis_url: str, prefix: str) -
     rate = {"enabled": True, "limiter": "redis", "url": redis_url, "prefix": prefix,
             "key": "ip", "maxRequests": 3, "windowMs": 60_000}  # fmt: skip
     async with (
-        serve(resources={}, rateLimit=rate) as (_, first),
-        serve(resources={}, rateLimit=rate) as (_, second),
+        serve(resources={}, rate_limit=rate) as (_, first),
+        serve(resources={}, rate_limit=rate) as (_, second),
         connect(first.url) as a,
         connect(second.url) as b,
     ):

@@ -98,6 +98,16 @@ def test_architecture_names_every_module(package):
     )
 
 
+@pytest.mark.parametrize("package", PACKAGES)
+def test_architecture_names_no_module_that_is_gone(package):
+    rows = re.findall(r"^\| `([\w/]+\.py)` \|", section(package), re.M)
+    gone = [row for row in rows if not (ROOT / package / row).exists()]
+    assert not gone, (
+        f"docs/architecture.md, section '## {package}': remove or rename the rows for {gone} "
+        "(no such module)"
+    )
+
+
 def test_no_module_imports_another_modules_private_names():
     offenders = []
     for package in PACKAGES:
@@ -130,6 +140,14 @@ def test_the_constructor_takes_only_its_own_keyword_names():
     assert (plugin.max_message_size, plugin.heartbeat_interval) == (4096, None)
     with pytest.raises(TypeError, match="max_message_size"):
         WebSocketPlugin.from_seed(maxMessageSize=1, max_message_size=2)
+
+
+def test_a_new_plugin_can_be_read_attribute_by_attribute():
+    """pluggy (1.5) reads every attribute of a plugin object when it registers it: none may
+    raise before the plugin has started."""
+    plugin = WebSocketPlugin(port=0)
+    for name in dir(plugin):
+        getattr(plugin, name)
 
 
 def test_the_entry_point_loader_caches_and_clears():

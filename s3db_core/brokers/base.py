@@ -16,7 +16,6 @@ supplies ``_connect``, ``_disconnect``, ``_append``, ``_run_reader``, ``_positio
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 import secrets
 from collections import deque
@@ -29,6 +28,7 @@ import orjson
 
 from ..change import Change
 from ..log import get_logger
+from ..plugins import await_me_maybe
 
 log = get_logger("s3db.broker")
 
@@ -182,9 +182,7 @@ class Listeners:
     async def dispatch(self, change: Change) -> None:
         for listener in self.items:
             try:
-                result = listener(change)
-                if inspect.isawaitable(result):
-                    await result
+                await await_me_maybe(listener(change))
             except Exception:
                 log.exception("listener_failed", resource=change.resource, offset=change.offset)
 

@@ -8,7 +8,6 @@ same process can resume; the epoch is new at every process start (a restart lose
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from itertools import islice
 from typing import Any
 
 from ..change import Change
+from ..plugins import await_me_maybe
 from .base import BrokerOptions, Listener, Position, new_epoch
 
 
@@ -64,9 +64,7 @@ class LocalBroker:
         if changes[0].timestamp < change.timestamp - self._ttl_ms:
             self._expire(changes, change.timestamp)
         for listener in self._listeners:
-            result = listener(change)
-            if inspect.isawaitable(result):
-                await result
+            await await_me_maybe(listener(change))
         return change
 
     def _expire(self, changes: deque[Change], now_ms: int) -> None:

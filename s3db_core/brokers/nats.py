@@ -31,7 +31,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats
-import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -39,9 +38,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageTyp
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from ..change import Change
+from ..log import get_logger
 from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
 
-log = structlog.get_logger("s3db.broker.nats")
+log = get_logger("s3db.broker.nats")
 
 EPOCH = "S3db-Epoch"
 PREV = "S3db-Prev"

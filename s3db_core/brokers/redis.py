@@ -27,14 +27,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..change import Change
+from ..log import get_logger
 from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
 
-log = structlog.get_logger("s3db.broker.redis")
+log = get_logger("s3db.broker.redis")
 
 WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 

@@ -693,9 +693,7 @@ class Client:
         if self.on_reconnect is None:
             return
         try:
-            result = self.on_reconnect(self)
-            if asyncio.iscoroutine(result):
-                await result
+            await await_me_maybe(self.on_reconnect(self))
         except Exception:
             log.exception("on_reconnect callback failed")
 
