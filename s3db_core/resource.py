@@ -24,12 +24,13 @@ from urllib.parse import quote
 
 import orjson
 
+from s3db_core.log import get_logger
+
 from .change import Change
-from .encoding import BEHAVIORS, decode_record, encode_record, metadata_size
+from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
 from .limits import check_depth, check_size, merge_patch
-from .log import get_logger
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
 from .schema import Schema
@@ -44,6 +45,8 @@ SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000
 GET_CONCURRENCY = 64
 UPDATE_ATTEMPTS = 100
+BYTES_FIRST_CHUNK = 8  # records read at once by a byte-budgeted listing before sizes are known
+DESC_LIST_PAGE = 10_000  # keys per LIST of a desc listing; S3 servers answer at most 1,000 (SeaweedFS refuses more than 10,000)
 VERSION_KEY = "sr"  # metadata key of the record's system version
 
 
@@ -58,6 +61,9 @@ class Versioned(tuple[dict[str, Any], str]):
         self = super().__new__(cls, (record, etag))
         self.version = version
         return self
+
+    def __getnewargs__(self) -> tuple[dict[str, Any], str, int]:
+        return self[0], self[1], self.version  # copy/pickle keep the version
 
     @property
     def record(self) -> dict[str, Any]:
@@ -91,10 +97,26 @@ class _RecordLocks:
     this process run one at a time: no wasted conditional writes between them, and their
     changes are announced in commit order. Re-entrant along a call chain (a change listener
     that updates the record it was told about does not wait for itself); other processes are
-    still kept apart by the conditional writes alone."""
+    still kept apart by the conditional writes alone.
+
+    While writers of a record queue here, the lock also remembers the version the last of them
+    committed: a writer holding an older one (a caller's stale ``current``) is told at once,
+    without a conditional write that would fail."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._committed: dict[str, int] = {}
+
+    def committed(self, record_id: str) -> int:
+        """The version a writer of this process last committed while others waited (0: none)."""
+        return self._committed.get(record_id, 0)
+
+    def note(self, record_id: str, version: int) -> None:
+        if record_id in self._locks:
+            self._committed[record_id] = version
+
+    def forget(self, record_id: str) -> None:
+        self._committed.pop(record_id, None)
 
     @asynccontextmanager
     async def hold(self, record_id: str) -> AsyncIterator[None]:
@@ -116,6 +138,7 @@ class _RecordLocks:
             lock, users = self._locks[record_id]
             if users == 1:
                 del self._locks[record_id]
+                self._committed.pop(record_id, None)
             else:
                 self._locks[record_id] = (lock, users - 1)
 
@@ -172,6 +195,19 @@ async def _all(operations: list[Any]) -> None:
         await operations[0]
     else:
         await asyncio.gather(*operations)
+
+
+def _both(first: Callable[[Any], bool], second: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda record: first(record) and second(record)
+
+
+def _stored_size(obj: Any) -> int:
+    return len(obj.body) + sum(len(k) + len(v) for k, v in obj.metadata.items())
+
+
+def page_cursor(last_id: str, order: str = "asc") -> str:
+    """The cursor of a page that ends with ``last_id`` (for a caller that cuts a page short)."""
+    return _encode_cursor(last_id, order)
 
 
 def _partition_value(value: Any) -> str:
@@ -244,7 +280,9 @@ class Resource:
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         fields = {k: v for k, v in record.items() if k != "id"}
         metadata, body = encode_record(fields, self.behavior, {VERSION_KEY: str(version)})
-        check_size(metadata_size(metadata) + len(body), self.db.limits.max_record_size)
+        limit = self.db.limits.max_record_size
+        if len(body) + 2 * METADATA_LIMIT > limit:  # metadata stays within its 2 KB budget
+            check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
     @staticmethod
@@ -425,6 +463,8 @@ class Resource:
         # What the last attempt wrote, in case its reply was lost after the store committed it.
         sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
         for attempt in range(UPDATE_ATTEMPTS):
+            if expected_version is not None and expected_version < self._locks.committed(id):
+                raise self._stale(id, f"is past version {expected_version}")
             if current is None or getattr(current, "version", None) is None:
                 found = await self._read(id)
                 if found is None:
@@ -440,6 +480,8 @@ class Resource:
             previous, etag = current
             version = current.version  # type: ignore[attr-defined]
             current = None
+            if strict and version < self._locks.committed(id):
+                raise self._stale(id)  # this process has committed a newer version meanwhile
             if expected_version is not None and version != expected_version:
                 raise self._stale(id, f"is at version {version}, not {expected_version}")
             if check is not None:
@@ -480,6 +522,7 @@ class Resource:
                     raise self._stale(id) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                 continue
+            self._locks.note(id, version + 1)
             return await self._updated(record, previous, version + 1)
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
@@ -531,6 +574,7 @@ class Resource:
                         raise self._stale(id) from None
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
+                self._locks.forget(id)
                 await self._emit("delete", record, record, version)
                 await self._forget_refs(list(self._partition_keys(record).values()))
                 return record
@@ -552,9 +596,12 @@ class Resource:
                 best = (len(fields), f"{self._base}partition={pname}/{path}/", exact)
         return (best[1], best[2]) if best else (self._data_prefix, False)
 
-    async def _fetch(self, ids: list[str]) -> list[dict[str, Any] | None]:
+    async def _fetch(
+        self, ids: list[str], sizes: dict[str, int] | None = None
+    ) -> list[dict[str, Any] | None]:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
-        each, issued concurrently, at most GET_CONCURRENCY at a time."""
+        each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
+        receives the stored size of each object read (body and metadata), by id."""
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
         if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
@@ -562,6 +609,8 @@ class Resource:
             decode = self._from_stored
             out: list[dict[str, Any] | None] = []
             for id, obj in zip(ids, objects, strict=True):
+                if sizes is not None and obj is not None:
+                    sizes[id] = _stored_size(obj)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
                 except DamagedRecordError as error:
@@ -577,6 +626,8 @@ class Resource:
                 else:
                     async with sem:
                         obj = await storage.get(self._key(id))
+                if sizes is not None:
+                    sizes[id] = _stored_size(obj)
                 return self._from_stored(id, obj.metadata, obj.body)
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
@@ -599,7 +650,10 @@ class Resource:
 
     async def _all_ids_desc(self, prefix: str, before: str | None) -> list[str]:
         ids: list[str] = []
-        async for chunk, _ in self._ids(prefix, None, MAX_LIST_LIMIT):
+        # One LIST call where the store allows it (memory, file: each call re-reads the
+        # directory, so 1,000-key pages made a desc listing cost ~10x an asc one); S3 still
+        # answers 1,000 keys at a time.
+        async for chunk, _ in self._ids(prefix, None, DESC_LIST_PAGE):
             ids.extend(chunk)
         ids.reverse()
         if before is not None:
@@ -612,8 +666,19 @@ class Resource:
         limit: int = 100,
         cursor: str | None = None,
         order: str = "asc",
+        *,
+        where: Callable[[dict[str, Any]], bool] | None = None,
+        scan_limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> Page:
-        """Records matching ``filter`` in id (creation) order, ``limit`` at a time."""
+        """Records matching ``filter`` in id (creation) order, ``limit`` at a time.
+
+        ``where`` is a further test a record must pass (a caller's read rule); ``scan_limit``
+        bounds how many records this call reads: once that many were read the page ends early,
+        with a cursor after the last one read (even when none matched). ``max_bytes`` bounds
+        the stored size of the records returned: the page ends after the one that reaches it,
+        and records are read a few at a time while their size is unknown, so a page of huge
+        records never holds many of them in memory."""
         if order not in ("asc", "desc"):
             raise ValidationError([{"field": "order", "rule": "enum", "message": "order must be asc or desc"}])
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
@@ -621,19 +686,20 @@ class Resource:
                 [{"field": "limit", "rule": "range", "message": f"limit must be 1..{MAX_LIST_LIMIT}"}]
             )
         predicate = compile_filter(filter) if filter else None
+        if where is not None:
+            predicate = where if predicate is None else _both(predicate, where)
         after = _decode_cursor(cursor, order) if cursor is not None else None
         prefix, exact = self._scan_prefix(filter)
         # A partition that answers the whole filter is read like an unfiltered prefix: one page
         # of ``limit`` keys and a GET each. The predicate still runs on what was read, because a
         # record may have moved to another partition after its key was listed (it is skipped,
         # and the next chunk is read).
-        sparse = predicate is not None and not exact
+        sparse = predicate is not None and (not exact or where is not None)
         if order == "desc":
-            return await self._collect(self._desc_pages(prefix, after), predicate, limit, order, sparse)
-        page_size = MAX_LIST_LIMIT if sparse else limit
-        return await self._collect(
-            self._ids(prefix, after, page_size), predicate, limit, order, sparse
-        )
+            pages = self._desc_pages(prefix, after)
+        else:
+            pages = self._ids(prefix, after, MAX_LIST_LIMIT if sparse else limit)
+        return await self._collect(pages, predicate, limit, order, sparse, scan_limit, max_bytes)
 
     async def _desc_pages(self, prefix: str, before: str | None):
         ids = await self._all_ids_desc(prefix, before)
@@ -647,23 +713,53 @@ class Resource:
         limit: int,
         order: str,
         sparse: bool,
+        scan_limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> Page:
-        """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate``. A chunk is
-        what is still missing; twice that (at least 50) when matches are ``sparse``."""
+        """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate`` or
+        ``scan_limit`` were read, or the records kept reach ``max_bytes`` (stored size). A chunk
+        is what is still missing; twice that (at least 50) when matches are ``sparse``; never
+        more than the scan budget left, nor than the byte budget left holds at the sizes read
+        so far (``BYTES_FIRST_CHUNK`` before any was read)."""
         items: list[dict[str, Any]] = []
+        budget = scan_limit
+        # Byte budget: what was returned so far, and what was read (to size the next chunk).
+        sizes: dict[str, int] | None = {} if max_bytes is not None else None
+        kept = read_bytes = read_count = 0
         async for ids, more in pages:
-            missing = limit - len(items)
-            step = max(2 * missing, 50) if sparse else max(missing, 1)
-            for start in range(0, len(ids), step):
+            start = 0
+            while start < len(ids):
+                missing = limit - len(items)
+                step = max(2 * missing, 50) if sparse else max(missing, 1)
+                if budget is not None:
+                    step = min(step, budget)
+                if max_bytes is not None:  # as many as the bytes left hold, at the sizes seen
+                    room = max_bytes - kept
+                    guess = room * read_count // read_bytes if read_bytes else BYTES_FIRST_CHUNK
+                    step = min(step, max(1, guess))
                 chunk = ids[start : start + step]
-                for pos, record in enumerate(await self._fetch(chunk)):
+                if sizes is not None:
+                    sizes.clear()
+                records = await self._fetch(chunk, sizes)
+                if sizes is not None:
+                    read_bytes += sum(sizes.values())
+                    read_count += len(sizes)
+                for pos, record in enumerate(records):
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
-                    if len(items) == limit:
-                        last = start + pos == len(ids) - 1
-                        done = last and not more
+                    if sizes is not None:
+                        kept += sizes.get(record["id"], 0)
+                    full = max_bytes is not None and kept >= max_bytes
+                    if len(items) == limit or full:
+                        done = start + pos == len(ids) - 1 and not more
                         return Page(items, None if done else _encode_cursor(record["id"], order))
+                start += len(chunk)
+                if budget is not None:
+                    budget -= len(chunk)
+                    if budget <= 0:  # out of scan budget: the page ends after the last id read
+                        done = start == len(ids) and not more
+                        return Page(items, None if done else _encode_cursor(chunk[-1], order))
         return Page(items, None)
 
     async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:

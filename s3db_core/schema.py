@@ -246,6 +246,8 @@ def _parse_rule(spec: FieldSpec, rule: str, value: str | None) -> None:
         spec._checks.append(
             ("integer", lambda v: isinstance(v, int) or v.is_integer(), "must be an integer")
         )
+    elif value is None:  # only flag rules go without a value (checked above)
+        return
     elif rule == "default":
         parsed = _parse_json(text)
         if spec.type in _STRING_TYPES and not isinstance(parsed, str):

@@ -7,17 +7,24 @@ SIGKILL mid-run and starts it again on the same port.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker_helpers import eventually, open_db, texts
+from broker_helpers import DEADLINE, eventually, open_db, texts
 from services import Service, start_nats, start_redis
 
 from s3db_core import Position
 
 OUTAGE_WRITE_BOUND = 2.0  # seconds: a write during an outage returns within this
+BUSY_LUA = """
+local function ms() local t = redis.call('TIME') return t[1] * 1000 + t[2] / 1000 end
+local stop = ms() + tonumber(ARGV[1])
+while ms() < stop do end
+return 1
+"""
 
 
 @pytest.fixture
@@ -160,4 +167,47 @@ async def test_a_database_starts_while_its_broker_is_down(
         finally:
             await other.disconnect()
     finally:
+        await db.disconnect()
+
+
+async def test_a_retried_append_that_had_arrived_is_not_appended_twice(
+    store_url: str, redis_url: str
+) -> None:
+    """Redis busy (a long script): the attempts time out on our side, but the first one sits in
+    Redis's socket buffer and runs when Redis is free again; the change must be appended once."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    url = f"{redis_url}?prefix=dedupe{time.monotonic_ns()}&publish_timeout=0.1"
+    db, seen = await open_db(store_url, url)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        await write(db, "first")
+        await eventually(lambda: len(seen.of("notes")) == 1, "the first change")
+        busy = asyncio.ensure_future(admin.eval(BUSY_LUA, 0, 1500))  # Redis stalls 1.5 s
+        probe = aioredis.Redis.from_url(redis_url, socket_timeout=0.05)
+        try:
+            end = time.monotonic() + DEADLINE
+            while True:  # until Redis stops answering: the script is running
+                try:
+                    await probe.ping()
+                except RedisTimeoutError:
+                    break
+                assert time.monotonic() < end, "the busy script never started"
+        finally:
+            await probe.aclose()
+        slowest = await write(db, "paused")
+        assert slowest < OUTAGE_WRITE_BOUND
+        assert db.broker.pending == 1  # type: ignore[attr-defined]
+        await eventually(lambda: db.broker.pending == 0, "the buffer to drain")  # type: ignore[attr-defined]
+        await write(db, "last")
+        await eventually(lambda: len(seen.of("notes")) >= 3, "three changes")
+        changes = seen.of("notes")
+        assert texts(changes) == ["first", "paused", "last"]
+        assert [c.offset for c in changes] == [1, 2, 3]
+        history = await db.broker.history("notes", Position(0, changes[0].epoch))  # type: ignore[arg-type]
+        assert history is not None and texts(history) == ["first", "paused", "last"]
+        await busy
+    finally:
+        await admin.aclose()
         await db.disconnect()

@@ -219,3 +219,30 @@ def test_broker_urls_pick_the_engine_and_reject_bad_options() -> None:
         load_broker("local", {"prefix": "a b"})
     subprocess.run([sys.executable, "-c", "from s3db_core.broker import LocalBroker, load_broker"],
                    check=True)  # fmt: skip
+
+
+async def test_a_stray_message_never_stops_delivery(store_url: str, broker_url: str) -> None:
+    if broker_url == "local":
+        pytest.skip("nothing but this process can append to the local broker")
+    database, seen = await open_db(store_url, broker_url)
+    try:
+        await database.resources.notes.insert({"text": "before"})
+        await eventually(lambda: len(seen.of("notes")) == 1, "the first change")
+        broker = database.broker
+        if broker_url.startswith("redis"):
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(broker_url.partition("?")[0])
+            await client.xadd(broker.stream_key("notes"), {"junk": "1"})  # type: ignore[attr-defined]
+            await client.aclose()
+        else:
+            import nats
+
+            nc = await nats.connect(broker_url.partition("?")[0])
+            await nc.jetstream().publish(broker.subject("notes"), b"not json")  # type: ignore[attr-defined]
+            await nc.close()
+        await database.resources.notes.insert({"text": "after"})
+        await eventually(lambda: len(seen.of("notes")) == 2, "the change after the stray one")
+        assert texts(seen.of("notes")) == ["before", "after"]
+    finally:
+        await database.disconnect()

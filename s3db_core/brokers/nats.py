@@ -37,8 +37,9 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 
+from s3db_core.log import get_logger
+
 from ..change import Change
-from ..log import get_logger
 from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
 
 log = get_logger("s3db.broker.nats")
@@ -160,7 +161,11 @@ class NatsBroker(StreamBroker):
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
-        change = decode_change(msg.data, msg.metadata.sequence.stream, headers.get(EPOCH, ""))
+        try:
+            change = decode_change(msg.data, msg.metadata.sequence.stream, headers.get(EPOCH, ""))
+        except Exception:  # not ours (a stray publish on our subjects): skip it
+            log.exception("undecodable_message", subject=msg.subject)
+            return
         await self.listeners.dispatch(change)
 
     # -- streams ---------------------------------------------------------------------------------

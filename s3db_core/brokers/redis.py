@@ -12,8 +12,9 @@ Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sha
   entries, or the publishing process had to drop changes during an outage.
 * ``P:resources`` (set) and ``P:resources:log`` (stream) - which resources have streams; the
   reader learns of a new resource through the log, without polling.
-* ``P:writer:{id}`` - per publishing process, the last publish id appended per resource (expires
-  after an hour), so a retried append that had in fact reached Redis is not appended twice.
+* ``P:writer:{id}`` - per publishing process, the ids of its last 1,000 appends (a sorted set
+  that expires after an hour idle), so a retried append that had in fact reached Redis is not
+  appended twice, even while other appends of the process were in flight.
 
 Every process runs one reader task: ``XREAD BLOCK`` over the log and every known resource stream,
 dispatching each entry to the listeners in stream order (a process's own writes included).
@@ -30,8 +31,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from s3db_core.log import get_logger
+
 from ..change import Change
-from ..log import get_logger
 from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
 
 log = get_logger("s3db.broker.redis")
@@ -41,8 +43,7 @@ WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 # KEYS: stream, meta, resources, resources log, writer
 # ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s
 PUBLISH = """
-local last_id = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-if tonumber(ARGV[7]) <= last_id then
+if redis.call('ZSCORE', KEYS[5], ARGV[7]) then
   return {-1, ''}
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -61,7 +62,8 @@ end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[1])
 end
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[7])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)
 redis.call('EXPIRE', KEYS[5], ARGV[8])
 return {offset, epoch}
 """
@@ -248,5 +250,11 @@ class RedisBroker(StreamBroker):
                     continue
                 for entry_id, fields in entries:
                     self._cursors[key] = entry_id
-                    change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+                    try:
+                        change = decode_change(
+                            fields[b"d"], int(fields[b"o"]), fields[b"e"].decode()
+                        )
+                    except Exception:  # not ours (a stray XADD): never stop the reader
+                        log.exception("undecodable_entry", stream=key, id=entry_id)
+                        continue
                     await self.listeners.dispatch(change)

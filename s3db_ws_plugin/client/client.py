@@ -52,7 +52,6 @@ log = get_logger("s3db.client")
 
 # Credentials a URL may carry (``?token=``, ``?apiKey=``, user:password@).
 _URL_CREDENTIALS = re.compile(r"[?&](token|apiKey|api_key)=|//[^/]*@")
-_AUTH_PROBE = '{"type":"ping","requestId":"s3db-auth-probe"}'
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
 # Close codes after which reconnecting cannot help.
@@ -473,7 +472,10 @@ class Client:
                 subs = [s for s in stream.subs if s.wants(kind)]
                 if subs:
                     wanted.append((stream, subs))
-        matched = [subs for stream, subs in wanted if _matches(data, stream.effective)]
+        # A leave carries only the id: every subscription of the resource may have shown it.
+        matched = [] if kind == "leave" else [
+            subs for stream, subs in wanted if _matches(data, stream.effective)
+        ]
         for subs in matched or [subs for _, subs in wanted]:
             for sub in subs:
                 sub._push(event)
@@ -523,10 +525,7 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         if self._api_key:
             headers["x-api-key"] = self._api_key
-        # Without credentials, a ping tells at once whether the server needs some: one that
-        # does not sends ``connected`` before it reads the ping, one that does answers the
-        # ping and would otherwise wait for an auth frame until its deadline.
-        probe = not headers and not _URL_CREDENTIALS.search(self.url)
+        given = bool(headers) or bool(_URL_CREDENTIALS.search(self.url))
         try:
             async with asyncio.timeout(self.request_timeout):
                 ws = await self._session.ws_connect(
@@ -537,9 +536,7 @@ class Client:
                     autoclose=True,
                 )
                 try:
-                    if probe:
-                        await ws.send_str(_AUTH_PROBE)
-                    frame = await self._handshake(ws, probe)
+                    frame = await self._handshake(ws, given)
                 except BaseException:
                     await ws.close()
                     raise
@@ -562,7 +559,7 @@ class Client:
         return ws
 
     async def _handshake(
-        self, ws: aiohttp.ClientWebSocketResponse, probe: bool = False
+        self, ws: aiohttp.ClientWebSocketResponse, credentials_given: bool
     ) -> dict[str, Any]:
         while True:
             msg = await ws.receive()
@@ -570,9 +567,10 @@ class Client:
                 frame = orjson.loads(msg.data)
                 if frame.get("type") == "connected":
                     return frame
-                if probe and frame.get("type") == "pong":
+                if frame.get("type") == "auth_required":  # sent when the upgrade had none
                     raise Unauthorized(
-                        "this server requires a token (or an API key) and none was given"
+                        "this server requires a token (or an API key) and "
+                        + ("it did not accept the one given" if credentials_given else "none was given")
                     )
                 if frame.get("type") == "error":
                     raise error_from_frame(frame)

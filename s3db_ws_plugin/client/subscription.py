@@ -79,6 +79,8 @@ class Subscription:
         return f"<Subscription {self.resource} {self.filter}>"
 
     def wants(self, kind: str) -> bool:
+        if kind == "leave":  # an update that took the record out of what the user may see
+            kind = "update"
         return self.events is None or kind in self.events
 
     def _push(self, event: Event) -> None:

@@ -26,7 +26,6 @@
 const EVENT_KINDS = ["insert", "update", "delete"];
 const UNAUTHORIZED_CLOSE = 4401;
 
-const AUTH_PROBE = "s3db-auth-probe";
 
 export class S3dbError extends Error {
   constructor(code, message, extra = {}) {
@@ -166,7 +165,9 @@ export class Subscription {
   }
 
   wants(kind) {
-    return this.events === null || this.events.includes(kind);
+    // "leave": an update that took the record out of what the user may see.
+    const asked = kind === "leave" ? "update" : kind;
+    return this.events === null || this.events.includes(asked);
   }
 
   _push(event) {
@@ -515,14 +516,8 @@ export class Client {
     );
     let opened = false;
     let lastError = null;
-    // Without credentials, a ping tells at once whether the server needs some: one that does
-    // not sends `connected` before it reads the ping; one that does answers the ping and would
-    // otherwise wait for an auth frame until its deadline.
-    const probe = !token && !this.apiKey && !/[?&](token|apiKey)=/.test(url);
-    let connectedSeen = false;
     ws.onopen = () => {
       opened = true;
-      if (probe) ws.send(JSON.stringify({ type: "ping", requestId: AUTH_PROBE }));
       if (!token) return;
       const requestId = this._nextId++;
       this._pending.set(requestId, {
@@ -542,11 +537,11 @@ export class Client {
       }
       if (frame.type === "error" && frame.code === "UNAUTHORIZED") lastError = S3dbError.fromFrame(frame);
       if (frame.type === "connected") {
-        connectedSeen = true;
         this.clientId = frame.clientId ?? this.clientId;
         if (!token) handshake.resolve(frame.user ?? null);
       }
-      if (probe && !connectedSeen && frame.type === "pong" && frame.requestId === AUTH_PROBE) {
+      // Sent at once by a server that needs credentials the upgrade did not carry.
+      if (frame.type === "auth_required" && !token) {
         handshake.reject(new S3dbError("UNAUTHORIZED", "this server requires a token (or an API key) and none was given"));
         return;
       }
@@ -625,7 +620,8 @@ export class Client {
       const subs = stream.subs.filter((s) => s.wants(event.event));
       if (subs.length) wanted.push([stream, subs]);
     }
-    const matched = wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
+    // A leave carries only the id: every subscription of the resource may have shown it.
+    const matched = event.event === "leave" ? [] : wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
     for (const [, subs] of matched.length ? matched : wanted) for (const sub of subs) sub._push(event);
   }
 
