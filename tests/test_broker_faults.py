@@ -8,6 +8,7 @@ SIGKILL mid-run and starts it again on the same port.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,3 +212,30 @@ async def test_a_retried_append_that_had_arrived_is_not_appended_twice(
     finally:
         await admin.aclose()
         await db.disconnect()
+
+
+async def test_nats_that_lost_its_stream_starts_a_new_epoch(store_url: str) -> None:
+    service = start_nats()
+    try:
+        url = url_of(service)
+        db, seen = await open_db(store_url, url)
+        other, seen_by_other = await open_db(store_url, url)
+        try:
+            await write(db, "a", "b")
+            await eventually(lambda: len(seen.of("notes")) == 2, "two changes")
+            old = seen.of("notes")[-1]
+            service.kill()
+            shutil.rmtree(service.workdir / "js")  # the server comes back without its store
+            service.start()
+            await write(db, "c")
+            for collected in (seen, seen_by_other):
+                await eventually(lambda c=collected: len(c.of("notes")) == 3, "the change after")
+                assert texts(collected.of("notes")) == ["a", "b", "c"]
+                assert collected.of("notes")[-1].epoch != old.epoch
+            since = Position(old.offset, old.epoch)  # type: ignore[arg-type]
+            assert await other.broker.history("notes", since) is None  # must reload
+        finally:
+            await db.disconnect()
+            await other.disconnect()
+    finally:
+        service.stop()

@@ -64,6 +64,8 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
             }
             assert isinstance(hello["clientId"], str) and isinstance(hello["timestamp"], int)
 
+            # No credentials with the upgrade: the server says at once that it wants some.
+            assert await writer.recv() == {"type": "auth_required", "timeoutMs": 5000}
             await writer.send({"type": "auth", "token": token, "requestId": "a-1"})
             assert await writer.recv() == {
                 "type": "authenticated",

@@ -49,6 +49,7 @@ PREV = "S3db-Prev"
 WRONG_LAST_SEQUENCE = 10071
 STREAM_NAME_IN_USE = 10058
 RACE_RETRIES = 20
+RECOVER_ATTEMPTS = 25
 
 
 class NatsBroker(StreamBroker):
@@ -67,6 +68,9 @@ class NatsBroker(StreamBroker):
         self._stream_epoch = ""
         self._heads: dict[str, tuple[int, str]] = {}  # resource -> (last offset, epoch) seen here
         self._first_attempt: datetime | None = None
+        self._subscription: Any = None
+        self._generation = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def subject(self, resource: str) -> str:
         return self._subject_prefix + resource.replace(".", "~")
@@ -89,40 +93,90 @@ class NatsBroker(StreamBroker):
         )
         try:
             js = nc.jetstream(timeout=self.options.publish_timeout)
-            config = StreamConfig(
-                name=self.stream,
-                subjects=[self._subject_prefix + "*"],
-                max_msgs_per_subject=self.options.history_size,
-                max_age=self.options.history_ttl,
-                duplicate_window=min(120.0, self.options.history_ttl),
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.OLD,
-                allow_direct=True,
-            )
-            try:
-                info = await js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != STREAM_NAME_IN_USE:
-                    raise
-                info = await js.update_stream(config)
-            created = str(info.created or info.config.name)
-            self._stream_epoch = hashlib.sha1(created.encode()).hexdigest()[:12]
             policy = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
             if late:
                 policy = ConsumerConfig(
                     deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._first_attempt
                 )
-            await js.subscribe(
-                self._subject_prefix + "*",
-                cb=self._on_message,
-                ordered_consumer=True,
-                idle_heartbeat=1.0,
-                config=policy,
-            )
+            await self._setup(js, policy)
         except BaseException:
             await nc.close()
             raise
         self._nc, self._js = nc, js
+
+    async def _setup(self, js: JetStreamContext, policy: ConsumerConfig) -> None:
+        """Create (or update) the stream, take its epoch, and start reading it."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[self._subject_prefix + "*"],
+            max_msgs_per_subject=self.options.history_size,
+            max_age=self.options.history_ttl,
+            duplicate_window=min(120.0, self.options.history_ttl),
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        )
+        try:
+            info = await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            info = await js.update_stream(config)
+        self._stream_epoch = self._epoch_of(info)
+        self._generation += 1
+        generation = self._generation
+
+        async def deliver(msg: Msg) -> None:  # a replaced subscription's stragglers are dropped
+            if generation == self._generation:
+                await self._on_message(msg)
+
+        self._subscription = await js.subscribe(
+            self._subject_prefix + "*",
+            cb=deliver,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            config=policy,
+        )
+
+    @staticmethod
+    def _epoch_of(info: Any) -> str:
+        """The stream's epoch: from its creation time, so a re-created stream is a new epoch."""
+        created = str(info.created or info.config.name)
+        return hashlib.sha1(created.encode()).hexdigest()[:12]
+
+    async def _recover_stream(self) -> None:
+        """After a reconnect: if the server lost the stream (or another process already created
+        it again), take the new stream's epoch and read it from its start."""
+        js = self._js
+        for _ in range(RECOVER_ATTEMPTS):
+            if js is None or not self._started:
+                return
+            try:
+                info = await js.stream_info(self.stream)
+            except NotFoundError:
+                log.warning("nats_stream_lost", stream=self.stream)
+                break
+            except Exception as exc:  # JetStream may still be starting
+                log.info("nats_stream_check_retry", error=repr(exc))
+                await asyncio.sleep(0.2)
+                continue
+            if self._epoch_of(info) == self._stream_epoch:
+                return  # the same stream: the ordered consumer carries on by itself
+            log.warning("nats_stream_recreated", stream=self.stream)
+            break
+        else:
+            return
+        old, self._subscription = self._subscription, None
+        if old is not None:
+            try:
+                await old.unsubscribe()
+            except Exception:
+                pass
+        self._heads.clear()
+        try:
+            await self._setup(js, ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        except Exception as exc:
+            log.warning("nats_stream_recreate_failed", error=repr(exc))
 
     async def _disconnect(self) -> None:
         nc, self._nc, self._js = self._nc, None, None
@@ -158,6 +212,9 @@ class NatsBroker(StreamBroker):
     async def _on_reconnected(self) -> None:
         self._heads.clear()  # re-read heads: the server may have lost or kept anything
         log.info("nats_reconnected")
+        task = asyncio.get_running_loop().create_task(self._recover_stream())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
