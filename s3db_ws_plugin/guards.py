@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from s3db_core import await_me_maybe
 from s3db_core.errors import ValidationError
+from s3db_core.log import get_logger
 from s3db_core.query import LOGICAL, compile_filter
 
 from .protected import ProtectedFields
@@ -47,7 +46,7 @@ Guard = Callable[..., Any]
 Predicate = Callable[[Any], bool]
 USER_PREFIX = "$user."
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 class _NoClaim:

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 
 from s3db_auth_drivers import User
 from s3db_core import NotFoundError, Resource, ValidationError
+from s3db_core.log import get_logger
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
 from s3db_core.resource import Versioned, page_cursor
 
@@ -58,7 +58,7 @@ Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
 _ALLOWED = Decision(True)  # shared, never mutated
 Predicate = Callable[[Any], bool]
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _name(value: str) -> str:

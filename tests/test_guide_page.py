@@ -1,4 +1,4 @@
-"""The guide's whole app (docs/guide.md, section 8) as a reader runs it: ``s3db serve
+"""The guide's whole app (docs/guide.md, "The whole app") as a reader runs it: ``s3db serve
 notes_app:make_db``, its page at ``/`` in Chromium for two members of a board, and a third
 user who is not a member."""
 
