@@ -73,6 +73,11 @@ _ALIASES = {
 }
 
 
+def _is_page_route(route: web.AbstractRouteDef, path: str) -> bool:
+    """A GET route at the socket's path: it serves that path's plain HTTP GETs (see ``routes``)."""
+    return isinstance(route, web.RouteDef) and route.method == "GET" and route.path == path
+
+
 class RateLimit:
     """The frame rate limiter and what it is keyed by."""
 
@@ -101,7 +106,8 @@ class WebSocketPlugin:
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
     connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
-    on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    on the same port; a GET route at the socket's own ``path`` answers plain GETs there (an
+    app's page at ``/``) while WebSocket upgrades still reach the socket. The seed's camelCase keyword names (``rateLimit``...) are accepted.
     """
 
     def __init__(
@@ -148,8 +154,11 @@ class WebSocketPlugin:
         self.max_queue_bytes = int(options["max_queue_bytes"])
         self.compression = bool(compression)
         self.auth_timeout = float(options["auth_timeout"])
-        # Extra aiohttp routes served beside the socket (an app's pages, say).
-        self.routes = list(routes)
+        # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
+        # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
+        routes = list(routes)
+        self.routes = [r for r in routes if not _is_page_route(r, self.path)]
+        self._page = next((r.handler for r in routes if _is_page_route(r, self.path)), None)
 
         self.db: Any = None
         self.connections: set[Connection] = set()
@@ -290,6 +299,8 @@ class WebSocketPlugin:
             compress=self.compression,
         )
         if not ws.can_prepare(request).ok:
+            if self._page is not None:
+                return await self._page(request)
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
         await ws.prepare(request)
         if self._runner is None:  # stopping: do not start a session that would be cut off

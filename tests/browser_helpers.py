@@ -9,7 +9,9 @@ server-side insert) and returns its result.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import mimetypes
+import os
 import re
 import threading
 import uuid
@@ -36,6 +38,10 @@ CHROMIUM_ARGS = [
 ]
 RESULTS = Path(__file__).resolve().parents[1] / "test-results"
 SECRET = "browser-test-secret-with-enough-bytes"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+# The pages sign in through /dev/login, which the examples serve only in development mode.
+DEV = {"dev": True} if "dev" in {f.name for f in dataclasses.fields(Options)} else {}
 
 
 def _safe(name: str) -> str:
@@ -47,7 +53,7 @@ class ExampleServer:
 
     def __init__(self, create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
         self.options = Options(
-            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET
+            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET, **DEV
         )
         self._create_app = create_app
         self._kwargs = kwargs
@@ -179,9 +185,15 @@ class Pages:
         self.pages: list[Any] = []
         self.console: list[str] = []
 
-    def new(self, url: str | None = None) -> Any:
-        """A page in a fresh context (its own storage: another user); opens ``url`` if given."""
-        context = self.browser.new_context()
+    def new(self, url: str | None = None, *, viewport: dict[str, int] | None = None) -> Any:
+        """A page in a fresh context (its own storage: another user); opens ``url`` if given.
+
+        ``viewport``: ``DESKTOP`` (the default) or ``PHONE`` (390 px wide, a touch device).
+        """
+        phone = viewport is not None and viewport["width"] < 600
+        context = self.browser.new_context(
+            viewport=viewport or DESKTOP, is_mobile=phone, has_touch=phone, device_scale_factor=1
+        )
         context.set_default_timeout(10_000)
         page = context.new_page()
         page.on("console", lambda msg: self.console.append(f"[{msg.type}] {msg.text}"))
@@ -208,6 +220,22 @@ class Pages:
     def close(self) -> None:
         for context in self.contexts:
             context.close()
+
+
+def horizontal_overflow(page: Any) -> int:
+    """How many CSS pixels the page scrolls sideways (0 when it fits its viewport's width)."""
+    return int(page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth"))
+
+
+def shoot(page: Any, name: str) -> Path | None:
+    """With ``S3DB_SCREENSHOTS=1``, a full-page screenshot in test-results/ (to look at a page
+    while working on it; tests never compare them)."""
+    if os.environ.get("S3DB_SCREENSHOTS") != "1":
+        return None
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{_safe(name)}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from examples.common import Options, RecheckOnAccessChange, dev_login_route, every, find_record
+from examples.pages import dev_mode, serve_page
 from s3db_core import Database, NotFoundError
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -223,17 +224,10 @@ async def ensure_lobby(db: Database) -> None:
         )
 
 
-def page_routes(secret: str) -> list[web.AbstractRouteDef]:
-    """The chat page, its assets, and the DEVELOPMENT-ONLY login (name -> JWT)."""
-
-    async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "chat.html")
-
-    return [
-        web.get("/chat", page),
-        web.static("/chat/static", STATIC),
-        dev_login_route(secret),
-    ]
+def page_routes(options: Options) -> list[web.AbstractRouteDef]:
+    """The chat page at ``/`` and, in development mode, the passwordless login (DEV ONLY)."""
+    login = dev_login_route(options.jwt_secret) if dev_mode(options) else None
+    return serve_page(STATIC, login=login, old_path="/chat")
 
 
 async def create_app(
@@ -255,7 +249,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db, typing_ttl=typing_ttl),
-            routes=page_routes(options.jwt_secret),
+            routes=page_routes(options),
         )
         await db.use_plugin(plugin)
         # A member removed from a private room (or a room made private, or deleted) stops

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from examples.common import Options, dev_login_route, every
+from examples.pages import dev_mode, serve_page
 from s3db_core import Database
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -128,17 +129,10 @@ async def collect_metrics(
         )
 
 
-def page_routes(secret: str) -> list[web.AbstractRouteDef]:
-    """The dashboard page, its assets, and the DEVELOPMENT-ONLY login (name + role -> JWT)."""
-
-    async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "dashboard.html")
-
-    return [
-        web.get("/dashboard", page),
-        web.static("/dashboard/static", STATIC),
-        dev_login_route(secret, allowed_roles=("viewer", "admin")),
-    ]
+def page_routes(options: Options) -> list[web.AbstractRouteDef]:
+    """The dashboard page at ``/`` and, in development mode, the passwordless login (DEV ONLY)."""
+    login = dev_login_route(options.jwt_secret, allowed_roles=("viewer", "admin")) if dev_mode(options) else None
+    return serve_page(STATIC, login=login, old_path="/dashboard")
 
 
 async def create_app(
@@ -157,7 +151,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=RESOURCES,
-            routes=page_routes(options.jwt_secret),
+            routes=page_routes(options),
         )
         await db.use_plugin(plugin)
     except BaseException:

@@ -1,0 +1,56 @@
+"""Serving an example's page beside its socket: the app at ``/``, its assets, the shared ones.
+
+Every example keeps its page in its own ``static/`` directory (``index.html`` plus what it
+loads). ``serve_page`` returns the routes that serve, on the plugin's port:
+
+* ``GET /``: ``static/index.html`` (WebSocket upgrades on ``/`` still reach the socket),
+* ``/static/...``: the example's own assets,
+* ``/shared/...``: what every page shares (``examples/static``: ``base.css``, ``app.js``),
+* ``/favicon.ico``,
+* the example's DEVELOPMENT-ONLY ``/dev/login`` when the app runs in development mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+SHARED = Path(__file__).parent / "static"
+
+
+def dev_mode(options: Any) -> bool:
+    """Whether the passwordless ``/dev/login`` may be served (``--dev``; on when the options
+    have no such switch)."""
+    return bool(getattr(options, "dev", True))
+
+
+def serve_page(static: Path, *, login: web.RouteDef | None = None, old_path: str | None = None) -> list[web.AbstractRouteDef]:
+    """The routes that serve the page in ``static`` at ``/`` (see the module docstring).
+
+    ``old_path`` (``/chat``) redirects to ``/``, so links to where the page used to be still work.
+    """
+    index = static / "index.html"
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    async def favicon(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(SHARED / "favicon.ico", headers={"Content-Type": "image/x-icon"})
+
+    routes: list[web.AbstractRouteDef] = [
+        web.get("/", page),
+        web.static("/static", static),
+        web.static("/shared", SHARED),
+        web.get("/favicon.ico", favicon),
+    ]
+    if old_path is not None:
+
+        async def moved(request: web.Request) -> web.Response:
+            raise web.HTTPFound("/")
+
+        routes.append(web.get(old_path, moved))
+    if login is not None:
+        routes.append(login)
+    return routes
