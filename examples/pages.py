@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from examples.common import dev_login_route
+
 SHARED = Path(__file__).parent / "static"
 
 
@@ -54,3 +56,17 @@ def serve_page(static: Path, *, login: web.RouteDef | None = None, old_path: str
     if login is not None:
         routes.append(login)
     return routes
+
+
+def example_page(
+    app_file: str,
+    options: Any,
+    *,
+    roles: tuple[str, ...] = ("user",),
+    claims: dict[str, tuple[str, ...]] | None = None,
+    old_path: str | None = None,
+) -> list[web.AbstractRouteDef]:
+    """The page in the ``static/`` directory beside ``app_file`` (an example's ``__file__``) and,
+    in development mode, ``/dev/login`` offering ``roles`` and the ``claims`` choices."""
+    login = dev_login_route(options.jwt_secret, allowed_roles=roles, claims=claims) if dev_mode(options) else None
+    return serve_page(Path(app_file).parent / "static", login=login, old_path=old_path)

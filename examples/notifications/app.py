@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from examples.common import Options
+from examples.pages import example_page
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -114,6 +115,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(),
+            routes=example_page(__file__, options),
         )
         await db.use_plugin(plugin)
     except BaseException:
