@@ -233,6 +233,7 @@ def shoot(page: Any, name: str) -> Path | None:
     if os.environ.get("S3DB_SCREENSHOTS") != "1":
         return None
     RESULTS.mkdir(exist_ok=True)
+    page.evaluate("Promise.all(document.getAnimations().map((a) => a.finished))")
     path = RESULTS / f"{_safe(name)}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
