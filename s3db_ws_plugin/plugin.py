@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -73,7 +73,7 @@ _ALIASES = {
 }
 
 
-def _is_page_route(route: web.AbstractRouteDef, path: str) -> bool:
+def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
     """A GET route at the socket's path: it serves that path's plain HTTP GETs (see ``routes``)."""
     return isinstance(route, web.RouteDef) and route.method == "GET" and route.path == path
 
