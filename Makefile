@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
-	$(BIN)/python -m examples.chat
+	@echo "Chat demo on memory://: open http://127.0.0.1:3001/ (Ctrl-C stops it)"
+	$(BIN)/python -m examples.chat --dev
 
 # The suite starts the services it needs itself (SeaweedFS via tests/conftest.py) and stops them.
 test: venv browser seed-clients

@@ -1,6 +1,11 @@
 """What every example app shares: its command line, the JWT secret, a dev-only login, and running.
 
-    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST]
+    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--dev]
+
+Tokens are signed with ``JWT_SECRET``. ``--dev`` is for trying an example on your own machine:
+it signs with a well-known development secret and mounts the passwordless ``/dev/login``, so it
+is refused when ``JWT_SECRET`` is set (an operator's deployment never gets either); without
+``--dev``, ``JWT_SECRET`` is required.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import structlog
 from aiohttp import web
 
 from s3db_core import Change, Database, Resource, ValidationError, hookimpl
+from s3db_ws_plugin.cli import add_logging_options, configure_logging
+from s3db_ws_plugin.startup import report_startup_errors
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
 log = structlog.get_logger("s3db.examples")
@@ -31,24 +38,40 @@ class Options:
     host: str
     db: str
     jwt_secret: str
+    # Development mode: the passwordless /dev/login is mounted. Only ``--dev`` sets it, and
+    # only when the operator set no JWT_SECRET.
+    dev: bool = False
 
 
 def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
-    parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m examples.{name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="DEVELOPMENT ONLY: development secret and passwordless /dev/login (refused with JWT_SECRET)",
+    )
+    add_logging_options(parser)
     args = parser.parse_args(argv)
-    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret())
-
-
-def jwt_secret() -> str:
-    """``JWT_SECRET`` from the environment, else a printed development default."""
     secret = os.environ.get("JWT_SECRET")
-    if secret:
-        return secret
-    print(f"JWT_SECRET is not set: using the development secret {DEV_SECRET!r}", file=sys.stderr)
-    return DEV_SECRET
+    if args.dev and secret:
+        parser.error(
+            "--dev mounts a passwordless login and is refused when JWT_SECRET is set: "
+            "unset JWT_SECRET to try the example locally, or drop --dev"
+        )
+    if not args.dev and not secret:
+        parser.error("JWT_SECRET is not set: set it to the secret your tokens are signed with, or pass --dev to try the example locally")
+    if args.dev:
+        print(f"--dev: using the development secret {DEV_SECRET!r} and the passwordless /dev/login", file=sys.stderr)
+        secret = DEV_SECRET
+    assert secret
+    configure_logging(args.log_format, args.log_level)
+    report_startup_errors(debug=args.debug, port_option="--port")
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev)
 
 
 def make_token(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
@@ -68,7 +91,8 @@ def dev_login_route(
     ``claims`` names more claims the caller picks, each from a fixed list of values
     (``{"tenantId": ("acme", "globex")}``).
 
-    It exists so the example pages can be tried in a browser; never expose it in production.
+    It exists so the example pages can be tried in a browser; apps mount it only when
+    ``Options.dev`` is set (``--dev``, which is refused when ``JWT_SECRET`` is set).
     """
 
     async def login(request: web.Request) -> web.Response:
@@ -138,10 +162,10 @@ async def find_record(resource: Resource, id: Any) -> dict[str, Any] | None:
 def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]]) -> None:
     """DEVELOPMENT ONLY: print a ready-to-use socket URL per demo user (``{sub: claims}``).
 
-    Prints nothing unless the app runs with the development secret, so a real ``JWT_SECRET``
-    never signs tokens into a terminal.
+    Prints nothing unless the app runs with ``--dev`` (and so the development secret): a real
+    ``JWT_SECRET`` never signs tokens into a terminal.
     """
-    if options.jwt_secret != DEV_SECRET:
+    if not options.dev or options.jwt_secret != DEV_SECRET:
         return
     print("Development tokens (signed with the development secret):", flush=True)
     for sub, claims in users.items():

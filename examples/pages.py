@@ -7,25 +7,18 @@ loads). ``serve_page`` returns the routes that serve, on the plugin's port:
 * ``/static/...``: the example's own assets,
 * ``/shared/...``: what every page shares (``examples/static``: ``base.css``, ``app.js``),
 * ``/favicon.ico``,
-* the example's DEVELOPMENT-ONLY ``/dev/login`` when the app runs in development mode.
+* the example's DEVELOPMENT-ONLY ``/dev/login`` when the app runs with ``--dev``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from examples.common import dev_login_route
+from examples.common import Options, dev_login_route
 
 SHARED = Path(__file__).parent / "static"
-
-
-def dev_mode(options: Any) -> bool:
-    """Whether the passwordless ``/dev/login`` may be served (``--dev``; on when the options
-    have no such switch)."""
-    return bool(getattr(options, "dev", True))
 
 
 def serve_page(static: Path, *, login: web.RouteDef | None = None, old_path: str | None = None) -> list[web.AbstractRouteDef]:
@@ -60,13 +53,13 @@ def serve_page(static: Path, *, login: web.RouteDef | None = None, old_path: str
 
 def example_page(
     app_file: str,
-    options: Any,
+    options: Options,
     *,
     roles: tuple[str, ...] = ("user",),
     claims: dict[str, tuple[str, ...]] | None = None,
     old_path: str | None = None,
 ) -> list[web.AbstractRouteDef]:
     """The page in the ``static/`` directory beside ``app_file`` (an example's ``__file__``) and,
-    in development mode, ``/dev/login`` offering ``roles`` and the ``claims`` choices."""
-    login = dev_login_route(options.jwt_secret, allowed_roles=roles, claims=claims) if dev_mode(options) else None
+    with ``--dev`` (``options.dev``), ``/dev/login`` offering ``roles`` and the ``claims`` choices."""
+    login = dev_login_route(options.jwt_secret, allowed_roles=roles, claims=claims) if options.dev else None
     return serve_page(Path(app_file).parent / "static", login=login, old_path=old_path)

@@ -8,17 +8,17 @@ from typing import Any
 
 import orjson
 import pluggy
-import structlog
 
 from . import hookspecs
 from .broker import load_broker
 from .change import Change
 from .errors import StorageError
-from .plugins import await_me_maybe
+from .log import get_logger
+from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource
 from .storage import ObjectNotFound, StorageClient, open_storage
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"
@@ -171,4 +171,6 @@ class Database:
         await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:
-        await self._call_hook("s3db_change", change=change)
+        """Each ``s3db_change`` implementation on its own: one that raises is logged and the
+        others still run (the write is durable; nothing may fail it now)."""
+        await call_each_isolated(self.pm.hook.s3db_change, change=change)

@@ -26,14 +26,85 @@ from typing import Any
 
 import orjson
 import structlog
+import structlog.tracebacks
+
+from s3db_core.redact import redact
+
+from .startup import StartupProblem, report
 
 log = structlog.get_logger("s3db.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PORT_OPTION = "WebSocketPlugin(port=...)"
+
+
+# Bounds on one log line: every string value, the traceback frames kept, the rendered line.
+MAX_LOG_STRING = 1000
+MAX_TRACEBACK_FRAMES = 12
+MAX_LOG_LINE = 8192
+
+
+def _scrub(value: Any) -> Any:
+    """``value`` with credentials masked and strings truncated, recursively (lists, dicts)."""
+    if isinstance(value, str):
+        value = redact(value)
+        if len(value) > MAX_LOG_STRING:
+            value = f"{value[:MAX_LOG_STRING]}... [{len(value) - MAX_LOG_STRING} more chars]"
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def scrub(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: no credential (URL user-info, ``?token=``...) and no unbounded string
+    in any value, the exception's text and traceback included (it runs after they are built).
+    A plain-text traceback keeps its end, where the exception raised is named."""
+    text = event_dict.get("exception")
+    if isinstance(text, str):
+        text = redact(text)
+        budget = MAX_LOG_LINE - MAX_LOG_STRING
+        event_dict["exception"] = text if len(text) <= budget else "..." + text[-budget:]
+    return {
+        key: value if key == "exception" and isinstance(value, str) else _scrub(value)
+        for key, value in event_dict.items()
+    }
+
+
+def _bounded(render: Any) -> Any:
+    """Wrap a renderer so a line never exceeds ``MAX_LOG_LINE`` characters: an oversized line
+    is rendered again with its exception reduced to its last frames' summary, then cut."""
+
+    def renderer(logger: Any, method: str, event_dict: dict[str, Any]) -> Any:
+        line = render(logger, method, dict(event_dict))
+        if len(line) <= MAX_LOG_LINE:
+            return line
+        slim = {
+            k: ("..." + v[-500:] if isinstance(v, str) and k == "exception" else v)
+            for k, v in event_dict.items()
+        }
+        if isinstance(slim.get("exception"), list):  # dict tracebacks: keep type and message
+            slim["exception"] = [
+                {"exc_type": e.get("exc_type"), "exc_value": e.get("exc_value")}
+                for e in slim["exception"]
+                if isinstance(e, dict)
+            ]
+        line = render(logger, method, slim)
+        if len(line) <= MAX_LOG_LINE:
+            return line
+        return line[: MAX_LOG_LINE - 20] + " ...[truncated]"
+
+    return renderer
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog once for the process: JSON lines, or a console renderer on a TTY."""
+    """Configure structlog once for the process: JSON lines, or a console renderer on a TTY.
+
+    Tracebacks never carry local variables; every line is scrubbed of credentials and bounded
+    (``MAX_LOG_STRING`` per value, ``MAX_TRACEBACK_FRAMES`` frames, ``MAX_LOG_LINE`` per line).
+    """
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any
@@ -41,17 +112,21 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         renderer = structlog.processors.JSONRenderer(
             serializer=lambda obj, **kw: orjson.dumps(obj, default=str).decode()
         )
-        tracebacks: list[Any] = [structlog.processors.dict_tracebacks]
+        transformer = structlog.tracebacks.ExceptionDictTransformer(
+            show_locals=False, max_frames=MAX_TRACEBACK_FRAMES
+        )
+        tracebacks: Any = structlog.processors.ExceptionRenderer(transformer)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        tracebacks = []
+        tracebacks = structlog.processors.format_exc_info  # plain text: no locals
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            *tracebacks,
-            renderer,
+            tracebacks,
+            scrub,
+            _bounded(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -65,11 +140,19 @@ def load_target(target: str) -> Any:
     """Import ``MODULE:ATTR`` (ATTR may be dotted) from the current directory or sys.path."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"expected MODULE:ATTR, got {target!r}")
+        raise StartupProblem(
+            f"expected the app as MODULE:ATTR, got {target!r}",
+            "name the module and the Database (or the function returning it): myapp:make_db",
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise StartupProblem(
+                f"module {module_name!r} has no attribute {attr!r}",
+                "name the Database (or the function returning it) after the colon: myapp:make_db",
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -96,22 +179,38 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve(target: str) -> int:
+def _listening(db: Any) -> list[str]:
+    """The WebSocket URL of each plugin that serves ``db`` (each logs where it listens)."""
+    return [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
+
+
+async def serve(target: str, debug: bool = False) -> int:
     stop = _stop_event()
     try:
         factory = load_target(target)
-    except (ImportError, AttributeError, ValueError) as exc:
-        log.error("cannot load the app", target=target, error=str(exc))
+    except Exception as exc:
+        report(exc, debug=debug, what="cannot load the app")
         return 2
     try:
         db = await resolve_database(factory)
         if not db.connected:
             await db.connect()
-    except Exception:
-        log.exception("the app failed to start", target=target)
+    except Exception as exc:
+        report(exc, debug=debug, what="the app failed to start", port_option=PORT_OPTION)
         return 1
-    urls = [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
-    log.info("serving", target=target, store=db.storage.describe(), urls=urls)
+    listening = _listening(db)
+    if not listening:
+        report(
+            StartupProblem(
+                f"{target} has no WebSocketPlugin: nothing would listen",
+                "register one in the app: await db.use_plugin(WebSocketPlugin(port=3001, "
+                "resources={...}))",
+            ),
+            what="nothing to serve",
+        )
+        await db.disconnect()
+        return 2
+    log.debug("serving", target=target, store=db.storage.describe())
     await stop.wait()
     log.info("shutting down")
     await db.disconnect()
@@ -135,16 +234,22 @@ async def tail(
     token: str | None,
     api_key: str | None,
     reconnect: bool,
+    wait: float = 30.0,
 ) -> int:
     from .client import Client, ClientError
 
     stop = _stop_event()
     client = Client(url, token=token, api_key=api_key, reconnect=reconnect)
     try:
-        await client.connect()
+        if not await _connect_within(client, wait, stop):
+            await client.close()
+            return 0
         subs = [await client.subscribe(r, filter=filter, events=events) for r in resources]
     except ClientError as exc:
-        log.error("cannot subscribe", url=url, code=exc.code, error=exc.message)
+        fields = {"code": exc.code, "error": exc.message}
+        if exc.code == "UNAUTHORIZED" and not token and not api_key:
+            fields["hint"] = "pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)"
+        log.error("cannot subscribe", url=client.safe_url, **fields)
         await client.close()
         return 1
     for sub in subs:
@@ -174,6 +279,33 @@ async def tail(
     return status
 
 
+async def _connect_within(client: Any, wait: float, stop: asyncio.Event) -> bool:
+    """Connect, retrying with the client's backoff while the server is not up yet, for at
+    most ``wait`` seconds (then the last ConnectionLost is raised). False when SIGINT or
+    SIGTERM stopped the wait."""
+    from .client import ConnectionLost
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    attempt = 0
+    while True:
+        try:
+            await client.connect()
+            return True
+        except ConnectionLost as exc:
+            delay = min(client.backoff.delay(attempt), deadline - loop.time())
+            if delay <= 0:
+                raise ConnectionLost(f"{exc.message}; gave up after {wait:g} s") from None
+            if attempt == 0:
+                log.info("waiting for the server", url=client.safe_url, error=exc.message)
+            attempt += 1
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -192,8 +324,8 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-format``, ``--log-level`` and ``--debug``, as ``s3db`` and the examples take them."""
     parser.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
@@ -201,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log renderer on stderr (default: console on a terminal, JSON otherwise)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of startup errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
+    add_logging_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="run an app until SIGINT/SIGTERM")
@@ -229,11 +367,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
     )
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
+    tail_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep trying while the server is not up yet (default 30)",
+    )
     for sub in (serve_cmd, tail_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
         sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -241,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
     if args.command == "serve":
-        coro = serve(args.target)
+        coro = serve(args.target, debug=args.debug)
     else:
         coro = tail(
             args.url,
@@ -251,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.token,
             args.api_key,
             reconnect=not args.no_reconnect,
+            wait=args.wait,
         )
     return asyncio.run(coro)
 

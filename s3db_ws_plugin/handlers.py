@@ -1,5 +1,8 @@
 """What each client frame does: ping, auth, subscribe, unsubscribe, list, get, insert, update,
-delete. Every handler returns the reply frame or raises ``ProtocolError``.
+delete. Each message type is declared once, here: ``@message(type, field=validator, ...)`` on
+its handler; the dispatch table (``Handlers.table``) and the parser's known types
+(``Handlers.messages``) are built from those declarations. Every handler returns the reply frame
+or raises ``ProtocolError`` (or a core error, mapped by ``protocol.client_error``).
 
 For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
 user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
@@ -11,17 +14,28 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from s3db_core import (
-    ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    Resource,
-    ValidationError,
-)
+from s3db_auth_drivers import User
+from s3db_core import NotFoundError, Resource, ValidationError
 from s3db_core.query import compile_filter
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
-from .protocol import EVENT_KINDS, ErrorCode, ProtocolError, Request, now_ms, reply
+from .protocol import (
+    EVENT_KINDS,
+    ErrorCode,
+    Message,
+    ProtocolError,
+    Request,
+    event_kinds,
+    list_limit,
+    message,
+    now_ms,
+    optional_object,
+    optional_text,
+    reply,
+    required_object,
+    required_text,
+    sort_order,
+)
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -30,22 +44,8 @@ if TYPE_CHECKING:
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 1000
 Frame = dict[str, Any]
+Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
 _ALLOWED = Decision(True)  # shared, never mutated
-
-
-def client_error(exc: Exception) -> ProtocolError | None:
-    """The error frame a core or guard exception maps to; None for internal errors."""
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, ValidationError):
-        return ProtocolError(ErrorCode.VALIDATION_ERROR, str(exc), exc.errors)
-    if isinstance(exc, ForbiddenError):
-        return ProtocolError(ErrorCode.FORBIDDEN, str(exc) or "forbidden")
-    if isinstance(exc, NotFoundError):
-        return ProtocolError(ErrorCode.NOT_FOUND, str(exc) or "not found")
-    if isinstance(exc, ConflictError):
-        return ProtocolError(ErrorCode.CONFLICT, str(exc) or "conflict")
-    return None
 
 
 def _name(value: str) -> str:
@@ -57,21 +57,14 @@ class Handlers:
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
-        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame | None]]] = {
-            "ping": self.ping,
-            "auth": self.auth,
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "list": self.list,
-            "get": self.get,
-            "insert": self.insert,
-            "update": self.update,
-            "delete": self.delete,
-        }
-
-    async def handle(self, conn: Connection, req: Request) -> Frame | None:
-        """The reply to send, or None when the handler answered itself."""
-        return await self.table[req.type](conn, req)
+        # Built from the @message declarations below: type -> declaration, type -> handler.
+        self.messages: dict[str, Message] = {}
+        self.table: dict[str, Handler] = {}
+        for attr in vars(type(self)).values():
+            declared: Message | None = getattr(attr, "message", None)
+            if isinstance(declared, Message):
+                self.messages[declared.type] = declared
+                self.table[declared.type] = getattr(self, attr.__name__)
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
@@ -101,7 +94,7 @@ class Handlers:
         return filter
 
     @staticmethod
-    async def _guard(policy: ResourcePolicy, kind: str, user: Any, arg: Any) -> Decision:
+    async def _guard(policy: ResourcePolicy, kind: str, user: User | None, arg: Any) -> Decision:
         if kind not in policy.guards:  # no guard: allowed, without a coroutine to run
             return _ALLOWED
         decision = await policy.check(kind, user, arg)
@@ -110,7 +103,7 @@ class Handlers:
         return decision
 
     async def subscription_filter(
-        self, policy: ResourcePolicy, user: Any, client_filter: dict[str, Any]
+        self, policy: ResourcePolicy, user: User | None, client_filter: dict[str, Any]
     ) -> tuple[dict[str, Any], Callable[[Any], bool]]:
         """The effective filter of a subscription to ``policy``'s resource and its compiled
         predicate, as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses).
@@ -130,12 +123,15 @@ class Handlers:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
 
     # -- frames -------------------------------------------------------------------------------
+    @message("ping", before_auth=True)
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
+    @message("auth", before_auth=True, token=required_text)
     async def auth(self, conn: Connection, req: Request) -> None:
-        await self.plugin.authenticate_frame(conn, req)
+        await self.plugin.session_auth.frame(conn, req)
 
+    @message("subscribe", resource=required_text, filter=optional_object, events=event_kinds)
     async def subscribe(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         name = f["resource"]
@@ -144,11 +140,10 @@ class Handlers:
         effective, predicate = await self.subscription_filter(policy, conn.user, client_filter)
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
-        for old in [s for s in conn.subscriptions if s.resource == name]:
+        for old in registry.of(conn, name):
             if old.client_filter == client_filter:  # subscribing again replaces
                 registry.remove(old)
-                conn.subscriptions.remove(old)
-        if len(conn.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        if len(registry.of(conn)) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION})",
@@ -156,7 +151,6 @@ class Handlers:
             )
         sub = Subscription(conn, name, client_filter, effective, events, predicate)
         registry.add(sub)
-        conn.subscriptions.append(sub)
         return reply(
             "subscribed",
             req.request_id,
@@ -165,15 +159,23 @@ class Handlers:
             events=[e for e in EVENT_KINDS if e in events],
         )
 
+    @message("unsubscribe", resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]
         self._resource(conn, name)
-        for sub in [s for s in conn.subscriptions if s.resource == name]:
+        for sub in self.plugin.registry.of(conn, name):
             if filter is None or filter in (sub.client_filter, sub.filter):
                 self.plugin.registry.remove(sub)
-                conn.subscriptions.remove(sub)
         return reply("unsubscribed", req.request_id, resource=name)
 
+    @message(
+        "list",
+        resource=required_text,
+        filter=optional_object,
+        limit=list_limit,
+        cursor=optional_text,
+        order=sort_order,
+    )
     async def list(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
@@ -195,6 +197,7 @@ class Handlers:
             items = [strip(record) for record in items]
         return reply("data", req.request_id, resource=policy.name, data=items, cursor=page.cursor)
 
+    @message("get", resource=required_text, id=required_text)
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -206,6 +209,7 @@ class Handlers:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
         return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
 
+    @message("insert", resource=required_text, data=required_object)
     async def insert(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         data = req.fields["data"]
@@ -215,6 +219,7 @@ class Handlers:
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("update", resource=required_text, id=required_text, data=required_object)
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -230,6 +235,7 @@ class Handlers:
             "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]

@@ -21,31 +21,30 @@ from typing import Any, TypeGuard
 import structlog
 from aiohttp import WSMsgType, web
 
-from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core import Change, hookimpl
+from s3db_core.log import get_logger
 
+from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
-from .handlers import Handlers, client_error
+from .handlers import Handlers
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
     ErrorCode,
     ProtocolError,
-    Request,
+    client_error,
     decode,
     encode,
     error_frame,
-    now_ms,
     parse,
-    reply,
     request_id_of,
 )
-from .rate_limiters import load_rate_limiter
+from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
 from .subscriptions import SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
@@ -79,22 +78,48 @@ def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.Rout
 
 
 class RateLimit:
-    """The frame rate limiter and what it is keyed by."""
+    """The frame rate limiter and what it is keyed by.
+
+    ``key`` is ``"user"`` (the default: an authenticated connection counts against its user,
+    any other against its IP address, so neither reconnecting nor opening parallel sockets
+    resets the budget), ``"ip"``, ``"connection"``, or a list of them (``["user", "ip"]``): a
+    frame must then be allowed under every key.
+    """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.key = config.get("key", "connection")
-        if self.key not in RATE_LIMIT_KEYS:
-            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS}")
+        key = config.get("key", "user")
+        keys = [key] if isinstance(key, str) else key
+        if (
+            not isinstance(keys, list | tuple)
+            or not keys
+            or not all(isinstance(k, str) and k in RATE_LIMIT_KEYS for k in keys)
+        ):
+            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS} or a list of them")
+        self.keys: tuple[str, ...] = tuple(dict.fromkeys(keys))
         name = config.get("limiter", "memory")
         options = {k: v for k, v in config.items() if k not in ("enabled", "key", "limiter")}
         self.limiter = load_rate_limiter(name, options)
 
-    def key_for(self, conn: Connection) -> str:
-        if self.key == "user" and conn.user is not None:
-            return f"user:{conn.user.id}"
-        if self.key == "connection":
-            return f"conn:{conn.client_id}"
-        return f"ip:{conn.remote}"
+    def keys_for(self, conn: Connection) -> list[str]:
+        keys = []
+        for kind in self.keys:
+            if kind == "connection":
+                keys.append(f"conn:{conn.client_id}")
+            elif kind == "user" and conn.user is not None:
+                keys.append(f"user:{conn.user.id}")
+            else:  # "ip", and "user" before (or without) authentication
+                keys.append(f"ip:{conn.remote}")
+        return list(dict.fromkeys(keys))
+
+    async def hit(self, conn: Connection) -> RateDecision:
+        """Count one frame of ``conn``; refused when any of its keys is over the limit."""
+        decision = None
+        for key in self.keys_for(conn):
+            decision = await self.limiter.hit(key)
+            if not decision.allowed:
+                return decision
+        assert decision is not None
+        return decision
 
 
 class WebSocketPlugin:
@@ -104,10 +129,12 @@ class WebSocketPlugin:
     from the ``s3db.auth_drivers`` group; ``required`` defaults to True when drivers are given).
     ``resources``: ``{name: True | {"events", "protected", "auth", "guard"}}``.
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
-    connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
+    user (default)|ip|connection or a list of them, "limiter": name}`` (camelCase keys
+    accepted; see ``RateLimit``). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
     on the same port; a GET route at the socket's own ``path`` answers plain GETs there (an
-    app's page at ``/``) while WebSocket upgrades still reach the socket. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    app's page at ``/``) while WebSocket upgrades still reach the socket. The seed's camelCase
+    keyword names (``rateLimit``...) are accepted.
     """
 
     def __init__(
@@ -140,9 +167,7 @@ class WebSocketPlugin:
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
-        auth = dict(auth or {})
-        self.auth_required = bool(auth.get("required", bool(auth.get("drivers"))))
-        self.auth = AuthChain(auth.get("drivers") or [])
+        self.session_auth = SessionAuth(self, auth, options["auth_timeout"])
         self.policies = {
             name: ResourcePolicy.from_config(name, config)
             for name, config in (resources or {}).items()
@@ -153,7 +178,6 @@ class WebSocketPlugin:
         self.max_message_size = int(options["max_message_size"])
         self.max_queue_bytes = int(options["max_queue_bytes"])
         self.compression = bool(compression)
-        self.auth_timeout = float(options["auth_timeout"])
         # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
         # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
         routes = list(routes)
@@ -240,7 +264,8 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""
@@ -312,6 +337,7 @@ class WebSocketPlugin:
             client_id=secrets.token_urlsafe(12),
             max_queue_bytes=self.max_queue_bytes,
             compress=self.compression,
+            registry=self.registry,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -324,9 +350,7 @@ class WebSocketPlugin:
         try:
             await self._session(conn, request)
         finally:
-            for sub in conn.subscriptions:
-                self.registry.remove(sub)
-            conn.subscriptions.clear()
+            self.registry.remove_connection(conn)
             self.connections.discard(conn)
             await conn.finish()
             self._handler_tasks.discard(task)
@@ -336,21 +360,11 @@ class WebSocketPlugin:
 
     async def _session(self, conn: Connection, request: web.Request) -> None:
         """Authenticate from the upgrade request, then read frames until the socket closes."""
-        creds = Credentials.from_request(request.headers, request.query, request.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials")
+        auth = self.session_auth
+        if not await auth.open(conn, request):
             return
-        del creds  # copies of the request's headers and query: not kept for the whole session
-        if user is not None:
-            self._login(conn, user)
-        elif not self.auth_required:
-            conn.authenticated = True
-            self._send(conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms()))
-
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.auth_timeout
+        deadline = loop.time() + auth.timeout
         ws = conn.ws
         while not conn.closing:
             timeout = None if conn.authenticated else deadline - loop.time()
@@ -359,7 +373,7 @@ class WebSocketPlugin:
                     raise TimeoutError
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
-                self.reject(conn, f"no auth frame within {self.auth_timeout:g} s")
+                auth.reject(conn, f"no auth frame within {auth.timeout:g} s")
                 return
             if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
@@ -382,7 +396,7 @@ class WebSocketPlugin:
         token = _REQUEST_ID.set(rid)
         try:
             if self.rate_limit is not None:
-                decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
+                decision = await self.rate_limit.hit(conn)
                 if not decision.allowed:
                     raise ProtocolError(
                         ErrorCode.RATE_LIMITED,
@@ -391,18 +405,19 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg)
-            if not conn.authenticated and req.type not in ("auth", "ping"):
-                self.reject(conn, "authenticate first: send an auth frame", rid)
+            handlers = self.handlers
+            req = parse(msg, handlers.messages)
+            if not conn.authenticated and not handlers.messages[req.type].before_auth:
+                self.session_auth.reject(conn, "authenticate first: send an auth frame", rid)
                 return
-            answer = await self.handlers.table[req.type](conn, req)  # Handlers.handle, inlined
+            answer = await handlers.table[req.type](conn, req)
             if answer is not None:
-                self._send(conn, answer)
+                self.send(conn, answer)
         except Exception as exc:
             error = client_error(exc)
             if error is None:
                 error = self._internal_error(exc, msg)
-            self._send_error(conn, error, rid)
+            self.send_error(conn, error, rid)
         finally:
             _REQUEST_ID.reset(token)
 
@@ -416,37 +431,15 @@ class WebSocketPlugin:
             errorId=error_id,
         )
 
-    def _send(self, conn: Connection, frame: dict[str, Any]) -> None:
+    def send(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Send one server frame to ``conn`` (counted in the metrics)."""
         conn.send(encode(frame))
         self.metrics.frames_out.inc()
 
-    def _send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+    def send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+        """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
         self.metrics.error(error.code).inc()
-        self._send(conn, error_frame(error, request_id))
-
-    # -- authentication -----------------------------------------------------------------------
-    def _login(self, conn: Connection, user: User) -> None:
-        first = not conn.authenticated
-        conn.user = user
-        conn.authenticated = True
-        conn.arm_expiry(user.expires_at, self._token_expired)
-        structlog.contextvars.bind_contextvars(user_id=user.id)
-        if first:
-            log.info("authenticated", role=user.role)
-            self._send(
-                conn,
-                reply("connected", clientId=conn.client_id, user=user.to_dict(), timestamp=now_ms()),
-            )
-
-    def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
-        """Send ``error UNAUTHORIZED`` and close with 4401."""
-        log.info("unauthorized, closing", reason=message)
-        self._send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
-        conn.close(CloseCode.UNAUTHORIZED, message[:100])
-        self.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
-
-    def _token_expired(self, conn: Connection) -> None:
-        self.reject(conn, "token expired")
+        self.send(conn, error_frame(error, request_id))
 
     # -- revocation ---------------------------------------------------------------------------
     def recheck(
@@ -469,28 +462,3 @@ class WebSocketPlugin:
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
         return task
-
-    async def authenticate_frame(self, conn: Connection, req: Request) -> None:
-        """``auth {token}``: the first-frame login or an in-band token refresh.
-
-        Answers ``authenticated {user}`` (then ``connected`` on a first login); invalid
-        credentials answer ``error UNAUTHORIZED`` and close with 4401.
-        """
-        creds = Credentials(token=req.fields["token"], remote=conn.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-            if user is None:
-                raise AuthError("authentication is not configured on this server")
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials", req.request_id)
-            return
-        if conn.user is not None and user.id != conn.user.id:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN,
-                "a refresh token must belong to the connected user; reconnect to switch users",
-            )
-        refresh = conn.user is not None
-        self._send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
-        self._login(conn, user)
-        if refresh and conn.subscriptions:  # new claims may allow less than the old ones did
-            await self.recheck(connections=[conn])

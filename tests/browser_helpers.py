@@ -9,7 +9,6 @@ server-side insert) and returns its result.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import mimetypes
 import os
 import re
@@ -40,8 +39,6 @@ RESULTS = Path(__file__).resolve().parents[1] / "test-results"
 SECRET = "browser-test-secret-with-enough-bytes"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
-# The pages sign in through /dev/login, which the examples serve only in development mode.
-DEV = {"dev": True} if "dev" in {f.name for f in dataclasses.fields(Options)} else {}
 
 
 def _safe(name: str) -> str:
@@ -53,7 +50,8 @@ class ExampleServer:
 
     def __init__(self, create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
         self.options = Options(
-            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET, **DEV
+            port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET,
+            dev=True,  # the pages sign in through the development login, like `make demo`
         )
         self._create_app = create_app
         self._kwargs = kwargs

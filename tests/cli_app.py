@@ -1,6 +1,6 @@
 """A tiny app for tests/test_cli.py: ``s3db serve tests.cli_app:make_db``.
 
-The port comes from ``S3DB_APP_PORT`` (0: a free one, logged as ``websocket server started``),
+The port comes from ``S3DB_APP_PORT`` (0: a free one, logged as ``listening``),
 the store from ``S3DB_APP_STORE`` and the JWT secret from ``S3DB_APP_SECRET``.
 """
 
@@ -13,7 +13,8 @@ from s3db_ws_plugin import WebSocketPlugin
 
 
 async def make_db() -> Database:
-    db = Database(os.environ.get("S3DB_APP_STORE", "memory://cli-app"))
+    store_url = os.environ.get("S3DB_APP_STORE", "memory://cli-app")  # a local, as apps keep it
+    db = Database(store_url)
     await db.connect()
     await db.create_resource("notes", {"title": "string|required", "roomId": "string|optional"})
     secret = os.environ["S3DB_APP_SECRET"]

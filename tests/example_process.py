@@ -24,14 +24,21 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_example(name: str, secret: str, *, ready: str = "running on") -> AsyncIterator[tuple[str, list[str]]]:
-    """Start the example with ``JWT_SECRET=secret``; yield its socket URL and the output lines
-    read up to the line containing ``ready``. Stops it with SIGTERM and expects exit code 0."""
+async def running_example(
+    name: str, secret: str | None, *, ready: str = "running on", dev: bool = False
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """Start the example with ``JWT_SECRET=secret`` (unset when None; ``--dev`` if ``dev``);
+    yield its socket URL and the output lines read up to the line containing ``ready``. Stops
+    it with SIGTERM and expects exit code 0."""
     port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "JWT_SECRET"}
+    if secret is not None:
+        env["JWT_SECRET"] = secret
+    argv = [sys.executable, "-m", f"examples.{name}", "--port", str(port), "--db", f"memory://{name}-entry"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"examples.{name}", "--port", str(port), "--db", f"memory://{name}-entry"],
+        [*argv, "--dev"] if dev else argv,
         cwd=ROOT,
-        env={**os.environ, "JWT_SECRET": secret},
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,12 +7,14 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
+from s3db_ws_plugin.cli import MAX_LOG_LINE
 from s3db_ws_plugin.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,10 +64,9 @@ async def interrupt(proc: asyncio.subprocess.Process) -> tuple[int, bytes, bytes
 async def test_serve_then_tail_prints_events_as_json_lines(app_env, s3db_token):
     server = await start("serve", "tests.cli_app:make_db", env=app_env)
     server_log: list[dict] = []
-    started = await log_until(server, "websocket server started", server_log)
-    serving = await log_until(server, "serving", server_log)
-    url = started["url"]
-    assert serving["urls"] == [url] and serving["level"] == "info" and "timestamp" in serving
+    started = await log_until(server, "listening", server_log)
+    url = started["websocket"]
+    assert started["level"] == "info" and "timestamp" in started
 
     token = s3db_token("tailer")
     tail = await start(
@@ -113,9 +114,9 @@ async def test_serve_then_tail_prints_events_as_json_lines(app_env, s3db_token):
 
 async def test_tail_reports_a_rejected_token_without_printing_it(app_env):
     server = await start("serve", "tests.cli_app:make_db", env=app_env)
-    started = await log_until(server, "websocket server started", [])
+    started = await log_until(server, "listening", [])
     env = {**app_env, "S3DB_TOKEN": "not.a.valid-token"}
-    tail = await start("tail", started["url"], "-r", "notes", env=env)
+    tail = await start("tail", started["websocket"], "-r", "notes", env=env)
     async with asyncio.timeout(TIMEOUT):
         out, err = await tail.communicate()
     assert tail.returncode == 1 and out == b""
@@ -137,3 +138,31 @@ async def test_serve_rejects_a_target_it_cannot_load(app_env):
     async with asyncio.timeout(TIMEOUT):
         _, err = await usage.communicate()
     assert usage.returncode == 2 and b"must be a JSON object" in err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+async def test_a_failing_app_logs_no_locals_no_secrets_and_bounded_lines(app_env, log_format):
+    # The app keeps its store URL, credentials included, in a local; the store is down.
+    store = f"http://AKIDLEAKED:hunter2leaked@127.0.0.1:{closed_port()}/bucket"
+    env = {**app_env, "S3DB_APP_STORE": store}
+    # --debug: the traceback is logged too (where a frame's locals would show).
+    args = ("--log-format", log_format, "--debug", "serve", "tests.cli_app:make_db")
+    server = await start(*args, env=env)
+    async with asyncio.timeout(TIMEOUT * 2):
+        _out, err = await server.communicate()
+    assert server.returncode == 1
+    text = err.decode()
+    assert "the app failed to start" in text and "StorageError" in text
+    assert "hunter2leaked" not in text and "AKIDLEAKED" not in text
+    assert "store_url" not in text and "locals" not in text  # no frame's local variables
+    assert "bucket" in text and "buc***et" not in text
+    assert all(len(line) <= MAX_LOG_LINE for line in text.splitlines())
+    if log_format == "json":
+        record = next(json.loads(line) for line in text.splitlines() if "failed to start" in line)
+        assert record["level"] == "error" and record["exception"]

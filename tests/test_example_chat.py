@@ -16,8 +16,9 @@ import pytest
 import pytest_asyncio
 from example_process import running_example
 
+import examples.common
 from examples.chat.app import create_app, delete_expired_typing
-from examples.common import Options
+from examples.common import DEV_SECRET, Options, make_token, parse_options
 from s3db_ws_plugin.client import Client, Forbidden, NotFound
 
 SECRET = "chat-test-secret-with-enough-bytes"
@@ -141,9 +142,10 @@ async def test_a_private_room_refuses_outsiders_everywhere(chat):
             await carol.list(resource, {"roomId": room_id})
         with pytest.raises(Forbidden):
             await carol.insert(resource, {"roomId": room_id, "content": "let me in"})
-    with pytest.raises(Forbidden):
+    # A private room and its messages look missing to her (see the parity test below).
+    with pytest.raises(NotFound):
         await carol.get("chat_messages", message["id"])
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.get("chat_rooms", room_id)
     # ... also when she tries to get around the room check.
     for sneaky in ({}, {"roomId": {"$in": [room_id, public["id"]]}}, {"roomId": {"$ne": "x"}}):
@@ -151,9 +153,9 @@ async def test_a_private_room_refuses_outsiders_everywhere(chat):
             await carol.subscribe("chat_messages", sneaky)
         with pytest.raises(Forbidden):
             await carol.list("chat_messages", sneaky)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.update("chat_rooms", room_id, {"members": ["alice", "bob", "carol"]})
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):
         await carol.update("chat_messages", message["id"], {"content": "defaced"})
 
     # The room list shows her the public room only, even when she asks for private ones.
@@ -184,8 +186,9 @@ async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
     room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True})
     with pytest.raises(Forbidden):
         await bob.list("chat_messages", {"roomId": room["id"]})
-    # Only the creator manages the room; the creator can neither be replaced nor removed.
-    with pytest.raises(Forbidden):
+    # Only the creator manages the room; the creator can neither be replaced nor removed. (To
+    # Bob, not a member yet, the private room does not even exist.)
+    with pytest.raises(NotFound):
         await bob.update("chat_rooms", room["id"], {"members": ["bob"]})
     updated = await alice.update(
         "chat_rooms", room["id"], {"members": ["bob"], "createdBy": "bob"}
@@ -206,8 +209,10 @@ async def test_the_creator_invites_members_and_authors_own_their_messages(chat):
         "chat_messages", message["id"], {"content": "thanks a lot!", "userId": "alice", "roomId": "x"}
     )
     assert (edited["content"], edited["userId"], edited["roomId"]) == ("thanks a lot!", "bob", room["id"])
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound):  # Carol is no member: the private room is not there for her
         await carol.delete("chat_rooms", room["id"])
+    with pytest.raises(Forbidden):  # Bob is a member, not its creator
+        await bob.delete("chat_rooms", room["id"])
     await bob.delete("chat_messages", message["id"])
     assert await chat.db.resources.chat_messages.get_or_none(message["id"]) is None
 
@@ -241,6 +246,52 @@ async def test_a_member_removed_from_a_private_room_stops_receiving_it(chat):
     await alice.delete("chat_rooms", room["id"])
     with pytest.raises(Forbidden, match="revoked"):
         await next_event(carol_msgs)
+
+
+async def test_a_private_room_answers_like_a_missing_one_to_outsiders(chat):
+    # get/update/delete of a private room (or of its messages) must not tell an outsider that
+    # it exists: the same NOT_FOUND as an id that names nothing.
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    room = await alice.insert("chat_rooms", {"name": "secret", "isPrivate": True, "members": ["bob"]})
+    message = await bob.insert("chat_messages", {"roomId": room["id"], "content": "hush"})
+    typing = await bob.insert("typing_indicators", {"roomId": room["id"]})
+    missing = "AAAAAAAAAAAAAAAAAAAAAA"
+    for resource, real in (
+        ("chat_rooms", room["id"]),
+        ("chat_messages", message["id"]),
+        ("typing_indicators", typing["id"]),
+    ):
+        for id in (real, missing):
+            for attempt in (
+                carol.get(resource, id),
+                carol.update(resource, id, {"name": "x", "content": "x"}),
+                carol.delete(resource, id),
+            ):
+                with pytest.raises(NotFound) as err:
+                    await attempt
+                assert err.value.code == "NOT_FOUND"
+    # A member who is not the creator sees the room, so a refusal there is FORBIDDEN.
+    with pytest.raises(Forbidden):
+        await bob.delete("chat_rooms", room["id"])
+    assert (await alice.get("chat_rooms", room["id"]))["name"] == "secret"
+
+
+async def test_deleting_a_room_deletes_its_history(chat):
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob"]})
+    await bob.insert("chat_messages", {"roomId": room["id"], "content": "before"})
+    await alice.update("chat_rooms", room["id"], {"members": []})  # Bob is removed
+    await alice.insert("chat_messages", {"roomId": room["id"], "content": "after bob left"})
+    await alice.insert("typing_indicators", {"roomId": room["id"]})
+    await alice.delete("chat_rooms", room["id"])
+    # The room's messages and typing indicators go with it: nothing is left to inherit.
+    for name in ("chat_messages", "typing_indicators"):
+        assert await chat.db.resources[name].query({"roomId": room["id"]}) == []
+    # Even a room the server itself re-creates under that id starts with an empty history.
+    reborn = await chat.db.resources.chat_rooms.insert(
+        {"id": room["id"], "name": "team", "isPrivate": True, "members": ["bob"], "createdBy": "bob"}
+    )
+    assert (await bob.list("chat_messages", {"roomId": reborn["id"]})).items == []
 
 
 async def test_typing_indicators_appear_and_are_cleaned_up(chat):
@@ -288,8 +339,9 @@ async def test_cleanup_deletes_only_expired_indicators(chat):
     assert await indicators.get_or_none(fresh["id"]) is not None
 
 
-async def test_python_m_examples_chat_serves_the_page_login_and_socket():
-    async with running_example("chat", SECRET, ready="Open the chat page") as (url, lines):
+async def test_python_m_examples_chat_dev_serves_the_page_login_and_socket():
+    # `make demo` runs the chat with --dev and no JWT_SECRET: the page and its login work.
+    async with running_example("chat", None, dev=True, ready="Open the chat page") as (url, lines):
         page = url.replace("ws://", "http://")
         assert f"Open the chat page: {page}" in "".join(lines)
         async with aiohttp.ClientSession() as http:
@@ -303,3 +355,58 @@ async def test_python_m_examples_chat_serves_the_page_login_and_socket():
         async with Client(url, token=token) as dora:
             room = await dora.insert("chat_rooms", {"name": "from the entry point"})
             assert room["createdBy"] == "dora"
+
+
+async def test_python_m_examples_chat_with_an_operator_secret_has_no_dev_login():
+    async with running_example("chat", SECRET, ready="Open the chat page") as (url, _lines):
+        http_url = url.replace("ws://", "http://").rstrip("/")
+        async with aiohttp.ClientSession() as http:
+            for body in ({"name": "alice"}, {"name": "system"}):
+                async with http.post(f"{http_url}/dev/login", json=body) as resp:
+                    assert resp.status in (404, 405)
+                    assert "token" not in await resp.text()
+        # The socket itself serves users whose tokens the operator's secret signs.
+        async with Client(url, token=make_token(SECRET, "alice", name="Alice")) as alice:
+            assert (await alice.insert("chat_rooms", {"name": "ops"}))["createdBy"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "complaint"),
+    [
+        (["--dev"], {"JWT_SECRET": SECRET}, "--dev"),  # an operator's secret never meets /dev/login
+        ([], {}, "JWT_SECRET"),  # no secret and no --dev: no well-known secret in production
+    ],
+)
+def test_the_dev_login_needs_dev_and_no_operator_secret(monkeypatch, capsys, argv, env, complaint):
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit:
+        parse_options("chat", argv)
+    assert exit.value.code == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_dev_options_use_the_development_secret(monkeypatch):
+    # parse_options configures the process's logging: not this test process's.
+    monkeypatch.setattr(examples.common, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(examples.common, "report_startup_errors", lambda **kwargs: None)
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    options = parse_options("chat", ["--dev"])
+    assert (options.dev, options.jwt_secret) == (True, DEV_SECRET)
+    monkeypatch.setenv("JWT_SECRET", SECRET)
+    options = parse_options("chat", [])
+    assert (options.dev, options.jwt_secret) == (False, SECRET)
+
+
+async def test_without_dev_the_app_mounts_no_dev_login():
+    options = Options(port=0, host="127.0.0.1", db=f"memory://chat-{uuid.uuid4().hex}", jwt_secret=SECRET)
+    db, plugin, _jobs = await create_app(options)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{plugin.http_url}/dev/login", json={"name": "system"}) as resp:
+                assert resp.status in (404, 405)
+            async with http.get(f"{plugin.http_url}/") as resp:
+                assert resp.status == 200  # the page itself is still served
+    finally:
+        await db.disconnect()

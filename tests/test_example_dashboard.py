@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from contextlib import AsyncExitStack
 
+import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -153,6 +154,26 @@ async def test_viewers_cannot_acknowledge_admins_can_and_are_recorded(dashboard)
     assert again["acknowledgedBy"] == "ada"
     reopened = await admin.update("alerts", alert["id"], {"acknowledged": False})
     assert (reopened["acknowledged"], reopened["acknowledgedBy"]) == (False, None)
+
+
+@pytest.mark.parametrize("dev", [False, True])
+async def test_the_passwordless_login_exists_only_in_dev_mode(dev):
+    # Without --dev, `{"name": "mallory", "role": "admin"}` must not buy an admin token.
+    options = Options(
+        port=0, host="127.0.0.1", db=f"memory://dash-{uuid.uuid4().hex}", jwt_secret=SECRET, dev=dev
+    )
+    db, plugin, _jobs = await create_app(options)
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"name": "mallory", "role": "admin"}
+            async with http.post(f"{plugin.http_url}/dev/login", json=body) as resp:
+                assert resp.status == (200 if dev else 404)
+                token = (await resp.json())["token"] if dev else None
+        if dev:  # the development page's login, as the browser test uses it
+            async with Client(plugin.url, token=token) as mallory:
+                assert mallory.user["role"] == "admin"
+    finally:
+        await db.disconnect()
 
 
 async def test_a_cpu_spike_raises_an_alert(dashboard):

@@ -184,6 +184,25 @@ async def test_the_seeds_rate_limit_holds_a_device_to_1000_frames_a_minute(site)
     assert await site.db.resources.sensor_readings.count() == 0
 
 
+async def test_the_rate_limit_holds_across_parallel_sockets_and_reconnects(site):
+    # One device opening 3 sockets in parallel gets 1000 frames a minute in all, not 3000.
+    async with site.device("greenhouse") as a, site.device("greenhouse") as b, site.device("greenhouse") as c:
+        sockets = (a, b, c)
+        for i in range(400):
+            for n, ws in enumerate(sockets):
+                await ws.send({"type": "ping", "requestId": f"{n}-{i}"})
+        replies = [await ws.recv() for ws in sockets for _ in range(400)]
+        kinds = [r["type"] if r["type"] == "pong" else r["code"] for r in replies]
+        assert kinds.count("pong") == 1000 and kinds.count("RATE_LIMITED") == 200
+    # Reconnecting does not buy a fresh budget either.
+    async with site.device("greenhouse") as again:
+        limited = await again.call("ping")
+        assert (limited["type"], limited["code"]) == ("error", "RATE_LIMITED")
+    # Another device (another user) keeps its own budget.
+    async with site.device("garage") as garage:
+        assert (await garage.call("ping"))["type"] == "pong"
+
+
 async def test_python_m_examples_iot_runs_a_demo_device():
     async with running_example("iot", SECRET, ready="Demo device") as (url, lines):
         device_id = re.search(r"Demo device '([^']+)'", "".join(lines)).group(1)

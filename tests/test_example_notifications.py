@@ -139,6 +139,30 @@ async def test_anyone_can_send_a_notification_to_anyone(app):
         assert [n["userId"] for n in (await bob.list("notifications")).items] == []
 
 
+async def test_a_user_notification_names_its_sender_and_system_ones_come_from_the_server(app):
+    db, plugin = app
+    async with Client(plugin.url, token=token("alice")) as alice, Client(plugin.url, token=token("mallory")) as mallory:
+        feed = await alice.subscribe("notifications")
+        # Mallory cannot pose as the system, in any spelling or by naming another sender.
+        for kind in ("system", "System", " system"):
+            with pytest.raises(Forbidden):
+                await mallory.insert("notifications", {"userId": "alice", "type": kind, "title": "Reset your password"})
+        forged = {"userId": "alice", "type": "message", "title": "hi", "senderId": "bob", "senderName": "Bob"}
+        sent = await mallory.insert("notifications", forged)
+        assert (sent["senderId"], sent["senderName"]) == ("mallory", "Mallory")
+        event = await feed.next(EVENT_TIMEOUT)
+        assert (event.data["id"], event.data["senderId"], event.data["senderName"]) == (sent["id"], "mallory", "Mallory")
+        # The server's own notifications may be "system"; they carry no user as sender.
+        system = await send_notification(db, "alice", {"type": "system", "title": "Maintenance at 2am"})
+        event = await feed.next(EVENT_TIMEOUT)
+        assert (event.data["id"], event.data["type"]) == (system["id"], "system")
+        assert "senderId" not in event.data
+        # A recipient marking a notification read cannot rewrite who sent it.
+        with pytest.raises(Forbidden):
+            await alice.update("notifications", sent["id"], {"senderId": "bob"})
+        assert (await alice.get("notifications", sent["id"]))["senderId"] == "mallory"
+
+
 async def test_python_m_examples_notifications_runs():
     async with running_example("notifications", SECRET, ready="Demo:") as (url, lines):
         assert any("user-123" in line for line in lines)

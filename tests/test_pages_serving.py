@@ -11,7 +11,7 @@ from aiohttp import web
 from ws_helpers import JWT_AUTH, make_token, serve
 
 from examples.common import Options
-from examples.pages import SHARED, dev_mode, example_page, serve_page
+from examples.pages import SHARED, example_page, serve_page
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ("chat", "dashboard", "collab", "notifications", "iot", "multitenant", "leaderboard")
@@ -67,16 +67,11 @@ async def test_every_example_has_a_page_and_the_shared_assets(name):
     assert (SHARED / "favicon.ico").read_bytes()[:4] == b"\0\0\1\0"
 
 
-def test_the_dev_login_is_served_only_in_development_mode():
-    options = Options(port=0, host="127.0.0.1", db="memory://", jwt_secret="s" * 32)
-    app = str(EXAMPLES / "chat" / "app.py")
-
+def test_the_dev_login_is_served_only_with_dev():
     def paths(routes) -> list[str]:
         return [getattr(r, "path", None) or getattr(r, "prefix", "") for r in routes]
 
-    options.dev = True  # started with --dev
-    assert dev_mode(options)
-    assert "/dev/login" in paths(example_page(app, options))
-    options.dev = False
-    assert not dev_mode(options)
-    assert "/dev/login" not in paths(example_page(app, options))
+    app = str(EXAMPLES / "chat" / "app.py")
+    for dev in (True, False):
+        options = Options(port=0, host="127.0.0.1", db="memory://", jwt_secret="s" * 32, dev=dev)
+        assert ("/dev/login" in paths(example_page(app, options))) is dev

@@ -157,10 +157,10 @@ async def test_event_payload_is_serialized_once_per_change(monkeypatch, s3db_dat
 async def test_rate_limit_answers_rate_limited_and_skips_the_frame(
     s3db_database, s3db_plugin_factory, s3db_client_factory
 ):
-    rate = {"enabled": True, "maxRequests": 3, "windowMs": 60_000}
+    # An anonymous client's connect spends one frame (its auth probe, a ping).
+    rate = {"enabled": True, "maxRequests": 4, "windowMs": 60_000, "key": "connection"}
     plugin = await s3db_plugin_factory(s3db_database, resources={"notes": True}, rate_limit=rate)
     client = await s3db_client_factory(plugin)
-    other = await s3db_client_factory(plugin)
     for _ in range(3):
         await client.ping()
     with pytest.raises(RateLimited) as limited:
@@ -168,14 +168,68 @@ async def test_rate_limit_answers_rate_limited_and_skips_the_frame(
     assert limited.value.request_id
     assert 0 < limited.value.retry_after_ms <= 60_000
     assert await s3db_database.resources.notes.count() == 0
-    # keyed by connection (the default): another socket has its own budget
-    assert await other.ping()
+
+
+async def test_rate_limit_defaults_to_per_ip_for_anonymous_clients(
+    s3db_database, s3db_plugin_factory, s3db_client_factory
+):
+    rate = {"max_requests": 4, "window_ms": 60_000}
+    plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate)
+    a, b = await s3db_client_factory(plugin), await s3db_client_factory(plugin)
+    with pytest.raises(RateLimited):  # a's budget is the address's: b's frames spend it too
+        for _ in range(4):
+            await a.ping()
+            await b.ping()
+
+
+async def test_rate_limit_keyed_by_connection_gives_each_socket_its_own_budget(
+    s3db_database, s3db_plugin_factory, s3db_client_factory
+):
+    rate = {"max_requests": 2, "window_ms": 60_000, "key": "connection"}  # a connect spends 1
+    plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate)
+    a, b = await s3db_client_factory(plugin), await s3db_client_factory(plugin)
+    assert await a.ping()
+    assert await b.ping()
+    with pytest.raises(RateLimited):
+        await a.ping()
+
+
+async def test_rate_limit_defaults_to_per_user_across_sockets_and_reconnects(
+    s3db_database, s3db_plugin_factory, s3db_client_factory, s3db_token, s3db_jwt_secret
+):
+    rate = {"max_requests": 2, "window_ms": 60_000}  # no key: per user once authenticated
+    auth = {"required": True, "drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}]}
+    plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate, auth=auth)
+    ann1 = await s3db_client_factory(plugin, s3db_token("ann"))
+    assert await ann1.ping()
+    await ann1.close()
+    ann2 = await s3db_client_factory(plugin, s3db_token("ann"))  # reconnected
+    assert await ann2.ping()
+    with pytest.raises(RateLimited):
+        await ann2.ping()
+    ben = await s3db_client_factory(plugin, s3db_token("ben"))  # same IP, another user
+    assert await ben.ping()
+
+
+async def test_rate_limit_keyed_by_user_and_ip_applies_both(
+    s3db_database, s3db_plugin_factory, s3db_client_factory, s3db_token, s3db_jwt_secret
+):
+    rate = {"max_requests": 2, "window_ms": 60_000, "key": ["user", "ip"]}
+    auth = {"required": True, "drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}]}
+    plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate, auth=auth)
+    # Many accounts from one address share the address's budget...
+    ann = await s3db_client_factory(plugin, s3db_token("ann"))
+    ben = await s3db_client_factory(plugin, s3db_token("ben"))
+    assert await ann.ping()
+    assert await ben.ping()
+    with pytest.raises(RateLimited):
+        await ann.ping()
 
 
 async def test_rate_limit_keyed_by_ip_is_shared_between_connections(
     s3db_database, s3db_plugin_factory, s3db_client_factory
 ):
-    rate = {"max_requests": 2, "window_ms": 60_000, "key": "ip"}
+    rate = {"max_requests": 4, "window_ms": 60_000, "key": "ip"}  # each connect spends 1
     plugin = await s3db_plugin_factory(s3db_database, resources={}, rate_limit=rate)
     a = await s3db_client_factory(plugin)
     b = await s3db_client_factory(plugin)

@@ -9,21 +9,21 @@ typing indicators (subscribe, list, get, insert).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, RecheckOnAccessChange, dev_login_route, every, find_record
-from examples.pages import dev_mode, serve_page
-from s3db_core import Database, NotFoundError
+from examples.common import Options, RecheckOnAccessChange, every, find_record
+from examples.pages import example_page
+from s3db_core import Change, Database, NotFoundError, hookimpl
 from s3db_ws_plugin import WebSocketPlugin
 
-STATIC = Path(__file__).parent / "static"
 TYPING_TTL = 5.0  # seconds a typing indicator lives (the seed's Date.now() + 5000)
 CLEANUP_EVERY = 5.0  # seconds between sweeps of expired typing indicators (the seed's setInterval)
+DELETE_BATCH = 32  # deletes in flight at once when a room's history is removed
 CLIENT_MESSAGE_TYPES = ("text", "image", "file")  # "system" messages are the server's to write
 Job = Callable[[], Awaitable[None]]
 
@@ -77,6 +77,13 @@ def can_see(room: dict[str, Any] | None, user: Any) -> bool:
     return not room.get("isPrivate") or user.id in (room.get("members") or ())
 
 
+def visible_or_missing(room: dict[str, Any] | None, user: Any) -> None:
+    """Raise NotFoundError for a room ``user`` may not see: an outsider gets the same answer for
+    a private room (or anything in it) as for an id that names nothing."""
+    if room is not None and not can_see(room, user):
+        raise NotFoundError("not found")
+
+
 def display_name(user: Any) -> str:
     """The seed's ``user.name || user.email``, falling back to the id (username is required)."""
     return user.name or user.email or user.id
@@ -99,7 +106,8 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
         return {"isPrivate": False}
 
     def room_get(user: Any, ctx: Any) -> bool:
-        return ctx.record is None or can_see(ctx.record, user)  # missing -> NOT_FOUND
+        visible_or_missing(ctx.record, user)
+        return True  # missing -> NOT_FOUND
 
     def room_create(user: Any, data: dict[str, Any]) -> bool:
         data["createdBy"] = user.id
@@ -112,6 +120,7 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
         # Only the creator manages a room (e.g. invites members to a private one).
         if ctx.record is None:
             return True
+        visible_or_missing(ctx.record, user)
         if ctx.record["createdBy"] != user.id:
             return False
         ctx.data.pop("createdBy", None)
@@ -122,6 +131,7 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
         return True
 
     def room_delete(user: Any, ctx: Any) -> bool:
+        visible_or_missing(ctx.record, user)
         return ctx.record is None or ctx.record["createdBy"] == user.id
 
     # -- chat_messages and typing_indicators: everything is decided by the room ---------------
@@ -132,8 +142,14 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
     async def in_room_list(user: Any, ctx: Any) -> bool:
         return await room_filter_allowed(user, ctx.filter)
 
+    async def in_visible_room(user: Any, ctx: Any) -> None:
+        # A record in a room the user may not see (private, or deleted) looks missing.
+        if ctx.record is not None and not can_see(await room(ctx.record["roomId"]), user):
+            raise NotFoundError("not found")
+
     async def in_room_get(user: Any, ctx: Any) -> bool:
-        return ctx.record is None or can_see(await room(ctx.record["roomId"]), user)
+        await in_visible_room(user, ctx)
+        return True
 
     async def message_create(user: Any, data: dict[str, Any]) -> bool:
         if not can_see(await room(data.get("roomId")), user):
@@ -144,16 +160,22 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
         data["username"] = display_name(user)
         return True
 
-    def message_update(user: Any, ctx: Any) -> bool:
+    async def message_update(user: Any, ctx: Any) -> bool:
         # Authors edit their own messages; room and author cannot be changed.
         if ctx.record is None:
             return True
+        await in_visible_room(user, ctx)
         for field in ("roomId", "userId", "username", "type"):
             ctx.data.pop(field, None)
         return ctx.record["userId"] == user.id
 
-    def own_record(user: Any, ctx: Any) -> bool:
+    async def own_record(user: Any, ctx: Any) -> bool:
+        await in_visible_room(user, ctx)
         return ctx.record is None or ctx.record["userId"] == user.id
+
+    async def never_edited(user: Any, ctx: Any) -> bool:
+        await in_visible_room(user, ctx)
+        return ctx.record is None  # missing -> NOT_FOUND; indicators are re-inserted, never edited
 
     async def typing_create(user: Any, data: dict[str, Any]) -> bool:
         if not can_see(await room(data.get("roomId")), user):
@@ -196,7 +218,7 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
                 "list": in_room_list,
                 "get": in_room_get,
                 "create": typing_create,
-                "update": lambda user, ctx: False,  # indicators are re-inserted, never edited
+                "update": never_edited,
                 "delete": own_record,  # e.g. "stopped typing" when the message is sent
             },
         },
@@ -216,6 +238,32 @@ async def delete_expired_typing(db: Database) -> int:
     return deleted
 
 
+class RoomHistory:
+    """Deleting a room deletes its messages and typing indicators, so nothing of it can be
+    inherited by a room created later (whatever its id). Runs after the room's delete is
+    durable; the message create guard already refuses a room that no longer exists."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @hookimpl
+    async def s3db_change(self, change: Change) -> None:
+        if change.resource != "chat_rooms" or change.event != "delete":
+            return
+        room_id = change.record["id"]
+        for name in ("chat_messages", "typing_indicators"):
+            resource = self.db.resources[name]
+            records = await resource.query({"roomId": room_id})
+            for start in range(0, len(records), DELETE_BATCH):
+                batch = records[start : start + DELETE_BATCH]
+                results = await asyncio.gather(
+                    *(resource.delete(r["id"]) for r in batch), return_exceptions=True
+                )
+                for result in results:  # already gone (its author deleted it) is fine
+                    if isinstance(result, BaseException) and not isinstance(result, NotFoundError):
+                        raise result
+
+
 async def ensure_lobby(db: Database) -> None:
     """Give a fresh store one public room to start in (the demo's; tests start empty)."""
     if await db.resources.chat_rooms.count() == 0:
@@ -225,9 +273,8 @@ async def ensure_lobby(db: Database) -> None:
 
 
 def page_routes(options: Options) -> list[web.AbstractRouteDef]:
-    """The chat page at ``/`` and, in development mode, the passwordless login (DEV ONLY)."""
-    login = dev_login_route(options.jwt_secret) if dev_mode(options) else None
-    return serve_page(STATIC, login=login, old_path="/chat")
+    """The chat page at ``/`` and, with ``--dev``, the passwordless login (DEV ONLY)."""
+    return example_page(__file__, options, old_path="/chat")
 
 
 async def create_app(
@@ -252,6 +299,7 @@ async def create_app(
             routes=page_routes(options),
         )
         await db.use_plugin(plugin)
+        await db.use_plugin(RoomHistory(db))
         # A member removed from a private room (or a room made private, or deleted) stops
         # receiving its messages and typing indicators at once.
         await db.use_plugin(

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, dev_login_route, every
-from examples.pages import dev_mode, serve_page
+from examples.common import Options, every
+from examples.pages import example_page
 from s3db_core import Database
 from s3db_ws_plugin import WebSocketPlugin
 
-STATIC = Path(__file__).parent / "static"
 METRIC_EVERY = 5.0  # seconds between simulated samples (the seed's setInterval(..., 5000))
 CPU_ALERT_PERCENT = 90.0  # a simulated CPU sample above this raises a warning alert
 READERS = ("admin", "viewer")
@@ -130,9 +128,8 @@ async def collect_metrics(
 
 
 def page_routes(options: Options) -> list[web.AbstractRouteDef]:
-    """The dashboard page at ``/`` and, in development mode, the passwordless login (DEV ONLY)."""
-    login = dev_login_route(options.jwt_secret, allowed_roles=("viewer", "admin")) if dev_mode(options) else None
-    return serve_page(STATIC, login=login, old_path="/dashboard")
+    """The dashboard page at ``/`` and, with ``--dev``, the passwordless login (DEV ONLY)."""
+    return example_page(__file__, options, roles=("viewer", "admin"), old_path="/dashboard")
 
 
 async def create_app(

@@ -5,7 +5,9 @@ dict they return (a client cannot widen them: ``{"userId": "someone-else"}`` is 
 anyone may create a notification (the system creates them, ``send_notification``), and users
 mark their own as read. Where the seed leaves an operation open, this closes it the way its
 comments intend (README.md lists each change): ``get`` and ``delete`` are for the recipient only,
-and an update may change only ``read`` (a notification cannot be handed to another user).
+an update may change only ``read`` (a notification cannot be handed to another user), a
+notification a user sends names its sender (``senderId``, ``senderName``, set from the token),
+and ``system`` notifications come from the server alone (``send_notification``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 
 READER_FIELDS = frozenset({"read"})  # what a recipient may change on a notification
+SERVER_TYPES = frozenset({"system"})  # types only the server sends (send_notification)
 Job = Callable[[], Awaitable[None]]
 
 
@@ -32,6 +35,10 @@ async def define_resources(db: Database) -> None:
             "body": "string|optional|maxlength:2000",
             "data": "json|optional",
             "read": "boolean|default:false",
+            # Who sent it, stamped by the server from the sender's token; absent on the
+            # server's own notifications (send_notification).
+            "senderId": "string|optional",
+            "senderName": "string|optional|maxlength:200",
         },
         timestamps=True,
         partitions={"byUser": {"fields": {"userId": "string"}}},
@@ -52,6 +59,17 @@ def mark_read(user: Any, ctx: Any) -> bool:
     return True
 
 
+def user_sends(user: Any, data: dict[str, Any]) -> bool:
+    """Anyone can notify anyone, as themselves: the sender is who the token says, and the
+    ``system`` type is the server's (a user cannot pose as it, whatever the spelling)."""
+    kind = data.get("type")
+    if isinstance(kind, str) and kind.strip().lower() in SERVER_TYPES:
+        raise ForbiddenError(f"{kind.strip()!r} notifications are sent by the server only")
+    data["senderId"] = user.id
+    data["senderName"] = str(user.name or user.id)[:200]
+    return True
+
+
 def resources_config() -> dict[str, Any]:
     """The plugin's ``resources`` option."""
     return {
@@ -62,8 +80,8 @@ def resources_config() -> dict[str, Any]:
                 "subscribe": lambda user, filter: {**filter, "userId": user.id},
                 "list": lambda user, ctx: {"userId": user.id},
                 "get": is_recipient,
-                # Anyone can create (system creates them).
-                "create": lambda user, data: True,
+                # Anyone can create (system creates them), as themselves.
+                "create": user_sends,
                 "update": mark_read,
                 "delete": is_recipient,
             },

@@ -31,6 +31,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3db_core.errors import StorageError
+from s3db_core.redact import redact
 from s3db_core.storage.base import (
     ListPage,
     ObjectNotFound,
@@ -140,10 +141,7 @@ class S3Storage:
             text = f"{err.get('Code', _status(e))} {err.get('Message', '')}".strip()
         else:
             text = f"{type(e).__name__}: {e}"
-        for secret in (self._secret_key, self._access_key):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return redact(text, (self._secret_key, self._access_key))
 
     def _failure(self, op: str, key: str, e: Exception) -> StorageError:
         return StorageError(f"S3 {op} {key!r} on {self.describe()} failed: {self._reason(e)}")

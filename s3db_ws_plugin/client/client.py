@@ -29,197 +29,36 @@ import base64
 import contextlib
 import itertools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-import structlog
 
+from s3db_core.log import get_logger
 from s3db_core.query import matches
 
-from .connection import limit_read_size
+from ..connection import limit_read_size
+from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
+from .subscription import EVENT_KINDS, Event, Page, Stream, SubscribeCall, Subscription
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
+
+# Credentials a URL may carry (``?token=``, ``?apiKey=``, user:password@).
+_URL_CREDENTIALS = re.compile(r"[?&](token|apiKey|api_key)=|//[^/]*@")
+_AUTH_PROBE = '{"type":"ping","requestId":"s3db-auth-probe"}'
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
-EVENT_KINDS = ("insert", "update", "delete")
 # Close codes after which reconnecting cannot help.
 _FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
 UNAUTHORIZED_CLOSE = 4401
 
 
-# -- errors ------------------------------------------------------------------------------------
-class ClientError(Exception):
-    """An error reply from the server (or a client-side failure): ``code``, ``details``,
-    ``request_id`` and the server's ``message``."""
-
-    code = "CLIENT_ERROR"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        details: Any = None,
-        request_id: str | int | None = None,
-        frame: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        self.message = message
-        self.details = details
-        self.request_id = request_id
-        self.frame = dict(frame or {})
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class InvalidJSON(ClientError):
-    code = "INVALID_JSON"
-
-
-class InvalidMessage(ClientError):
-    """A missing or ill-typed field; ``details`` names it."""
-
-    code = "INVALID_MESSAGE"
-
-
-class UnknownMessageType(ClientError):
-    code = "UNKNOWN_MESSAGE_TYPE"
-
-
-class Unauthorized(ClientError):
-    """Invalid or expired credentials (the server closes the socket with 4401)."""
-
-    code = "UNAUTHORIZED"
-
-
-class Forbidden(ClientError):
-    code = "FORBIDDEN"
-
-
-class ResourceNotFound(ClientError):
-    """The resource is not exposed by the server."""
-
-    code = "RESOURCE_NOT_FOUND"
-
-
-class NotFound(ClientError):
-    """No record with that id (revealed only to users the guard allows)."""
-
-    code = "NOT_FOUND"
-
-
-class ValidationFailed(ClientError):
-    """The record failed the schema; ``errors`` (= ``details``) lists every failing field."""
-
-    code = "VALIDATION_ERROR"
-
-    @property
-    def errors(self) -> list[dict[str, Any]]:
-        return list(self.details or [])
-
-
-class Conflict(ClientError):
-    code = "CONFLICT"
-
-
-class RateLimited(ClientError):
-    """Too many frames; retry after ``retry_after_ms``."""
-
-    code = "RATE_LIMITED"
-
-    @property
-    def retry_after_ms(self) -> int | None:
-        return self.frame.get("retryAfterMs")
-
-
-class InternalError(ClientError):
-    """A server bug; quote ``error_id`` when reporting it."""
-
-    code = "INTERNAL_ERROR"
-
-    @property
-    def error_id(self) -> str | None:
-        return self.frame.get("errorId")
-
-
-class ConnectionLost(ClientError):
-    """The socket could not be opened, or dropped before the reply arrived, or the client was
-    closed. A request that raises this may or may not have been executed."""
-
-    code = "CONNECTION_LOST"
-
-
-class RequestTimeout(ClientError):
-    """No reply within ``request_timeout`` seconds."""
-
-    code = "TIMEOUT"
-
-
-class SlowConsumer(ClientError):
-    """A subscription's reader fell ``max_pending`` events behind. The iterator still yields
-    every event it buffered, then raises this; the subscription is closed (never a silent drop,
-    like the server's 4408). Read faster, or subscribe again and catch up with ``list``."""
-
-    code = "SLOW_CONSUMER"
-
-
-ERRORS: dict[str, type[ClientError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidJSON,
-        InvalidMessage,
-        UnknownMessageType,
-        Unauthorized,
-        Forbidden,
-        ResourceNotFound,
-        NotFound,
-        ValidationFailed,
-        Conflict,
-        RateLimited,
-        InternalError,
-    )
-}
-
-
-def error_from_frame(frame: Mapping[str, Any]) -> ClientError:
-    """The typed exception for an ``error`` frame."""
-    code = str(frame.get("code") or "CLIENT_ERROR")
-    cls = ERRORS.get(code, ClientError)
-    return cls(
-        str(frame.get("message") or code),
-        code=code,
-        details=frame.get("details"),
-        request_id=frame.get("requestId"),
-        frame=frame,
-    )
-
-
-# -- values ------------------------------------------------------------------------------------
-class Page(NamedTuple):
-    """One page of ``list``: ``items`` and the ``cursor`` of the next page (None at the end)."""
-
-    items: list[dict[str, Any]]
-    cursor: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A change pushed by the server."""
-
-    resource: str
-    event: str  # insert | update | delete
-    data: dict[str, Any]
-    timestamp: int  # epoch ms
-
-
+# -- helpers -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Reconnect delays: ``initial * factor**attempt`` capped at ``maximum``, with jitter
@@ -263,163 +102,6 @@ def refresh_delay(expires_at: float, now: float, margin: float) -> float:
     tokens)."""
     remaining = expires_at - now
     return max(0.0, remaining - min(margin, remaining * 0.2))
-
-
-# -- subscriptions -----------------------------------------------------------------------------
-class _Closed:
-    """Queue sentinel: the iterator ends (``error`` None) or raises ``error``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ClientError | None) -> None:
-        self.error = error
-
-
-class Subscription:
-    """Live events of one ``subscribe``: an async iterator (also an async context manager).
-
-    ``filter`` is what was asked, ``effective_filter`` what the server applies (a guard may
-    narrow it). ``await sub.close()`` unsubscribes and ends the iterator.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        resource: str,
-        filter: dict[str, Any] | None,
-        events: tuple[str, ...] | None,
-        max_pending: int,
-    ) -> None:
-        self.client = client
-        self.resource = resource
-        self.filter = dict(filter or {})
-        self.events = events
-        self.max_pending = max_pending
-        self.effective_filter: dict[str, Any] = dict(self.filter)
-        # The kinds the server sends for this subscription's stream (its reply's ``events``).
-        self.effective_events: tuple[str, ...] = events or EVENT_KINDS
-        self.closed = False
-        self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
-        self._releasing: asyncio.Task | None = None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.resource} {self.filter}>"
-
-    def wants(self, kind: str) -> bool:
-        return self.events is None or kind in self.events
-
-    def _push(self, event: Event) -> None:
-        if self.closed:
-            return
-        if self._queue.qsize() >= self.max_pending:
-            self._overflow()
-            return
-        self._queue.put_nowait(event)
-
-    def _overflow(self) -> None:
-        """End with ``SlowConsumer`` behind the buffered events and unsubscribe."""
-        log.warning(
-            "subscription reader too slow, closing it",
-            resource=self.resource,
-            max_pending=self.max_pending,
-        )
-        self._end(
-            SlowConsumer(
-                f"more than {self.max_pending} unread events on {self.resource!r}: "
-                "the subscription was closed"
-            )
-        )
-        self._releasing = asyncio.get_running_loop().create_task(self.client._release(self))
-
-    def _end(self, error: ClientError | None = None) -> None:
-        if not self.closed:
-            self.closed = True
-            self._queue.put_nowait(_Closed(error))
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        item = await self._queue.get()
-        if isinstance(item, _Closed):
-            self._queue.put_nowait(item)  # every later call ends the same way
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
-
-    def drain(self) -> list[Event]:
-        """The events received and not read yet, without waiting (the end is left queued)."""
-        events: list[Event] = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, _Closed):
-                self._queue.put_nowait(item)
-                break
-            events.append(item)
-        return events
-
-    async def next(self, timeout: float | None = None) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
-        async with asyncio.timeout(timeout):
-            return await self.__anext__()
-
-    async def close(self) -> None:
-        """Unsubscribe (if no other subscription of this client needs the same stream)."""
-        if self.closed:
-            return
-        self._end()
-        await self.client._release(self)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class _Stream:
-    """The server-side subscription that client subscriptions with the same resource and
-    filter share (the server keeps one per resource and filter on a connection)."""
-
-    def __init__(self, resource: str, filter: dict[str, Any]) -> None:
-        self.resource = resource
-        self.filter = filter
-        self.effective: dict[str, Any] = dict(filter)
-        self.subs: list[Subscription] = []
-
-    def events(self) -> list[str] | None:
-        if any(s.events is None for s in self.subs):
-            return None
-        return [k for k in EVENT_KINDS if any(k in (s.events or ()) for s in self.subs)]
-
-    def frame(self) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "subscribe", "resource": self.resource}
-        if self.filter:
-            frame["filter"] = self.filter
-        events = self.events()
-        if events is not None:
-            frame["events"] = events
-        return frame
-
-
-class _SubscribeCall:
-    """What ``Client.subscribe`` returns: await it, or use it as ``async with``."""
-
-    def __init__(self, coro: Awaitable[Subscription]) -> None:
-        self._coro = coro
-        self._sub: Subscription | None = None
-
-    def __await__(self):
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> Subscription:
-        self._sub = await self._coro
-        return self._sub
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            await self._sub.close()
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -484,7 +166,7 @@ class Client:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._streams: dict[tuple[str, bytes], _Stream] = {}
+        self._streams: dict[tuple[str, bytes], Stream] = {}
         self._ready = asyncio.Event()
         self._closed = False
         self._failure: ClientError | None = None
@@ -613,7 +295,7 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         events: Iterable[str] | None = None,
         max_pending: int | None = None,
-    ) -> _SubscribeCall:
+    ) -> SubscribeCall:
         """Subscribe to changes: ``sub = await client.subscribe(...)`` or
         ``async with client.subscribe(...) as sub``; then ``async for event in sub``.
 
@@ -624,7 +306,7 @@ class Client:
         if limit < 1:
             raise ValueError("max_pending must be at least 1")
         sub = Subscription(self, resource, dict(filter) if filter else None, kinds, limit)
-        return _SubscribeCall(self._subscribe(sub))
+        return SubscribeCall(self._subscribe(sub))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
@@ -729,7 +411,7 @@ class Client:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(sub.resource, sub.filter)
+            stream = self._streams[key] = Stream(sub.resource, sub.filter)
         stream.subs.append(sub)  # before the request: events may follow the reply at once
         try:
             reply = await self._request(stream.frame(), on_reply=self._subscribed(stream))
@@ -739,7 +421,7 @@ class Client:
         sub.effective_filter = dict(reply.get("filter") or {})
         return sub
 
-    def _subscribed(self, stream: _Stream) -> Callable[[dict], None]:
+    def _subscribed(self, stream: Stream) -> Callable[[dict], None]:
         def on_reply(reply: dict) -> None:  # runs in the reader, before any later frame
             stream.effective = dict(reply.get("filter") or {})
             events = reply.get("events")
@@ -752,13 +434,13 @@ class Client:
 
         return on_reply
 
-    def _drop(self, key: tuple[str, bytes], stream: _Stream, sub: Subscription) -> None:
+    def _drop(self, key: tuple[str, bytes], stream: Stream, sub: Subscription) -> None:
         if sub in stream.subs:
             stream.subs.remove(sub)
         if not stream.subs and self._streams.get(key) is stream:
             del self._streams[key]
 
-    async def _release(self, sub: Subscription) -> None:
+    async def release(self, sub: Subscription) -> None:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
@@ -781,7 +463,7 @@ class Client:
         resource, kind = frame.get("resource"), frame.get("event")
         data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
         event = Event(resource, kind, data, frame.get("timestamp") or 0)
-        wanted: list[tuple[_Stream, list[Subscription]]] = []
+        wanted: list[tuple[Stream, list[Subscription]]] = []
         for stream in self._streams.values():
             if stream.resource == resource:
                 subs = [s for s in stream.subs if s.wants(kind)]
@@ -839,6 +521,10 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         if self._api_key:
             headers["x-api-key"] = self._api_key
+        # Without credentials, a ping tells at once whether the server needs some: one that
+        # does not sends ``connected`` before it reads the ping, one that does answers the
+        # ping and would otherwise wait for an auth frame until its deadline.
+        probe = not headers and not _URL_CREDENTIALS.search(self.url)
         try:
             async with asyncio.timeout(self.request_timeout):
                 ws = await self._session.ws_connect(
@@ -849,7 +535,9 @@ class Client:
                     autoclose=True,
                 )
                 try:
-                    frame = await self._handshake(ws)
+                    if probe:
+                        await ws.send_str(_AUTH_PROBE)
+                    frame = await self._handshake(ws, probe)
                 except BaseException:
                     await ws.close()
                     raise
@@ -871,13 +559,19 @@ class Client:
         log.debug("connected", url=self.safe_url, client_id=self.client_id)
         return ws
 
-    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    async def _handshake(
+        self, ws: aiohttp.ClientWebSocketResponse, probe: bool = False
+    ) -> dict[str, Any]:
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                 frame = orjson.loads(msg.data)
                 if frame.get("type") == "connected":
                     return frame
+                if probe and frame.get("type") == "pong":
+                    raise Unauthorized(
+                        "this server requires a token (or an API key) and none was given"
+                    )
                 if frame.get("type") == "error":
                     raise error_from_frame(frame)
                 continue
