@@ -48,10 +48,10 @@ def _safe(name: str) -> str:
 class ExampleServer:
     """``create_app(options, **kwargs)`` of an example, running in a thread until ``stop()``."""
 
-    def __init__(self, create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
+    def __init__(self, create_app: Callable[..., Awaitable[Any]], *, dev: bool = True, **kwargs: Any) -> None:
         self.options = Options(
             port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET,
-            dev=True,  # the pages sign in through the development login, like `make demo`
+            dev=dev,  # the pages sign in through the development login, like `make demo`
         )
         self._create_app = create_app
         self._kwargs = kwargs
@@ -116,8 +116,8 @@ class ExampleServer:
 
 
 @contextmanager
-def served(create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> Iterator[ExampleServer]:
-    server = ExampleServer(create_app, **kwargs).start()
+def served(create_app: Callable[..., Awaitable[Any]], *, dev: bool = True, **kwargs: Any) -> Iterator[ExampleServer]:
+    server = ExampleServer(create_app, dev=dev, **kwargs).start()
     try:
         yield server
     finally:
@@ -201,6 +201,10 @@ class Pages:
         if url is not None:
             page.goto(url)
         return page
+
+    def errors(self) -> list[str]:
+        """What the pages logged as errors, or threw, so far."""
+        return [line for line in self.console if line.startswith(("[error]", "[pageerror]"))]
 
     def screenshot(self, name: str) -> list[Path]:
         RESULTS.mkdir(exist_ok=True)

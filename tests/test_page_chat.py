@@ -131,6 +131,7 @@ def test_private_rooms_stay_private(request, chromium_browser):
         expect(carol.locator("#messages li")).to_have_count(0)
         expect(carol.locator("#rooms button")).to_have_text(["# lobby"])
         assert horizontal_overflow(carol) == 0
+        assert pages.errors() == []
 
 
 def test_page_assets_favicon_and_old_address(request, chromium_browser):
@@ -151,3 +152,13 @@ def test_page_assets_favicon_and_old_address(request, chromium_browser):
             expect(page.locator("#no-room")).to_be_visible()
             assert failed == []
             assert horizontal_overflow(page) == 0
+            assert pages.errors() == []
+
+
+def test_without_dev_the_page_says_how_to_sign_in(request, chromium_browser):
+    with served(create_app, dev=False) as server, pages_for(request, chromium_browser) as pages:
+        page = pages.new(f"{server.http_url}/")
+        page.fill("#login-name", "alice")
+        page.click("#login button[type=submit]")
+        expect(page.locator("#login-error")).to_contain_text("start the example with --dev")
+        expect(page.locator("#app")).to_be_hidden()

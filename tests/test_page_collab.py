@@ -73,6 +73,7 @@ def test_two_people_edit_one_document_with_live_cursors(request, chromium_browse
         shoot(alice, "collab-desktop")
         shoot(bob, "collab-phone")
         assert horizontal_overflow(bob) == 0
+        assert pages.errors() == []
 
         # Carol is not a collaborator: the document is not in her list and its link is refused.
         carol = pages.new(f"{server.http_url}/")

@@ -77,3 +77,4 @@ def test_live_charts_with_axes_and_acknowledgements(request, chromium_browser):
         stored = server.call(lambda: server.db.resources.alerts.get(alert["id"]))
         assert (stored["acknowledged"], stored["acknowledgedBy"]) == (True, "ada")
         assert horizontal_overflow(viewer) == 0
+        assert pages.errors() == []

@@ -61,6 +61,7 @@ def test_owners_watch_only_their_own_devices(request, chromium_browser):
         shoot(alice, "iot-desktop")
         shoot(bob, "iot-phone")
         assert horizontal_overflow(bob) == 0
+        assert pages.errors() == []
 
         # Someone without devices gets an explanation, not an empty page.
         carol = pages.new(f"{server.http_url}/", viewport=PHONE)

@@ -68,3 +68,4 @@ def test_anyone_watches_the_ranking_reorder_and_players_follow_their_matches(req
         shoot(viewer, "leaderboard-desktop")
         shoot(ada, "leaderboard-phone")
         assert horizontal_overflow(ada) == 0
+        assert pages.errors() == []

@@ -72,3 +72,4 @@ def test_a_tenant_shares_its_board_and_nobody_else_sees_it(request, chromium_bro
         shoot(ada, "multitenant-desktop")
         shoot(bert, "multitenant-phone")
         assert horizontal_overflow(bert) == 0
+        assert pages.errors() == []

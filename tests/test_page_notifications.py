@@ -85,3 +85,4 @@ def test_a_notification_reaches_only_its_recipient_and_is_read_once(request, chr
         assert counter.updates == 3
         shoot(ann, "notifications-desktop")
         assert horizontal_overflow(ben) == 0
+        assert pages.errors() == []
