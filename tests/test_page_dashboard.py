@@ -54,7 +54,7 @@ def test_live_charts_with_axes_and_acknowledgements(request, chromium_browser):
         expect(admin.locator("#chart-cpu .y-axis text")).to_have_text(["0", "20", "40", "60", "80", "100"])
         expect(admin.locator("#chart-memory .y-axis text").first).to_have_text("0")
         times = admin.locator("#chart-cpu .x-axis text").all_text_contents()
-        assert len(times) >= 2 and all(re.fullmatch(r"\d\d:\d\d:\d\d( [AP]M)?", t) for t in times), times
+        assert len(times) >= 2 and all(re.fullmatch(r"\d\d:\d\d:\d\d(\s?[AP]M)?", t) for t in times), times
 
         # An alert arrives on both pages; only the admin may acknowledge it.
         alert = server.call(
