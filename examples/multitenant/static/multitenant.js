@@ -1,6 +1,6 @@
 // The multi-tenant page: a tenant's project board (projects, their tasks, progress), live.
 // The server pins every read and write to the tenant in the user's token: nothing here filters.
-import { $, el, handle, showError, signInWith } from "/shared/app.js";
+import { $, $$, el, handle, signInWith } from "/shared/app.js";
 
 const state = { db: null, me: null, projects: new Map(), tasks: new Map() };
 
@@ -52,16 +52,15 @@ function renderProject(project) {
 function render() {
   const projects = [...state.projects.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   $("#no-projects").hidden = projects.length > 0;
-  // Keep what is being typed in an "Add a task" box across a re-render.
-  const active = document.activeElement?.closest?.(".project");
-  const typing = active && { id: active.dataset.projectId, value: document.activeElement.value };
+  // Keep what is being typed in the "Add a task" boxes (and which one has focus) across a re-render.
+  const drafts = new Map($$(".project").map((card) => [card.dataset.projectId, $(".add-task input", card).value]));
+  const focused = document.activeElement?.matches?.(".add-task input")
+    ? document.activeElement.closest(".project").dataset.projectId : null;
   $("#board").replaceChildren(...projects.map(renderProject));
-  if (typing) {
-    const input = $(`.project[data-project-id="${typing.id}"] .add-task input`);
-    if (input) {
-      input.value = typing.value;
-      input.focus();
-    }
+  for (const card of $$(".project")) {
+    const input = $(".add-task input", card);
+    input.value = drafts.get(card.dataset.projectId) || "";
+    if (card.dataset.projectId === focused) input.focus();
   }
 }
 
