@@ -60,6 +60,7 @@ def test_a_notification_reaches_only_its_recipient_and_is_read_once(request, chr
         expect(ben.locator("#unread-count")).to_have_text("1")
         open_panel(ben)
         expect(ben.locator("#notifications li.unread .title")).to_have_text(["Lunch?"])
+        expect(ben.locator("#notifications li.unread .when")).to_contain_text("from ann")
         open_panel(ann)
         expect(ann.locator("#notifications li")).to_have_count(0)
         expect(ann.locator("#unread-count")).to_be_hidden()

@@ -20,7 +20,7 @@ function render() {
         el("span", { className: "dot" }),
         el("span", { className: "title", textContent: n.title }),
         n.body ? el("span", { className: "body", textContent: n.body }) : null,
-        el("span", { className: "when", textContent: `${n.type} · ${clock(n.createdAt)}` }));
+        el("span", { className: "when", textContent: `${n.senderName ? `from ${n.senderName}` : n.type} · ${clock(n.createdAt)}` }));
       button.addEventListener("click", handle(() => markRead(n)));
       const item = el("li", { className: n.read ? "read" : "unread" }, button);
       item.dataset.id = n.id;
@@ -58,7 +58,7 @@ function togglePanel(open = $("#panel").hidden) {
 async function send() {
   const to = $("#send-to").value.trim();
   const body = $("#send-body").value.trim();
-  const data = { userId: to, type: "message", title: $("#send-title").value.trim(), data: { from: state.me.id } };
+  const data = { userId: to, type: "message", title: $("#send-title").value.trim() }; // the server adds who sent it
   if (body) data.body = body;
   await state.db.insert("notifications", data);
   $("#send").reset();
