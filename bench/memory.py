@@ -86,6 +86,7 @@ def ours_server(conn: Any, compression: bool = False) -> None:
             port=0,
             auth={"drivers": [{"driver": "jwt", "config": {"secret": SECRET}}]},
             resources={RESOURCE: True},
+            max_connections_per_ip=None,  # every bench socket comes from 127.0.0.1
             **options,
         )
         await db.use_plugin(plugin)

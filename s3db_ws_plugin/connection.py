@@ -10,9 +10,11 @@ completely on each wakeup. A queue that would exceed ``max_queue_bytes`` closes 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import struct
 import time
 from collections import deque
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -30,6 +32,10 @@ log = get_logger("s3db.ws")
 DIRECT_WRITE_LIMIT = 64 * 1024
 # How long a closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
+# How long a slow consumer's socket stays open after its 4408 close frame was queued, so a
+# reader that resumes still reads what was in flight and then the close frame (not a bare
+# disconnect); only a peer that reads nothing for this long is dropped without it.
+SLOW_CONSUMER_GRACE = 60.0
 # Bytes asked of each recv() on a socket (see limit_read_size).
 READ_SIZE = 64 * 1024
 
@@ -72,6 +78,110 @@ def limit_read_size(transport: Any) -> None:
         transport.max_size = READ_SIZE
 
 
+def _positive_int_or_none(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer or None (no cap)")
+    return value
+
+
+class PerIpLimits:
+    """How many sockets each client address holds, in all and still unauthenticated, against
+    the caps ``max_total`` and ``max_unauthenticated`` (None: no cap).
+
+    ``admit`` counts a new socket (in the unauthenticated count too when it will wait for an
+    ``auth`` frame) or says why it is refused, ``authenticated`` moves it out of the
+    unauthenticated count, ``release`` forgets it. Addresses with no socket are
+    dropped, so memory follows the open sockets.
+    """
+
+    def __init__(self, max_total: int | None, max_unauthenticated: int | None) -> None:
+        self.max_total = _positive_int_or_none("max_connections_per_ip", max_total)
+        self.max_unauthenticated = _positive_int_or_none(
+            "max_unauthenticated_per_ip", max_unauthenticated
+        )
+        self._total: dict[str, int] = {}
+        self._unauthenticated: dict[str, int] = {}
+
+    def admit(self, ip: str, *, unauthenticated: bool) -> str | None:
+        """Count one more socket from ``ip`` (``unauthenticated``: it brings no credentials
+        and must send an ``auth`` frame); the reason it is refused instead, if it is."""
+        total = self._total.get(ip, 0)
+        if self.max_total is not None and total >= self.max_total:
+            return f"too many connections from your address (limit {self.max_total})"
+        if unauthenticated:
+            pending = self._unauthenticated.get(ip, 0)
+            if self.max_unauthenticated is not None and pending >= self.max_unauthenticated:
+                return (
+                    "too many connections waiting to authenticate from your address "
+                    f"(limit {self.max_unauthenticated})"
+                )
+            self._unauthenticated[ip] = pending + 1
+        self._total[ip] = total + 1
+        return None
+
+    def authenticated(self, ip: str) -> None:
+        """One socket of ``ip`` has signed in (or was accepted as anonymous)."""
+        _decrement(self._unauthenticated, ip)
+
+    def release(self, ip: str, *, authenticated: bool) -> None:
+        """One socket of ``ip`` is gone."""
+        _decrement(self._total, ip)
+        if not authenticated:
+            _decrement(self._unauthenticated, ip)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
+
+
+class _Started:
+    """Awaitable that continues a coroutine already advanced to its first wait by
+    ``coro.send(None)``: it hands the future the coroutine waits on to the task running it,
+    and relays what the task sends or throws in (what an eager task start does)."""
+
+    __slots__ = ("coro", "waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self.coro = coro
+        self.waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, value = self.coro, self.waiting_on
+        while True:
+            try:
+                sent = yield value
+            except BaseException as exc:  # cancellation included: the coroutine handles it
+                try:
+                    value = coro.throw(exc)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration:
+                    return
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _Started(coro, waiting_on)
+
+
+async def _after(barrier: asyncio.Task | None, coro: Coroutine[Any, Any, None]) -> None:
+    if barrier is not None:
+        try:
+            await asyncio.wait((barrier,))
+        except BaseException:
+            coro.close()  # cancelled before it started
+            raise
+    await coro
+
+
 def _abort_if_stalled(transport: asyncio.WriteTransport | None) -> None:
     """Drop a closing socket whose peer never read what was left to send."""
     if transport is not None and transport.get_write_buffer_size():
@@ -111,6 +221,12 @@ class Connection:
         # Started only when a frame has to wait (see _wake): an idle socket holds no sender
         # task, coroutine or event (~1.5 KiB each at thousands of sockets).
         self._sender: asyncio.Task | None = None
+        # Requests in flight (created on the first one) and the last session-changing one,
+        # which every later request waits for (see start_request).
+        self._requests: set[asyncio.Task] | None = None
+        self._barrier: asyncio.Task | None = None
+        # Closed with 4408 because the send queue overflowed.
+        self.overflowed = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id}>"
@@ -185,13 +301,71 @@ class Connection:
         self._queue.clear()
         self._queued_bytes = 0
         self._closing = (CloseCode.SLOW_CONSUMER, "slow consumer: send queue overflow")
+        self.overflowed = True
         if self._sender is not None:
             self._sender.cancel()
         self.cancel_expiry()
         transport = self.transport
         transport.write(close_frame(*self._closing))
         transport.close()  # flushes what is buffered, then closes
-        asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, _abort_if_stalled, transport)
+        asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE, _abort_if_stalled, transport)
+
+    # -- requests -----------------------------------------------------------------------------
+    @property
+    def requests_in_flight(self) -> int:
+        return len(self._requests) if self._requests else 0
+
+    def start_request(self, coro: Coroutine[Any, Any, None], *, barrier: bool) -> None:
+        """Run ``coro`` (one request) for this connection, concurrently with the others.
+
+        It starts at once, in the caller, and becomes a task only if it has to wait (so a
+        request that completes without waiting costs no task), unless the last ``barrier``
+        request is still running: then it starts as a task once that one is done. A
+        ``barrier`` request that has to wait becomes the one later requests wait for.
+        """
+        after = self._barrier
+        if after is not None and after.done():
+            after = self._barrier = None
+        if after is not None:
+            task = asyncio.get_running_loop().create_task(_after(after, coro))
+        else:
+            # The whole request runs in one context of its own, as a task's would.
+            context = contextvars.copy_context()
+            try:
+                waiting_on = context.run(coro.send, None)
+            except StopIteration:
+                return  # done without waiting
+            task = asyncio.get_running_loop().create_task(
+                _resume(coro, waiting_on), context=context
+            )
+        if self._requests is None:
+            self._requests = set()
+        self._requests.add(task)
+        task.add_done_callback(self._request_finished)
+        if barrier:
+            self._barrier = task
+
+    def _request_finished(self, task: asyncio.Task) -> None:
+        if self._requests is not None:
+            self._requests.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the runner catches all
+            log.error("request task failed", exc_info=task.exception())
+
+    async def request_done(self) -> None:
+        """Wait until one of the requests in flight is done."""
+        if self._requests:
+            await asyncio.wait(set(self._requests), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _finish_requests(self) -> None:
+        """Let requests in flight end (a write finishes; its reply has nowhere to go), for at
+        most CLOSE_TIMEOUT, then cancel the rest."""
+        if not self._requests:
+            return
+        _, pending = await asyncio.wait(set(self._requests), timeout=CLOSE_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # -- closing ------------------------------------------------------------------------------
     def close(self, code: int, reason: str) -> None:
@@ -218,8 +392,10 @@ class Connection:
             _abort_if_stalled(self.transport)
 
     async def finish(self) -> None:
-        """Stop the sender and wait for a close in progress (called when the handler ends)."""
+        """Stop the sender, end the requests in flight and wait for a close in progress (called
+        when the handler ends)."""
         self.cancel_expiry()
+        await self._finish_requests()
         sender = self._sender
         if sender is not None:
             sender.cancel()

@@ -21,11 +21,12 @@ from typing import Any, TypeGuard
 import structlog
 from aiohttp import WSMsgType, web
 
+from s3db_auth_drivers import Credentials
 from s3db_core import Change, hookimpl
 from s3db_core.log import get_logger
 
 from .auth import SessionAuth
-from .connection import CLOSE_TIMEOUT, Connection, text_frame
+from .connection import CLOSE_TIMEOUT, Connection, PerIpLimits, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
 from .metrics import Metrics
@@ -69,7 +70,23 @@ _ALIASES = {
     "maxMessageSize": "max_message_size",
     "maxQueueBytes": "max_queue_bytes",
     "authTimeout": "auth_timeout",
+    "headerTimeout": "header_timeout",
+    "maxConnectionsPerIp": "max_connections_per_ip",
+    "maxUnauthenticatedPerIp": "max_unauthenticated_per_ip",
+    "maxConcurrentRequests": "max_concurrent_requests",
 }
+# Frames answered by the reader itself, at once (never behind a slow request).
+_INLINE = frozenset({"ping"})
+# Frames that change what the session is (who, which subscriptions): every later frame of the
+# connection starts only once such a frame is done (a `list` after a `subscribe` sees the
+# subscription in place, so no change falls between the history and the live stream).
+_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe"})
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds")
+    return float(value)
 
 
 def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
@@ -151,6 +168,10 @@ class WebSocketPlugin:
         compression: bool = False,
         auth_timeout: float = 5.0,
         routes: Iterable[web.AbstractRouteDef] = (),
+        header_timeout: float = 10.0,
+        max_connections_per_ip: int | None = 1024,
+        max_unauthenticated_per_ip: int | None = 64,
+        max_concurrent_requests: int = 8,
         **aliases: Any,
     ) -> None:
         options = {
@@ -159,6 +180,10 @@ class WebSocketPlugin:
             "max_message_size": max_message_size,
             "max_queue_bytes": max_queue_bytes,
             "auth_timeout": auth_timeout,
+            "header_timeout": header_timeout,
+            "max_connections_per_ip": max_connections_per_ip,
+            "max_unauthenticated_per_ip": max_unauthenticated_per_ip,
+            "max_concurrent_requests": max_concurrent_requests,
         }
         for alias, value in aliases.items():
             if alias not in _ALIASES:
@@ -178,6 +203,14 @@ class WebSocketPlugin:
         self.max_message_size = int(options["max_message_size"])
         self.max_queue_bytes = int(options["max_queue_bytes"])
         self.compression = bool(compression)
+        self.header_timeout = _positive_seconds("header_timeout", options["header_timeout"])
+        self.per_ip = PerIpLimits(
+            options["max_connections_per_ip"], options["max_unauthenticated_per_ip"]
+        )
+        concurrency = options["max_concurrent_requests"]
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError("max_concurrent_requests must be a positive integer")
+        self.max_concurrent_requests = concurrency
         # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
         # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
         routes = list(routes)
@@ -253,7 +286,14 @@ class WebSocketPlugin:
         app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self._websocket)
         app.add_routes(self.routes)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
+        # aiohttp closes a connection whose first request head is not complete within its
+        # keep-alive timeout: that is the header deadline against half-sent requests.
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=CLOSE_TIMEOUT,
+            keepalive_timeout=self.header_timeout,
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         try:
@@ -265,6 +305,8 @@ class WebSocketPlugin:
         self._runner = runner
         self._started = time.monotonic()
         pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        if self._page is not None:
+            pages.insert(0, f"{self.http_url}{self.path}")
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
@@ -327,64 +369,105 @@ class WebSocketPlugin:
             if self._page is not None:
                 return await self._page(request)
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
-        await ws.prepare(request)
-        if self._runner is None:  # stopping: do not start a session that would be cut off
-            await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
-            return ws
-        conn = Connection(
-            ws,
-            request,
-            client_id=secrets.token_urlsafe(12),
-            max_queue_bytes=self.max_queue_bytes,
-            compress=self.compression,
-            registry=self.registry,
-        )
-        task = asyncio.current_task()
-        assert task is not None
-        self._handler_tasks.add(task)
-        self.connections.add(conn)
-        # Bound in this handler task's own context (not with ``bound_contextvars``, whose
-        # generator would stay alive for the whole session: ~0.4 KiB per socket).
-        structlog.contextvars.bind_contextvars(client_id=conn.client_id)
-        log.debug("connection opened", remote=conn.remote)
+        ip = request.remote or ""
+        # A socket without credentials in its upgrade request waits for an auth frame: those
+        # are capped separately (the ones with credentials are signed in or rejected at once).
+        pending = self.session_auth.required and not Credentials.from_request(
+            request.headers, request.query
+        ).present
+        refused = self.per_ip.admit(ip, unauthenticated=pending)
+        if refused is not None:
+            log.debug("connection refused", remote=ip, reason=refused)  # debug: a flood is cheap
+            return web.Response(status=429, text=refused + "\n", headers={"Retry-After": "5"})
         try:
-            await self._session(conn, request)
+            await ws.prepare(request)
+            if self._runner is None:  # stopping: do not start a session that would be cut off
+                await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
+                return ws
+            conn = Connection(
+                ws,
+                request,
+                client_id=secrets.token_urlsafe(12),
+                max_queue_bytes=self.max_queue_bytes,
+                compress=self.compression,
+                registry=self.registry,
+            )
+            task = asyncio.current_task()
+            assert task is not None
+            self._handler_tasks.add(task)
+            self.connections.add(conn)
+            # Bound in this handler task's own context (not with ``bound_contextvars``, whose
+            # generator would stay alive for the whole session: ~0.4 KiB per socket).
+            structlog.contextvars.bind_contextvars(client_id=conn.client_id)
+            log.debug("connection opened", remote=conn.remote)
+            try:
+                if await self._auth_phase(conn, request):
+                    if pending:
+                        self.per_ip.authenticated(ip)
+                        pending = False
+                    await self._session(conn)
+            finally:
+                self.registry.remove_connection(conn)
+                self.connections.discard(conn)
+                await conn.finish()
+                if conn.overflowed:
+                    self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
+                self._handler_tasks.discard(task)
+                log.debug("connection closed", close_code=ws.close_code)
+                structlog.contextvars.unbind_contextvars("user_id", "client_id")
         finally:
-            self.registry.remove_connection(conn)
-            self.connections.discard(conn)
-            await conn.finish()
-            self._handler_tasks.discard(task)
-            log.debug("connection closed", close_code=ws.close_code)
-            structlog.contextvars.unbind_contextvars("user_id", "client_id")
+            self.per_ip.release(ip, authenticated=not pending)
         return ws
 
-    async def _session(self, conn: Connection, request: web.Request) -> None:
-        """Authenticate from the upgrade request, then read frames until the socket closes."""
+    async def _auth_phase(self, conn: Connection, request: web.Request) -> bool:
+        """Authenticate from the upgrade request, else wait for an ``auth`` frame until the
+        absolute deadline ``auth_timeout`` after the upgrade (neither WebSocket pings nor
+        ``ping`` frames extend it). True once the connection is signed in (or anonymous)."""
         auth = self.session_auth
         if not await auth.open(conn, request):
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + auth.timeout
+            return False
+        deadline = asyncio.get_running_loop().time() + auth.timeout
         ws = conn.ws
-        while not conn.closing:
-            timeout = None if conn.authenticated else deadline - loop.time()
+        while not conn.authenticated:
+            if conn.closing:
+                return False
             try:
-                if timeout is not None and timeout <= 0:
-                    raise TimeoutError
-                msg = await ws.receive(timeout=timeout)
+                # Our own deadline: aiohttp's receive(timeout) restarts at every control frame.
+                async with asyncio.timeout_at(deadline):
+                    msg = await ws.receive()
             except TimeoutError:
                 auth.reject(conn, f"no auth frame within {auth.timeout:g} s")
-                return
+                return False
+            if conn.closing:
+                return False
+            if msg.type not in _DATA_FRAMES:
+                self._log_receive_error(conn, msg)
+                return False
+            await self._on_frame(conn, msg.data, inline=True)
+        return not conn.closing
+
+    async def _session(self, conn: Connection) -> None:
+        """Read frames until the socket closes. Requests run concurrently, up to
+        ``max_concurrent_requests`` per connection (replies carry their requestId), so a ping
+        or a read is answered while a slow write is in flight; see ``_INLINE``/``_BARRIERS``."""
+        ws = conn.ws
+        while not conn.closing:
+            msg = await ws.receive()
             if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
-            if msg.type in _DATA_FRAMES:
-                await self._on_frame(conn, msg.data)
-            else:
-                if msg.type is WSMsgType.ERROR:
-                    log.info("connection error", error=str(msg.data)[:200], close_code=ws.close_code)
+            if msg.type not in _DATA_FRAMES:
+                self._log_receive_error(conn, msg)
                 return
+            await self._on_frame(conn, msg.data)
 
-    async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
+    @staticmethod
+    def _log_receive_error(conn: Connection, msg: Any) -> None:
+        if msg.type is WSMsgType.ERROR:
+            log.info("connection error", error=str(msg.data)[:200], close_code=conn.ws.close_code)
+
+    async def _on_frame(self, conn: Connection, raw: str | bytes, *, inline: bool = False) -> None:
+        """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
+        request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
         try:
             msg: Any = decode(raw)
@@ -392,7 +475,8 @@ class WebSocketPlugin:
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        # structlog's request_id, bound and reset by token (see _structlog_var).
+        # structlog's request_id, bound and reset by token (see _structlog_var); a request task
+        # copies this context when it is created.
         token = _REQUEST_ID.set(rid)
         try:
             if self.rate_limit is not None:
@@ -405,21 +489,36 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
+            req = parse(msg, self.handlers.messages)
+            if inline or req.type in _INLINE:
+                await self._run(conn, req, msg)
+                return
+            while conn.requests_in_flight >= self.max_concurrent_requests:
+                await conn.request_done()
+            conn.start_request(self._run(conn, req, msg), barrier=req.type in _BARRIERS)
+        except Exception as exc:
+            self._reply_error(conn, exc, msg, rid)
+        finally:
+            _REQUEST_ID.reset(token)
+
+    async def _run(self, conn: Connection, req: Any, msg: Any) -> None:
+        """Execute one parsed frame and send its answer (or its error)."""
+        try:
             handlers = self.handlers
-            req = parse(msg, handlers.messages)
             if not conn.authenticated and not handlers.messages[req.type].before_auth:
-                self.session_auth.reject(conn, "authenticate first: send an auth frame", rid)
+                self.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
                 return
             answer = await handlers.table[req.type](conn, req)
             if answer is not None:
                 self.send(conn, answer)
         except Exception as exc:
-            error = client_error(exc)
-            if error is None:
-                error = self._internal_error(exc, msg)
-            self.send_error(conn, error, rid)
-        finally:
-            _REQUEST_ID.reset(token)
+            self._reply_error(conn, exc, msg, req.request_id)
+
+    def _reply_error(self, conn: Connection, exc: Exception, msg: Any, rid: Any) -> None:
+        error = client_error(exc)
+        if error is None:
+            error = self._internal_error(exc, msg)
+        self.send_error(conn, error, rid)
 
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)
