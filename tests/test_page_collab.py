@@ -40,6 +40,7 @@ def test_two_people_edit_one_document_with_live_cursors(request, chromium_browse
         alice.click("#new-document button[type=submit]")
         expect(alice.locator("#doc-name")).to_have_text("Plan")
         expect(alice.locator("#doc-sharing")).to_have_text("Yours, shared with bob.")
+        expect(alice.locator("#editor")).to_be_editable()  # once the document is loaded
         alice.locator("#editor").press_sequentially("Hello world")
         doc_id = alice.evaluate("new URLSearchParams(location.hash.slice(1)).get('doc')")
 

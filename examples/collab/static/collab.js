@@ -278,6 +278,11 @@ async function openDocument(id) {
   location.hash = `doc=${encodeURIComponent(id)}`;
   renderHeader();
   renderDocuments();
+  // Shown at once, editable once the text so far is in: nothing typed can go missing meanwhile.
+  const box = editor();
+  Object.assign(box, { value: "", readOnly: true, placeholder: "Loading…" });
+  $("#document").hidden = false;
+  $("#no-document").hidden = true;
   // Subscribe first, then read the history: operations in between are held and folded after it.
   state.subs = await Promise.all([
     db.subscribe("documents", { filter: { id } }, (event) => {
@@ -295,11 +300,10 @@ async function openDocument(id) {
   state.remoteSinceShown = [];
   const cursors = await db.list("cursors", { filter: { documentId: id }, limit: 100 });
   for (const c of cursors.items) if (c.userId !== state.me.id) state.cursors.set(c.userId, c);
-  $("#document").hidden = false;
-  $("#no-document").hidden = true;
   show();
+  Object.assign(box, { readOnly: false, placeholder: "Start typing…" });
   renderPresence();
-  editor().focus();
+  box.focus();
   await moveCursor();
 }
 
