@@ -95,19 +95,23 @@ def dev_login_route(
     ``Options.dev`` is set (``--dev``, which is refused when ``JWT_SECRET`` is set).
     """
 
+    choices = claims or {}
+
     async def login(request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except ValueError:
             body = {}
+        if not isinstance(body, dict):
+            body = {}
         name = str(body.get("name") or request.query.get("name") or "").strip()[:40]
         role = str(body.get("role") or request.query.get("role") or allowed_roles[0])
         if not name or role not in allowed_roles:
             return web.json_response({"error": f"name required; role one of {list(allowed_roles)}"}, status=400)
-        chosen = {claim: str(body.get(claim) or values[0]) for claim, values in (claims or {}).items()}
+        chosen = {claim: str(body.get(claim) or values[0]) for claim, values in choices.items()}
         for claim, value in chosen.items():
-            if value not in (claims or {})[claim]:
-                return web.json_response({"error": f"{claim} one of {list((claims or {})[claim])}"}, status=400)
+            if value not in choices[claim]:
+                return web.json_response({"error": f"{claim} one of {list(choices[claim])}"}, status=400)
         token = make_token(secret, name, name=name, role=role, **chosen)
         return web.json_response({"token": token, "user": {"id": name, "name": name, "role": role, **chosen}})
 

@@ -33,6 +33,7 @@ def sign_in(page, name: str) -> None:
     page.fill("#login-name", name)
     page.click("#login button[type=submit]")
     expect(page.locator("#connection")).to_have_text("connected")
+    expect(page.locator("#bell")).to_be_visible()  # the page has loaded what there is
 
 
 def open_panel(page) -> None:

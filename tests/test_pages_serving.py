@@ -7,13 +7,14 @@ import importlib
 from pathlib import Path
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served
 from playwright.sync_api import expect
 from ws_helpers import JWT_AUTH, make_token, serve
 
-from examples.common import Options
+from examples.common import Options, dev_login_route
 from examples.pages import SHARED, example_page, serve_page
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -100,3 +101,21 @@ def test_every_page_opens_cleanly_on_a_phone(request, chromium_browser, name):
         assert failed == []
         assert pages.errors() == []
         assert horizontal_overflow(page) == 0
+
+
+async def test_the_dev_login_offers_only_its_fixed_claim_choices():
+    secret = "s" * 32
+    login = dev_login_route(secret, allowed_roles=("member", "admin"), claims={"tenantId": ("acme", "globex")})
+    async with serve(routes=[login]) as (_db, plugin), aiohttp.ClientSession() as http:
+        url = plugin.http_url + "/dev/login"
+        async with http.post(url, json={"name": "cleo", "role": "admin", "tenantId": "globex"}) as resp:
+            body = await resp.json()
+        claims = jwt.decode(body["token"], secret, algorithms=["HS256"])
+        assert (claims["sub"], claims["role"], claims["tenantId"]) == ("cleo", "admin", "globex")
+        assert body["user"] == {"id": "cleo", "name": "cleo", "role": "admin", "tenantId": "globex"}
+        async with http.post(url, json={"name": "ada"}) as resp:  # the first choice by default
+            assert jwt.decode((await resp.json())["token"], secret, algorithms=["HS256"])["tenantId"] == "acme"
+        for bad in ({"name": "eve", "tenantId": "initech"}, {"name": "eve", "role": "game-server"}, ["eve"]):
+            async with http.post(url, json=bad) as resp:
+                assert resp.status == 400, bad
+                assert "token" not in await resp.json()
