@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
+	@echo "Chat demo on memory://: open http://127.0.0.1:3001/ (Ctrl-C stops it)"
 	$(BIN)/python -m examples.chat --dev
 
 # Any example through the venv's Python: make run EXAMPLE=dashboard ARGS="--port 3002 --log-level debug"

@@ -96,24 +96,41 @@ def make_token(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> st
     return jwt.encode({"sub": sub, "iat": now, "exp": now + int(ttl), **claims}, secret, algorithm="HS256")
 
 
-def dev_login_route(secret: str, *, path: str = "/dev/login", allowed_roles: tuple[str, ...] = ("user",)) -> web.RouteDef:
+def dev_login_route(
+    secret: str,
+    *,
+    path: str = "/dev/login",
+    allowed_roles: tuple[str, ...] = ("user",),
+    claims: dict[str, tuple[str, ...]] | None = None,
+) -> web.RouteDef:
     """DEVELOPMENT ONLY: trades a name (and a role from ``allowed_roles``) for a JWT, no password.
+
+    ``claims`` names more claims the caller picks, each from a fixed list of values
+    (``{"tenantId": ("acme", "globex")}``).
 
     It exists so the example pages can be tried in a browser; apps mount it only when
     ``Options.dev`` is set (``--dev``, which is refused when ``JWT_SECRET`` is set).
     """
+
+    choices = claims or {}
 
     async def login(request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except ValueError:
             body = {}
+        if not isinstance(body, dict):
+            body = {}
         name = str(body.get("name") or request.query.get("name") or "").strip()[:40]
         role = str(body.get("role") or request.query.get("role") or allowed_roles[0])
         if not name or role not in allowed_roles:
             return web.json_response({"error": f"name required; role one of {list(allowed_roles)}"}, status=400)
-        token = make_token(secret, name, name=name, role=role)
-        return web.json_response({"token": token, "user": {"id": name, "name": name, "role": role}})
+        chosen = {claim: str(body.get(claim) or values[0]) for claim, values in choices.items()}
+        for claim, value in chosen.items():
+            if value not in choices[claim]:
+                return web.json_response({"error": f"{claim} one of {list(choices[claim])}"}, status=400)
+        token = make_token(secret, name, name=name, role=role, **chosen)
+        return web.json_response({"token": token, "user": {"id": name, "name": name, "role": role, **chosen}})
 
     return web.post(path, login)
 

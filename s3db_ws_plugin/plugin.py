@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import structlog
 from aiohttp import WSMsgType, web
@@ -102,6 +102,11 @@ def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
     return token
 
 
+def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
+    """A GET route at the socket's path: it serves that path's plain HTTP GETs (see ``routes``)."""
+    return isinstance(route, web.RouteDef) and route.method == "GET" and route.path == path
+
+
 class RateLimit:
     """The frame rate limiter and what it is keyed by.
 
@@ -157,8 +162,9 @@ class WebSocketPlugin:
     user (default)|ip|connection or a list of them, "limiter": name}`` (camelCase keys
     accepted; see ``RateLimit``). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
-    on the same port. ``WebSocketPlugin.from_seed(rateLimit=..., ...)`` takes the keyword
-    names spelled the JavaScript way (``SEED_KEYWORDS``).
+    on the same port; a GET route at the socket's own ``path`` answers plain GETs there (an
+    app's page at ``/``) while WebSocket upgrades still reach the socket. ``WebSocketPlugin.from_seed(rateLimit=..., ...)``
+    takes the keyword names spelled the JavaScript way (``SEED_KEYWORDS``).
     """
 
     # The database served, set by ``start`` (pluggy reads every attribute of a plugin when it
@@ -212,8 +218,11 @@ class WebSocketPlugin:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("max_concurrent_requests must be a positive integer")
         self.max_concurrent_requests = concurrency
-        # Extra aiohttp routes served beside the socket (an app's pages, say).
-        self.routes = list(routes)
+        # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
+        # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
+        routes = list(routes)
+        self.routes = [r for r in routes if not _is_page_route(r, self.path)]
+        self._page = next((r.handler for r in routes if _is_page_route(r, self.path)), None)
         # What one client may make the server do (limits.py).
         self.filter_limits = FilterLimits.from_config(filter_limits)
         self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
@@ -348,6 +357,8 @@ class WebSocketPlugin:
             for r in self.routes
             if isinstance(r, web.RouteDef) and r.method == "GET"
         ]
+        if self._page is not None:
+            pages.insert(0, f"{self.http_url}{self.path}")
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
 
     async def stop(self) -> None:
@@ -416,6 +427,8 @@ class WebSocketPlugin:
             compress=self.compression,
         )
         if not ws.can_prepare(request).ok:
+            if self._page is not None:
+                return await self._page(request)
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
         ip = request.remote or ""
         # A socket without credentials in its upgrade request waits for an auth frame: those

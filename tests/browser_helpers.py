@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import os
 import re
 import threading
 import uuid
@@ -36,6 +37,8 @@ CHROMIUM_ARGS = [
 ]
 RESULTS = Path(__file__).resolve().parents[1] / "test-results"
 SECRET = "browser-test-secret-with-enough-bytes"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
 
 
 def _safe(name: str) -> str:
@@ -45,10 +48,10 @@ def _safe(name: str) -> str:
 class ExampleServer:
     """``create_app(options, **kwargs)`` of an example, running in a thread until ``stop()``."""
 
-    def __init__(self, create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> None:
+    def __init__(self, create_app: Callable[..., Awaitable[Any]], *, dev: bool = True, **kwargs: Any) -> None:
         self.options = Options(
             port=0, host="127.0.0.1", db=f"memory://browser-{uuid.uuid4().hex}", jwt_secret=SECRET,
-            dev=True,  # the pages sign in through the development login, like `make demo`
+            dev=dev,  # the pages sign in through the development login, like `make demo`
         )
         self._create_app = create_app
         self._kwargs = kwargs
@@ -113,8 +116,8 @@ class ExampleServer:
 
 
 @contextmanager
-def served(create_app: Callable[..., Awaitable[Any]], **kwargs: Any) -> Iterator[ExampleServer]:
-    server = ExampleServer(create_app, **kwargs).start()
+def served(create_app: Callable[..., Awaitable[Any]], *, dev: bool = True, **kwargs: Any) -> Iterator[ExampleServer]:
+    server = ExampleServer(create_app, dev=dev, **kwargs).start()
     try:
         yield server
     finally:
@@ -180,9 +183,15 @@ class Pages:
         self.pages: list[Any] = []
         self.console: list[str] = []
 
-    def new(self, url: str | None = None) -> Any:
-        """A page in a fresh context (its own storage: another user); opens ``url`` if given."""
-        context = self.browser.new_context()
+    def new(self, url: str | None = None, *, viewport: dict[str, int] | None = None) -> Any:
+        """A page in a fresh context (its own storage: another user); opens ``url`` if given.
+
+        ``viewport``: ``DESKTOP`` (the default) or ``PHONE`` (390 px wide, a touch device).
+        """
+        phone = viewport is not None and viewport["width"] < 600
+        context = self.browser.new_context(
+            viewport=viewport or DESKTOP, is_mobile=phone, has_touch=phone, device_scale_factor=1
+        )
         context.set_default_timeout(10_000)
         page = context.new_page()
         page.on("console", lambda msg: self.console.append(f"[{msg.type}] {msg.text}"))
@@ -192,6 +201,10 @@ class Pages:
         if url is not None:
             page.goto(url)
         return page
+
+    def errors(self) -> list[str]:
+        """What the pages logged as errors, or threw, so far."""
+        return [line for line in self.console if line.startswith(("[error]", "[pageerror]"))]
 
     def screenshot(self, name: str) -> list[Path]:
         RESULTS.mkdir(exist_ok=True)
@@ -209,6 +222,23 @@ class Pages:
     def close(self) -> None:
         for context in self.contexts:
             context.close()
+
+
+def horizontal_overflow(page: Any) -> int:
+    """How many CSS pixels the page scrolls sideways (0 when it fits its viewport's width)."""
+    return int(page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth"))
+
+
+def shoot(page: Any, name: str) -> Path | None:
+    """With ``S3DB_SCREENSHOTS=1``, a full-page screenshot in test-results/ (to look at a page
+    while working on it; tests never compare them)."""
+    if os.environ.get("S3DB_SCREENSHOTS") != "1":
+        return None
+    RESULTS.mkdir(exist_ok=True)
+    page.evaluate("Promise.all(document.getAnimations().map((a) => a.finished))")
+    path = RESULTS / f"{_safe(name)}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
 
 
 @contextmanager

@@ -7,7 +7,10 @@ nothing else reaches him, however he widens his filters.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import uuid
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -21,6 +24,7 @@ from examples.notifications.app import (
     send_notification,
     send_seed_notification,
 )
+from s3db_core import Change, hookimpl
 from s3db_ws_plugin.client import Client, Forbidden
 
 SECRET = "notifications-test-secret-with-enough-bytes"
@@ -166,3 +170,55 @@ async def test_python_m_examples_notifications_runs():
             feed = await user.subscribe("notifications")
             await john.insert("notifications", {"userId": "user-123", "type": "message", "title": "Hi"})
             assert (await feed.next(EVENT_TIMEOUT)).data["title"] == "Hi"
+
+
+README = Path(__file__).resolve().parents[1] / "examples" / "notifications" / "README.md"
+
+
+def readme_client_snippet() -> str:
+    """The client loop of the README's Python block (which starts with a send_notification)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    block = next(b for b in blocks if 'client.subscribe("notifications")' in b)
+    return block[block.index("async with Client(") :]
+
+
+async def test_the_readme_client_marks_one_notification_read_once(app):
+    """Marking read fires an update event; the README's loop must not mark it again (and again)."""
+    db, plugin = app
+    updates = []
+
+    class CountUpdates:
+        @hookimpl
+        def s3db_change(self, change: Change) -> None:
+            if change.resource == "notifications" and change.event == "update":
+                updates.append(change.record["id"])
+
+    await db.use_plugin(CountUpdates())
+    printed: list[str] = []
+    code = "async def snippet():\n" + "".join(f"    {line}\n" for line in readme_client_snippet().splitlines())
+    scope = {"db": db, "url": plugin.url, "token": token("user-123"), "Client": Client,
+             "send_notification": send_notification, "print": printed.append}
+    exec(code, scope)
+    task = asyncio.create_task(scope["snippet"]())
+    try:
+        async def until(check) -> None:
+            async with asyncio.timeout(EVENT_TIMEOUT):
+                while not await check():
+                    await asyncio.sleep(0.01)
+
+        async def all_read() -> bool:
+            found = await db.resources.notifications.query({"userId": "user-123"})
+            return bool(found) and all(n["read"] for n in found)
+
+        await until(lambda: asyncio.sleep(0, len(plugin.registry) == 1))  # subscribed
+        await send_notification(db, *SEED_USAGE)
+        await until(all_read)
+        # A second notification is a barrier: the loop has handled every event before it.
+        await send_notification(db, "user-123", {"type": "system", "title": "barrier"})
+        await until(lambda: asyncio.sleep(0, "barrier" in printed))
+        await until(all_read)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert printed == ["New message", "barrier"]
+    assert len(updates) == 2

@@ -13,7 +13,7 @@ async def main() -> None:
     db, plugin, jobs = await create_app(options)
     await ensure_lobby(db)
     print(f"Chat server running on {plugin.url} (WebSocket, JWT in ?token=)")
-    print(f"Open the chat page: {plugin.http_url}/chat", flush=True)
+    print(f"Open the chat page: {plugin.http_url}/", flush=True)
     await run_forever(db, jobs)
 
 

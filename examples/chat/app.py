@@ -12,16 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, dev_login_route, every, find_record, start_app
+from examples.common import Options, every, find_record, start_app
+from examples.pages import example_page
 from s3db_core import Change, Database, NotFoundError, hookimpl
 from s3db_ws_plugin import RecheckOnAccessChange, WebSocketPlugin
 
-STATIC = Path(__file__).parent / "static"
 TYPING_TTL = 5.0  # seconds a typing indicator lives (the seed's Date.now() + 5000)
 CLEANUP_EVERY = 5.0  # seconds between sweeps of expired typing indicators (the seed's setInterval)
 DELETE_BATCH = 32  # deletes in flight at once when a room's history is removed
@@ -276,19 +275,9 @@ async def ensure_lobby(db: Database) -> None:
         )
 
 
-def page_routes(secret: str, *, dev: bool = False) -> list[web.AbstractRouteDef]:
-    """The chat page, its assets, and with ``dev`` the DEVELOPMENT-ONLY login (name -> JWT)."""
-
-    async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "chat.html")
-
-    routes: list[web.AbstractRouteDef] = [
-        web.get("/chat", page),
-        web.static("/chat/static", STATIC),
-    ]
-    if dev:  # never in production: see examples/common.py
-        routes.append(dev_login_route(secret))
-    return routes
+def page_routes(options: Options) -> list[web.AbstractRouteDef]:
+    """The chat page at ``/`` and, with ``--dev``, the passwordless login (DEV ONLY)."""
+    return example_page(__file__, options, old_path="/chat")
 
 
 async def create_app(
@@ -308,7 +297,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db, typing_ttl=typing_ttl),
-            routes=page_routes(options.jwt_secret, dev=options.dev),
+            routes=page_routes(options),
         )
 
     # A member removed from a private room (or a room made private, or deleted) stops

@@ -12,6 +12,7 @@ async def main() -> None:
     options = parse_options("collab", default_db="memory://collab")
     db, plugin, jobs = await create_app(options)
     print(f"Collaborative editing server running on {plugin.url} (WebSocket, JWT in ?token=)", flush=True)
+    print(f"Open the page: {plugin.http_url}/", flush=True)
     print_dev_tokens(options, plugin.url, {"alice": {"name": "Alice"}, "bob": {"name": "Bob"}})
     await run_forever(db, jobs)
 

@@ -32,6 +32,7 @@ from typing import Any
 import structlog
 
 from examples.common import Options, every, find_record, start_app
+from examples.pages import example_page
 from s3db_core import Change, Database, ForbiddenError, NotFoundError, ValidationError, hookimpl
 from s3db_ws_plugin import RecheckOnAccessChange, WebSocketPlugin
 
@@ -332,6 +333,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
+            routes=example_page(__file__, options),
         )
 
     # A collaborator removed from a document stops receiving it, its operations and cursors.

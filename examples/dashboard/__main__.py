@@ -12,7 +12,7 @@ async def main() -> None:
     options = parse_options("dashboard", default_db="memory://dashboard")
     db, plugin, jobs = await create_app(options)
     print(f"Dashboard server running on {plugin.url} (WebSocket, JWT in ?token=)")
-    print(f"Open the dashboard page: {plugin.http_url}/dashboard", flush=True)
+    print(f"Open the dashboard page: {plugin.http_url}/", flush=True)
     await run_forever(db, jobs)
 
 

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, dev_login_route, every, start_app
+from examples.common import Options, every, start_app
+from examples.pages import example_page
 from s3db_core import Database
 from s3db_ws_plugin import WebSocketPlugin
 
-STATIC = Path(__file__).parent / "static"
 METRIC_EVERY = 5.0  # seconds between simulated samples (the seed's setInterval(..., 5000))
 CPU_ALERT_PERCENT = 90.0  # a simulated CPU sample above this raises a warning alert
 READERS = ("admin", "viewer")
@@ -128,19 +127,9 @@ async def collect_metrics(
         )
 
 
-def page_routes(secret: str, *, dev: bool = False) -> list[web.AbstractRouteDef]:
-    """The dashboard page, its assets, and with ``dev`` the DEVELOPMENT-ONLY login (name + role -> JWT)."""
-
-    async def page(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(STATIC / "dashboard.html")
-
-    routes: list[web.AbstractRouteDef] = [
-        web.get("/dashboard", page),
-        web.static("/dashboard/static", STATIC),
-    ]
-    if dev:  # never in production: see examples/common.py
-        routes.append(dev_login_route(secret, allowed_roles=("viewer", "admin")))
-    return routes
+def page_routes(options: Options) -> list[web.AbstractRouteDef]:
+    """The dashboard page at ``/`` and, with ``--dev``, the passwordless login (DEV ONLY)."""
+    return example_page(__file__, options, roles=("viewer", "admin"), old_path="/dashboard")
 
 
 async def create_app(
@@ -157,7 +146,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=RESOURCES,
-            routes=page_routes(options.jwt_secret, dev=options.dev),
+            routes=page_routes(options),
         )
 
     db, plugin = await start_app(options, define_resources, make_plugin)

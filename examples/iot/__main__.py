@@ -34,6 +34,7 @@ async def main() -> None:
     device = await provision_demo_device(options.db)
     db, plugin, jobs = await create_app(options)
     print(f"IoT server running on {plugin.url} (devices: x-api-key header or ?apiKey=; users: JWT in ?token=)", flush=True)
+    print(f"Open the page: {plugin.http_url}/", flush=True)
     if device is not None:
         print(f"Demo device {device['id']!r} of {DEMO_OWNER!r} sends a reading every 5 s; "
               f"subscribe to sensor_readings with filter {{'deviceId': {device['id']!r}}}", flush=True)

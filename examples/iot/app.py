@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from examples.common import Options, find_record, start_app
+from examples.pages import example_page
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 from s3db_ws_plugin.client import Client, ClientError
@@ -173,6 +174,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
                 ],
             },
             resources=resources_config(db),
+            routes=example_page(__file__, options),
             rate_limit=RATE_LIMIT,
         )
 

@@ -18,6 +18,7 @@ async def main() -> None:
     options = parse_options("leaderboard", default_db="memory://leaderboard")
     db, plugin, jobs = await create_app(options)
     print(f"Leaderboard server running on {plugin.url} (anyone may watch; players and the game server sign in with a JWT)", flush=True)
+    print(f"Open the page: {plugin.http_url}/", flush=True)
     print(f"Demo: a match every {DEMO_EVERY:g} s between two of {', '.join(DEMO_PLAYERS)}", flush=True)
     print_dev_tokens(options, plugin.url, {
         "game-server-1": {"role": GAME_SERVER},

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from examples.common import Options, find_record, start_app
+from examples.pages import example_page
 from s3db_core import Change, Database, ForbiddenError, hookimpl
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -189,6 +190,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             # Watching needs no account; players and the game server sign in with a JWT.
             auth={"required": False, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
+            routes=example_page(__file__, options, roles=("player",)),
         )
 
     db, plugin = await start_app(

@@ -12,6 +12,7 @@ async def main() -> None:
     options = parse_options("multitenant", default_db="memory://multitenant")
     db, plugin, jobs = await create_app(options)
     print(f"Multi-tenant server running on {plugin.url} (WebSocket, JWT with a tenantId claim in ?token=)", flush=True)
+    print(f"Open the page: {plugin.http_url}/", flush=True)
     print_dev_tokens(options, plugin.url, {
         "ada": {"tenantId": "acme", "role": "admin"},
         "bert": {"tenantId": "acme"},

@@ -17,10 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from examples.common import Options, find_record, start_app
+from examples.pages import example_page
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 
 ADMIN_ROLE = "admin"
+TENANTS = ("acme", "globex")  # the tenants the DEV ONLY /dev/login offers
 STAMPED = ("tenantId", "createdBy")  # set by the server on create, never changed afterwards
 Job = Callable[[], Awaitable[None]]
 
@@ -136,6 +138,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
+            routes=example_page(__file__, options, roles=("member", "admin"), claims={"tenantId": TENANTS}),
         )
 
     db, plugin = await start_app(options, define_resources, make_plugin)

@@ -15,6 +15,7 @@ async def main() -> None:
     db, plugin, jobs = await create_app(options)
     user_id = SEED_USAGE[0]
     print(f"Notification server running on {plugin.url} (WebSocket, JWT in ?token=)", flush=True)
+    print(f"Open the page: {plugin.http_url}/", flush=True)
     print(f"Demo: {user_id!r} gets the seed's notification every {DEMO_EVERY:g} s", flush=True)
     print_dev_tokens(options, plugin.url, {user_id: {"name": "Demo user"}, "user-456": {"name": "Someone else"}})
 

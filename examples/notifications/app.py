@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from examples.common import Options, start_app
+from examples.pages import example_page
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -130,6 +131,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(),
+            routes=example_page(__file__, options),
         )
 
     db, plugin = await start_app(options, define_resources, make_plugin)

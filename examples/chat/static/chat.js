@@ -1,10 +1,9 @@
 // The chat page: rooms, message history, live messages and typing indicators over /client.js.
-import { connect } from "/client.js";
+import { $, avatar, clock, el, handle, showError, signInWith } from "/shared/app.js";
 
 const TYPING_EVERY_MS = 2000; // re-announce "typing" at most this often (the server's TTL is 5 s)
 const HISTORY = 50;
 
-const $ = (selector) => document.querySelector(selector);
 const state = {
   db: null,
   me: null,
@@ -15,30 +14,6 @@ const state = {
   typing: new Map(), // userId -> indicator of the open room
   myTyping: null, // { id, at } of my latest indicator
 };
-
-// -- DEV ONLY sign-in: trade a name for a JWT (see examples/common.py dev_login_route) -------
-async function devLogin(name) {
-  const response = await fetch("/dev/login", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ name }),
-  });
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error || `sign-in failed (${response.status})`);
-  return body;
-}
-
-function showError(error) {
-  const status = $("#status");
-  status.textContent = error ? `${error.code || "ERROR"}: ${error.message}` : "";
-  status.hidden = !error;
-}
-
-function el(tag, props = {}, ...children) {
-  const node = Object.assign(document.createElement(tag), props);
-  node.append(...children);
-  return node;
-}
 
 // -- rooms ---------------------------------------------------------------------------------
 function renderRooms() {
@@ -86,11 +61,12 @@ function renderMessages() {
   const messages = [...state.messages.values()].sort((a, b) => (a.id < b.id ? -1 : 1)); // ids are time-ordered
   list.replaceChildren(
     ...messages.map((m) => {
-      const time = new Date(m.createdAt).toLocaleTimeString();
-      const item = el("li", { className: "message" },
-        el("span", { className: "author", textContent: m.username }),
-        el("span", { className: "content", textContent: m.content }),
-        el("span", { className: "time", textContent: time }));
+      const item = el("li", { className: `message${m.userId === state.me.id ? " mine" : ""}` },
+        avatar(m.username),
+        el("div", { className: "bubble" },
+          el("span", { className: "author", textContent: m.username }),
+          el("span", { className: "content", textContent: m.content }),
+          el("span", { className: "time", textContent: clock(m.createdAt) })));
       item.dataset.userId = m.userId;
       return item;
     }),
@@ -169,9 +145,8 @@ async function announceTyping() {
   if (state.myTyping && state.myTyping.at === now) state.myTyping.id = indicator.id;
 }
 
-async function stopTyping() {
-  const mine = state.myTyping;
-  state.myTyping = null;
+async function stopTyping(mine = state.myTyping) {
+  if (state.myTyping === mine) state.myTyping = null;
   if (!mine || !mine.id) return;
   try {
     await state.db.delete("typing_indicators", mine.id);
@@ -184,9 +159,17 @@ async function sendMessage() {
   const input = $("#message");
   const content = input.value.trim();
   if (!content || !state.room) return;
-  await state.db.insert("chat_messages", { roomId: state.room.id, content });
+  // Clear the box now, not when the server answers: what is typed meanwhile is the next message.
   input.value = "";
-  await stopTyping();
+  const typing = state.myTyping;
+  state.myTyping = null;
+  try {
+    await state.db.insert("chat_messages", { roomId: state.room.id, content });
+  } catch (error) {
+    if (!input.value) input.value = content; // give the unsent text back
+    throw error;
+  }
+  await stopTyping(typing);
 }
 
 async function createRoom() {
@@ -204,46 +187,23 @@ async function createRoom() {
 }
 
 // -- start -----------------------------------------------------------------------------------
-async function start(name) {
-  const first = await devLogin(name);
-  let token = first.token;
-  state.me = first.user;
-  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/`;
-  // The token function is called again on every reconnect: a fresh dev token each time.
-  state.db = await connect(url, {
-    token: async () => {
-      const current = token;
-      token = null;
-      return current || (await devLogin(name)).token;
-    },
-  });
-  sessionStorage.setItem("chat-name", name);
-  $("#login").hidden = true;
-  $("#app").hidden = false;
-  $("#whoami").textContent = `signed in as ${state.me.name} (dev token)`;
-  const connection = $("#connection");
-  const setConnection = (text, open) => {
-    connection.textContent = text;
-    connection.classList.toggle("open", open);
-  };
-  setConnection("connected", true);
-  state.db.on("disconnect", () => setConnection("reconnecting…", false));
-  state.db.on("reconnect", () => {
-    setConnection("connected", true);
-    state.typing.clear(); // deletes may have been missed while away
-    renderTyping();
-    loadRooms().catch(showError);
-    if (state.room) loadHistory().catch(showError);
-  });
-  state.db.on("close", (_client, error) => setConnection(error ? `closed: ${error.message}` : "closed", false));
-
+async function ready(db, me) {
+  state.db = db;
+  state.me = me;
   await Promise.all([
-    state.db.subscribe("chat_rooms", {}, (e) => upsertRoom(e.data)),
-    state.db.subscribe("chat_rooms", { filter: { "members[]": state.me.id } }, (e) => upsertRoom(e.data)),
+    db.subscribe("chat_rooms", {}, (e) => upsertRoom(e.data)),
+    db.subscribe("chat_rooms", { filter: { "members[]": me.id } }, (e) => upsertRoom(e.data)),
   ]);
   await loadRooms();
   window.addEventListener("hashchange", () => openHashRoom().catch(showError));
   await openHashRoom();
+}
+
+function onReconnect() {
+  state.typing.clear(); // deletes may have been missed while away
+  renderTyping();
+  loadRooms().catch(showError);
+  if (state.room) loadHistory().catch(showError);
 }
 
 async function openHashRoom() {
@@ -251,34 +211,7 @@ async function openHashRoom() {
   if (wanted && wanted !== state.room?.id) await openRoom(wanted);
 }
 
-function signIn(name) {
-  const error = $("#login-error");
-  error.hidden = true;
-  start(name).catch((err) => {
-    if (!$("#app").hidden) return showError(err); // signed in; something later failed
-    error.textContent = err.message;
-    error.hidden = false;
-  });
-}
-
-function wire() {
-  const guard = (fn) => (event) => {
-    event.preventDefault();
-    showError(null);
-    fn().catch(showError);
-  };
-  $("#login").addEventListener("submit", (event) => {
-    event.preventDefault();
-    signIn($("#login-name").value.trim());
-  });
-  $("#new-room").addEventListener("submit", guard(createRoom));
-  $("#composer").addEventListener("submit", guard(sendMessage));
-  $("#message").addEventListener("input", () => announceTyping().catch(showError));
-  const remembered = sessionStorage.getItem("chat-name");
-  if (remembered) {
-    $("#login-name").value = remembered;
-    signIn(remembered);
-  }
-}
-
-wire();
+$("#new-room").addEventListener("submit", handle(createRoom));
+$("#composer").addEventListener("submit", handle(sendMessage));
+$("#message").addEventListener("input", () => announceTyping().catch(showError));
+signInWith({ key: "chat-login", ready, onReconnect, describe: (me) => `${me.name} (dev token)` });

@@ -1,0 +1,85 @@
+"""The collab page at ``/`` in real Chromium: two people edit one document and see each other's cursor."""
+
+from __future__ import annotations
+
+import pytest
+from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from playwright.sync_api import expect
+
+from examples.collab.app import create_app
+
+
+@pytest.fixture(scope="module")
+def chromium_browser():
+    with chromium() as browser:
+        yield browser
+
+
+def sign_in(page, name: str) -> None:
+    expect(page.locator(".dev-banner")).to_contain_text("DEV ONLY")
+    page.fill("#login-name", name)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#connection")).to_have_text("connected")
+
+
+def stored_text(server, doc_id: str) -> str:
+    # The server's own copy (content is protected: no client ever receives it).
+    return server.call(lambda: server.db.resources.documents.get(doc_id))["content"]
+
+
+def test_two_people_edit_one_document_with_live_cursors(request, chromium_browser):
+    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
+        alice = pages.new(f"{server.http_url}/")
+        bob = pages.new(f"{server.http_url}/", viewport=PHONE)
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+
+        # Alice writes a document she shares with Bob.
+        alice.fill("#doc-title", "Plan")
+        alice.fill("#doc-collaborators", "bob")
+        alice.click("#new-document button[type=submit]")
+        expect(alice.locator("#doc-name")).to_have_text("Plan")
+        expect(alice.locator("#doc-sharing")).to_have_text("Yours, shared with bob.")
+        expect(alice.locator("#editor")).to_be_editable()  # once the document is loaded
+        alice.locator("#editor").press_sequentially("Hello world")
+        doc_id = alice.evaluate("new URLSearchParams(location.hash.slice(1)).get('doc')")
+
+        # Bob finds it among the documents shared with him and gets the text so far.
+        bob.click("#refresh")
+        bob.click("#documents button:has-text('Plan')")
+        expect(bob.locator("#editor")).to_have_value("Hello world")
+        expect(bob.locator("#doc-sharing")).to_have_text("Owned by alice, shared with bob.")
+        expect(bob.locator("#share")).to_be_hidden()  # only the owner changes the sharing
+
+        # Each sees the other: in the presence list, and as a labelled cursor in the text.
+        expect(bob.locator("#presence .person[data-user=alice]")).to_be_visible()
+        expect(alice.locator("#presence .person[data-user=bob]")).to_be_visible()
+        alice.locator("#editor").press("Home")
+        expect(bob.locator(".remote-cursor[data-user=alice]")).to_have_attribute("data-position", "0")
+        expect(bob.locator(".remote-cursor[data-user=alice] .label")).to_have_text("alice")
+
+        # Bob types at the end; Alice's text and the server's follow, and his cursor moves there.
+        bob.locator("#editor").press("End")
+        bob.locator("#editor").press_sequentially(", from bob")
+        expect(alice.locator("#editor")).to_have_value("Hello world, from bob")
+        expect(alice.locator(".remote-cursor[data-user=bob]")).to_have_attribute("data-position", "21")
+        alice.locator("#editor").press("Home")
+        # Alice types at the start meanwhile: both end with the server's text.
+        alice.locator("#editor").press_sequentially(">> ")
+        for page in (alice, bob):
+            expect(page.locator("#editor")).to_have_value(">> Hello world, from bob")
+        # Bob's cursor moved with the text Alice put before it.
+        expect(alice.locator(".remote-cursor[data-user=bob]")).to_have_attribute("data-position", "24")
+        assert stored_text(server, doc_id) == ">> Hello world, from bob"
+        shoot(alice, "collab-desktop")
+        shoot(bob, "collab-phone")
+        assert horizontal_overflow(bob) == 0
+        assert pages.errors() == []
+
+        # Carol is not a collaborator: the document is not in her list and its link is refused.
+        carol = pages.new(f"{server.http_url}/")
+        sign_in(carol, "carol")
+        expect(carol.locator("#no-documents")).to_be_visible()
+        carol.goto(f"{server.http_url}/#doc={doc_id}")
+        expect(carol.locator("#status")).to_contain_text("FORBIDDEN")
+        expect(carol.locator("#editor")).to_have_value("")
