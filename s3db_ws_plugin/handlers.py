@@ -8,6 +8,7 @@ revealed only after the guard allows. Records leave through ``ResourcePolicy.pro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from s3db_core.query import compile_filter
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
 from .protocol import EVENT_KINDS, ErrorCode, ProtocolError, Request, now_ms, reply
+from .resume import subscribe_from
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -136,7 +138,7 @@ class Handlers:
     async def auth(self, conn: Connection, req: Request) -> None:
         await self.plugin.authenticate_frame(conn, req)
 
-    async def subscribe(self, conn: Connection, req: Request) -> Frame:
+    async def subscribe(self, conn: Connection, req: Request) -> Frame | None:
         f = req.fields
         name = f["resource"]
         policy, _ = self._resource(conn, name)
@@ -157,13 +159,24 @@ class Handlers:
         sub = Subscription(conn, name, client_filter, effective, events, predicate)
         registry.add(sub)
         conn.subscriptions.append(sub)
-        return reply(
+        answer = functools.partial(
+            reply,
             "subscribed",
             req.request_id,
             resource=name,
             filter=effective,
             events=[e for e in EVENT_KINDS if e in events],
         )
+        if f.get("since") is not None or f.get("snapshot"):
+            try:
+                await subscribe_from(self.plugin, conn, sub, policy, f, answer)
+            except BaseException:
+                if sub in conn.subscriptions:
+                    registry.remove(sub)
+                    conn.subscriptions.remove(sub)
+                raise
+            return None
+        return answer(position=await self.plugin.position_of(name))
 
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]

@@ -43,6 +43,7 @@ from .protocol import (
 )
 from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
+from .resume import Resumer, current_position, event_frame
 from .subscriptions import SubscriptionRegistry
 
 log = structlog.get_logger("s3db.ws")
@@ -154,6 +155,7 @@ class WebSocketPlugin:
         self.db: Any = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
+        self.resumer = Resumer(max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
@@ -187,26 +189,35 @@ class WebSocketPlugin:
             return
         started = time.perf_counter()
         try:
+            resumer = self.resumer
+            resumer.positions.advance(change)
+            if not resumer.gate.admit(change):  # older than a version already fanned out
+                return
             receivers = self.registry.receivers(change, policy)
             if receivers:
-                payload = encode(
-                    {
-                        "type": "event",
-                        "resource": change.resource,
-                        "event": change.event,
-                        "data": policy.protected.strip(change.record),
-                        "timestamp": change.timestamp,
-                    }
-                )
+                payload = encode(event_frame(change, policy))
                 frame = text_frame(payload)
+                holds = resumer.holds
                 for conn in receivers:
-                    conn.send(payload, frame)
+                    if holds and conn in holds:  # resuming: sent after its replay
+                        holds[conn].add(change, payload)
+                    else:
+                        conn.send(payload, frame)
                 self.metrics.frames_out.inc(len(receivers))
         except Exception:  # the write is durable: never fail it because delivery broke
             log.exception("change fan-out failed", resource=change.resource, event=change.event)
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+
+    async def position_of(self, resource: str) -> dict[str, Any] | None:
+        """The position a new subscription on ``resource`` starts after: the last change this
+        process fanned out (every later one reaches the subscription), else the broker's."""
+        fanned = self.resumer.positions.fanned.get(resource)
+        if fanned is not None:
+            return {"offset": fanned[1], "epoch": fanned[0]}
+        position = await current_position(self, resource)
+        return None if position is None else {"offset": position.offset, "epoch": position.epoch}
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Any) -> None:
@@ -313,6 +324,7 @@ class WebSocketPlugin:
         try:
             await self._session(conn, request)
         finally:
+            self.resumer.release(conn)
             for sub in conn.subscriptions:
                 self.registry.remove(sub)
             conn.subscriptions.clear()

@@ -19,6 +19,8 @@ PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
+MAX_OFFSET = 2**63 - 1  # stream offsets are 64-bit
+MAX_EPOCH_LENGTH = 128
 
 
 class ErrorCode:
@@ -123,6 +125,32 @@ def _limit(msg: dict) -> int:
     return value
 
 
+def _flag(msg: dict, name: str) -> bool:
+    value = msg.get(name)
+    if _absent(value):
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, "must be true or false")
+    return value
+
+
+def _since(msg: dict) -> dict[str, Any] | None:
+    """A stream position ``{offset, epoch}``: what a resuming client saw last."""
+    value = msg.get("since")
+    if _absent(value):
+        return None
+    if not isinstance(value, dict):
+        raise invalid("since", "must be an object {offset, epoch}")
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, float) and offset.is_integer():
+        offset = int(offset)
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
+        raise invalid("since", f"'offset' must be an integer from 0 to {MAX_OFFSET}")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise invalid("since", f"'epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
+    return {"offset": offset, "epoch": epoch}
+
+
 def _order(msg: dict) -> str | None:
     """``asc``/``desc``; None when absent (the resource's default order applies)."""
     value = msg.get("order")
@@ -143,6 +171,11 @@ def _fields(kind: str, msg: dict) -> dict[str, Any]:
     if kind == "subscribe":
         fields["filter"] = _object(msg, "filter", required=False)
         fields["events"] = _events(msg)
+        fields["since"] = _since(msg)
+        fields["snapshot"] = _flag(msg, "snapshot")
+        if fields["since"] is not None and fields["snapshot"]:
+            raise invalid("since", "cannot be combined with snapshot")
+        fields["limit"] = _limit(msg)  # the snapshot's page size
     elif kind == "unsubscribe":
         fields["filter"] = _object(msg, "filter", required=False)
     elif kind == "list":

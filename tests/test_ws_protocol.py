@@ -81,13 +81,16 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                     "requestId": 1,
                 }
             )
-            assert await watcher.recv() == {
+            subscribed = await watcher.recv()
+            assert subscribed == {
                 "type": "subscribed",
                 "requestId": 1,
                 "resource": "notes",
                 "filter": {"roomId": "r1"},
                 "events": ["insert", "update", "delete"],
+                "position": subscribed["position"],
             }
+            positions = [subscribed["position"]]
 
             await writer.send(
                 {
@@ -128,7 +131,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "insert",
                 "data": record,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
             assert isinstance(event["timestamp"], int)
 
             await writer.send(
@@ -156,7 +163,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "update",
                 "data": after,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
 
             await writer.send(
                 {"type": "delete", "resource": "notes", "id": record["id"], "requestId": 5}
@@ -175,7 +186,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "delete",
                 "data": after,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
 
             await watcher.send({"type": "unsubscribe", "resource": "notes", "requestId": "u"})
             assert await watcher.recv() == {

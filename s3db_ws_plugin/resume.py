@@ -1,0 +1,428 @@
+"""Positions in the fan-out: stale versions, resume (``subscribe {since}``) and snapshot-then-
+stream (``subscribe {snapshot: true}``).
+
+Every change a broker hands the plugin carries its stream position (``offset`` within an
+``epoch``) and the record's ``version``. Three things follow:
+
+- **Stale versions are dropped once, for everyone.** Two writer processes racing on one record
+  may publish out of order (version 5, then version 4). ``VersionGate`` remembers, per resource
+  and record (a bounded LRU), the newest version this process fanned out, and drops an older
+  one before any subscriber is looked at: one dict operation per change, never per subscriber.
+- **Resume.** ``subscribe {since}`` replays the broker's history after that position through the
+  subscription's own delivery rule, then continues live. While the replay runs, live frames for
+  that connection are *held* (not sent); once the live stream has reached the last replayed
+  offset, the held frames are flushed, those the replay already covered dropped: no gap, no
+  duplicate. When the epoch differs or the position left history the reply says
+  ``recovered: false`` and the client reloads.
+- **Snapshot.** ``subscribe {snapshot: true}`` reads the stream position first, then the first
+  page of matching records, holds live frames meanwhile, and flushes them minus what the page
+  already shows (same or older record version).
+
+The hold is the only per-connection state, it exists only while that connection subscribes, and
+the live path checks it with one dict lookup per receiver only while some hold exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from s3db_core import Change
+
+from .connection import text_frame
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .guards import ResourcePolicy
+    from .subscriptions import Subscription
+
+log = structlog.get_logger("s3db.ws")
+
+# Records whose newest fanned-out version a process remembers (LRU over all resources).
+VERSION_GATE_SIZE = 100_000
+# How long a subscribe waits for the live stream to catch up with what it replayed or listed
+# before it flushes anyway (a broker normally delivers within milliseconds).
+CATCH_UP_TIMEOUT = 5.0
+# Changes of history remembered before ``since`` to seed the stale-version check of a replay.
+REPLAY_SEED = 256
+
+
+def rank(event: str, version: int) -> int:
+    """Order of a record's changes: insert/update ``v`` < delete of ``v`` < update ``v + 1``."""
+    return version * 2 + (event == "delete")
+
+
+class VersionGate:
+    """The newest (version, deleted) fanned out per record; drops what is older or the same."""
+
+    def __init__(self, capacity: int = VERSION_GATE_SIZE) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[str, Any], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, change: Change) -> bool:
+        """True when ``change`` is newer than anything fanned out for its record (and note it)."""
+        return admit(self._seen, change, self.capacity)
+
+
+def admit(seen: OrderedDict[tuple[str, Any], int], change: Change, capacity: int) -> bool:
+    version = change.version
+    if not version:  # a change built without a version (tests, old writers): no ordering
+        return True
+    record_id = change.record.get("id") if isinstance(change.record, dict) else None
+    if record_id is None or not isinstance(record_id, str | int):
+        return True
+    key = (change.resource, record_id)
+    new = rank(change.event, version)
+    old = seen.get(key)
+    if old is not None:
+        # An insert after a delete is the id's new life, not a stale change.
+        if new <= old and not (change.event == "insert" and old & 1):
+            return False
+        seen.move_to_end(key)
+    seen[key] = new
+    if len(seen) > capacity:
+        seen.popitem(last=False)
+    return True
+
+
+@dataclass(slots=True)
+class Held:
+    """A live frame held for a connection while one of its subscriptions replays."""
+
+    change: Change
+    payload: bytes
+
+
+class Hold:
+    """Frames held for one connection; beyond ``limit`` bytes the connection is closed with 4408
+    when flushed (exactly as a send queue overflow), never grown without bound."""
+
+    __slots__ = ("entries", "size", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.entries: list[Held] = []
+        self.size = 0
+        self.limit = limit
+
+    def add(self, change: Change, payload: bytes) -> None:
+        self.entries.append(Held(change, payload))
+        self.size += len(payload)
+
+
+def event_frame(change: Change, policy: ResourcePolicy) -> dict[str, Any]:
+    """The ``event`` frame of ``change`` (protected fields stripped): the same for every
+    receiver, built once per change."""
+    return {
+        "type": "event",
+        "resource": change.resource,
+        "event": change.event,
+        "data": policy.protected.strip(change.record),
+        "timestamp": change.timestamp,
+        "version": change.version,
+        "offset": change.offset,
+        "epoch": change.epoch,
+    }
+
+
+def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> bool:
+    """Whether ``change`` goes to ``sub``'s connection through ``sub``: the live rule of
+    ``SubscriptionRegistry.receivers`` for one subscription."""
+    event = change.event
+    if event not in policy.events or event not in sub.events:
+        return False
+    if policy.requires_user and not policy.role_allows(sub.connection.user):
+        return False
+    after = change.record if event != "delete" else None
+    return sub.matches(after) or sub.matches(change.previous)
+
+
+class Positions:
+    """What this process has fanned out per resource (offset within epoch), and subscribes
+    waiting for the live stream to reach an offset."""
+
+    def __init__(self) -> None:
+        self.fanned: dict[str, tuple[str, int]] = {}
+        self._waiters: dict[str, list[tuple[str, int, asyncio.Future[None]]]] = {}
+
+    def advance(self, change: Change) -> None:
+        """Called for every change the plugin receives, stale or not, in stream order."""
+        if change.offset is None or change.epoch is None:
+            return
+        self.fanned[change.resource] = (change.epoch, change.offset)
+        waiters = self._waiters.get(change.resource)
+        if waiters:
+            self._wake(change.resource, waiters)
+
+    def _wake(self, resource: str, waiters: list[tuple[str, int, asyncio.Future[None]]]) -> None:
+        left = []
+        for epoch, offset, future in waiters:
+            if future.done():
+                continue
+            if self.reached(resource, epoch, offset):
+                future.set_result(None)
+            else:
+                left.append((epoch, offset, future))
+        if left:
+            self._waiters[resource] = left
+        else:
+            self._waiters.pop(resource, None)
+
+    def reached(self, resource: str, epoch: str, offset: int) -> bool:
+        fanned = self.fanned.get(resource)
+        if fanned is None:
+            return offset <= 0
+        # Another epoch: the stream was reset; nothing more of the old one will come.
+        return fanned[0] != epoch or fanned[1] >= offset
+
+    async def wait(self, resource: str, epoch: str, offset: int, timeout: float) -> bool:
+        """Wait until the live stream of ``resource`` passed ``offset`` (False on timeout)."""
+        if self.reached(resource, epoch, offset):
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(resource, []).append((epoch, offset, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+class Resumer:
+    """The plugin's resume machinery: version gate, positions, holds, replay and snapshot."""
+
+    def __init__(self, max_hold_bytes: int) -> None:
+        self.gate = VersionGate()
+        self.positions = Positions()
+        # Connections whose live frames are held while one of their subscriptions catches up.
+        self.holds: dict[Connection, Hold] = {}
+        self.max_hold_bytes = max_hold_bytes
+        self.catch_up_timeout = CATCH_UP_TIMEOUT
+
+    def hold(self, conn: Connection) -> Hold:
+        hold = self.holds[conn] = Hold(self.max_hold_bytes)
+        return hold
+
+    def release(self, conn: Connection) -> None:
+        self.holds.pop(conn, None)
+
+    async def catch_up(self, resource: str, epoch: str | None, offset: int | None) -> None:
+        if epoch is None or offset is None:
+            return
+        if not await self.positions.wait(resource, epoch, offset, self.catch_up_timeout):
+            log.warning(
+                "live stream did not reach the replayed position in time; flushing",
+                resource=resource,
+                offset=offset,
+            )
+
+    def flush(
+        self,
+        conn: Connection,
+        sub: Subscription,
+        policy: ResourcePolicy,
+        covered: Callable[[Change], bool],
+    ) -> int:
+        """Send what was held for ``conn`` in arrival order, except the changes of ``sub``'s
+        resource that ``covered`` says the replay or snapshot already showed and that no other
+        subscription of the connection receives. Returns the number of frames sent."""
+        hold = self.holds.pop(conn, None)
+        if hold is None:
+            return 0
+        if hold.size > hold.limit:
+            conn.close(4408, "slow consumer: too many events while resuming")
+            return 0
+        others = [s for s in conn.subscriptions if s is not sub and s.resource == sub.resource]
+        sent = 0
+        for held in hold.entries:
+            change = held.change
+            if change.resource == sub.resource and covered(change):
+                if not any(delivers(other, change, policy) for other in others):
+                    continue
+            conn.send(held.payload, text_frame(held.payload))
+            sent += 1
+        return sent
+
+    def replay_frames(
+        self,
+        sub: Subscription,
+        policy: ResourcePolicy,
+        changes: Iterable[Change],
+        after: int,
+        encode: Callable[[dict[str, Any]], bytes],
+    ) -> tuple[list[bytes], int | None]:
+        """The frames ``sub`` gets from ``changes`` (in stream order) past offset ``after``, and
+        the offset of the last change looked at. Changes at or before ``after`` only seed the
+        stale-version check (a record the client saw at version 5 must not go back to 4)."""
+        seen: OrderedDict[tuple[str, Any], int] = OrderedDict()
+        frames: list[bytes] = []
+        last: int | None = None
+        for change in changes:
+            fresh = admit(seen, change, VERSION_GATE_SIZE)
+            if change.offset is None or change.offset <= after:
+                continue
+            last = change.offset
+            if fresh and delivers(sub, change, policy):
+                frames.append(encode(event_frame(change, policy)))
+        return frames, last
+
+
+def snapshot_covered(
+    resource: str, position: int, records: Iterable[dict[str, Any]], held: Iterable[Held]
+) -> Callable[[Change], bool]:
+    """Which held changes of ``resource`` a snapshot listed at ``position`` already shows.
+
+    Changes at or before ``position`` are in it. A record listed while it was changing shows
+    one of its changes after ``position``: that one and the ones before it are in the snapshot,
+    the ones after it are news (a record listed before any of them shows none of them)."""
+    listed = {r.get("id"): r for r in records if isinstance(r, dict)}
+    last_shown: dict[Any, int] = {}
+    for entry in held:
+        change = entry.change
+        if change.resource != resource or change.offset is None or change.offset <= position:
+            continue
+        record_id = change.record.get("id")
+        snap = listed.get(record_id)
+        if snap is not None and change.event != "delete" and change.record == snap:
+            last_shown[record_id] = change.offset
+
+    def covered(change: Change) -> bool:
+        if change.offset is None or change.offset <= position:
+            return True
+        shown = last_shown.get(change.record.get("id"))
+        return shown is not None and change.offset <= shown
+
+    return covered
+
+
+# -- subscribe {since} / {snapshot} -------------------------------------------------------------
+class _Position:
+    """A stream position as brokers take it (``s3db_core``'s ``Position`` when it exists)."""
+
+    __slots__ = ("offset", "epoch")
+
+    def __init__(self, offset: int, epoch: str) -> None:
+        self.offset = offset
+        self.epoch = epoch
+
+
+def _position_type() -> Callable[[int, str], Any]:
+    try:
+        from s3db_core import Position  # type: ignore[attr-defined]
+    except ImportError:
+        return _Position
+    return Position  # type: ignore[no-any-return]
+
+
+async def current_position(plugin: Any, resource: str) -> Any | None:
+    """The broker's latest position of ``resource`` (None when the broker has no positions)."""
+    position = getattr(plugin.db.broker, "position", None)
+    if position is None:
+        return None
+    return await position(resource)
+
+
+async def subscribe_from(
+    plugin: Any,
+    conn: Connection,
+    sub: Subscription,
+    policy: ResourcePolicy,
+    fields: dict[str, Any],
+    reply: Callable[..., dict[str, Any]],
+) -> None:
+    """Answer a ``subscribe`` with ``since`` or ``snapshot`` (``sub`` is registered already),
+    replay or list, then flush the live frames held meanwhile. ``reply(**fields)`` builds the
+    ``subscribed`` frame; this sends it itself, before the replayed events."""
+    resumer: Resumer = plugin.resumer
+    resumer.hold(conn)  # before any await: every live frame from now on is held
+    name = sub.resource
+    covered: Callable[[Change], bool] = lambda change: False  # noqa: E731
+    try:
+        current = await current_position(plugin, name)
+        if fields.get("snapshot"):
+            covered = await _snapshot(plugin, conn, sub, policy, fields, reply, current)
+        else:
+            covered = await _replay(plugin, conn, sub, policy, fields["since"], reply, current)
+    finally:
+        resumer.flush(conn, sub, policy, covered)
+
+
+async def _replay(
+    plugin: Any,
+    conn: Connection,
+    sub: Subscription,
+    policy: ResourcePolicy,
+    since: dict[str, Any],
+    reply: Callable[..., dict[str, Any]],
+    current: Any | None,
+) -> Callable[[Change], bool]:
+    from .protocol import encode
+
+    resumer: Resumer = plugin.resumer
+    name = sub.resource
+    offset, epoch = since["offset"], since["epoch"]
+    changes = None
+    if current is not None and current.epoch == epoch and offset <= current.offset:
+        make = _position_type()
+        history = plugin.db.broker.history
+        seed = max(0, offset - REPLAY_SEED)
+        changes = await history(name, make(seed, epoch))
+        if changes is None and seed < offset:  # the seed left history, the position did not
+            changes = await history(name, make(offset, epoch))
+    if changes is None:
+        plugin._send(conn, reply(recovered=False, position=_dict(current)))
+        if current is None:
+            return lambda change: False
+        await resumer.catch_up(name, current.epoch, current.offset)
+        cut, cut_epoch = current.offset, current.epoch
+    else:
+        frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
+        plugin._send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
+        for payload in frames:
+            conn.send(payload)
+        plugin.metrics.frames_out.inc(len(frames))
+        cut, cut_epoch = (last if last is not None else offset), epoch
+        await resumer.catch_up(name, cut_epoch, cut)
+    return lambda change: (
+        change.epoch == cut_epoch and change.offset is not None and change.offset <= cut
+    )
+
+
+async def _snapshot(
+    plugin: Any,
+    conn: Connection,
+    sub: Subscription,
+    policy: ResourcePolicy,
+    fields: dict[str, Any],
+    reply: Callable[..., dict[str, Any]],
+    current: Any | None,
+) -> Callable[[Change], bool]:
+    resumer: Resumer = plugin.resumer
+    name = sub.resource
+    resource = plugin.db.resources[name]
+    page = await resource.list(filter=sub.filter or None, limit=fields["limit"], order=policy.order)
+    after = await current_position(plugin, name)
+    records = page.items
+    strip = policy.protected.strip
+    plugin._send(
+        conn,
+        reply(data=[strip(r) for r in records], cursor=page.cursor, position=_dict(current)),
+    )
+    if current is None or after is None:
+        return lambda change: False
+    await resumer.catch_up(name, after.epoch, after.offset)
+    hold = resumer.holds.get(conn)
+    shown = snapshot_covered(name, current.offset, records, hold.entries if hold else ())
+    epoch = current.epoch
+    return lambda change: change.epoch == epoch and shown(change)
+
+
+def _dict(position: Any | None) -> dict[str, Any] | None:
+    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
