@@ -12,8 +12,12 @@ from it (a record, a ``Page``, a user), or raises the ``ClientError`` subclass o
 error code. The client owns one socket at a time; when it drops unexpectedly (server restart,
 1001, slow-consumer 4408, a network error) the client reconnects with exponential backoff and
 jitter, authenticates again (calling the token callable again), resubscribes every live
-subscription and keeps their iterators going. Events written while it was disconnected are not
-replayed: use ``on_reconnect`` to catch up (for instance with ``list``). Requests in flight when
+subscription and keeps their iterators going. Each subscription remembers the stream position
+of the last event it got and resubscribes ``since`` it, so events written while it was
+disconnected are replayed, in order, once. When the server cannot replay them (its history was
+lost or is too short), the iterator yields an ``Event`` whose ``event`` is ``"reload"`` (and
+calls the subscription's ``on_reload``): reload what you show, for instance with ``list``, then
+keep iterating. Requests in flight when
 the socket drops fail with ``ConnectionLost``; new ones wait for the reconnect up to
 ``request_timeout``. A 4401 close (invalid or expired token) reconnects with a fresh token when
 ``token`` is a callable, and is final otherwise: requests and iterators raise ``Unauthorized``.
@@ -30,6 +34,7 @@ import contextlib
 import itertools
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -210,14 +215,53 @@ class Page(NamedTuple):
     cursor: str | None
 
 
+class Position(NamedTuple):
+    """A point in a resource's change stream: ``offset`` increases within an ``epoch``."""
+
+    offset: int
+    epoch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Position | None:
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            offset, epoch = value.get("offset"), value.get("epoch")
+            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+                return cls(offset, epoch)
+        return None
+
+
+RELOAD = "reload"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A change pushed by the server."""
+    """A change pushed by the server: ``event`` is ``insert``, ``update`` or ``delete``
+    (``leave`` when a record left what you may see), or ``reload`` when the server could not
+    replay what happened while the client was disconnected (``data`` is then empty): reload
+    what you show."""
 
     resource: str
-    event: str  # insert | update | delete
+    event: str
     data: dict[str, Any]
     timestamp: int  # epoch ms
+    version: int = 0  # the record's version (1 on insert, +1 per update)
+    offset: int | None = None  # stream position of the change
+    epoch: str | None = None
+
+    @property
+    def position(self) -> Position | None:
+        if self.offset is None or self.epoch is None:
+            return None
+        return Position(self.offset, self.epoch)
+
+    @property
+    def is_reload(self) -> bool:
+        return self.event == RELOAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,12 +333,20 @@ class Subscription:
         filter: dict[str, Any] | None,
         events: tuple[str, ...] | None,
         max_pending: int,
+        on_reload: Callable[[Subscription], Any] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
         self.filter = dict(filter or {})
         self.events = events
         self.max_pending = max_pending
+        self.on_reload = on_reload
+        # subscribe(snapshot=True): the first page of matching records and the next page's cursor.
+        self.snapshot: list[dict[str, Any]] | None = None
+        self.cursor: str | None = None
+        # The last subscribe's ``recovered`` (None when it did not resume).
+        self.recovered: bool | None = None
+        self._stream: _Stream | None = None
         self.effective_filter: dict[str, Any] = dict(self.filter)
         # The kinds the server sends for this subscription's stream (its reply's ``events``).
         self.effective_events: tuple[str, ...] = events or EVENT_KINDS
@@ -306,7 +358,23 @@ class Subscription:
         return f"<Subscription {self.resource} {self.filter}>"
 
     def wants(self, kind: str) -> bool:
-        return self.events is None or kind in self.events
+        return self.events is None or kind in self.events or kind == RELOAD
+
+    @property
+    def position(self) -> Position | None:
+        """The stream position this subscription has seen everything up to (persist it and
+        pass it as ``since`` to pick up where you left off)."""
+        return self._stream.position if self._stream is not None else None
+
+    def _reload(self, event: Event) -> None:
+        self._push(event)
+        if self.on_reload is not None:
+            try:
+                result = self.on_reload(self)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_running_loop().create_task(result)
+            except Exception:
+                log.exception("on_reload callback failed", resource=self.resource)
 
     def _push(self, event: Event) -> None:
         if self.closed:
@@ -382,24 +450,71 @@ class _Stream:
     """The server-side subscription that client subscriptions with the same resource and
     filter share (the server keeps one per resource and filter on a connection)."""
 
+    # Records whose last version a stream remembers, to drop a stale or repeated change.
+    MAX_VERSIONS = 10_000
+
     def __init__(self, resource: str, filter: dict[str, Any]) -> None:
         self.resource = resource
         self.filter = filter
         self.effective: dict[str, Any] = dict(filter)
         self.subs: list[Subscription] = []
+        # Everything up to ``position`` was received; ``live`` while subscribed on this socket.
+        self.position: Position | None = None
+        self.live = False
+        self.versions: OrderedDict[Any, int] = OrderedDict()
+
+    def fresh(self, event: Event) -> bool:
+        """False for an event this stream already got: at or before its position, or a record
+        version at or before one it saw (a delete ranks after its version's update)."""
+        position = self.position
+        if (
+            event.offset is not None
+            and position is not None
+            and event.epoch == position.epoch
+            and event.offset <= position.offset
+        ):
+            return False
+        record_id = event.data.get("id")
+        if not event.version or not isinstance(record_id, str | int):
+            return True
+        new = event.version * 2 + (event.event == "delete")
+        old = self.versions.get(record_id)
+        if old is not None:
+            if new <= old and not (event.event == "insert" and old & 1):
+                return False
+            self.versions.move_to_end(record_id)
+        self.versions[record_id] = new
+        if len(self.versions) > self.MAX_VERSIONS:
+            self.versions.popitem(last=False)
+        return True
+
+    def advance(self, event: Event) -> bool:
+        """Move the position to ``event``'s; False when it comes from another epoch than the
+        one this live stream was following (changes may have been lost in between)."""
+        if event.offset is None or event.epoch is None:
+            return True
+        position = self.position
+        if position is None or position.epoch != event.epoch:
+            self.position = Position(event.offset, event.epoch)
+            return position is None
+        if event.offset > position.offset:
+            self.position = Position(event.offset, event.epoch)
+        return True
 
     def events(self) -> list[str] | None:
         if any(s.events is None for s in self.subs):
             return None
         return [k for k in EVENT_KINDS if any(k in (s.events or ()) for s in self.subs)]
 
-    def frame(self) -> dict[str, Any]:
+    def frame(self, resume: bool = True) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "subscribe", "resource": self.resource}
         if self.filter:
             frame["filter"] = self.filter
         events = self.events()
         if events is not None:
             frame["events"] = events
+        if resume and self.position is not None:
+            frame["since"] = self.position.to_dict()
         return frame
 
 
@@ -613,18 +728,44 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         events: Iterable[str] | None = None,
         max_pending: int | None = None,
+        *,
+        since: Position | Mapping[str, Any] | None = None,
+        snapshot: bool = False,
+        limit: int | None = None,
+        on_reload: Callable[[Subscription], Any] | None = None,
     ) -> _SubscribeCall:
         """Subscribe to changes: ``sub = await client.subscribe(...)`` or
         ``async with client.subscribe(...) as sub``; then ``async for event in sub``.
 
-        At most ``max_pending`` (default: the client's) unread events are kept; one more ends
-        the iterator with ``SlowConsumer`` once the buffered ones are read."""
+        ``since`` (a ``Position``, e.g. a ``sub.position`` saved earlier) replays what happened
+        after it first; ``snapshot=True`` puts the first ``limit`` matching records in
+        ``sub.snapshot`` (next page: ``sub.cursor``) and streams every change after them, none
+        missed or repeated. When a replay is impossible the iterator yields a ``reload`` event
+        and ``on_reload(sub)`` is called. At most ``max_pending`` (default: the client's)
+        unread events are kept; one more ends the iterator with ``SlowConsumer`` once the
+        buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        limit = self.max_pending if max_pending is None else max_pending
-        if limit < 1:
+        pending = self.max_pending if max_pending is None else max_pending
+        if pending < 1:
             raise ValueError("max_pending must be at least 1")
-        sub = Subscription(self, resource, dict(filter) if filter else None, kinds, limit)
-        return _SubscribeCall(self._subscribe(sub))
+        start = None
+        if since is not None:
+            start = Position.from_value(since)
+            if start is None:
+                raise ValueError("since must be a Position or {offset: int, epoch: str}")
+            if snapshot:
+                raise ValueError("since and snapshot cannot be combined")
+        sub = Subscription(
+            self, resource, dict(filter) if filter else None, kinds, pending, on_reload
+        )
+        extra: dict[str, Any] = {}
+        if start is not None:
+            extra["since"] = start.to_dict()
+        if snapshot:
+            extra["snapshot"] = True
+            if limit is not None:
+                extra["limit"] = limit
+        return _SubscribeCall(self._subscribe(sub, extra))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
@@ -725,18 +866,27 @@ class Client:
     def _key(resource: str, filter: dict[str, Any]) -> tuple[str, bytes]:
         return resource, orjson.dumps(filter, option=orjson.OPT_SORT_KEYS)
 
-    async def _subscribe(self, sub: Subscription) -> Subscription:
+    async def _subscribe(self, sub: Subscription, extra: dict[str, Any]) -> Subscription:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream(sub.resource, sub.filter)
+        elif "since" in extra:  # a stream already flowing: it continues where it is
+            del extra["since"]
         stream.subs.append(sub)  # before the request: events may follow the reply at once
+        sub._stream = stream
         try:
-            reply = await self._request(stream.frame(), on_reply=self._subscribed(stream))
+            reply = await self._request(
+                {**stream.frame(resume=False), **extra}, on_reply=self._subscribed(stream)
+            )
         except BaseException:
             self._drop(key, stream, sub)
             raise
         sub.effective_filter = dict(reply.get("filter") or {})
+        if "snapshot" in extra:
+            data = reply.get("data")
+            sub.snapshot = list(data) if isinstance(data, list) else []
+            sub.cursor = reply.get("cursor")
         return sub
 
     def _subscribed(self, stream: _Stream) -> Callable[[dict], None]:
@@ -749,8 +899,38 @@ class Client:
                     sub.effective_events = tuple(
                         k for k in EVENT_KINDS if k in events and sub.wants(k)
                     )
+            self._positioned(stream, reply)
 
         return on_reply
+
+    def _positioned(self, stream: _Stream, reply: dict[str, Any]) -> None:
+        """Take the ``subscribed`` reply's position (and ``recovered``) for ``stream``."""
+        position = Position.from_value(reply.get("position"))
+        recovered = reply.get("recovered")
+        stream.live = True
+        if isinstance(recovered, bool):
+            for sub in stream.subs:
+                sub.recovered = recovered
+        if recovered is False:
+            stream.position = position
+            stream.versions.clear()
+            log.info("subscription not recovered: reload", resource=stream.resource)
+            reload = Event(
+                stream.resource,
+                RELOAD,
+                {},
+                int(time.time() * 1000),
+                offset=position.offset if position else None,
+                epoch=position.epoch if position else None,
+            )
+            for sub in list(stream.subs):
+                sub._reload(reload)
+            return
+        current = stream.position
+        if position is not None and (
+            current is None or current.epoch != position.epoch or current.offset < position.offset
+        ):
+            stream.position = position
 
     def _drop(self, key: tuple[str, bytes], stream: _Stream, sub: Subscription) -> None:
         if sub in stream.subs:
@@ -780,10 +960,29 @@ class Client:
         """
         resource, kind = frame.get("resource"), frame.get("event")
         data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
-        event = Event(resource, kind, data, frame.get("timestamp") or 0)
+        version, offset, epoch = frame.get("version"), frame.get("offset"), frame.get("epoch")
+        event = Event(
+            resource,
+            kind,
+            data,
+            frame.get("timestamp") or 0,
+            version if isinstance(version, int) and not isinstance(version, bool) else 0,
+            offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+            epoch if isinstance(epoch, str) else None,
+        )
         wanted: list[tuple[_Stream, list[Subscription]]] = []
         for stream in self._streams.values():
-            if stream.resource == resource:
+            if stream.resource != resource:
+                continue
+            if not stream.live and stream.position is not None:
+                continue  # waiting to resubscribe since its position: its replay brings this
+            # Resuming may repeat a change for a stream that already has it: drop it there.
+            fresh = stream.fresh(event)
+            if not stream.advance(event):  # a new epoch under a live stream: changes were lost
+                lost = Event(resource, RELOAD, {}, event.timestamp, 0, event.offset, event.epoch)
+                for sub in list(stream.subs):
+                    sub._reload(lost)
+            if fresh:
                 subs = [s for s in stream.subs if s.wants(kind)]
                 if subs:
                     wanted.append((stream, subs))
@@ -953,6 +1152,8 @@ class Client:
                 first = False
                 error = await reader
                 self._ready.clear()
+                for stream in self._streams.values():
+                    stream.live = False  # resubscribed on the next socket, since its position
                 self._stop_refresh()
                 close_code = self.close_code = ws.close_code
                 log.info("disconnected", url=self.safe_url, close_code=close_code)

@@ -229,26 +229,39 @@ class Resumer:
         sub: Subscription,
         policy: ResourcePolicy,
         covered: Callable[[Change], bool],
+        replayed: Iterable[tuple[int, bytes]] = (),
     ) -> int:
-        """Send what was held for ``conn`` in arrival order, except the changes of ``sub``'s
-        resource that ``covered`` says the replay or snapshot already showed and that no other
-        subscription of the connection receives. Returns the number of frames sent."""
+        """Send the replayed frames and what was held for ``conn``: ``sub``'s resource in offset
+        order (replayed and held merged, each change once), minus the held changes ``covered``
+        says the replay or snapshot already accounted for, unless another subscription of the
+        connection receives them. Other resources go out in arrival order. Returns the number
+        of frames sent."""
         hold = self.holds.pop(conn, None)
         if hold is None:
-            return 0
+            hold = Hold(self.max_hold_bytes)
         if hold.size > hold.limit:
             conn.close(4408, "slow consumer: too many events while resuming")
             return 0
-        others = [s for s in conn.subscriptions if s is not sub and s.resource == sub.resource]
-        sent = 0
+        resource = sub.resource
+        merged = list(replayed)
+        sent_offsets = {offset for offset, _ in merged}
+        others = [s for s in conn.subscriptions if s is not sub and s.resource == resource]
+        frames: list[bytes] = []
         for held in hold.entries:
             change = held.change
-            if change.resource == sub.resource and covered(change):
-                if not any(delivers(other, change, policy) for other in others):
-                    continue
-            conn.send(held.payload, text_frame(held.payload))
-            sent += 1
-        return sent
+            if change.resource != resource or change.offset is None:
+                frames.append(held.payload)
+                continue
+            if change.offset in sent_offsets:
+                continue
+            if covered(change) and not any(delivers(o, change, policy) for o in others):
+                continue
+            merged.append((change.offset, held.payload))
+        merged.sort(key=lambda item: item[0])
+        frames.extend(payload for _, payload in merged)
+        for payload in frames:
+            conn.send(payload, text_frame(payload))
+        return len(frames)
 
     def replay_frames(
         self,
@@ -257,12 +270,12 @@ class Resumer:
         changes: Iterable[Change],
         after: int,
         encode: Callable[[dict[str, Any]], bytes],
-    ) -> tuple[list[bytes], int | None]:
-        """The frames ``sub`` gets from ``changes`` (in stream order) past offset ``after``, and
-        the offset of the last change looked at. Changes at or before ``after`` only seed the
+    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        """The frames ``sub`` gets from ``changes`` (in stream order) past offset ``after``, with
+        their offsets, and the offset of the last change looked at. Changes at or before ``after`` only seed the
         stale-version check (a record the client saw at version 5 must not go back to 4)."""
         seen: OrderedDict[tuple[str, Any], int] = OrderedDict()
-        frames: list[bytes] = []
+        frames: list[tuple[int, bytes]] = []
         last: int | None = None
         for change in changes:
             fresh = admit(seen, change, VERSION_GATE_SIZE)
@@ -270,7 +283,7 @@ class Resumer:
                 continue
             last = change.offset
             if fresh and delivers(sub, change, policy):
-                frames.append(encode(event_frame(change, policy)))
+                frames.append((change.offset, encode(event_frame(change, policy))))
         return frames, last
 
 
@@ -343,15 +356,23 @@ async def subscribe_from(
     resumer: Resumer = plugin.resumer
     resumer.hold(conn)  # before any await: every live frame from now on is held
     name = sub.resource
-    covered: Callable[[Change], bool] = lambda change: False  # noqa: E731
+    covered: Callable[[Change], bool] = _nothing
+    replayed: list[tuple[int, bytes]] = []
     try:
         current = await current_position(plugin, name)
         if fields.get("snapshot"):
             covered = await _snapshot(plugin, conn, sub, policy, fields, reply, current)
         else:
-            covered = await _replay(plugin, conn, sub, policy, fields["since"], reply, current)
+            covered, replayed = await _replay(
+                plugin, conn, sub, policy, fields["since"], reply, current
+            )
     finally:
-        resumer.flush(conn, sub, policy, covered)
+        sent = resumer.flush(conn, sub, policy, covered, replayed)
+        plugin.metrics.frames_out.inc(sent)
+
+
+def _nothing(change: Change) -> bool:
+    return False
 
 
 async def _replay(
@@ -362,7 +383,7 @@ async def _replay(
     since: dict[str, Any],
     reply: Callable[..., dict[str, Any]],
     current: Any | None,
-) -> Callable[[Change], bool]:
+) -> tuple[Callable[[Change], bool], list[tuple[int, bytes]]]:
     from .protocol import encode
 
     resumer: Resumer = plugin.resumer
@@ -379,20 +400,19 @@ async def _replay(
     if changes is None:
         plugin._send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
-            return lambda change: False
+            return _nothing, []
         await resumer.catch_up(name, current.epoch, current.offset)
-        cut, cut_epoch = current.offset, current.epoch
+        cut, cut_epoch, frames = current.offset, current.epoch, []
     else:
         frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
         plugin._send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
-        for payload in frames:
-            conn.send(payload)
-        plugin.metrics.frames_out.inc(len(frames))
         cut, cut_epoch = (last if last is not None else offset), epoch
         await resumer.catch_up(name, cut_epoch, cut)
-    return lambda change: (
-        change.epoch == cut_epoch and change.offset is not None and change.offset <= cut
-    )
+
+    def covered(change: Change) -> bool:
+        return change.epoch == cut_epoch and change.offset is not None and change.offset <= cut
+
+    return covered, frames
 
 
 async def _snapshot(
@@ -416,7 +436,7 @@ async def _snapshot(
         reply(data=[strip(r) for r in records], cursor=page.cursor, position=_dict(current)),
     )
     if current is None or after is None:
-        return lambda change: False
+        return _nothing
     await resumer.catch_up(name, after.epoch, after.offset)
     hold = resumer.holds.get(conn)
     shown = snapshot_covered(name, current.offset, records, hold.entries if hold else ())
