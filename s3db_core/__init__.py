@@ -1,5 +1,6 @@
 """s3db core: a document database whose records live in S3 (or a memory/file store)."""
 
+from .brokers import Position
 from .change import Change
 from .database import Database, Resources
 from .errors import (
@@ -21,6 +22,7 @@ __all__ = [
     "ForbiddenError",
     "NotFoundError",
     "Page",
+    "Position",
     "Resource",
     "Resources",
     "S3dbError",

@@ -11,7 +11,7 @@ import pluggy
 import structlog
 
 from . import hookspecs
-from .broker import load_broker
+from .brokers import Broker, load_broker
 from .change import Change
 from .errors import StorageError
 from .plugins import await_me_maybe
@@ -63,6 +63,10 @@ class Database:
 
     ``Database("memory://demo")``, ``file://./data``, ``s3://KEY:SECRET@bucket/prefix?region=..``
     or ``http(s)://KEY:SECRET@host:port/bucket/prefix``.
+
+    ``broker`` says where changes go: ``"local"`` (this process only), or a shared
+    ``"redis://host:port/db"`` / ``"nats://host:port"`` so every process on it (servers and plain
+    writer scripts) sees every change; options in the URL's query or in ``broker_config``.
     """
 
     def __init__(
@@ -77,7 +81,7 @@ class Database:
         self.resources = Resources()
         self.pm = pluggy.PluginManager("s3db")
         self.pm.add_hookspecs(hookspecs)
-        self.broker = load_broker(broker, broker_config)
+        self.broker: Broker = load_broker(broker, broker_config)
         self.broker.subscribe(self._dispatch_change)
         self.connected = False
         self._saved_definitions: dict[str, Any] = {}
@@ -99,6 +103,7 @@ class Database:
             self._saved_definitions = {}
         except orjson.JSONDecodeError as exc:
             raise StorageError(f"{self.storage.describe()}: {METADATA_KEY} is not valid JSON") from exc
+        await self.broker.start()
         self.connected = True
         await self._call_hook("s3db_startup", db=self)
         log.debug("connected", store=self.storage.describe())
@@ -112,7 +117,10 @@ class Database:
             await self._call_hook("s3db_shutdown", db=self)
         finally:
             self.connected = False
-            await self.storage.close()
+            try:
+                await self.broker.close()
+            finally:
+                await self.storage.close()
 
     async def __aenter__(self) -> Database:
         return await self.connect()
@@ -167,8 +175,9 @@ class Database:
         results = caller(**kwargs)
         return [await await_me_maybe(r) for r in results]
 
-    async def _publish(self, change: Change) -> None:
-        await self.broker.publish(change)
+    async def _publish(self, change: Change) -> Change:
+        """Hand a durable change to the broker (never raises: the write already happened)."""
+        return await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:
         await self._call_hook("s3db_change", change=change)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server (SeaweedFS) per session and per-backend storage URLs."""
+"""Shared fixtures: real S3 (SeaweedFS), Redis and NATS servers per session, per-backend storage
+URLs and per-engine broker URLs."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from s3server import S3Server, start_s3_server
+from services import Service, start_nats, start_redis
 
 from s3db_core import Database
 
@@ -64,3 +66,45 @@ async def ws_database(request: pytest.FixtureRequest):
     await db.connect()
     yield db
     await db.disconnect()
+
+
+@pytest.fixture(scope="session")
+def redis_service() -> Iterator[Service]:
+    """A real redis-server for the session (never skipped: a missing binary fails the test)."""
+    service = start_redis()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_service() -> Iterator[Service]:
+    """A real ``nats-server -js`` for the session, its JetStream store in a temporary dir."""
+    service = start_nats()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_service: Service) -> str:
+    """``redis://127.0.0.1:PORT/0`` of the session's Redis (add ``?prefix=`` to isolate a test)."""
+    return redis_service.url
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_service: Service) -> str:
+    """``nats://127.0.0.1:PORT`` of the session's NATS (add ``?prefix=`` to isolate a test)."""
+    return nats_service.url
+
+
+@pytest.fixture(params=["local", "redis", "nats"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """A broker URL per engine, with a prefix of its own so tests never see each other's streams.
+    Delivery and resume tests take it to run against every engine."""
+    if request.param == "local":
+        return "local"
+    base = request.getfixturevalue(f"{request.param}_url")
+    return f"{base}?prefix=t{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,329 @@
+"""What every broker offers, and the pieces the engines share.
+
+A broker appends each durable change to its resource's stream, gives it a ``Position``
+(``offset`` strictly increasing within ``epoch``), hands every change of every process to its
+listeners in stream order per resource, and answers ``position`` and ``history`` so a subscriber
+can resume. The epoch changes whenever a stream's history is lost, so a position from before a
+loss is never mistaken for one after it.
+
+``StreamBroker`` is the shared body of the networked engines (Redis, NATS): listeners, the
+bounded publish with its ordered outage buffer, and the retry task. An engine supplies
+``_connect``, ``_disconnect``, ``_append``, ``_run_reader``, ``position`` and ``history``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+import structlog
+
+from ..change import Change
+
+log = structlog.get_logger("s3db.broker")
+
+Listener = Callable[[Change], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a change sits in its resource's stream."""
+
+    offset: int
+    epoch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "epoch": self.epoch}
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """The one interface the core and the plugins see; engines live in their own modules."""
+
+    async def start(self) -> None:
+        """Connect and start receiving (``Database.connect`` calls it); bounded, never hangs."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving and disconnect (``Database.disconnect`` calls it)."""
+        ...
+
+    def subscribe(self, listener: Listener) -> None:
+        """``listener(change)`` (sync or async) gets every change of every process, with its
+        position, in stream order per resource."""
+        ...
+
+    def unsubscribe(self, listener: Listener) -> None: ...
+
+    async def publish(self, change: Change) -> Change:
+        """Append ``change``; return it with its position (without one when the broker is
+        unreachable and the change waits in the outage buffer). Never raises, bounded in time."""
+        ...
+
+    async def position(self, resource: str) -> Position:
+        """Position of ``resource``'s latest change (offset 0 if none yet)."""
+        ...
+
+    async def history(self, resource: str, since: Position) -> list[Change] | None:
+        """The changes after ``since``, in order; None when ``since`` is not recoverable (another
+        epoch, or it has left the bounded history)."""
+        ...
+
+
+# -- options -------------------------------------------------------------------------------------
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _number(name: str, value: Any, low: float, high: float, kind: type = float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"broker option {name!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ValueError(f"broker option {name!r} must be between {low} and {high}, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Options shared by the engines, from the URL's query string and ``broker_config``
+    (``broker_config`` wins). Units: seconds and counts."""
+
+    prefix: str = "s3db"  # namespace of the keys / stream: one per database sharing a server
+    history_size: int = 1000  # changes kept per resource
+    history_ttl: float = 3600.0  # seconds a change stays in history
+    publish_timeout: float = 1.0  # bound on one publish attempt
+    connect_timeout: float = 5.0  # bound on start()
+    buffer_size: int = 10000  # changes held while the broker is unreachable
+
+    @classmethod
+    def from_url(cls, url: str, config: Mapping[str, Any] | None = None) -> BrokerOptions:
+        query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
+        merged: dict[str, Any] = {**query, **(config or {})}
+        known = {"prefix", "history_size", "history_ttl", "publish_timeout", "connect_timeout",
+                 "buffer_size"}  # fmt: skip
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown broker option(s) {unknown}; known: {sorted(known)}")
+        defaults = cls()
+        prefix = str(merged.get("prefix", defaults.prefix))
+        if not _PREFIX.match(prefix):
+            raise ValueError("broker option 'prefix' must be 1-64 letters, digits, '_' or '-'")
+
+        def get(name: str, low: float, high: float, kind: type = float) -> Any:
+            return _number(name, merged.get(name, getattr(defaults, name)), low, high, kind)
+
+        return cls(
+            prefix=prefix,
+            history_size=get("history_size", 1, 1_000_000, int),
+            history_ttl=get("history_ttl", 0.1, 30 * 86400),
+            publish_timeout=get("publish_timeout", 0.01, 60),
+            connect_timeout=get("connect_timeout", 0.01, 300),
+            buffer_size=get("buffer_size", 0, 10_000_000, int),
+        )
+
+
+def server_url(url: str) -> str:
+    """``url`` without its query string (the options), for the engine's client library."""
+    parts = urlsplit(url)
+    return parts._replace(query="", fragment="").geturl()
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+# -- wire form of a change -------------------------------------------------------------------------
+def encode_change(change: Change) -> bytes:
+    return orjson.dumps(
+        {
+            "r": change.resource,
+            "e": change.event,
+            "d": change.record,
+            "p": change.previous,
+            "t": change.timestamp,
+            "v": change.version,
+        }
+    )
+
+
+def decode_change(data: bytes, offset: int, epoch: str) -> Change:
+    fields = orjson.loads(data)
+    return Change(
+        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch
+    )
+
+
+# -- listeners ------------------------------------------------------------------------------------
+class Listeners:
+    """The broker's listeners, called in order; one failing never stops the others."""
+
+    def __init__(self) -> None:
+        self.items: list[Listener] = []
+
+    def add(self, listener: Listener) -> None:
+        self.items.append(listener)
+
+    def remove(self, listener: Listener) -> None:
+        if listener in self.items:
+            self.items.remove(listener)
+
+    async def dispatch(self, change: Change) -> None:
+        for listener in self.items:
+            try:
+                result = listener(change)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("listener_failed", resource=change.resource, offset=change.offset)
+
+
+# -- the shared body of networked engines ---------------------------------------------------------
+@dataclass(slots=True)
+class _Pending:
+    change: Change
+    publish_id: int  # per broker instance, strictly increasing: the engine's dedupe key
+    new_epoch: bool  # changes of this resource were dropped before it: open a new epoch
+
+
+class StreamBroker:
+    """Listeners, a bounded ``publish`` and the ordered outage buffer shared by Redis and NATS.
+
+    A publish attempt is bounded by ``publish_timeout``. When it fails, the change joins a FIFO
+    buffer (bounded by ``buffer_size``) that a retry task drains in order, with backoff, once the
+    server answers again; while the buffer holds anything, new changes queue behind it so each
+    resource keeps its order. Each attempt carries the same publish id, so an attempt that
+    reached the server before failing is not appended twice. A change that does not fit in the
+    buffer is dropped, and the next change of its resource opens a new epoch: subscribers learn
+    the loss (``recovered: false``) instead of meeting a silent gap.
+    """
+
+    name = "stream"
+
+    def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.options = BrokerOptions.from_url(url, config)
+        self.listeners = Listeners()
+        self._buffer: deque[_Pending] = deque()
+        self._lost: set[str] = set()  # resources whose next change opens a new epoch
+        self._next_id = 0
+        self._retry_task: asyncio.Task[None] | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._started = False
+        self.dropped = 0  # changes that did not fit in the outage buffer
+
+    # engine hooks
+    async def _connect(self) -> None:
+        raise NotImplementedError
+
+    async def _disconnect(self) -> None:
+        raise NotImplementedError
+
+    async def _append(self, change: Change, publish_id: int, new_epoch: bool) -> Change:
+        raise NotImplementedError
+
+    async def _run_reader(self) -> None:
+        raise NotImplementedError
+
+    async def position(self, resource: str) -> Position:
+        raise NotImplementedError
+
+    async def history(self, resource: str, since: Position) -> list[Change] | None:
+        raise NotImplementedError
+
+    # lifecycle
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self._connect()
+        except Exception as exc:  # the store is the source of truth: keep going, retry later
+            log.warning("broker_unreachable", broker=self.name, error=repr(exc))
+        self._reader_task = asyncio.get_running_loop().create_task(self._run_reader())
+        if self._buffer:
+            self._start_retry()
+
+    async def close(self) -> None:
+        self._started = False
+        for task in (self._reader_task, self._retry_task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self._reader_task = self._retry_task = None
+        if self._buffer:
+            log.warning("broker_closed_with_pending", broker=self.name, pending=len(self._buffer))
+        await self._disconnect()
+
+    def subscribe(self, listener: Listener) -> None:
+        self.listeners.add(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        self.listeners.remove(listener)
+
+    @property
+    def pending(self) -> int:
+        """Changes waiting in the outage buffer."""
+        return len(self._buffer)
+
+    # publishing
+    async def publish(self, change: Change) -> Change:
+        self._next_id += 1
+        reset = change.resource in self._lost
+        item = _Pending(change, self._next_id, reset)
+        if not self._buffer and self._started:
+            try:
+                async with asyncio.timeout(self.options.publish_timeout):
+                    published = await self._append(change, item.publish_id, reset)
+                self._lost.discard(change.resource)
+                return published
+            except Exception as exc:
+                log.warning("publish_failed", broker=self.name, resource=change.resource,
+                            error=repr(exc))  # fmt: skip
+        self._enqueue(item)
+        return change
+
+    def _enqueue(self, item: _Pending) -> None:
+        resource = item.change.resource
+        if len(self._buffer) >= self.options.buffer_size:
+            self.dropped += 1
+            self._lost.add(resource)
+            log.error("publish_dropped", broker=self.name, resource=resource,
+                      buffer_size=self.options.buffer_size)  # fmt: skip
+            return
+        self._lost.discard(resource)
+        self._buffer.append(item)
+        self._start_retry()
+
+    def _start_retry(self) -> None:
+        if self._started and (self._retry_task is None or self._retry_task.done()):
+            self._retry_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        delay = 0.05
+        while self._buffer:
+            item = self._buffer[0]
+            try:
+                async with asyncio.timeout(self.options.publish_timeout):
+                    await self._append(item.change, item.publish_id, item.new_epoch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            self._buffer.popleft()
+        log.info("broker_buffer_drained", broker=self.name)

@@ -1,0 +1,98 @@
+"""The in-process broker (the default): no server, changes stay in this process.
+
+``publish`` gives the change its position and calls every listener in order before returning,
+which keeps commit order per resource. Each resource keeps an in-memory ring of its latest
+changes (bounded by ``history_size`` and ``history_ttl``) so a subscriber that reconnects to this
+same process can resume; the epoch is new at every process start (a restart loses the rings).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import deque
+from collections.abc import Mapping
+from itertools import islice
+from typing import Any
+
+from ..change import Change
+from .base import BrokerOptions, Listener, Position, new_epoch
+
+
+class _Ring:
+    __slots__ = ("changes", "offset")
+
+    def __init__(self, size: int) -> None:
+        self.changes: deque[Change] = deque(maxlen=size)
+        self.offset = 0
+
+
+class LocalBroker:
+    """In-process broker with a bounded in-memory history per resource."""
+
+    def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
+        if isinstance(url, Mapping):  # the wave-1 signature: LocalBroker(config)
+            url, config = "local", url
+        self.options = BrokerOptions.from_url(url, config)
+        self.epoch = new_epoch()
+        self._listeners: list[Listener] = []
+        self._rings: dict[str, _Ring] = {}
+        self._ttl_ms = int(self.options.history_ttl * 1000)
+
+    async def start(self) -> None:
+        """Nothing to connect."""
+
+    async def close(self) -> None:
+        self._listeners.clear()
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def publish(self, change: Change) -> Change:
+        ring = self._rings.get(change.resource)
+        if ring is None:
+            ring = self._rings[change.resource] = _Ring(self.options.history_size)
+        ring.offset += 1
+        change = Change(
+            change.resource, change.event, change.record, change.previous, change.timestamp,
+            change.version, ring.offset, self.epoch,
+        )  # fmt: skip
+        changes = ring.changes
+        changes.append(change)
+        if changes[0].timestamp < change.timestamp - self._ttl_ms:
+            self._expire(changes, change.timestamp)
+        for listener in self._listeners:
+            result = listener(change)
+            if inspect.isawaitable(result):
+                await result
+        return change
+
+    def _expire(self, changes: deque[Change], now_ms: int) -> None:
+        horizon = now_ms - self._ttl_ms
+        while changes and changes[0].timestamp < horizon:
+            changes.popleft()
+
+    async def position(self, resource: str) -> Position:
+        ring = self._rings.get(resource)
+        return Position(ring.offset if ring else 0, self.epoch)
+
+    async def history(self, resource: str, since: Position) -> list[Change] | None:
+        if since.epoch != self.epoch:
+            return None
+        ring = self._rings.get(resource)
+        last = ring.offset if ring else 0
+        if since.offset > last or since.offset < 0:
+            return None
+        if since.offset == last:
+            return []
+        assert ring is not None
+        self._expire(ring.changes, int(time.time() * 1000))
+        changes = ring.changes
+        first = changes[0].offset if changes else last + 1
+        if since.offset + 1 < first:  # part of what followed has left the ring
+            return None
+        return list(islice(changes, since.offset + 1 - first, None))
