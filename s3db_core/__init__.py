@@ -13,7 +13,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl
 from .plugins import await_me_maybe
-from .resource import Page, Resource
+from .resource import Page, Resource, Versioned
 
 __all__ = [
     "Change",
@@ -28,6 +28,7 @@ __all__ = [
     "S3dbError",
     "StorageError",
     "ValidationError",
+    "Versioned",
     "await_me_maybe",
     "hookimpl",
 ]

@@ -23,6 +23,7 @@ from .change import Change
 from .encoding import BEHAVIORS, decode_record, encode_record
 from .errors import ConflictError, NotFoundError, ValidationError
 from .ids import new_id, validate_id
+from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
 from .schema import Schema
 from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient
@@ -34,6 +35,37 @@ SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000
 GET_CONCURRENCY = 64
 UPDATE_ATTEMPTS = 100
+VERSION_KEY = "sr"  # metadata key of the record's system version
+
+
+class Versioned(tuple[dict[str, Any], str]):
+    """A stored record as ``get_versioned`` returns it: the pair ``(record, etag)`` (unpack it
+    like a tuple) plus ``version``, the record's system version (1 on insert, +1 per update).
+    Pass it back as ``update(..., current=)`` / ``delete(..., current=)``."""
+
+    version: int
+
+    def __new__(cls, record: dict[str, Any], etag: str, version: int) -> Versioned:
+        self = super().__new__(cls, (record, etag))
+        self.version = version
+        return self
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self[0]
+
+    @property
+    def etag(self) -> str:
+        return self[1]
+
+
+def _stored_version(metadata: dict[str, str]) -> int:
+    """The system version kept in a stored object's metadata (records written before versions
+    existed count as version 1)."""
+    try:
+        return max(1, int(metadata.get(VERSION_KEY, "1")))
+    except ValueError:
+        return 1
 
 
 @dataclass(slots=True)
@@ -145,27 +177,32 @@ class Resource:
             keys[pname] = f"{self._base}partition={pname}/{path}/id={record['id']}"
         return keys
 
-    def _to_stored(self, record: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         fields = {k: v for k, v in record.items() if k != "id"}
-        return encode_record(fields, self.behavior)
+        return encode_record(fields, self.behavior, {VERSION_KEY: str(version)})
 
     def _from_stored(self, id: str, metadata: dict[str, str], body: bytes) -> dict[str, Any]:
         return {"id": id, **decode_record(metadata, body)}
 
-    async def _emit(self, event: str, record: dict[str, Any], previous: dict[str, Any] | None) -> None:
+    async def _emit(
+        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int
+    ) -> None:
         await self.db._publish(
-            Change(self.name, event, record, previous, int(time.time() * 1000))  # type: ignore[arg-type]
+            Change(self.name, event, record, previous, int(time.time() * 1000), version)  # type: ignore[arg-type]
         )
 
     # -- reads ------------------------------------------------------------------------------
-    async def get_versioned(self, id: str) -> tuple[dict[str, Any], str] | None:
-        """The stored record and its ETag (1 GET), or None if it does not exist."""
+    async def get_versioned(self, id: str) -> Versioned | None:
+        """The stored record with its ETag and system version (1 GET), or None if it does not
+        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version."""
         validate_id(id)
         try:
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:
             return None
-        return self._from_stored(id, obj.metadata, obj.body), obj.etag
+        return Versioned(
+            self._from_stored(id, obj.metadata, obj.body), obj.etag, _stored_version(obj.metadata)
+        )
 
     async def get_or_none(self, id: str) -> dict[str, Any] | None:
         found = await self.get_versioned(id)
@@ -197,7 +234,7 @@ class Resource:
         record = {"id": id, **self.schema.validate(data)}
         if self.timestamps:
             record["createdAt"] = record["updatedAt"] = now_iso()
-        metadata, body = self._to_stored(record)
+        metadata, body = self._to_stored(record, 1)
         try:
             await self.storage.put(self._key(id), body, metadata, if_none_match=True)
         except PreconditionFailed:
@@ -205,52 +242,91 @@ class Resource:
         refs = self._partition_keys(record)
         if refs:
             await _all([self.storage.put(k, b"", {}) for k in refs.values()])
-        await self._emit("insert", record, None)
+        await self._emit("insert", record, None, 1)
         return record
 
     async def update(
         self,
         id: str,
-        data: dict[str, Any],
+        data: dict[str, Any] | Callable[[dict[str, Any]], Any],
         *,
         current: tuple[dict[str, Any], str] | None = None,
+        expected_version: int | None = None,
+        check: Callable[[dict[str, Any]], Any] | None = None,
     ) -> dict[str, Any]:
-        """Merge ``data`` into the stored record, guarded by its ETag and retried on a lost race.
+        """Merge a patch into the stored record, guarded by its ETag (compare-and-set).
 
-        ``current`` is a (record, etag) pair from ``get_versioned`` that saves the first read.
+        ``data`` is the patch, or a function ``fn(current) -> patch`` (sync or async) that is
+        run again on every attempt against the record actually being replaced: the safe
+        read-modify-write. A plain patch is re-applied to a newer record when the write loses
+        a race, unless the caller said what it read: with ``current`` (a ``get_versioned``
+        result, which also saves the first read) or ``expected_version``, a record that changed
+        since raises ``ConflictError`` instead. ``check(current)`` (sync or async) runs before
+        every attempt against the record about to be replaced, so a permission check (a
+        guard) sees each retry's record; it vetoes by raising. With ``check``, a stale
+        ``current`` is re-read and checked again rather than a conflict. ``s3db_before_update``
+        hooks run on every attempt with a fresh copy of the patch.
         """
         validate_id(id)
-        patch = {k: v for k, v in data.items() if k not in SYSTEM_FIELDS}
-        hooked = False
+        if expected_version is not None and (
+            not isinstance(expected_version, int) or isinstance(expected_version, bool)
+        ):
+            raise ValidationError(
+                [{"field": "version", "rule": "integer", "message": "version must be an integer"}]
+            )
+        compute = data if callable(data) else None
+        # A caller that said what it read gets a conflict, not its patch applied to a newer record.
+        strict = compute is None and check is None and current is not None
         for attempt in range(UPDATE_ATTEMPTS):
             if current is None:
                 current = await self.get_versioned(id)
                 if current is None:
                     raise NotFoundError(f"{self.name} {id!r} not found")
             previous, etag = current
+            version = getattr(current, "version", None)
+            if version is None:  # a bare (record, etag) pair: read the version once
+                found = await self.get_versioned(id)
+                if found is None:
+                    raise NotFoundError(f"{self.name} {id!r} not found")
+                if found.etag != etag:
+                    if strict:
+                        raise self._stale(id)
+                    current = found
+                    previous, etag = found
+                version = found.version
             current = None
-            if not hooked:
-                await self.db._call_hook(
-                    "s3db_before_update", resource=self, id=id, data=patch, current=previous
-                )
-                patch = {k: v for k, v in patch.items() if k not in SYSTEM_FIELDS}
-                hooked = True
+            if expected_version is not None and version != expected_version:
+                raise self._stale(id, f"is at version {version}, not {expected_version}")
+            if check is not None:
+                await await_me_maybe(check(previous))
+            patch = await await_me_maybe(compute(previous)) if compute is not None else dict(data)  # type: ignore[arg-type]
+            if not isinstance(patch, dict):
+                raise TypeError(f"{self.name} update: the patch must be a dict, got {type(patch).__name__}")
+            patch = dict(patch)
+            await self.db._call_hook(
+                "s3db_before_update", resource=self, id=id, data=patch, current=previous
+            )
             merged = {k: v for k, v in previous.items() if k not in SYSTEM_FIELDS}
-            merged.update(patch)
+            merged.update({k: v for k, v in patch.items() if k not in SYSTEM_FIELDS})
             record = {"id": id, **self.schema.validate(merged)}
             if self.timestamps:
                 record["createdAt"] = previous.get("createdAt") or now_iso()
                 record["updatedAt"] = now_iso()
-            metadata, body = self._to_stored(record)
+            metadata, body = self._to_stored(record, version + 1)
             try:
                 await self.storage.put(self._key(id), body, metadata, if_match=etag)
             except PreconditionFailed:
+                if strict:
+                    raise self._stale(id) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                 continue
+            await self._emit("update", record, previous, version + 1)
             await self._move_partitions(previous, record)
-            await self._emit("update", record, previous)
             return record
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
+
+    def _stale(self, id: str, why: str = "changed since it was read") -> ConflictError:
+        return ConflictError(f"{self.name} {id!r} {why}")
 
     async def _move_partitions(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         old, new = self._partition_keys(before), self._partition_keys(after)
@@ -266,12 +342,13 @@ class Resource:
             if current is None:
                 raise NotFoundError(f"{self.name} {id!r} not found")
         record = current[0]
+        version = getattr(current, "version", 1)
         await self.db._call_hook("s3db_before_delete", resource=self, id=id, current=record)
         await self.storage.delete(self._key(id))
         refs = self._partition_keys(record)
         if refs:
             await _all([self.storage.delete(k) for k in refs.values()])
-        await self._emit("delete", record, record)
+        await self._emit("delete", record, record, version)
         return record
 
     # -- listing ----------------------------------------------------------------------------
