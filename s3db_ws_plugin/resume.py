@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from s3db_core import Change
+from s3db_core import Change, Position
 
 from .connection import text_frame
 
@@ -316,26 +316,8 @@ def snapshot_covered(
 
 
 # -- subscribe {since} / {snapshot} -------------------------------------------------------------
-class _Position:
-    """A stream position as brokers take it (``s3db_core``'s ``Position`` when it exists)."""
-
-    __slots__ = ("offset", "epoch")
-
-    def __init__(self, offset: int, epoch: str) -> None:
-        self.offset = offset
-        self.epoch = epoch
-
-
-def _position_type() -> Callable[[int, str], Any]:
-    try:
-        from s3db_core import Position  # type: ignore[attr-defined]
-    except ImportError:
-        return _Position
-    return Position  # type: ignore[no-any-return]
-
-
-async def current_position(plugin: Any, resource: str) -> Any | None:
-    """The broker's latest position of ``resource`` (None when the broker has no positions)."""
+async def current_position(plugin: Any, resource: str) -> Position | None:
+    """The broker's latest position of ``resource`` (None for a broker without positions)."""
     position = getattr(plugin.db.broker, "position", None)
     if position is None:
         return None
@@ -391,12 +373,11 @@ async def _replay(
     offset, epoch = since["offset"], since["epoch"]
     changes = None
     if current is not None and current.epoch == epoch and offset <= current.offset:
-        make = _position_type()
         history = plugin.db.broker.history
         seed = max(0, offset - REPLAY_SEED)
-        changes = await history(name, make(seed, epoch))
+        changes = await history(name, Position(seed, epoch))
         if changes is None and seed < offset:  # the seed left history, the position did not
-            changes = await history(name, make(offset, epoch))
+            changes = await history(name, Position(offset, epoch))
     if changes is None:
         plugin._send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:

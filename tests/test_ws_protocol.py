@@ -192,6 +192,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
             }
             positions.append(event)
 
+            # Versions 1, 2, 2 (a delete carries the deleted version); offsets count every
+            # change of the resource (the r2 note was the first), in one epoch.
+            assert [e["version"] for e in positions[1:]] == [1, 2, 2]
+            assert [e["offset"] for e in positions] == [0, 2, 3, 4]
+            assert len({e["epoch"] for e in positions}) == 1
             await watcher.send({"type": "unsubscribe", "resource": "notes", "requestId": "u"})
             assert await watcher.recv() == {
                 "type": "unsubscribed",
