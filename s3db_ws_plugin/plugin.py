@@ -45,6 +45,7 @@ from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
 from .resume import Resumer, current_position, event_frame
 from .subscriptions import SubscriptionRegistry
+from .workers import WorkerSettings
 
 log = structlog.get_logger("s3db.ws")
 
@@ -160,6 +161,8 @@ class WebSocketPlugin:
         self.handlers = Handlers(self)
         self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
         self._runner: web.AppRunner | None = None
+        # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
+        self.workers = WorkerSettings.from_env()
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
 
@@ -224,6 +227,8 @@ class WebSocketPlugin:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
+        if self.workers is not None:
+            self.workers.check_broker(db)
         self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
@@ -233,7 +238,7 @@ class WebSocketPlugin:
         app.add_routes(self.routes)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, reuse_port=self.workers is not None)
         try:
             await site.start()
         except OSError:
@@ -243,6 +248,8 @@ class WebSocketPlugin:
         self._runner = runner
         self._started = time.monotonic()
         log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        if self.workers is not None:
+            self.workers.ready(self.url)
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""
