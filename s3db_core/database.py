@@ -14,7 +14,7 @@ from . import hookspecs
 from .brokers import Broker, load_broker
 from .change import Change
 from .errors import StorageError
-from .plugins import await_me_maybe
+from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource
 from .storage import ObjectNotFound, StorageClient, open_storage
 
@@ -180,4 +180,6 @@ class Database:
         return await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:
-        await self._call_hook("s3db_change", change=change)
+        """Each ``s3db_change`` implementation on its own: one that raises is logged and the
+        others still run (the write is durable; nothing may fail it now)."""
+        await call_each_isolated(self.pm.hook.s3db_change, change=change)

@@ -43,4 +43,7 @@ def s3db_before_delete(resource, id, current):
 
 @hookspec
 def s3db_change(change):
-    """Fires after a write is durable, in commit order per resource; ``change`` is a ``Change``."""
+    """Fires after a write is durable, in commit order per resource; ``change`` is a ``Change``.
+
+    Each implementation runs on its own: one that raises is logged with an ``error_id`` and the
+    write still succeeds, and the other implementations still run."""

@@ -7,9 +7,15 @@ Each group is read once per process and each entry point is imported on first us
 from __future__ import annotations
 
 import inspect
+import secrets
 from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
+
+import pluggy
+import structlog
+
+log = structlog.get_logger("s3db.core")
 
 
 @cache
@@ -44,3 +50,23 @@ async def await_me_maybe(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
     return value
+
+
+async def call_each_isolated(caller: pluggy.HookCaller, **kwargs: Any) -> None:
+    """Call every implementation of ``caller`` in pluggy's order, awaiting what needs it; one
+    that raises is logged with an ``error_id`` and the next one still runs.
+
+    For hooks that announce something already done (``s3db_change``: the write is durable), where
+    one broken listener must neither fail the caller nor keep the others from hearing it.
+    """
+    for impl in reversed(caller.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:
+            continue  # wrappers wrap a call; each implementation here is a call of its own
+        try:
+            await await_me_maybe(impl.function(*[kwargs[name] for name in impl.argnames]))
+        except Exception:
+            log.exception(
+                f"{caller.name} implementation failed",
+                plugin=impl.plugin_name,
+                error_id=secrets.token_hex(8),
+            )

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
-    from .subscriptions import Subscription
+    from .subscriptions import Subscription, SubscriptionRegistry
 
 log = structlog.get_logger("s3db.ws")
 
@@ -88,6 +88,7 @@ class Connection:
         client_id: str,
         max_queue_bytes: int,
         compress: bool,
+        registry: SubscriptionRegistry,
     ) -> None:
         self.ws = ws
         self.transport = request.transport
@@ -96,7 +97,7 @@ class Connection:
         self.remote = request.remote
         self.user: Any = None
         self.authenticated = False
-        self.subscriptions: list[Subscription] = []
+        self._registry = registry
         self.opened = time.monotonic()
         self._compress = compress
         self._max_queue_bytes = max_queue_bytes
@@ -112,6 +113,11 @@ class Connection:
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id}>"
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        """This connection's subscriptions (the registry owns them)."""
+        return self._registry.of(self)
 
     @property
     def closing(self) -> bool:

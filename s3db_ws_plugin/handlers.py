@@ -1,5 +1,8 @@
 """What each client frame does: ping, auth, subscribe, unsubscribe, list, get, insert, update,
-delete. Every handler returns the reply frame or raises ``ProtocolError``.
+delete. Each message type is declared once, here: ``@message(type, field=validator, ...)`` on
+its handler; the dispatch table (``Handlers.table``) and the parser's known types
+(``Handlers.messages``) are built from those declarations. Every handler returns the reply frame
+or raises ``ProtocolError`` (or a core error, mapped by ``protocol.client_error``).
 
 For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
 user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
@@ -12,17 +15,31 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from s3db_core import (
-    ConflictError,
-    ForbiddenError,
-    NotFoundError,
-    Resource,
-    ValidationError,
-)
+from s3db_auth_drivers import User
+from s3db_core import NotFoundError, Resource, ValidationError
 from s3db_core.query import compile_filter
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
-from .protocol import EVENT_KINDS, ErrorCode, ProtocolError, Request, now_ms, reply
+from .protocol import (
+    EVENT_KINDS,
+    ErrorCode,
+    Message,
+    ProtocolError,
+    Request,
+    event_kinds,
+    flag,
+    invalid,
+    list_limit,
+    message,
+    now_ms,
+    optional_object,
+    optional_text,
+    reply,
+    required_object,
+    required_text,
+    sort_order,
+    stream_position,
+)
 from .resume import subscribe_from
 from .subscriptions import Subscription
 
@@ -32,22 +49,8 @@ if TYPE_CHECKING:
 
 MAX_SUBSCRIPTIONS_PER_CONNECTION = 1000
 Frame = dict[str, Any]
+Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
 _ALLOWED = Decision(True)  # shared, never mutated
-
-
-def client_error(exc: Exception) -> ProtocolError | None:
-    """The error frame a core or guard exception maps to; None for internal errors."""
-    if isinstance(exc, ProtocolError):
-        return exc
-    if isinstance(exc, ValidationError):
-        return ProtocolError(ErrorCode.VALIDATION_ERROR, str(exc), exc.errors)
-    if isinstance(exc, ForbiddenError):
-        return ProtocolError(ErrorCode.FORBIDDEN, str(exc) or "forbidden")
-    if isinstance(exc, NotFoundError):
-        return ProtocolError(ErrorCode.NOT_FOUND, str(exc) or "not found")
-    if isinstance(exc, ConflictError):
-        return ProtocolError(ErrorCode.CONFLICT, str(exc) or "conflict")
-    return None
 
 
 def _name(value: str) -> str:
@@ -59,21 +62,14 @@ class Handlers:
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
-        self.table: dict[str, Callable[[Connection, Request], Awaitable[Frame | None]]] = {
-            "ping": self.ping,
-            "auth": self.auth,
-            "subscribe": self.subscribe,
-            "unsubscribe": self.unsubscribe,
-            "list": self.list,
-            "get": self.get,
-            "insert": self.insert,
-            "update": self.update,
-            "delete": self.delete,
-        }
-
-    async def handle(self, conn: Connection, req: Request) -> Frame | None:
-        """The reply to send, or None when the handler answered itself."""
-        return await self.table[req.type](conn, req)
+        # Built from the @message declarations below: type -> declaration, type -> handler.
+        self.messages: dict[str, Message] = {}
+        self.table: dict[str, Handler] = {}
+        for attr in vars(type(self)).values():
+            declared: Message | None = getattr(attr, "message", None)
+            if isinstance(declared, Message):
+                self.messages[declared.type] = declared
+                self.table[declared.type] = getattr(self, attr.__name__)
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
@@ -103,7 +99,7 @@ class Handlers:
         return filter
 
     @staticmethod
-    async def _guard(policy: ResourcePolicy, kind: str, user: Any, arg: Any) -> Decision:
+    async def _guard(policy: ResourcePolicy, kind: str, user: User | None, arg: Any) -> Decision:
         if kind not in policy.guards:  # no guard: allowed, without a coroutine to run
             return _ALLOWED
         decision = await policy.check(kind, user, arg)
@@ -112,7 +108,7 @@ class Handlers:
         return decision
 
     async def subscription_filter(
-        self, policy: ResourcePolicy, user: Any, client_filter: dict[str, Any]
+        self, policy: ResourcePolicy, user: User | None, client_filter: dict[str, Any]
     ) -> tuple[dict[str, Any], Callable[[Any], bool]]:
         """The effective filter of a subscription to ``policy``'s resource and its compiled
         predicate, as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses).
@@ -132,25 +128,37 @@ class Handlers:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
 
     # -- frames -------------------------------------------------------------------------------
+    @message("ping", before_auth=True)
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
+    @message("auth", before_auth=True, token=required_text)
     async def auth(self, conn: Connection, req: Request) -> None:
-        await self.plugin.authenticate_frame(conn, req)
+        await self.plugin.session_auth.frame(conn, req)
 
+    @message(
+        "subscribe",
+        resource=required_text,
+        filter=optional_object,
+        events=event_kinds,
+        since=stream_position,
+        snapshot=flag,
+        limit=list_limit,  # the snapshot's page size
+    )
     async def subscribe(self, conn: Connection, req: Request) -> Frame | None:
         f = req.fields
+        if f["since"] is not None and f["snapshot"]:
+            raise invalid("since", "cannot be combined with snapshot")
         name = f["resource"]
         policy, _ = self._resource(conn, name)
         client_filter = self._client_filter(policy, f["filter"])
         effective, predicate = await self.subscription_filter(policy, conn.user, client_filter)
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
-        for old in [s for s in conn.subscriptions if s.resource == name]:
+        for old in registry.of(conn, name):
             if old.client_filter == client_filter:  # subscribing again replaces
                 registry.remove(old)
-                conn.subscriptions.remove(old)
-        if len(conn.subscriptions) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        if len(registry.of(conn)) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION})",
@@ -158,7 +166,6 @@ class Handlers:
             )
         sub = Subscription(conn, name, client_filter, effective, events, predicate)
         registry.add(sub)
-        conn.subscriptions.append(sub)
         answer = functools.partial(
             reply,
             "subscribed",
@@ -167,26 +174,32 @@ class Handlers:
             filter=effective,
             events=[e for e in EVENT_KINDS if e in events],
         )
-        if f.get("since") is not None or f.get("snapshot"):
-            try:
+        if f["since"] is not None or f["snapshot"]:
+            try:  # replies itself, then sends the replay or the stream after the snapshot
                 await subscribe_from(self.plugin, conn, sub, policy, f, answer)
             except BaseException:
-                if sub in conn.subscriptions:
-                    registry.remove(sub)
-                    conn.subscriptions.remove(sub)
+                registry.remove(sub)
                 raise
             return None
         return answer(position=await self.plugin.position_of(name))
 
+    @message("unsubscribe", resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]
         self._resource(conn, name)
-        for sub in [s for s in conn.subscriptions if s.resource == name]:
+        for sub in self.plugin.registry.of(conn, name):
             if filter is None or filter in (sub.client_filter, sub.filter):
                 self.plugin.registry.remove(sub)
-                conn.subscriptions.remove(sub)
         return reply("unsubscribed", req.request_id, resource=name)
 
+    @message(
+        "list",
+        resource=required_text,
+        filter=optional_object,
+        limit=list_limit,
+        cursor=optional_text,
+        order=sort_order,
+    )
     async def list(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
@@ -208,6 +221,7 @@ class Handlers:
             items = [strip(record) for record in items]
         return reply("data", req.request_id, resource=policy.name, data=items, cursor=page.cursor)
 
+    @message("get", resource=required_text, id=required_text)
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -219,6 +233,7 @@ class Handlers:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
         return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
 
+    @message("insert", resource=required_text, data=required_object)
     async def insert(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         data = req.fields["data"]
@@ -228,6 +243,7 @@ class Handlers:
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("update", resource=required_text, id=required_text, data=required_object)
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
@@ -243,6 +259,7 @@ class Handlers:
             "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
+    @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]

@@ -21,24 +21,22 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core import Change, hookimpl
 
+from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
-from .handlers import Handlers, client_error
+from .handlers import Handlers
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
     ErrorCode,
     ProtocolError,
-    Request,
+    client_error,
     decode,
     encode,
     error_frame,
-    now_ms,
     parse,
-    reply,
     request_id_of,
 )
 from .rate_limiters import load_rate_limiter
@@ -136,9 +134,7 @@ class WebSocketPlugin:
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
-        auth = dict(auth or {})
-        self.auth_required = bool(auth.get("required", bool(auth.get("drivers"))))
-        self.auth = AuthChain(auth.get("drivers") or [])
+        self.session_auth = SessionAuth(self, auth, options["auth_timeout"])
         self.policies = {
             name: ResourcePolicy.from_config(name, config)
             for name, config in (resources or {}).items()
@@ -149,14 +145,13 @@ class WebSocketPlugin:
         self.max_message_size = int(options["max_message_size"])
         self.max_queue_bytes = int(options["max_queue_bytes"])
         self.compression = bool(compression)
-        self.auth_timeout = float(options["auth_timeout"])
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
 
         self.db: Any = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
-        self.resumer = Resumer(max_hold_bytes=self.max_queue_bytes)
+        self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
@@ -319,6 +314,7 @@ class WebSocketPlugin:
             client_id=secrets.token_urlsafe(12),
             max_queue_bytes=self.max_queue_bytes,
             compress=self.compression,
+            registry=self.registry,
         )
         task = asyncio.current_task()
         assert task is not None
@@ -332,9 +328,7 @@ class WebSocketPlugin:
             await self._session(conn, request)
         finally:
             self.resumer.release(conn)
-            for sub in conn.subscriptions:
-                self.registry.remove(sub)
-            conn.subscriptions.clear()
+            self.registry.remove_connection(conn)
             self.connections.discard(conn)
             await conn.finish()
             self._handler_tasks.discard(task)
@@ -344,21 +338,11 @@ class WebSocketPlugin:
 
     async def _session(self, conn: Connection, request: web.Request) -> None:
         """Authenticate from the upgrade request, then read frames until the socket closes."""
-        creds = Credentials.from_request(request.headers, request.query, request.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials")
+        auth = self.session_auth
+        if not await auth.open(conn, request):
             return
-        del creds  # copies of the request's headers and query: not kept for the whole session
-        if user is not None:
-            self._login(conn, user)
-        elif not self.auth_required:
-            conn.authenticated = True
-            self._send(conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms()))
-
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.auth_timeout
+        deadline = loop.time() + auth.timeout
         ws = conn.ws
         while not conn.closing:
             timeout = None if conn.authenticated else deadline - loop.time()
@@ -367,7 +351,7 @@ class WebSocketPlugin:
                     raise TimeoutError
                 msg = await ws.receive(timeout=timeout)
             except TimeoutError:
-                self.reject(conn, f"no auth frame within {self.auth_timeout:g} s")
+                auth.reject(conn, f"no auth frame within {auth.timeout:g} s")
                 return
             if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
                 return
@@ -399,18 +383,19 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg)
-            if not conn.authenticated and req.type not in ("auth", "ping"):
-                self.reject(conn, "authenticate first: send an auth frame", rid)
+            handlers = self.handlers
+            req = parse(msg, handlers.messages)
+            if not conn.authenticated and not handlers.messages[req.type].before_auth:
+                self.session_auth.reject(conn, "authenticate first: send an auth frame", rid)
                 return
-            answer = await self.handlers.table[req.type](conn, req)  # Handlers.handle, inlined
+            answer = await handlers.table[req.type](conn, req)
             if answer is not None:
-                self._send(conn, answer)
+                self.send(conn, answer)
         except Exception as exc:
             error = client_error(exc)
             if error is None:
                 error = self._internal_error(exc, msg)
-            self._send_error(conn, error, rid)
+            self.send_error(conn, error, rid)
         finally:
             _REQUEST_ID.reset(token)
 
@@ -424,37 +409,15 @@ class WebSocketPlugin:
             errorId=error_id,
         )
 
-    def _send(self, conn: Connection, frame: dict[str, Any]) -> None:
+    def send(self, conn: Connection, frame: dict[str, Any]) -> None:
+        """Send one server frame to ``conn`` (counted in the metrics)."""
         conn.send(encode(frame))
         self.metrics.frames_out.inc()
 
-    def _send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+    def send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
+        """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
         self.metrics.error(error.code).inc()
-        self._send(conn, error_frame(error, request_id))
-
-    # -- authentication -----------------------------------------------------------------------
-    def _login(self, conn: Connection, user: User) -> None:
-        first = not conn.authenticated
-        conn.user = user
-        conn.authenticated = True
-        conn.arm_expiry(user.expires_at, self._token_expired)
-        structlog.contextvars.bind_contextvars(user_id=user.id)
-        if first:
-            log.info("authenticated", role=user.role)
-            self._send(
-                conn,
-                reply("connected", clientId=conn.client_id, user=user.to_dict(), timestamp=now_ms()),
-            )
-
-    def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
-        """Send ``error UNAUTHORIZED`` and close with 4401."""
-        log.info("unauthorized, closing", reason=message)
-        self._send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
-        conn.close(CloseCode.UNAUTHORIZED, message[:100])
-        self.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
-
-    def _token_expired(self, conn: Connection) -> None:
-        self.reject(conn, "token expired")
+        self.send(conn, error_frame(error, request_id))
 
     # -- revocation ---------------------------------------------------------------------------
     def recheck(
@@ -477,28 +440,3 @@ class WebSocketPlugin:
         self._rechecks.add(task)
         task.add_done_callback(self._rechecks.discard)
         return task
-
-    async def authenticate_frame(self, conn: Connection, req: Request) -> None:
-        """``auth {token}``: the first-frame login or an in-band token refresh.
-
-        Answers ``authenticated {user}`` (then ``connected`` on a first login); invalid
-        credentials answer ``error UNAUTHORIZED`` and close with 4401.
-        """
-        creds = Credentials(token=req.fields["token"], remote=conn.remote)
-        try:
-            user = await self.auth.authenticate(creds)
-            if user is None:
-                raise AuthError("authentication is not configured on this server")
-        except AuthError as exc:
-            self.reject(conn, str(exc) or "invalid credentials", req.request_id)
-            return
-        if conn.user is not None and user.id != conn.user.id:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN,
-                "a refresh token must belong to the connected user; reconnect to switch users",
-            )
-        refresh = conn.user is not None
-        self._send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
-        self._login(conn, user)
-        if refresh and conn.subscriptions:  # new claims may allow less than the old ones did
-            await self.recheck(connections=[conn])

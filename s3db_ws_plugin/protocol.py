@@ -2,18 +2,23 @@
 
 Every client frame is a JSON object with a ``type``; it may carry a ``requestId`` (string or
 number) that every reply to it echoes, errors included. Unknown fields are ignored. This module
-knows the shape of each message type and nothing about resources, users or sockets; see
-``docs/protocol.md`` for the contract as a client developer reads it.
+holds the field validators a message type is declared with (``@message(...)`` beside its
+handler in ``handlers.py``), the error codes, and which core errors a client sees; it knows
+nothing about resources, users or sockets. See ``docs/protocol.md`` for the contract as a client
+developer reads it.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
+
+from s3db_core.errors import S3dbError
 
 PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
@@ -59,6 +64,23 @@ class ProtocolError(Exception):
         self.extra = extra
 
 
+# The core errors a client sees with their own code (``S3dbError.code``); any other exception is
+# an internal error (logged with an id, answered ``INTERNAL_ERROR``).
+CLIENT_ERROR_CODES = frozenset(
+    {ErrorCode.VALIDATION_ERROR, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND, ErrorCode.CONFLICT}
+)
+
+
+def client_error(exc: Exception) -> ProtocolError | None:
+    """The error frame a core or guard exception maps to; None for internal errors."""
+    if isinstance(exc, ProtocolError):
+        return exc
+    if isinstance(exc, S3dbError) and exc.code in CLIENT_ERROR_CODES:
+        message = str(exc) or exc.code.lower().replace("_", " ")
+        return ProtocolError(exc.code, message, getattr(exc, "errors", None))
+    return None
+
+
 def invalid(field: str, message: str) -> ProtocolError:
     return ProtocolError(
         ErrorCode.INVALID_MESSAGE,
@@ -80,7 +102,11 @@ def _absent(value: Any) -> bool:
     return value is None
 
 
-def _str(msg: dict, name: str, *, required: bool) -> str | None:
+# -- field validators: ``validate(msg, name) -> value`` (ProtocolError INVALID_MESSAGE) --------
+Field = Callable[[dict[str, Any], str], Any]
+
+
+def _text(msg: dict[str, Any], name: str, *, required: bool) -> str | None:
     value = msg.get(name)
     if _absent(value):
         if required:
@@ -91,7 +117,7 @@ def _str(msg: dict, name: str, *, required: bool) -> str | None:
     return value
 
 
-def _object(msg: dict, name: str, *, required: bool) -> dict | None:
+def _object(msg: dict[str, Any], name: str, *, required: bool) -> dict[str, Any] | None:
     value = msg.get(name)
     if _absent(value):
         if required:
@@ -102,30 +128,67 @@ def _object(msg: dict, name: str, *, required: bool) -> dict | None:
     return value
 
 
-def _events(msg: dict) -> tuple[str, ...] | None:
-    value = msg.get("events")
+def required_text(msg: dict[str, Any], name: str) -> str:
+    """A non-empty string that must be present."""
+    value = _text(msg, name, required=True)
+    assert value is not None
+    return value
+
+
+def optional_text(msg: dict[str, Any], name: str) -> str | None:
+    """A non-empty string, or None when absent."""
+    return _text(msg, name, required=False)
+
+
+def required_object(msg: dict[str, Any], name: str) -> dict[str, Any]:
+    """A JSON object that must be present."""
+    value = _object(msg, name, required=True)
+    assert value is not None
+    return value
+
+
+def optional_object(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A JSON object, or None when absent."""
+    return _object(msg, name, required=False)
+
+
+def event_kinds(msg: dict[str, Any], name: str) -> tuple[str, ...] | None:
+    """A list of event kinds (in ``EVENT_KINDS`` order), or None when absent."""
+    value = msg.get(name)
     if _absent(value):
         return None
     if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
-        raise invalid("events", "must be a list of event names")
+        raise invalid(name, "must be a list of event names")
     unknown = [e for e in value if e not in EVENT_KINDS]
     if unknown:
-        raise invalid("events", f"may only hold {', '.join(EVENT_KINDS)}")
+        raise invalid(name, f"may only hold {', '.join(EVENT_KINDS)}")
     return tuple(e for e in EVENT_KINDS if e in value)
 
 
-def _limit(msg: dict) -> int:
-    value = msg.get("limit")
+def list_limit(msg: dict[str, Any], name: str) -> int:
+    """An integer from 1 to ``MAX_LIST_LIMIT``; ``DEFAULT_LIST_LIMIT`` when absent."""
+    value = msg.get(name)
     if _absent(value):
         return DEFAULT_LIST_LIMIT
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_LIST_LIMIT:
-        raise invalid("limit", f"must be an integer from 1 to {MAX_LIST_LIMIT}")
+        raise invalid(name, f"must be an integer from 1 to {MAX_LIST_LIMIT}")
     return value
 
 
-def _flag(msg: dict, name: str) -> bool:
+def sort_order(msg: dict[str, Any], name: str) -> str | None:
+    """``asc``/``desc``; None when absent (the resource's default order applies)."""
+    value = msg.get(name)
+    if _absent(value):
+        return None
+    if value not in ("asc", "desc"):
+        raise invalid(name, "must be 'asc' or 'desc'")
+    return str(value)
+
+
+def flag(msg: dict[str, Any], name: str) -> bool:
+    """A boolean; False when absent."""
     value = msg.get(name)
     if _absent(value):
         return False
@@ -134,68 +197,53 @@ def _flag(msg: dict, name: str) -> bool:
     return value
 
 
-def _since(msg: dict) -> dict[str, Any] | None:
-    """A stream position ``{offset, epoch}``: what a resuming client saw last."""
-    value = msg.get("since")
+def stream_position(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A stream position ``{offset, epoch}`` (what a resuming client saw last), or None."""
+    value = msg.get(name)
     if _absent(value):
         return None
     if not isinstance(value, dict):
-        raise invalid("since", "must be an object {offset, epoch}")
+        raise invalid(name, "must be an object {offset, epoch}")
     offset, epoch = value.get("offset"), value.get("epoch")
     if isinstance(offset, float) and offset.is_integer():
         offset = int(offset)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
-        raise invalid("since", f"'offset' must be an integer from 0 to {MAX_OFFSET}")
+        raise invalid(name, f"'offset' must be an integer from 0 to {MAX_OFFSET}")
     if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
-        raise invalid("since", f"'epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
+        raise invalid(name, f"'epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
     return {"offset": offset, "epoch": epoch}
 
 
-def _order(msg: dict) -> str | None:
-    """``asc``/``desc``; None when absent (the resource's default order applies)."""
-    value = msg.get("order")
-    if _absent(value):
-        return None
-    if value not in ("asc", "desc"):
-        raise invalid("order", "must be 'asc' or 'desc'")
-    return value
+# -- message declarations ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message type: its fields (validated in this order) and whether it may come before the
+    connection has authenticated."""
+
+    type: str
+    fields: tuple[tuple[str, Field], ...]
+    before_auth: bool = False
+
+    def validate(self, msg: dict[str, Any]) -> dict[str, Any]:
+        return {name: validate(msg, name) for name, validate in self.fields}
 
 
-def _fields(kind: str, msg: dict) -> dict[str, Any]:
-    """The validated fields of one message type (ProtocolError INVALID_MESSAGE otherwise)."""
-    if kind == "ping":
-        return {}
-    if kind == "auth":
-        return {"token": _str(msg, "token", required=True)}
-    fields: dict[str, Any] = {"resource": _str(msg, "resource", required=True)}
-    if kind == "subscribe":
-        fields["filter"] = _object(msg, "filter", required=False)
-        fields["events"] = _events(msg)
-        fields["since"] = _since(msg)
-        fields["snapshot"] = _flag(msg, "snapshot")
-        if fields["since"] is not None and fields["snapshot"]:
-            raise invalid("since", "cannot be combined with snapshot")
-        fields["limit"] = _limit(msg)  # the snapshot's page size
-    elif kind == "unsubscribe":
-        fields["filter"] = _object(msg, "filter", required=False)
-    elif kind == "list":
-        fields["filter"] = _object(msg, "filter", required=False)
-        fields["limit"] = _limit(msg)
-        fields["cursor"] = _str(msg, "cursor", required=False)
-        fields["order"] = _order(msg)
-    elif kind in ("get", "delete"):
-        fields["id"] = _str(msg, "id", required=True)
-    elif kind == "insert":
-        fields["data"] = _object(msg, "data", required=True)
-    elif kind == "update":
-        fields["id"] = _str(msg, "id", required=True)
-        fields["data"] = _object(msg, "data", required=True)
-    return fields
+H = TypeVar("H", bound=Callable[..., Any])
 
 
-MESSAGE_TYPES = frozenset(
-    {"ping", "auth", "subscribe", "unsubscribe", "list", "get", "insert", "update", "delete"}
-)
+def message(type: str, *, before_auth: bool = False, **fields: Field) -> Callable[[H], H]:
+    """Declare the handler of message ``type`` with its fields beside it::
+
+        @message("get", resource=required_text, id=required_text)
+        async def get(self, conn, req): ...
+
+    ``handlers.py`` builds its dispatch table from these declarations."""
+
+    def declare(handler: H) -> H:
+        handler.message = Message(type, tuple(fields.items()), before_auth)  # type: ignore[attr-defined]
+        return handler
+
+    return declare
 
 
 def decode(raw: str | bytes) -> Any:
@@ -215,8 +263,8 @@ def request_id_of(msg: Any) -> str | int | float | None:
     return None
 
 
-def parse(msg: Any) -> Request:
-    """Validate a decoded frame into a Request, or raise ProtocolError."""
+def parse(msg: Any, messages: Mapping[str, Message]) -> Request:
+    """Validate a decoded frame into a Request of one of ``messages``, or raise ProtocolError."""
     if not isinstance(msg, dict):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
@@ -231,13 +279,14 @@ def parse(msg: Any) -> Request:
         raise invalid("type", "is required")
     if not isinstance(kind, str):
         raise invalid("type", "must be a string")
-    if kind not in MESSAGE_TYPES:
+    declared = messages.get(kind)
+    if declared is None:
         raise ProtocolError(
             ErrorCode.UNKNOWN_MESSAGE_TYPE,
             f"unknown message type {kind[:64]!r}",
-            {"type": kind[:64], "known": sorted(MESSAGE_TYPES)},
+            {"type": kind[:64], "known": sorted(messages)},
         )
-    return Request(kind, rid, _fields(kind, msg))
+    return Request(kind, rid, declared.validate(msg))
 
 
 def now_ms() -> int:

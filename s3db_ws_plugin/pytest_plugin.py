@@ -21,27 +21,50 @@
 When the config has no ``auth``, the server accepts anonymous clients and ``s3db_token``
 tokens (jwt driver with ``s3db_jwt_secret``); without ``resources`` it exposes every resource
 the database has when the server starts. Every server and client is closed after the test.
-Fixtures are async and need pytest-asyncio (``asyncio_mode = "auto"`` or ``@pytest.mark.asyncio``).
+The async fixtures need pytest-asyncio (``asyncio_mode = "auto"`` or ``@pytest.mark.asyncio``).
+pytest loads this plugin in every session of an environment where s3db is installed, so it
+imports nothing beyond pytest at load time: without pytest-asyncio the sync fixtures still work
+and an async one fails the test that asks for it, saying what to install.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import jwt
 import pytest
-import pytest_asyncio
-
-from s3db_core import Database
 
 if TYPE_CHECKING:  # imported lazily: pytest loads this plugin in every session
+    from s3db_core import Database
+
     from .client import Client
     from .plugin import WebSocketPlugin
 
 DEFAULT_TEST_SECRET = "s3db-test-secret-never-use-in-production"
+NEEDS_PYTEST_ASYNCIO = (
+    "the s3db fixture {name!r} is async and needs pytest-asyncio: "
+    'pip install pytest-asyncio, and set asyncio_mode = "auto" in your pytest configuration'
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _async_fixture(func: F) -> F:
+    """``pytest_asyncio.fixture`` when pytest-asyncio is installed; otherwise a fixture of the
+    same name that fails the test using it with what to install."""
+    try:
+        import pytest_asyncio
+    except ImportError:
+        name = func.__name__
+
+        def unavailable() -> None:
+            pytest.fail(NEEDS_PYTEST_ASYNCIO.format(name=name), pytrace=False)
+
+        unavailable.__doc__ = func.__doc__
+        return pytest.fixture(name=name)(unavailable)  # type: ignore[return-value]
+    return pytest_asyncio.fixture(func)  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -54,6 +77,8 @@ def s3db_jwt_secret() -> str:
 def s3db_token(s3db_jwt_secret: str) -> Callable[..., str]:
     """A JWT factory: ``s3db_token(sub="alice", role="admin", ttl=3600, tenantId="t1")``."""
 
+    import jwt
+
     def make(sub: str = "user-1", *, ttl: float = 3600, **claims: Any) -> str:
         now = time.time()  # exp to the sub-second: a 1.5 s token lives 1.5 s
         payload = {"sub": sub, "iat": int(now), "exp": now + ttl, **claims}
@@ -62,9 +87,11 @@ def s3db_token(s3db_jwt_secret: str) -> Callable[..., str]:
     return make
 
 
-@pytest_asyncio.fixture
-async def s3db_database():
+@_async_fixture
+async def s3db_database() -> AsyncIterator[Database]:
     """A connected Database on a private ``memory://`` store, disconnected after the test."""
+    from s3db_core import Database
+
     db = Database(f"memory://pytest-{uuid.uuid4().hex}")
     await db.connect()
     yield db
@@ -81,7 +108,7 @@ def s3db_plugin_config() -> dict[str, Any]:
     return {}
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def s3db_plugin_factory(s3db_jwt_secret: str):
     """``plugin = await start(db, **config)``: a started ``WebSocketPlugin`` on a free port of
     127.0.0.1 (``plugin.url``), with the same defaults as ``s3db_plugin_config``."""
@@ -112,7 +139,7 @@ async def s3db_plugin_factory(s3db_jwt_secret: str):
         await plugin.stop()
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def s3db_server(
     s3db_database: Database,
     s3db_plugin_config: dict[str, Any],
@@ -123,7 +150,7 @@ async def s3db_server(
     return await s3db_plugin_factory(s3db_database, **s3db_plugin_config)
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def s3db_client_factory(s3db_plugin_factory: Callable[..., Awaitable[WebSocketPlugin]]):
     """``client = await connect(plugin, token=..., api_key=..., url=..., **client_options)``: a
     ``Client`` connected to any running plugin (e.g. one from ``s3db_plugin_factory`` with a
@@ -148,7 +175,7 @@ async def s3db_client_factory(s3db_plugin_factory: Callable[..., Awaitable[WebSo
         await client.close()
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def s3db_connect(
     s3db_server: WebSocketPlugin, s3db_client_factory: Callable[..., Awaitable[Client]]
 ):
@@ -161,7 +188,7 @@ async def s3db_connect(
     return connect
 
 
-@pytest_asyncio.fixture
+@_async_fixture
 async def s3db_client(
     s3db_connect: Callable[..., Awaitable[Client]], s3db_token: Callable[..., str]
 ) -> Client:

@@ -65,21 +65,17 @@ async def recheck_subscriptions(
     for conn in list(plugin.connections if connections is None else connections):
         if conn.closing or (user_id is not None and getattr(conn.user, "id", None) != user_id):
             continue
-        for sub in [
-            s
-            for s in conn.subscriptions
-            if (resource is None or s.resource == resource) and _selected(s, where)
-        ]:
+        for sub in plugin.registry.of(conn, resource):
+            if not _selected(sub, where):
+                continue
             allowed = await _still_allowed(plugin, sub)
-            if sub not in conn.subscriptions:  # unsubscribed while the guard ran
+            if sub not in plugin.registry:  # unsubscribed while the guard ran
                 continue
             if allowed is None:
                 _revoke(plugin, sub)
                 revoked += 1
             elif allowed[0] != sub.filter:
-                plugin.registry.remove(sub)
-                sub.filter, sub.predicate = allowed
-                plugin.registry.add(sub)
+                plugin.registry.reindex(sub, *allowed)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
     return revoked
@@ -104,12 +100,10 @@ async def _still_allowed(
 
 
 def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:
-    conn = sub.connection
     plugin.registry.remove(sub)
-    conn.subscriptions.remove(sub)
     error = ProtocolError(
         ErrorCode.FORBIDDEN,
         f"subscription to {sub.resource!r} revoked: no longer allowed",
         {"resource": sub.resource, "filter": sub.client_filter, "revoked": True},
     )
-    plugin._send_error(conn, error)
+    plugin.send_error(sub.connection, error)

@@ -39,7 +39,7 @@ from .connection import text_frame
 if TYPE_CHECKING:
     from .connection import Connection
     from .guards import ResourcePolicy
-    from .subscriptions import Subscription
+    from .subscriptions import Subscription, SubscriptionRegistry
 
 log = structlog.get_logger("s3db.ws")
 
@@ -198,7 +198,8 @@ class Positions:
 class Resumer:
     """The plugin's resume machinery: version gate, positions, holds, replay and snapshot."""
 
-    def __init__(self, max_hold_bytes: int) -> None:
+    def __init__(self, registry: SubscriptionRegistry, max_hold_bytes: int) -> None:
+        self.registry = registry
         self.gate = VersionGate()
         self.positions = Positions()
         # Connections whose live frames are held while one of their subscriptions catches up.
@@ -245,7 +246,7 @@ class Resumer:
         resource = sub.resource
         merged = list(replayed)
         sent_offsets = {offset for offset, _ in merged}
-        others = [s for s in conn.subscriptions if s is not sub and s.resource == resource]
+        others = [s for s in self.registry.of(conn, resource) if s is not sub]
         frames: list[bytes] = []
         for held in hold.entries:
             change = held.change
@@ -379,14 +380,14 @@ async def _replay(
         if changes is None and seed < offset:  # the seed left history, the position did not
             changes = await history(name, Position(offset, epoch))
     if changes is None:
-        plugin._send(conn, reply(recovered=False, position=_dict(current)))
+        plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
         await resumer.catch_up(name, current.epoch, current.offset)
         cut, cut_epoch, frames = current.offset, current.epoch, []
     else:
         frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
-        plugin._send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
+        plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
         cut, cut_epoch = (last if last is not None else offset), epoch
         await resumer.catch_up(name, cut_epoch, cut)
 
@@ -412,7 +413,7 @@ async def _snapshot(
     after = await current_position(plugin, name)
     records = page.items
     strip = policy.protected.strip
-    plugin._send(
+    plugin.send(
         conn,
         reply(data=[strip(r) for r in records], cursor=page.cursor, position=_dict(current)),
     )

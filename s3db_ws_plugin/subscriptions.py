@@ -104,13 +104,6 @@ class ResourceSubscriptions:
                         del self.by_term[field]
         self.count -= 1
 
-    def candidates(self, record: dict[str, Any] | None, into: set[Subscription]) -> None:
-        """Add every subscription that may match ``record`` to ``into``."""
-        into.update(self.residual)
-        if record is not None:
-            for bucket in self.buckets(record):
-                into.update(bucket)
-
     def buckets(self, record: dict[str, Any]) -> list[set[Subscription]]:
         """The index buckets whose subscriptions may match ``record`` (the residual aside)."""
         found_buckets = []
@@ -124,18 +117,59 @@ class ResourceSubscriptions:
 
 
 class SubscriptionRegistry:
-    """Every subscription of every connection, by resource."""
+    """Every subscription of every connection, by resource and by connection.
+
+    The one owner of the subscription bookkeeping: handlers, re-checks and the connection
+    lifecycle change it only through ``add``, ``remove``, ``remove_connection`` and
+    ``reindex``; ``of(conn)`` (also ``conn.subscriptions``) reads a connection's."""
 
     def __init__(self) -> None:
         self._by_resource: dict[str, ResourceSubscriptions] = {}
+        self._by_connection: dict[Connection, list[Subscription]] = {}
 
     def __len__(self) -> int:
         return sum(subs.count for subs in self._by_resource.values())
 
+    def __contains__(self, sub: object) -> bool:
+        return isinstance(sub, Subscription) and sub in self._by_connection.get(sub.connection, ())
+
+    def of(self, conn: Connection, resource: str | None = None) -> tuple[Subscription, ...]:
+        """``conn``'s subscriptions (on ``resource`` only, if given), in subscription order."""
+        subs = self._by_connection.get(conn, ())
+        if resource is None:
+            return tuple(subs)
+        return tuple(s for s in subs if s.resource == resource)
+
     def add(self, sub: Subscription) -> None:
-        self._by_resource.setdefault(sub.resource, ResourceSubscriptions()).add(sub)
+        self._index(sub)
+        self._by_connection.setdefault(sub.connection, []).append(sub)
 
     def remove(self, sub: Subscription) -> None:
+        subs = self._by_connection.get(sub.connection)
+        if subs is None or sub not in subs:
+            return
+        subs.remove(sub)
+        if not subs:
+            del self._by_connection[sub.connection]
+        self._unindex(sub)
+
+    def remove_connection(self, conn: Connection) -> None:
+        """Forget every subscription of ``conn`` (its socket closed)."""
+        for sub in self._by_connection.pop(conn, ()):
+            self._unindex(sub)
+
+    def reindex(
+        self, sub: Subscription, filter: dict[str, Any], predicate: Callable[[Any], bool]
+    ) -> None:
+        """Give ``sub`` another effective filter (a re-check narrowed it differently)."""
+        self._unindex(sub)
+        sub.filter, sub.predicate = filter, predicate
+        self._index(sub)
+
+    def _index(self, sub: Subscription) -> None:
+        self._by_resource.setdefault(sub.resource, ResourceSubscriptions()).add(sub)
+
+    def _unindex(self, sub: Subscription) -> None:
         subs = self._by_resource.get(sub.resource)
         if subs is not None:
             subs.remove(sub)

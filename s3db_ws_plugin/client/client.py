@@ -34,10 +34,9 @@ import contextlib
 import itertools
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -46,224 +45,28 @@ import structlog
 
 from s3db_core.query import matches
 
-from .connection import limit_read_size
+from ..connection import limit_read_size
+from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
+from .subscription import (
+    EVENT_KINDS,
+    RELOAD,
+    Event,
+    Page,
+    Position,
+    Stream,
+    SubscribeCall,
+    Subscription,
+)
 
 log = structlog.get_logger("s3db.client")
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
-EVENT_KINDS = ("insert", "update", "delete")
 # Close codes after which reconnecting cannot help.
 _FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
 UNAUTHORIZED_CLOSE = 4401
 
 
-# -- errors ------------------------------------------------------------------------------------
-class ClientError(Exception):
-    """An error reply from the server (or a client-side failure): ``code``, ``details``,
-    ``request_id`` and the server's ``message``."""
-
-    code = "CLIENT_ERROR"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        details: Any = None,
-        request_id: str | int | None = None,
-        frame: Mapping[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        if code is not None:
-            self.code = code
-        self.message = message
-        self.details = details
-        self.request_id = request_id
-        self.frame = dict(frame or {})
-
-    def __str__(self) -> str:
-        return f"{self.code}: {self.message}"
-
-
-class InvalidJSON(ClientError):
-    code = "INVALID_JSON"
-
-
-class InvalidMessage(ClientError):
-    """A missing or ill-typed field; ``details`` names it."""
-
-    code = "INVALID_MESSAGE"
-
-
-class UnknownMessageType(ClientError):
-    code = "UNKNOWN_MESSAGE_TYPE"
-
-
-class Unauthorized(ClientError):
-    """Invalid or expired credentials (the server closes the socket with 4401)."""
-
-    code = "UNAUTHORIZED"
-
-
-class Forbidden(ClientError):
-    code = "FORBIDDEN"
-
-
-class ResourceNotFound(ClientError):
-    """The resource is not exposed by the server."""
-
-    code = "RESOURCE_NOT_FOUND"
-
-
-class NotFound(ClientError):
-    """No record with that id (revealed only to users the guard allows)."""
-
-    code = "NOT_FOUND"
-
-
-class ValidationFailed(ClientError):
-    """The record failed the schema; ``errors`` (= ``details``) lists every failing field."""
-
-    code = "VALIDATION_ERROR"
-
-    @property
-    def errors(self) -> list[dict[str, Any]]:
-        return list(self.details or [])
-
-
-class Conflict(ClientError):
-    code = "CONFLICT"
-
-
-class RateLimited(ClientError):
-    """Too many frames; retry after ``retry_after_ms``."""
-
-    code = "RATE_LIMITED"
-
-    @property
-    def retry_after_ms(self) -> int | None:
-        return self.frame.get("retryAfterMs")
-
-
-class InternalError(ClientError):
-    """A server bug; quote ``error_id`` when reporting it."""
-
-    code = "INTERNAL_ERROR"
-
-    @property
-    def error_id(self) -> str | None:
-        return self.frame.get("errorId")
-
-
-class ConnectionLost(ClientError):
-    """The socket could not be opened, or dropped before the reply arrived, or the client was
-    closed. A request that raises this may or may not have been executed."""
-
-    code = "CONNECTION_LOST"
-
-
-class RequestTimeout(ClientError):
-    """No reply within ``request_timeout`` seconds."""
-
-    code = "TIMEOUT"
-
-
-class SlowConsumer(ClientError):
-    """A subscription's reader fell ``max_pending`` events behind. The iterator still yields
-    every event it buffered, then raises this; the subscription is closed (never a silent drop,
-    like the server's 4408). Read faster, or subscribe again and catch up with ``list``."""
-
-    code = "SLOW_CONSUMER"
-
-
-ERRORS: dict[str, type[ClientError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidJSON,
-        InvalidMessage,
-        UnknownMessageType,
-        Unauthorized,
-        Forbidden,
-        ResourceNotFound,
-        NotFound,
-        ValidationFailed,
-        Conflict,
-        RateLimited,
-        InternalError,
-    )
-}
-
-
-def error_from_frame(frame: Mapping[str, Any]) -> ClientError:
-    """The typed exception for an ``error`` frame."""
-    code = str(frame.get("code") or "CLIENT_ERROR")
-    cls = ERRORS.get(code, ClientError)
-    return cls(
-        str(frame.get("message") or code),
-        code=code,
-        details=frame.get("details"),
-        request_id=frame.get("requestId"),
-        frame=frame,
-    )
-
-
-# -- values ------------------------------------------------------------------------------------
-class Page(NamedTuple):
-    """One page of ``list``: ``items`` and the ``cursor`` of the next page (None at the end)."""
-
-    items: list[dict[str, Any]]
-    cursor: str | None
-
-
-class Position(NamedTuple):
-    """A point in a resource's change stream: ``offset`` increases within an ``epoch``."""
-
-    offset: int
-    epoch: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "epoch": self.epoch}
-
-    @classmethod
-    def from_value(cls, value: Any) -> Position | None:
-        if isinstance(value, Position):
-            return value
-        if isinstance(value, Mapping):
-            offset, epoch = value.get("offset"), value.get("epoch")
-            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
-                return cls(offset, epoch)
-        return None
-
-
-RELOAD = "reload"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """A change pushed by the server: ``event`` is ``insert``, ``update`` or ``delete``
-    (``leave`` when a record left what you may see), or ``reload`` when the server could not
-    replay what happened while the client was disconnected (``data`` is then empty): reload
-    what you show."""
-
-    resource: str
-    event: str
-    data: dict[str, Any]
-    timestamp: int  # epoch ms
-    version: int = 0  # the record's version (1 on insert, +1 per update)
-    offset: int | None = None  # stream position of the change
-    epoch: str | None = None
-
-    @property
-    def position(self) -> Position | None:
-        if self.offset is None or self.epoch is None:
-            return None
-        return Position(self.offset, self.epoch)
-
-    @property
-    def is_reload(self) -> bool:
-        return self.event == RELOAD
-
-
+# -- helpers -----------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Backoff:
     """Reconnect delays: ``initial * factor**attempt`` capped at ``maximum``, with jitter
@@ -307,234 +110,6 @@ def refresh_delay(expires_at: float, now: float, margin: float) -> float:
     tokens)."""
     remaining = expires_at - now
     return max(0.0, remaining - min(margin, remaining * 0.2))
-
-
-# -- subscriptions -----------------------------------------------------------------------------
-class _Closed:
-    """Queue sentinel: the iterator ends (``error`` None) or raises ``error``."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: ClientError | None) -> None:
-        self.error = error
-
-
-class Subscription:
-    """Live events of one ``subscribe``: an async iterator (also an async context manager).
-
-    ``filter`` is what was asked, ``effective_filter`` what the server applies (a guard may
-    narrow it). ``await sub.close()`` unsubscribes and ends the iterator.
-    """
-
-    def __init__(
-        self,
-        client: Client,
-        resource: str,
-        filter: dict[str, Any] | None,
-        events: tuple[str, ...] | None,
-        max_pending: int,
-        on_reload: Callable[[Subscription], Any] | None = None,
-    ) -> None:
-        self.client = client
-        self.resource = resource
-        self.filter = dict(filter or {})
-        self.events = events
-        self.max_pending = max_pending
-        self.on_reload = on_reload
-        # subscribe(snapshot=True): the first page of matching records and the next page's cursor.
-        self.snapshot: list[dict[str, Any]] | None = None
-        self.cursor: str | None = None
-        # The last subscribe's ``recovered`` (None when it did not resume).
-        self.recovered: bool | None = None
-        self._stream: _Stream | None = None
-        self.effective_filter: dict[str, Any] = dict(self.filter)
-        # The kinds the server sends for this subscription's stream (its reply's ``events``).
-        self.effective_events: tuple[str, ...] = events or EVENT_KINDS
-        self.closed = False
-        self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
-        self._releasing: asyncio.Task | None = None
-
-    def __repr__(self) -> str:
-        return f"<Subscription {self.resource} {self.filter}>"
-
-    def wants(self, kind: str) -> bool:
-        return self.events is None or kind in self.events or kind == RELOAD
-
-    @property
-    def position(self) -> Position | None:
-        """The stream position this subscription has seen everything up to (persist it and
-        pass it as ``since`` to pick up where you left off)."""
-        return self._stream.position if self._stream is not None else None
-
-    def _reload(self, event: Event) -> None:
-        self._push(event)
-        if self.on_reload is not None:
-            try:
-                result = self.on_reload(self)
-                if asyncio.iscoroutine(result):
-                    asyncio.get_running_loop().create_task(result)
-            except Exception:
-                log.exception("on_reload callback failed", resource=self.resource)
-
-    def _push(self, event: Event) -> None:
-        if self.closed:
-            return
-        if self._queue.qsize() >= self.max_pending:
-            self._overflow()
-            return
-        self._queue.put_nowait(event)
-
-    def _overflow(self) -> None:
-        """End with ``SlowConsumer`` behind the buffered events and unsubscribe."""
-        log.warning(
-            "subscription reader too slow, closing it",
-            resource=self.resource,
-            max_pending=self.max_pending,
-        )
-        self._end(
-            SlowConsumer(
-                f"more than {self.max_pending} unread events on {self.resource!r}: "
-                "the subscription was closed"
-            )
-        )
-        self._releasing = asyncio.get_running_loop().create_task(self.client._release(self))
-
-    def _end(self, error: ClientError | None = None) -> None:
-        if not self.closed:
-            self.closed = True
-            self._queue.put_nowait(_Closed(error))
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> Event:
-        item = await self._queue.get()
-        if isinstance(item, _Closed):
-            self._queue.put_nowait(item)  # every later call ends the same way
-            if item.error is not None:
-                raise item.error
-            raise StopAsyncIteration
-        return item
-
-    def drain(self) -> list[Event]:
-        """The events received and not read yet, without waiting (the end is left queued)."""
-        events: list[Event] = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if isinstance(item, _Closed):
-                self._queue.put_nowait(item)
-                break
-            events.append(item)
-        return events
-
-    async def next(self, timeout: float | None = None) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
-        async with asyncio.timeout(timeout):
-            return await self.__anext__()
-
-    async def close(self) -> None:
-        """Unsubscribe (if no other subscription of this client needs the same stream)."""
-        if self.closed:
-            return
-        self._end()
-        await self.client._release(self)
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-class _Stream:
-    """The server-side subscription that client subscriptions with the same resource and
-    filter share (the server keeps one per resource and filter on a connection)."""
-
-    # Records whose last version a stream remembers, to drop a stale or repeated change.
-    MAX_VERSIONS = 10_000
-
-    def __init__(self, resource: str, filter: dict[str, Any]) -> None:
-        self.resource = resource
-        self.filter = filter
-        self.effective: dict[str, Any] = dict(filter)
-        self.subs: list[Subscription] = []
-        # Everything up to ``position`` was received; ``live`` while subscribed on this socket.
-        self.position: Position | None = None
-        self.live = False
-        self.versions: OrderedDict[Any, int] = OrderedDict()
-
-    def fresh(self, event: Event) -> bool:
-        """False for an event this stream already got: at or before its position, or a record
-        version at or before one it saw (a delete ranks after its version's update)."""
-        position = self.position
-        if (
-            event.offset is not None
-            and position is not None
-            and event.epoch == position.epoch
-            and event.offset <= position.offset
-        ):
-            return False
-        record_id = event.data.get("id")
-        if not event.version or not isinstance(record_id, str | int):
-            return True
-        new = event.version * 2 + (event.event == "delete")
-        old = self.versions.get(record_id)
-        if old is not None:
-            if new <= old and not (event.event == "insert" and old & 1):
-                return False
-            self.versions.move_to_end(record_id)
-        self.versions[record_id] = new
-        if len(self.versions) > self.MAX_VERSIONS:
-            self.versions.popitem(last=False)
-        return True
-
-    def advance(self, event: Event) -> bool:
-        """Move the position to ``event``'s; False when it comes from another epoch than the
-        one this live stream was following (changes may have been lost in between)."""
-        if event.offset is None or event.epoch is None:
-            return True
-        position = self.position
-        if position is None or position.epoch != event.epoch:
-            self.position = Position(event.offset, event.epoch)
-            return position is None
-        if event.offset > position.offset:
-            self.position = Position(event.offset, event.epoch)
-        return True
-
-    def events(self) -> list[str] | None:
-        if any(s.events is None for s in self.subs):
-            return None
-        return [k for k in EVENT_KINDS if any(k in (s.events or ()) for s in self.subs)]
-
-    def frame(self, resume: bool = True) -> dict[str, Any]:
-        frame: dict[str, Any] = {"type": "subscribe", "resource": self.resource}
-        if self.filter:
-            frame["filter"] = self.filter
-        events = self.events()
-        if events is not None:
-            frame["events"] = events
-        if resume and self.position is not None:
-            frame["since"] = self.position.to_dict()
-        return frame
-
-
-class _SubscribeCall:
-    """What ``Client.subscribe`` returns: await it, or use it as ``async with``."""
-
-    def __init__(self, coro: Awaitable[Subscription]) -> None:
-        self._coro = coro
-        self._sub: Subscription | None = None
-
-    def __await__(self):
-        return self._coro.__await__()
-
-    async def __aenter__(self) -> Subscription:
-        self._sub = await self._coro
-        return self._sub
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._sub is not None:
-            await self._sub.close()
 
 
 # -- the client --------------------------------------------------------------------------------
@@ -599,7 +174,7 @@ class Client:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
-        self._streams: dict[tuple[str, bytes], _Stream] = {}
+        self._streams: dict[tuple[str, bytes], Stream] = {}
         self._ready = asyncio.Event()
         self._closed = False
         self._failure: ClientError | None = None
@@ -733,7 +308,7 @@ class Client:
         snapshot: bool = False,
         limit: int | None = None,
         on_reload: Callable[[Subscription], Any] | None = None,
-    ) -> _SubscribeCall:
+    ) -> SubscribeCall:
         """Subscribe to changes: ``sub = await client.subscribe(...)`` or
         ``async with client.subscribe(...) as sub``; then ``async for event in sub``.
 
@@ -765,7 +340,7 @@ class Client:
             extra["snapshot"] = True
             if limit is not None:
                 extra["limit"] = limit
-        return _SubscribeCall(self._subscribe(sub, extra))
+        return SubscribeCall(self._subscribe(sub, extra))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
@@ -870,7 +445,7 @@ class Client:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream(sub.resource, sub.filter)
+            stream = self._streams[key] = Stream(sub.resource, sub.filter)
         elif "since" in extra:  # a stream already flowing: it continues where it is
             del extra["since"]
         stream.subs.append(sub)  # before the request: events may follow the reply at once
@@ -889,7 +464,7 @@ class Client:
             sub.cursor = reply.get("cursor")
         return sub
 
-    def _subscribed(self, stream: _Stream) -> Callable[[dict], None]:
+    def _subscribed(self, stream: Stream) -> Callable[[dict], None]:
         def on_reply(reply: dict) -> None:  # runs in the reader, before any later frame
             stream.effective = dict(reply.get("filter") or {})
             events = reply.get("events")
@@ -903,7 +478,7 @@ class Client:
 
         return on_reply
 
-    def _positioned(self, stream: _Stream, reply: dict[str, Any]) -> None:
+    def _positioned(self, stream: Stream, reply: dict[str, Any]) -> None:
         """Take the ``subscribed`` reply's position (and ``recovered``) for ``stream``."""
         position = Position.from_value(reply.get("position"))
         recovered = reply.get("recovered")
@@ -932,13 +507,13 @@ class Client:
         ):
             stream.position = position
 
-    def _drop(self, key: tuple[str, bytes], stream: _Stream, sub: Subscription) -> None:
+    def _drop(self, key: tuple[str, bytes], stream: Stream, sub: Subscription) -> None:
         if sub in stream.subs:
             stream.subs.remove(sub)
         if not stream.subs and self._streams.get(key) is stream:
             del self._streams[key]
 
-    async def _release(self, sub: Subscription) -> None:
+    async def release(self, sub: Subscription) -> None:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
@@ -970,7 +545,7 @@ class Client:
             offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
             epoch if isinstance(epoch, str) else None,
         )
-        wanted: list[tuple[_Stream, list[Subscription]]] = []
+        wanted: list[tuple[Stream, list[Subscription]]] = []
         for stream in self._streams.values():
             if stream.resource != resource:
                 continue
