@@ -55,9 +55,11 @@ async def open_db(store: str, broker: str, **config) -> tuple[Database, Collecto
     return db, collector
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "redis"])
 def broker_url(request: pytest.FixtureRequest) -> str:  # the engines land one by one
-    return request.param
+    if request.param == "local":
+        return "local"
+    return f"{request.getfixturevalue('redis_url')}?prefix=t{os.urandom(6).hex()}"
 
 
 @pytest.fixture

@@ -227,6 +227,9 @@ class StreamBroker:
     async def _disconnect(self) -> None:
         raise NotImplementedError
 
+    async def _interrupt(self) -> None:
+        """Break a blocking read the reader task is in (close falls back on it)."""
+
     async def _append(self, change: Change, publish_id: int, new_epoch: bool) -> Change:
         raise NotImplementedError
 
@@ -255,13 +258,14 @@ class StreamBroker:
 
     async def close(self) -> None:
         self._started = False
-        for task in (self._reader_task, self._retry_task):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):
-                    pass
+        tasks = {t for t in (self._reader_task, self._retry_task) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:  # a client library may swallow the cancel: then cut its connection too
+            _, running = await asyncio.wait(tasks, timeout=0.05)
+            if running:
+                await self._interrupt()
+                await asyncio.wait(running, timeout=self.options.connect_timeout)
         self._reader_task = self._retry_task = None
         if self._buffer:
             log.warning("broker_closed_with_pending", broker=self.name, pending=len(self._buffer))
@@ -313,7 +317,7 @@ class StreamBroker:
 
     async def _drain(self) -> None:
         delay = 0.05
-        while self._buffer:
+        while self._buffer and self._started:
             item = self._buffer[0]
             try:
                 async with asyncio.timeout(self.options.publish_timeout):

@@ -1,0 +1,233 @@
+"""The Redis broker: ``redis://host:port/db`` (``rediss://`` for TLS), through redis-py asyncio.
+
+Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sharing a Redis):
+
+* ``P:{R}:stream`` - resource R's stream; each entry holds ``o`` (offset), ``e`` (epoch) and ``d``
+  (the change as JSON). Trimmed on every append to ``history_size`` entries (``MAXLEN``) and to
+  ``history_ttl`` (``MINID``, from Redis's own clock).
+* ``P:{R}:meta`` - hash ``{epoch, offset}``. One Lua script increments the offset and appends the
+  entry, so offsets are allocated atomically with the append and are contiguous within an epoch
+  (which is what makes ``history`` exact). The epoch is replaced when history is lost: the meta
+  hash is gone (Redis restarted empty), or the stream is gone while the offset says it had
+  entries, or the publishing process had to drop changes during an outage.
+* ``P:resources`` (set) and ``P:resources:log`` (stream) - which resources have streams; the
+  reader learns of a new resource through the log, without polling.
+* ``P:writer:{id}`` - per publishing process, the last publish id appended per resource (expires
+  after an hour), so a retried append that had in fact reached Redis is not appended twice.
+
+Every process runs one reader task: ``XREAD BLOCK`` over the log and every known resource stream,
+dispatching each entry to the listeners in stream order (a process's own writes included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..change import Change
+from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+
+log = structlog.get_logger("s3db.broker.redis")
+
+WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
+
+# KEYS: stream, meta, resources, resources log, writer
+# ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s
+PUBLISH = """
+local last_id = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
+if tonumber(ARGV[7]) <= last_id then
+  return {-1, ''}
+end
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+if (not epoch) or ARGV[4] == '1' or (offset > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+  epoch = ARGV[3]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
+end
+offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'o', offset, 'e', epoch, 'd', ARGV[2])
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[6])
+if horizon > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', tostring(horizon))
+end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
+  redis.call('XADD', KEYS[4], '*', 'r', ARGV[1])
+end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
+redis.call('EXPIRE', KEYS[5], ARGV[8])
+return {offset, epoch}
+"""
+
+# KEYS: meta; ARGV: fresh epoch. The position, creating the epoch if the resource has none yet.
+POSITION = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
+return {tonumber(redis.call('HGET', KEYS[1], 'offset') or '0'), redis.call('HGET', KEYS[1], 'epoch')}
+"""
+
+# KEYS: stream, meta; ARGV: epoch, since offset, ttl ms, at most.
+# The entries after `since` (false when not recoverable): contiguous offsets make the last
+# (offset - since) entries exactly those, if the oldest of them is since + 1 in this epoch.
+HISTORY = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+if epoch ~= ARGV[1] then return false end
+local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local since = tonumber(ARGV[2])
+if since > last or since < 0 then return false end
+if since == last then return {} end
+local count = last - since
+if count > tonumber(ARGV[4]) then return false end
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[3])
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', count)
+if #entries < count then return false end
+local oldest = entries[#entries]
+local ms = tonumber(string.match(oldest[1], '^(%d+)'))
+if ms < horizon then return false end
+local fields = oldest[2]
+if fields[2] ~= tostring(since + 1) or fields[4] ~= epoch then return false end
+return entries
+"""
+
+# KEYS: resources, resources log. Everything the reader needs to start: the log's last id and
+# each known resource with its stream's last id (0-0 when empty), read atomically.
+CURSORS = """
+local function last_id(key)
+  local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #newest == 0 then return '0-0' end
+  return newest[1][1]
+end
+local out = {last_id(KEYS[2])}
+for _, resource in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  table.insert(out, resource)
+  table.insert(out, last_id(ARGV[1] .. resource .. ARGV[2]))
+end
+return out
+"""
+
+
+class RedisBroker(StreamBroker):
+    """Changes shared through Redis streams, one per resource."""
+
+    name = "redis"
+    block_ms = 5000  # one XREAD waits at most this long before it is issued again
+
+    def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, config)
+        p = self.options.prefix
+        self._key_prefix = f"{p}:{{"
+        self._key_suffix = "}:stream"
+        self._resources_key = f"{p}:resources"
+        self._log_key = f"{p}:resources:log"
+        self._writer_key = f"{p}:writer:{new_epoch()}"
+        target = server_url(url)
+        timeout = self.options.publish_timeout
+        no_retry = Retry(NoBackoff(), 0)
+        self._client = aioredis.Redis.from_url(
+            target, socket_timeout=max(timeout, 1.0), socket_connect_timeout=timeout,
+            retry=no_retry,
+        )  # fmt: skip
+        self._reader = aioredis.Redis.from_url(
+            target, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=timeout,
+            retry=no_retry,
+        )  # fmt: skip
+        self._publish = self._client.register_script(PUBLISH)
+        self._position = self._client.register_script(POSITION)
+        self._history = self._client.register_script(HISTORY)
+        self._cursors_script = self._reader.register_script(CURSORS)
+        self._cursors: dict[bytes, bytes] = {}  # stream key -> last id read
+        self._ttl_ms = int(self.options.history_ttl * 1000)
+
+    def stream_key(self, resource: str) -> str:
+        return f"{self._key_prefix}{resource}{self._key_suffix}"
+
+    def meta_key(self, resource: str) -> str:
+        return f"{self.options.prefix}:{{{resource}}}:meta"
+
+    async def _connect(self) -> None:
+        await self._client.ping()
+        await self._load_cursors()
+
+    async def _disconnect(self) -> None:
+        await self._client.aclose()
+        await self._reader.aclose()
+
+    async def _interrupt(self) -> None:
+        await self._reader.connection_pool.disconnect(inuse_connections=True)
+
+    async def _load_cursors(self) -> None:
+        reply = await self._cursors_script(
+            keys=[self._resources_key, self._log_key], args=[self._key_prefix, self._key_suffix]
+        )
+        cursors = {self._log_key.encode(): reply[0]}
+        for i in range(1, len(reply), 2):
+            cursors[self.stream_key(reply[i].decode()).encode()] = reply[i + 1]
+        self._cursors = cursors
+
+    async def _append(self, change: Change, publish_id: int, new_epoch_: bool) -> Change:
+        resource = change.resource
+        offset, epoch = await self._publish(
+            keys=[self.stream_key(resource), self.meta_key(resource), self._resources_key,
+                  self._log_key, self._writer_key],
+            args=[resource, encode_change(change), new_epoch(), int(new_epoch_),
+                  self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL],
+        )  # fmt: skip
+        if offset == -1:  # an earlier attempt of this very publish had reached Redis
+            return change
+        return Change(
+            change.resource, change.event, change.record, change.previous, change.timestamp,
+            change.version, int(offset), epoch.decode(),
+        )  # fmt: skip
+
+    async def position(self, resource: str) -> Position:
+        offset, epoch = await self._position(keys=[self.meta_key(resource)], args=[new_epoch()])
+        return Position(int(offset), epoch.decode())
+
+    async def history(self, resource: str, since: Position) -> list[Change] | None:
+        entries = await self._history(
+            keys=[self.stream_key(resource), self.meta_key(resource)],
+            args=[since.epoch, since.offset, self._ttl_ms, self.options.history_size],
+        )
+        if entries is None:
+            return None
+        changes = []
+        for _id, fields in reversed(entries):
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            changes.append(decode_change(values[b"d"], int(values[b"o"]), values[b"e"].decode()))
+        return changes
+
+    async def _run_reader(self) -> None:
+        delay = 0.05
+        log_key = self._log_key.encode()
+        while self._started:
+            try:
+                if not self._cursors:
+                    await self._load_cursors()
+                reply = await self._reader.xread(self._cursors, count=1000, block=self.block_ms)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._started:
+                    return
+                log.warning("reader_retry", error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            for key, entries in reply or ():
+                if key == log_key:
+                    for entry_id, fields in entries:
+                        stream = self.stream_key(fields[b"r"].decode()).encode()
+                        self._cursors.setdefault(stream, b"0-0")
+                        self._cursors[log_key] = entry_id
+                    continue
+                for entry_id, fields in entries:
+                    self._cursors[key] = entry_id
+                    change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+                    await self.listeners.dispatch(change)
