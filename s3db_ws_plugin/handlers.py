@@ -174,14 +174,17 @@ class Handlers:
             filter=effective,
             events=[e for e in EVENT_KINDS if e in events],
         )
-        if f["since"] is not None or f["snapshot"]:
-            try:  # replies itself, then sends the replay or the stream after the snapshot
-                await subscribe_from(self.plugin, conn, sub, policy, f, answer)
-            except BaseException:
-                registry.remove(sub)
-                raise
-            return None
-        return answer(position=await self.plugin.position_of(name))
+        position = None
+        if f["since"] is None and not f["snapshot"]:
+            position = self.plugin.position_of(name)  # what this process fanned out last
+            if position is not None:
+                return answer(position=position)
+        try:  # replies itself, then sends the replay, the snapshot's stream or what is new
+            await subscribe_from(self.plugin, conn, sub, policy, f, answer)
+        except BaseException:
+            registry.remove(sub)
+            raise
+        return None
 
     @message("unsubscribe", resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:

@@ -41,7 +41,7 @@ from .protocol import (
 )
 from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
-from .resume import Resumer, current_position, event_frame
+from .resume import Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
@@ -195,10 +195,12 @@ class WebSocketPlugin:
             if receivers:
                 payload = encode(event_frame(change, policy))
                 frame = text_frame(payload)
-                holds = resumer.holds
+                holds, guards = resumer.holds, resumer.guards
                 for conn in receivers:
                     if holds and conn in holds:  # resuming: sent after its replay
                         holds[conn].add(change, payload)
+                    elif guards and conn in guards and resumer.guarded(conn, change, policy):
+                        continue  # its snapshot already shows this change
                     else:
                         conn.send(payload, frame)
                 self.metrics.frames_out.inc(len(receivers))
@@ -208,14 +210,11 @@ class WebSocketPlugin:
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
-    async def position_of(self, resource: str) -> dict[str, Any] | None:
-        """The position a new subscription on ``resource`` starts after: the last change this
-        process fanned out (every later one reaches the subscription), else the broker's."""
+    def position_of(self, resource: str) -> dict[str, Any] | None:
+        """The position of the last change of ``resource`` this process fanned out (a new
+        subscription gets every later one), None before the first."""
         fanned = self.resumer.positions.fanned.get(resource)
-        if fanned is not None:
-            return {"offset": fanned[1], "epoch": fanned[0]}
-        position = await current_position(self, resource)
-        return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+        return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Any) -> None:

@@ -204,6 +204,8 @@ class Resumer:
         self.positions = Positions()
         # Connections whose live frames are held while one of their subscriptions catches up.
         self.holds: dict[Connection, Hold] = {}
+        # Connections whose live frames are checked against a recent snapshot.
+        self.guards: dict[Connection, SnapshotGuard] = {}
         self.max_hold_bytes = max_hold_bytes
         self.catch_up_timeout = CATCH_UP_TIMEOUT
 
@@ -213,6 +215,22 @@ class Resumer:
 
     def release(self, conn: Connection) -> None:
         self.holds.pop(conn, None)
+        self.guards.pop(conn, None)
+
+    def guard(self, conn: Connection, guard: SnapshotGuard) -> None:
+        if guard.pending:
+            self.guards[conn] = guard
+
+    def guarded(self, conn: Connection, change: Change, policy: ResourcePolicy) -> bool:
+        """Whether a live ``change`` for ``conn`` is one its recent snapshot already showed."""
+        guard = self.guards[conn]
+        if guard.expired or guard.sub not in self.registry.of(conn, guard.resource):
+            del self.guards[conn]
+            return False
+        if not guard.covers(change):
+            return False
+        others = [s for s in self.registry.of(conn, change.resource) if s is not guard.sub]
+        return not any(delivers(other, change, policy) for other in others)
 
     async def catch_up(self, resource: str, epoch: str | None, offset: int | None) -> None:
         if epoch is None or offset is None:
@@ -288,32 +306,53 @@ class Resumer:
         return frames, last
 
 
-def snapshot_covered(
-    resource: str, position: int, records: Iterable[dict[str, Any]], held: Iterable[Held]
-) -> Callable[[Change], bool]:
-    """Which held changes of ``resource`` a snapshot listed at ``position`` already shows.
+class SnapshotGuard:
+    """What a snapshot listed, kept while the stream catches up with it.
 
-    Changes at or before ``position`` are in it. A record listed while it was changing shows
-    one of its changes after ``position``: that one and the ones before it are in the snapshot,
-    the ones after it are news (a record listed before any of them shows none of them)."""
-    listed = {r.get("id"): r for r in records if isinstance(r, dict)}
-    last_shown: dict[Any, int] = {}
-    for entry in held:
-        change = entry.change
-        if change.resource != resource or change.offset is None or change.offset <= position:
-            continue
-        record_id = change.record.get("id")
-        snap = listed.get(record_id)
-        if snap is not None and change.event != "delete" and change.record == snap:
-            last_shown[record_id] = change.offset
+    A store write is durable before its change is published, so a listing may show a record
+    whose change reaches the stream after the position read with it, even after the live
+    stream seemed to catch up. Per listed record, the changes after the snapshot's position are
+    a chain: older states, then the one the listing showed (``record`` equal to it), then newer
+    ones (the first of which has it as ``previous``). The guard drops the chain up to the listed
+    state and lets the rest through; it ends when every listed record is resolved or after
+    ``ttl`` seconds (a record the listing showed unchanged since before the position has no
+    marker to wait for)."""
 
-    def covered(change: Change) -> bool:
-        if change.offset is None or change.offset <= position:
+    __slots__ = ("sub", "resource", "offset", "epoch", "pending", "expires")
+
+    def __init__(
+        self, sub: Subscription, offset: int, epoch: str, records: Iterable[Any], ttl: float
+    ) -> None:
+        self.sub = sub
+        self.resource = sub.resource
+        self.offset = offset
+        self.epoch = epoch
+        self.pending: dict[Any, dict[str, Any]] = {
+            r.get("id"): r for r in records if isinstance(r, dict) and r.get("id") is not None
+        }
+        self.expires = asyncio.get_running_loop().time() + ttl
+
+    @property
+    def expired(self) -> bool:
+        return not self.pending or asyncio.get_running_loop().time() > self.expires
+
+    def covers(self, change: Change) -> bool:
+        """Whether the snapshot already shows ``change`` (noting what it learns)."""
+        if change.resource != self.resource or change.epoch != self.epoch:
+            return False
+        if change.offset is not None and change.offset <= self.offset:
             return True
-        shown = last_shown.get(change.record.get("id"))
-        return shown is not None and change.offset <= shown
-
-    return covered
+        record = change.record if isinstance(change.record, dict) else {}
+        listed = self.pending.get(record.get("id"))
+        if listed is None:
+            return False
+        if change.event != "delete" and record == listed:
+            del self.pending[record.get("id")]  # the listed state itself
+            return True
+        if change.previous == listed:
+            del self.pending[record.get("id")]  # the first change after the listed state
+            return False
+        return True  # a state older than the listed one
 
 
 # -- subscribe {since} / {snapshot} -------------------------------------------------------------
@@ -345,6 +384,11 @@ async def subscribe_from(
         current = await current_position(plugin, name)
         if fields.get("snapshot"):
             covered = await _snapshot(plugin, conn, sub, policy, fields, reply, current)
+        elif fields.get("since") is None:  # from now: after the broker's latest position
+            plugin.send(conn, reply(position=_dict(current)))
+            if current is not None:
+                await resumer.catch_up(name, current.epoch, current.offset)
+                covered = _upto(current.epoch, current.offset)
         else:
             covered, replayed = await _replay(
                 plugin, conn, sub, policy, fields["since"], reply, current
@@ -391,10 +435,14 @@ async def _replay(
         cut, cut_epoch = (last if last is not None else offset), epoch
         await resumer.catch_up(name, cut_epoch, cut)
 
-    def covered(change: Change) -> bool:
-        return change.epoch == cut_epoch and change.offset is not None and change.offset <= cut
+    return _upto(cut_epoch, cut), frames
 
-    return covered, frames
+
+def _upto(epoch: str, offset: int) -> Callable[[Change], bool]:
+    def covered(change: Change) -> bool:
+        return change.epoch == epoch and change.offset is not None and change.offset <= offset
+
+    return covered
 
 
 async def _snapshot(
@@ -419,11 +467,10 @@ async def _snapshot(
     )
     if current is None or after is None:
         return _nothing
+    guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.catch_up_timeout)
     await resumer.catch_up(name, after.epoch, after.offset)
-    hold = resumer.holds.get(conn)
-    shown = snapshot_covered(name, current.offset, records, hold.entries if hold else ())
-    epoch = current.epoch
-    return lambda change: change.epoch == epoch and shown(change)
+    resumer.guard(conn, guard)  # the live frames after the flush go through it too
+    return guard.covers
 
 
 def _dict(position: Any | None) -> dict[str, Any] | None:
