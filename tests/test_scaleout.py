@@ -130,6 +130,15 @@ async def wait_listening(port: int, proc: asyncio.subprocess.Process) -> None:
             await asyncio.sleep(0.05)
 
 
+async def wait_workers(port: int, count: int) -> None:
+    """Until each of ``count`` workers answered (the parent starts them one after the other)."""
+    seen: set[int] = set()
+    end = time.monotonic() + DEADLINE
+    while len(seen) < count:
+        seen.add((await worker_info(port))["worker"])
+        assert time.monotonic() < end, f"workers answering: {seen}"
+
+
 async def read_until(sub: Any, count: int, timeout: float = DEADLINE) -> list[Any]:
     events = []
     async with asyncio.timeout(timeout):
@@ -158,6 +167,7 @@ async def test_workers_serve_one_port_and_every_worker_delivers(app_env, shared_
     port = int(env["S3DB_APP_PORT"])
     async with processes(env) as servers:
         await servers.serve("--workers", "2")
+        await wait_workers(port, 2)
         url = f"ws://127.0.0.1:{port}/"
         clients = [Client(url, backoff=FAST) for _ in range(12)]
         try:
