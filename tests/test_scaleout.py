@@ -105,6 +105,28 @@ async def processes(env: dict[str, str]) -> AsyncIterator[Servers]:
         await servers.close()
 
 
+@asynccontextmanager
+async def writer(env: dict[str, str]) -> AsyncIterator[Any]:
+    """This test process as a plain writer process: the app's ``notes`` on the shared store and
+    broker (no server)."""
+    sys.path.insert(0, str(TESTS))
+    from scaleout_app import NOTES
+
+    from s3db_core import Database
+
+    db = Database(env["S3DB_APP_STORE"], broker=env["S3DB_APP_BROKER"])
+    await db.connect()
+    try:
+        yield await db.create_resource("notes", NOTES, timestamps=True)
+    finally:
+        await db.disconnect()
+
+
+async def write(notes: Any, count: int, prefix: str) -> None:
+    for n in range(count):
+        await notes.insert({"title": f"{prefix}{n}", "roomId": "r1", "n": n})
+
+
 async def worker_info(port: int) -> dict[str, Any]:
     """``GET /worker`` on a new connection (the kernel picks the worker per connection)."""
     connector = aiohttp.TCPConnector(force_close=True)
@@ -182,7 +204,8 @@ async def test_workers_serve_one_port_and_every_worker_delivers(app_env, shared_
                 info = await worker_info(port)
                 seen[info["worker"]] = info["connections"]
                 assert time.monotonic() < end, f"workers seen: {seen}"
-            await servers.run("write", "5")
+            async with writer(env) as notes:
+                await write(notes, 5, "w")
             for sub in subs:
                 events = await read_until(sub, 5)
                 assert [e.data["title"] for e in events] == [f"w{n}" for n in range(5)]
@@ -248,17 +271,20 @@ async def test_a_subscriber_resumes_after_its_server_is_killed(app_env, shared_b
     port = int(env["S3DB_APP_PORT"])
     async with processes(env) as servers:
         server = await servers.serve()
-        async with Client(f"ws://127.0.0.1:{port}/", backoff=FAST) as client:
+        async with (
+            Client(f"ws://127.0.0.1:{port}/", backoff=FAST) as client,
+            writer(env) as notes,
+        ):
             sub = await client.subscribe("notes", filter={"roomId": "r1"})
-            await servers.run("write", "3", "before-")
+            await write(notes, 3, "before-")
             assert [e.data["title"] for e in await read_until(sub, 3)] == [
                 "before-0", "before-1", "before-2",
             ]  # fmt: skip
             server.kill()  # SIGKILL: no 1001, no goodbye
             await server.wait()
-            await servers.run("write", "4", "missed-")
+            await write(notes, 4, "missed-")
             await servers.serve()  # the same port
-            await servers.run("write", "2", "after-")
+            await write(notes, 2, "after-")
             events = await read_until(sub, 6)
             assert [e.data["title"] for e in events] == [
                 "missed-0", "missed-1", "missed-2", "missed-3", "after-0", "after-1",
