@@ -1,6 +1,6 @@
 """What every example app shares: its command line, the JWT secret, a dev-only login, and running.
 
-    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST]
+    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--broker URL]
 """
 
 from __future__ import annotations
@@ -31,15 +31,22 @@ class Options:
     host: str
     db: str
     jwt_secret: str
+    broker: str = "local"  # the Database's broker URL (--broker)
 
 
 def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
     parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=__doc__)
     parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
+    parser.add_argument(
+        "--broker",
+        default="local",
+        help="change stream shared by server and writer processes: redis://HOST:6379/0 or "
+        "nats://HOST:4222 (default: local, this process only)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
     args = parser.parse_args(argv)
-    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret())
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret(), broker=args.broker)
 
 
 def jwt_secret() -> str:

@@ -310,3 +310,76 @@ async def test_a_subscriber_whose_history_was_lost_is_told_to_reload(app_env):
             assert reload.is_reload and sub.recovered is False
             await client.insert("notes", {"title": "after"})
             assert (await sub.next(timeout=DEADLINE)).data["title"] == "after"
+
+
+# -- the chat example as its README runs it ---------------------------------------------------------
+async def test_chat_example_two_servers_and_an_announce_script_on_one_broker(
+    tmp_path, shared_broker
+):
+    from examples.common import make_token
+
+    root = TESTS.parent
+    secret = "scale-out-test-secret-long-enough"
+    store = f"file://{tmp_path / 'chat'}"
+    env = {**os.environ, "JWT_SECRET": secret, "PYTHONPATH": str(root)}
+    ports = [free_port(), free_port()]
+    procs = []
+    try:
+        for port in ports:  # one after the other: the first creates the lobby room
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "examples.chat", "--port", str(port), "--db", store,
+                "--broker", shared_broker, cwd=root, env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=(tmp_path / f"{port}.log").open("wb"),
+            )  # fmt: skip
+            procs.append(proc)
+            await wait_health(port, proc, tmp_path / f"{port}.log")
+        token = make_token(secret, "alice", name="alice")
+        async with (
+            Client(f"ws://127.0.0.1:{ports[0]}/?token={token}") as one,
+            Client(f"ws://127.0.0.1:{ports[1]}/?token={token}") as two,
+        ):
+            rooms = (await one.list("chat_rooms")).items
+            assert [r["name"] for r in rooms] == ["general"]
+            room = rooms[0]["id"]
+            subs = [await c.subscribe("chat_messages", filter={"roomId": room}) for c in (one, two)]
+            await one.insert("chat_messages", {"roomId": room, "content": "hi from 3001"})
+            script = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "examples.chat.announce", "--db", store,
+                "--broker", shared_broker, "--room", "general", "Maintenance at 6 pm",
+                cwd=root, env=env, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(DEADLINE):
+                _, err = await script.communicate()
+            assert script.returncode == 0, err.decode()[-2000:]
+            for sub in subs:
+                got = [(e.data["type"], e.data["content"]) for e in await read_until(sub, 2)]
+                assert got == [("text", "hi from 3001"), ("system", "Maintenance at 6 pm")]
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                async with asyncio.timeout(15):
+                    await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def wait_health(port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
+    end = time.monotonic() + DEADLINE
+    while True:
+        if proc.returncode is not None:
+            err = log.read_text()[-2000:]
+            raise AssertionError(f"the server exited with {proc.returncode}: {err}")
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                    if response.status == 200:
+                        return
+        except (aiohttp.ClientError, OSError):
+            pass
+        if time.monotonic() > end:
+            raise AssertionError(f"nothing listens on {port}")
+        await asyncio.sleep(0.05)

@@ -246,7 +246,7 @@ async def create_app(
 
     Returns the database, the running plugin and the background jobs to run (the cleanup).
     """
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define_resources(db)

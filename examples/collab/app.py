@@ -320,7 +320,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
 
     Returns the database, the running plugin and the background jobs (the idle-cursor sweep).
     """
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define_resources(db)

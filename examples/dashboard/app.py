@@ -148,7 +148,7 @@ async def create_app(
 
     Returns the database, the running plugin and the background jobs (the metric simulation).
     """
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define_resources(db)

@@ -179,7 +179,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
     Returns the database, the running plugin and the background jobs (none: the demo adds a
     simulated game server).
     """
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define_resources(db)
