@@ -9,17 +9,19 @@ Every change a broker hands the plugin carries its stream position (``offset`` w
   and record (a bounded LRU), the newest version this process fanned out, and drops an older
   one before any subscriber is looked at: one dict operation per change, never per subscriber.
 - **Resume.** ``subscribe {since}`` replays the broker's history after that position through the
-  subscription's own delivery rule, then continues live. While the replay runs, live frames for
-  that connection are *held* (not sent); once the live stream has reached the last replayed
-  offset, the held frames are flushed, those the replay already covered dropped: no gap, no
-  duplicate. When the epoch differs or the position left history the reply says
-  ``recovered: false`` and the client reloads.
+  subscription's own delivery rule, then continues live. While the replay is read, live frames
+  for that connection are *held* (not sent); then the replayed and held frames go out merged in
+  offset order, each change once. A process's broker reader may lag behind the broker, so a
+  replayed change can still arrive live afterwards: a short-lived *guard* drops it. When the
+  epoch differs or the position left history the reply says ``recovered: false`` and the
+  client reloads.
 - **Snapshot.** ``subscribe {snapshot: true}`` reads the stream position first, then the first
   page of matching records, holds live frames meanwhile, and flushes them minus what the page
-  already shows (same or older record version).
+  already shows; its guard keeps doing so for changes published after the listing saw them.
 
-The hold is the only per-connection state, it exists only while that connection subscribes, and
-the live path checks it with one dict lookup per receiver only while some hold exists.
+Holds and guards are the only per-connection state; they exist only while a connection
+subscribes (a guard: a few seconds at most), and the live path looks them up (one dict lookup
+per receiver) only while some exist.
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ log = structlog.get_logger("s3db.ws")
 
 # Records whose newest fanned-out version a process remembers (LRU over all resources).
 VERSION_GATE_SIZE = 100_000
-# How long a subscribe waits for the live stream to catch up with what it replayed or listed
-# before it flushes anyway (a broker normally delivers within milliseconds).
-CATCH_UP_TIMEOUT = 5.0
+# How long, at most, live changes are checked against what a replay or snapshot already sent
+# (a process's broker reader is normally milliseconds behind the broker).
+GUARD_TTL = 5.0
 # Changes of history remembered before ``since`` to seed the stale-version check of a replay.
 REPLAY_SEED = 256
 
@@ -145,54 +147,56 @@ def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> bool:
 
 
 class Positions:
-    """What this process has fanned out per resource (offset within epoch), and subscribes
-    waiting for the live stream to reach an offset."""
+    """What this process has fanned out per resource: the last offset, within its epoch."""
 
     def __init__(self) -> None:
         self.fanned: dict[str, tuple[str, int]] = {}
-        self._waiters: dict[str, list[tuple[str, int, asyncio.Future[None]]]] = {}
 
     def advance(self, change: Change) -> None:
         """Called for every change the plugin receives, stale or not, in stream order."""
-        if change.offset is None or change.epoch is None:
-            return
-        self.fanned[change.resource] = (change.epoch, change.offset)
-        waiters = self._waiters.get(change.resource)
-        if waiters:
-            self._wake(change.resource, waiters)
+        if change.offset is not None and change.epoch is not None:
+            self.fanned[change.resource] = (change.epoch, change.offset)
 
-    def _wake(self, resource: str, waiters: list[tuple[str, int, asyncio.Future[None]]]) -> None:
-        left = []
-        for epoch, offset, future in waiters:
-            if future.done():
-                continue
-            if self.reached(resource, epoch, offset):
-                future.set_result(None)
-            else:
-                left.append((epoch, offset, future))
-        if left:
-            self._waiters[resource] = left
-        else:
-            self._waiters.pop(resource, None)
-
-    def reached(self, resource: str, epoch: str, offset: int) -> bool:
+    def passed(self, resource: str, epoch: str, offset: int) -> bool:
+        """Whether the live stream of ``resource`` went past ``offset`` (or left ``epoch``):
+        a later change is being or was fanned out, so ``offset`` itself was."""
         fanned = self.fanned.get(resource)
         if fanned is None:
-            return offset <= 0
-        # Another epoch: the stream was reset; nothing more of the old one will come.
-        return fanned[0] != epoch or fanned[1] >= offset
-
-    async def wait(self, resource: str, epoch: str, offset: int, timeout: float) -> bool:
-        """Wait until the live stream of ``resource`` passed ``offset`` (False on timeout)."""
-        if self.reached(resource, epoch, offset):
-            return True
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(resource, []).append((epoch, offset, future))
-        try:
-            await asyncio.wait_for(future, timeout)
-        except TimeoutError:
             return False
-        return True
+        return fanned[0] != epoch or fanned[1] > offset
+
+
+class ReplayGuard:
+    """After a replay (or a subscribe from the broker's position), the live changes up to
+    ``offset`` that this process fans out late (its broker reader lags behind the broker)
+    are not sent again. Ends when the live stream passed ``offset`` or after ``ttl``."""
+
+    __slots__ = ("sub", "resource", "epoch", "offset", "positions", "expires")
+
+    def __init__(
+        self, sub: Subscription, epoch: str, offset: int, positions: Positions, ttl: float
+    ) -> None:
+        self.sub = sub
+        self.resource = sub.resource
+        self.epoch = epoch
+        self.offset = offset
+        self.positions = positions
+        self.expires = asyncio.get_running_loop().time() + ttl
+
+    @property
+    def expired(self) -> bool:
+        return (
+            self.positions.passed(self.resource, self.epoch, self.offset)
+            or asyncio.get_running_loop().time() > self.expires
+        )
+
+    def covers(self, change: Change) -> bool:
+        return (
+            change.resource == self.resource
+            and change.epoch == self.epoch
+            and change.offset is not None
+            and change.offset <= self.offset
+        )
 
 
 class Resumer:
@@ -204,10 +208,10 @@ class Resumer:
         self.positions = Positions()
         # Connections whose live frames are held while one of their subscriptions catches up.
         self.holds: dict[Connection, Hold] = {}
-        # Connections whose live frames are checked against a recent snapshot.
-        self.guards: dict[Connection, SnapshotGuard] = {}
+        # Connections whose live frames are checked against a recent replay or snapshot.
+        self.guards: dict[Connection, list[ReplayGuard | SnapshotGuard]] = {}
         self.max_hold_bytes = max_hold_bytes
-        self.catch_up_timeout = CATCH_UP_TIMEOUT
+        self.guard_ttl = GUARD_TTL
 
     def hold(self, conn: Connection) -> Hold:
         hold = self.holds[conn] = Hold(self.max_hold_bytes)
@@ -217,30 +221,26 @@ class Resumer:
         self.holds.pop(conn, None)
         self.guards.pop(conn, None)
 
-    def guard(self, conn: Connection, guard: SnapshotGuard) -> None:
-        if guard.pending:
-            self.guards[conn] = guard
+    def guard(self, conn: Connection, guard: ReplayGuard | SnapshotGuard) -> None:
+        if not guard.expired:
+            self.guards.setdefault(conn, []).append(guard)
 
     def guarded(self, conn: Connection, change: Change, policy: ResourcePolicy) -> bool:
-        """Whether a live ``change`` for ``conn`` is one its recent snapshot already showed."""
-        guard = self.guards[conn]
-        if guard.expired or guard.sub not in self.registry.of(conn, guard.resource):
-            del self.guards[conn]
+        """Whether a live ``change`` for ``conn`` is one a recent replay or snapshot of one of
+        its subscriptions already accounted for (and no other subscription receives it)."""
+        guards = self.guards[conn]
+        live = [g for g in guards if not g.expired and g.sub in self.registry.of(conn, g.resource)]
+        if len(live) != len(guards):
+            if live:
+                self.guards[conn] = guards = live
+            else:
+                del self.guards[conn]
+                return False
+        covering = [g.sub for g in guards if g.covers(change)]
+        if not covering:
             return False
-        if not guard.covers(change):
-            return False
-        others = [s for s in self.registry.of(conn, change.resource) if s is not guard.sub]
+        others = [s for s in self.registry.of(conn, change.resource) if s not in covering]
         return not any(delivers(other, change, policy) for other in others)
-
-    async def catch_up(self, resource: str, epoch: str | None, offset: int | None) -> None:
-        if epoch is None or offset is None:
-            return
-        if not await self.positions.wait(resource, epoch, offset, self.catch_up_timeout):
-            log.warning(
-                "live stream did not reach the replayed position in time; flushing",
-                resource=resource,
-                offset=offset,
-            )
 
     def flush(
         self,
@@ -387,8 +387,11 @@ async def subscribe_from(
         elif fields.get("since") is None:  # from now: after the broker's latest position
             plugin.send(conn, reply(position=_dict(current)))
             if current is not None:
-                await resumer.catch_up(name, current.epoch, current.offset)
-                covered = _upto(current.epoch, current.offset)
+                guard = ReplayGuard(
+                    sub, current.epoch, current.offset, resumer.positions, resumer.guard_ttl
+                )
+                resumer.guard(conn, guard)
+                covered = guard.covers
         else:
             covered, replayed = await _replay(
                 plugin, conn, sub, policy, fields["since"], reply, current
@@ -427,22 +430,14 @@ async def _replay(
         plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
-        await resumer.catch_up(name, current.epoch, current.offset)
         cut, cut_epoch, frames = current.offset, current.epoch, []
     else:
         frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
         plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
         cut, cut_epoch = (last if last is not None else offset), epoch
-        await resumer.catch_up(name, cut_epoch, cut)
-
-    return _upto(cut_epoch, cut), frames
-
-
-def _upto(epoch: str, offset: int) -> Callable[[Change], bool]:
-    def covered(change: Change) -> bool:
-        return change.epoch == epoch and change.offset is not None and change.offset <= offset
-
-    return covered
+    guard = ReplayGuard(sub, cut_epoch, cut, resumer.positions, resumer.guard_ttl)
+    resumer.guard(conn, guard)  # the replayed changes this process fans out late
+    return guard.covers, frames
 
 
 async def _snapshot(
@@ -458,17 +453,15 @@ async def _snapshot(
     name = sub.resource
     resource = plugin.db.resources[name]
     page = await resource.list(filter=sub.filter or None, limit=fields["limit"], order=policy.order)
-    after = await current_position(plugin, name)
     records = page.items
     strip = policy.protected.strip
     plugin.send(
         conn,
         reply(data=[strip(r) for r in records], cursor=page.cursor, position=_dict(current)),
     )
-    if current is None or after is None:
+    if current is None:
         return _nothing
-    guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.catch_up_timeout)
-    await resumer.catch_up(name, after.epoch, after.offset)
+    guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.guard_ttl)
     resumer.guard(conn, guard)  # the live frames after the flush go through it too
     return guard.covers
 

@@ -63,9 +63,8 @@ async def race(record_id: str, count: int) -> None:
     try:
         done = 0
         while done < count:
-            try:
-                current = await notes.get(record_id)
-                await notes.update(record_id, {"n": current.get("n", 0) + 1})
+            try:  # the patch is recomputed from the record each attempt finds (compare-and-set)
+                await notes.update(record_id, lambda current: {"n": current.get("n", 0) + 1})
             except ConflictError:
                 continue
             done += 1
