@@ -5,6 +5,7 @@ from .change import Change
 from .database import Database, Resources
 from .errors import (
     ConflictError,
+    DamagedRecordError,
     ForbiddenError,
     NotFoundError,
     S3dbError,
@@ -12,20 +13,24 @@ from .errors import (
     ValidationError,
 )
 from .hookspecs import hookimpl
+from .limits import Limits
 from .plugins import await_me_maybe
-from .resource import Page, Resource, Versioned
+from .resource import Page, Resource, Stats, Versioned
 
 __all__ = [
     "Change",
     "ConflictError",
+    "DamagedRecordError",
     "Database",
     "ForbiddenError",
+    "Limits",
     "NotFoundError",
     "Page",
     "Position",
     "Resource",
     "Resources",
     "S3dbError",
+    "Stats",
     "StorageError",
     "ValidationError",
     "Versioned",

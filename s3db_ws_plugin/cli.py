@@ -2,6 +2,7 @@
 
     s3db serve myapp:make_db [--log-format json|console]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
+    s3db repair STORE_URL [--grace SECONDS] [--dry-run]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import json
 import logging
 import os
@@ -76,12 +76,10 @@ def load_target(target: str) -> Any:
 
 async def resolve_database(obj: Any) -> Any:
     """A Database from a Database, or a (coroutine) function returning one."""
-    from s3db_core import Database
+    from s3db_core import Database, await_me_maybe
 
     if not isinstance(obj, Database) and callable(obj):
-        obj = obj()
-        if inspect.isawaitable(obj):
-            obj = await obj
+        obj = await await_me_maybe(obj())
     if not isinstance(obj, Database):
         raise TypeError(f"expected a Database or a factory returning one, got {type(obj).__name__}")
     return obj
@@ -204,6 +202,24 @@ def _worker_count(text: str) -> int:
     return count
 
 
+async def repair(store: str, grace: float, dry_run: bool) -> int:
+    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
+    from s3db_core import Database, S3dbError
+
+    try:
+        db = Database(store)
+        await db.connect()
+    except (S3dbError, ValueError) as exc:
+        log.error("cannot open the store", error=str(exc))
+        return 1
+    try:
+        report = await db.repair(grace=grace, dry_run=dry_run)
+    finally:
+        await db.disconnect()
+    sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -247,7 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
     )
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
-    for sub in (serve_cmd, tail_cmd):  # also accepted after the command
+    repair_cmd = commands.add_parser(
+        "repair", help="find and fix damage in a store; print what was done as JSON"
+    )
+    repair_cmd.add_argument("store", help="the store's connection string (e.g. file://./data)")
+    repair_cmd.add_argument(
+        "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
+    )
+    repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
@@ -265,6 +289,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
         coro = serve(args.target)
+    elif args.command == "repair":
+        coro = repair(args.store, args.grace, args.dry_run)
     else:
         coro = tail(
             args.url,

@@ -27,6 +27,16 @@ from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
+from .limits import (
+    DEFAULT_LIST_MAX_BYTES,
+    DEFAULT_LIST_SCAN_LIMIT,
+    DEFAULT_MAX_FRAME_VALUES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    FilterLimits,
+    check_frame,
+    clip,
+    positive_int,
+)
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
@@ -71,6 +81,18 @@ _ALIASES = {
     "maxQueueBytes": "max_queue_bytes",
     "authTimeout": "auth_timeout",
 }
+
+
+def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
+    """The bearer token ``/metrics`` requires (``metrics={"token": ...}``), or None."""
+    if isinstance(metrics, bool):
+        return None
+    if not isinstance(metrics, Mapping) or set(metrics) - {"token"}:
+        raise ValueError("metrics must be True, False or {'token': '...'}")
+    token = metrics.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ValueError("metrics token must be a non-empty string")
+    return token
 
 
 class RateLimit:
@@ -118,6 +140,12 @@ class WebSocketPlugin:
         compression: bool = False,
         auth_timeout: float = 5.0,
         routes: Iterable[web.AbstractRouteDef] = (),
+        filter_limits: Mapping[str, int] | FilterLimits | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
+        list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
+        metrics: bool | Mapping[str, Any] = False,
         **aliases: Any,
     ) -> None:
         options = {
@@ -147,6 +175,14 @@ class WebSocketPlugin:
         self.compression = bool(compression)
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
+        # What one client may make the server do (limits.py).
+        self.filter_limits = FilterLimits.from_config(filter_limits)
+        self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
+        self.list_scan_limit = positive_int("list_scan_limit", list_scan_limit)
+        self.list_max_bytes = positive_int("list_max_bytes", list_max_bytes)
+        self.max_frame_values = positive_int("max_frame_values", max_frame_values)
+        self.metrics_token = _metrics_token(metrics)
+        self.metrics_enabled = bool(metrics)
 
         self.db: Any = None
         self.connections: set[Connection] = set()
@@ -191,24 +227,53 @@ class WebSocketPlugin:
             resumer.positions.advance(change)
             if not resumer.gate.admit(change):  # older than a version already fanned out
                 return
-            receivers = self.registry.receivers(change, policy)
+            receivers, leaving = self.registry.deliveries(change, policy)
             if receivers:
-                payload = encode(event_frame(change, policy))
-                frame = text_frame(payload)
-                holds, guards = resumer.holds, resumer.guards
-                for conn in receivers:
-                    if holds and conn in holds:  # resuming: sent after its replay
-                        holds[conn].add(change, payload)
-                    elif guards and conn in guards and resumer.guarded(conn, change, policy):
-                        continue  # its snapshot already shows this change
-                    else:
-                        conn.send(payload, frame)
-                self.metrics.frames_out.inc(len(receivers))
+                self._deliver(change, receivers, event_frame(change, policy), policy)
+            if leaving:  # the record left their access: its id, nothing of its new content
+                self._deliver(change, leaving, event_frame(change, policy, leave=True), policy)
         except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            log.exception(
+                "change fan-out failed",
+                error_id=secrets.token_hex(8),
+                resource=change.resource,
+                change_event=change.event,
+            )
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+
+    def _deliver(
+        self,
+        change: Change,
+        receivers: list[Connection],
+        event: dict[str, Any],
+        policy: ResourcePolicy,
+    ) -> None:
+        """Send one event frame, serialized once, to each receiver; a receiver that fails is
+        logged with an error id and never keeps the frame from the others. A connection whose
+        subscription is resuming gets it after the replay (held), or not at all when a replay
+        or snapshot of it already did (guarded)."""
+        payload = encode(event)
+        frame = text_frame(payload)
+        resumer = self.resumer
+        holds, guards = resumer.holds, resumer.guards
+        for conn in receivers:
+            try:
+                if holds and conn in holds:
+                    holds[conn].add(change, payload)
+                elif guards and conn in guards and resumer.guarded(conn, change, policy):
+                    continue
+                else:
+                    conn.send(payload, frame)
+            except Exception:
+                log.exception(
+                    "event delivery failed",
+                    error_id=secrets.token_hex(8),
+                    resource=change.resource,
+                    receiver=conn.client_id,
+                )
+        self.metrics.frames_out.inc(len(receivers))
 
     def position_of(self, resource: str) -> dict[str, Any] | None:
         """The position of the last change of ``resource`` this process fanned out (a new
@@ -226,7 +291,8 @@ class WebSocketPlugin:
         self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        if self.metrics_enabled:  # never on the public listener unless asked for
+            app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self._websocket)
         app.add_routes(self.routes)
@@ -281,6 +347,15 @@ class WebSocketPlugin:
         return True
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.metrics_token}"
+            if not secrets.compare_digest(given.encode(), expected.encode()):
+                return web.Response(
+                    status=401,
+                    text="a bearer token is required\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": Metrics.content_type})
 
     async def _client_js(self, request: web.Request) -> web.FileResponse:
@@ -364,13 +439,14 @@ class WebSocketPlugin:
     async def _on_frame(self, conn: Connection, raw: str | bytes) -> None:
         self.metrics.frames_in.inc()
         try:
+            check_frame(raw, self.max_frame_values)
             msg: Any = decode(raw)
             bad_json = None
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see _structlog_var).
-        token = _REQUEST_ID.set(rid)
+        token = _REQUEST_ID.set(clip(rid))
         try:
             if self.rate_limit is not None:
                 decision = await self.rate_limit.limiter.hit(self.rate_limit.key_for(conn))
@@ -401,7 +477,7 @@ class WebSocketPlugin:
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)
         kind = msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
-        log.error("internal error", error_id=error_id, frame_type=kind, exc_info=exc)
+        log.error("internal error", error_id=error_id, frame_type=clip(kind), exc_info=exc)
         return ProtocolError(
             ErrorCode.INTERNAL_ERROR,
             f"internal error; quote errorId {error_id} when reporting it",

@@ -32,11 +32,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import structlog
 
 from s3db_core import Change, Position
 
 from .connection import text_frame
+from .subscriptions import LEAVE, NOTHING
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -119,14 +121,14 @@ class Hold:
         self.size += len(payload)
 
 
-def event_frame(change: Change, policy: ResourcePolicy) -> dict[str, Any]:
-    """The ``event`` frame of ``change`` (protected fields stripped): the same for every
-    receiver, built once per change."""
+def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> dict[str, Any]:
+    """The ``event`` frame of ``change`` (protected fields stripped), or its ``leave`` frame
+    (the record's id, nothing of its new content): the same for every receiver, built once."""
     return {
         "type": "event",
         "resource": change.resource,
-        "event": change.event,
-        "data": policy.protected.strip(change.record),
+        "event": "leave" if leave else change.event,
+        "data": {"id": change.record.get("id")} if leave else policy.protected.strip(change.record),
         "timestamp": change.timestamp,
         "version": change.version,
         "offset": change.offset,
@@ -134,16 +136,21 @@ def event_frame(change: Change, policy: ResourcePolicy) -> dict[str, Any]:
     }
 
 
-def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> bool:
-    """Whether ``change`` goes to ``sub``'s connection through ``sub``: the live rule of
-    ``SubscriptionRegistry.receivers`` for one subscription."""
+def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> int:
+    """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
+    record left what it may see) or ``NOTHING``; the live rule of
+    ``SubscriptionRegistry.deliveries`` for one subscription (fails closed)."""
     event = change.event
     if event not in policy.events or event not in sub.events:
-        return False
+        return NOTHING
     if policy.requires_user and not policy.role_allows(sub.connection.user):
-        return False
+        return NOTHING
     after = change.record if event != "delete" else None
-    return sub.matches(after) or sub.matches(change.previous)
+    try:
+        return sub.delivery(event, after, change.previous)
+    except Exception:
+        log.exception("subscription check failed", resource=sub.resource)
+        return NOTHING
 
 
 class Positions:
@@ -301,8 +308,10 @@ class Resumer:
             if change.offset is None or change.offset <= after:
                 continue
             last = change.offset
-            if fresh and delivers(sub, change, policy):
-                frames.append((change.offset, encode(event_frame(change, policy))))
+            outcome = delivers(sub, change, policy) if fresh else NOTHING
+            if outcome != NOTHING:
+                frame = event_frame(change, policy, leave=outcome == LEAVE)
+                frames.append((change.offset, encode(frame)))
         return frames, last
 
 
@@ -452,13 +461,24 @@ async def _snapshot(
     resumer: Resumer = plugin.resumer
     name = sub.resource
     resource = plugin.db.resources[name]
-    page = await resource.list(filter=sub.filter or None, limit=fields["limit"], order=policy.order)
-    records = page.items
-    strip = policy.protected.strip
-    plugin.send(
-        conn,
-        reply(data=[strip(r) for r in records], cursor=page.cursor, position=_dict(current)),
+    from .handlers import _page_within
+
+    order = policy.order
+    # As ``list`` reads: the read rule, the scan budget, then the reply's byte budget.
+    page = await resource.list(
+        filter=sub.filter or None,
+        limit=fields["limit"],
+        order=order,
+        where=sub.read,
+        scan_limit=plugin.list_scan_limit,
     )
+    data, cursor = _page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
+    records = page.items
+    if cursor != page.cursor:  # cut by the byte budget: the guard knows only what was sent
+        sent = orjson.loads(orjson.dumps(data))  # the page's fragments, as the client reads them
+        shown = {r.get("id") for r in sent if isinstance(r, dict)}
+        records = [r for r in records if r.get("id") in shown]
+    plugin.send(conn, reply(data=data, cursor=cursor, position=_dict(current)))
     if current is None:
         return _nothing
     guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.guard_ttl)
