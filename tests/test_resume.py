@@ -153,6 +153,31 @@ async def test_replay_uses_the_guards_effective_filter(broker_url):
             assert [e["data"]["title"] for e in await client.events()] == ["mine"]
 
 
+async def test_replay_applies_the_read_rule_and_sends_leave(broker_url):
+    def visible(user, record):
+        return record.get("status") != "hidden"
+
+    resources = {"notes": {"protected": ["password"], "read": visible}}
+    async with serve(broker_url, resources=resources) as (db, plugin):
+        notes = db.resources.notes
+        position = await db.broker.position("notes")
+        a = await notes.insert({"title": "a", "password": "x"})
+        await notes.update(a["id"], {"status": "hidden", "title": "secret plan"})
+        await notes.insert({"title": "b", "status": "hidden"})
+        await notes.insert({"title": "c"})
+        async with connect(plugin.url) as client:
+            reply = await client.call("subscribe", resource="notes", since=position.to_dict())
+            assert reply["recovered"] is True
+            got = [await client.next_event() for _ in range(3)]
+            assert [(e["event"], e["data"]) for e in got] == [
+                ("insert", {k: v for k, v in a.items() if k != "password"}),
+                ("leave", {"id": a["id"]}),
+                ("insert", got[2]["data"]),
+            ]
+            assert got[2]["data"]["title"] == "c" and "secret plan" not in str(got)
+            assert await client.events() == []
+
+
 async def test_replay_then_live_under_concurrent_writes_has_no_gap_and_no_duplicate(broker_url):
     async with serve(broker_url) as (db, plugin):
         notes = db.resources.notes
