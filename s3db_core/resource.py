@@ -43,6 +43,7 @@ SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000
 GET_CONCURRENCY = 64
 UPDATE_ATTEMPTS = 100
+BYTES_FIRST_CHUNK = 8  # records read at once by a byte-budgeted listing before sizes are known
 DESC_LIST_PAGE = 10_000  # keys per LIST of a desc listing; S3 servers answer at most 1,000 (SeaweedFS refuses more than 10,000)
 VERSION_KEY = "sr"  # metadata key of the record's system version
 
@@ -176,6 +177,10 @@ async def _all(operations: list[Any]) -> None:
 
 def _both(first: Callable[[Any], bool], second: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda record: first(record) and second(record)
+
+
+def _stored_size(obj: Any) -> int:
+    return len(obj.body) + sum(len(k) + len(v) for k, v in obj.metadata.items())
 
 
 def page_cursor(last_id: str, order: str = "asc") -> str:
@@ -561,9 +566,12 @@ class Resource:
                 best = (len(fields), f"{self._base}partition={pname}/{path}/", exact)
         return (best[1], best[2]) if best else (self._data_prefix, False)
 
-    async def _fetch(self, ids: list[str]) -> list[dict[str, Any] | None]:
+    async def _fetch(
+        self, ids: list[str], sizes: dict[str, int] | None = None
+    ) -> list[dict[str, Any] | None]:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
-        each, issued concurrently, at most GET_CONCURRENCY at a time."""
+        each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
+        receives the stored size of each object read (body and metadata), by id."""
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
         if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
@@ -571,6 +579,8 @@ class Resource:
             decode = self._from_stored
             out: list[dict[str, Any] | None] = []
             for id, obj in zip(ids, objects, strict=True):
+                if sizes is not None and obj is not None:
+                    sizes[id] = _stored_size(obj)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
                 except DamagedRecordError as error:
@@ -586,6 +596,8 @@ class Resource:
                 else:
                     async with sem:
                         obj = await storage.get(self._key(id))
+                if sizes is not None:
+                    sizes[id] = _stored_size(obj)
                 return self._from_stored(id, obj.metadata, obj.body)
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
@@ -627,12 +639,16 @@ class Resource:
         *,
         where: Callable[[dict[str, Any]], bool] | None = None,
         scan_limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> Page:
         """Records matching ``filter`` in id (creation) order, ``limit`` at a time.
 
         ``where`` is a further test a record must pass (a caller's read rule); ``scan_limit``
         bounds how many records this call reads: once that many were read the page ends early,
-        with a cursor after the last one read (even when none matched)."""
+        with a cursor after the last one read (even when none matched). ``max_bytes`` bounds
+        the stored size of the records returned: the page ends after the one that reaches it,
+        and records are read a few at a time while their size is unknown, so a page of huge
+        records never holds many of them in memory."""
         if order not in ("asc", "desc"):
             raise ValidationError([{"field": "order", "rule": "enum", "message": "order must be asc or desc"}])
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_LIST_LIMIT:
@@ -653,7 +669,7 @@ class Resource:
             pages = self._desc_pages(prefix, after)
         else:
             pages = self._ids(prefix, after, MAX_LIST_LIMIT if sparse else limit)
-        return await self._collect(pages, predicate, limit, order, sparse, scan_limit)
+        return await self._collect(pages, predicate, limit, order, sparse, scan_limit, max_bytes)
 
     async def _desc_pages(self, prefix: str, before: str | None):
         ids = await self._all_ids_desc(prefix, before)
@@ -668,12 +684,18 @@ class Resource:
         order: str,
         sparse: bool,
         scan_limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> Page:
         """Read ``pages`` of ids in chunks until ``limit`` records pass ``predicate`` or
-        ``scan_limit`` were read. A chunk is what is still missing; twice that (at least 50)
-        when matches are ``sparse``; never more than the scan budget left."""
+        ``scan_limit`` were read, or the records kept reach ``max_bytes`` (stored size). A chunk
+        is what is still missing; twice that (at least 50) when matches are ``sparse``; never
+        more than the scan budget left, nor than the byte budget left holds at the sizes read
+        so far (``BYTES_FIRST_CHUNK`` before any was read)."""
         items: list[dict[str, Any]] = []
         budget = scan_limit
+        # Byte budget: what was returned so far, and what was read (to size the next chunk).
+        sizes: dict[str, int] | None = {} if max_bytes is not None else None
+        kept = read_bytes = read_count = 0
         async for ids, more in pages:
             start = 0
             while start < len(ids):
@@ -681,12 +703,25 @@ class Resource:
                 step = max(2 * missing, 50) if sparse else max(missing, 1)
                 if budget is not None:
                     step = min(step, budget)
+                if max_bytes is not None:  # as many as the bytes left hold, at the sizes seen
+                    room = max_bytes - kept
+                    guess = room * read_count // read_bytes if read_bytes else BYTES_FIRST_CHUNK
+                    step = min(step, max(1, guess))
                 chunk = ids[start : start + step]
-                for pos, record in enumerate(await self._fetch(chunk)):
+                if sizes is not None:
+                    sizes.clear()
+                records = await self._fetch(chunk, sizes)
+                if sizes is not None:
+                    read_bytes += sum(sizes.values())
+                    read_count += len(sizes)
+                for pos, record in enumerate(records):
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
-                    if len(items) == limit:
+                    if sizes is not None:
+                        kept += sizes.get(record["id"], 0)
+                    full = max_bytes is not None and kept >= max_bytes
+                    if len(items) == limit or full:
                         done = start + pos == len(ids) - 1 and not more
                         return Page(items, None if done else _encode_cursor(record["id"], order))
                 start += len(chunk)

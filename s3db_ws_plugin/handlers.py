@@ -273,6 +273,7 @@ class Handlers:
             order=order,
             where=policy.readable(conn.user),
             scan_limit=plugin.list_scan_limit,
+            max_bytes=plugin.list_max_bytes,
         )
         data, cursor = _page_within(
             page.items, page.cursor, policy, order, plugin.list_max_bytes
@@ -307,9 +308,7 @@ class Handlers:
             )
         await self._guard(policy, "create", conn.user, data)
         record = await resource.insert(data)
-        return reply(
-            "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
-        )
+        return reply("inserted", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
 
     @message(
         "update",
@@ -350,9 +349,7 @@ class Handlers:
             expected_version=req.fields["version"],
             check=still_allowed,
         )
-        return reply(
-            "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
-        )
+        return reply("updated", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
 
     @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
@@ -379,6 +376,14 @@ def _readable(policy: ResourcePolicy, conn: Connection, found: Versioned | None)
     if found is None or policy.read is None:
         return found
     return found if policy.read.bind(conn.user)(found[0]) else None
+
+
+def _shown(policy: ResourcePolicy, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """What a writer is shown of the record it wrote: the record without protected fields, or
+    only its id when the read rule does not let this connection see the result."""
+    if policy.read is not None and not policy.read.bind(conn.user)(record):
+        return {"id": record["id"]}
+    return policy.protected.strip(record)
 
 
 _CHUNK = 32  # records serialized per call while a page is checked against its byte budget

@@ -116,7 +116,12 @@ class Server:
         plugin = WebSocketPlugin(
             port=port,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": SECRET}}]},
-            resources={"notes": {"guard": {"delete": only_admins_delete, "subscribe": not_banned}}},
+            resources={
+                "notes": {
+                    "guard": {"delete": only_admins_delete, "subscribe": not_banned},
+                    "read": {"roomId": {"$ne": "hidden"}},  # see the leave test
+                }
+            },
         )
         await db.use_plugin(plugin)
         self.db, self.plugin = db, plugin
@@ -378,3 +383,25 @@ def test_a_revoked_subscription_rejects_with_forbidden(server, tab):
         "closed": True,
     }
     assert "FORBIDDEN" in tab.evaluate("errors") and tab.evaluate("db.state") == "open"
+
+
+def test_a_record_that_leaves_what_the_user_may_see_arrives_as_leave(server, tab):
+    tab.evaluate(
+        """async ({url, token}) => {
+            window.db = await s3db.connect(url, { token });
+            window.room = await db.subscribe("notes", { filter: { roomId: "r1" } });
+            window.updates = await db.subscribe("notes", { events: ["update"] });
+        }""",
+        {"url": server.ws_url, "token": make_token("alice")},
+    )
+    note = server.insert({"title": "soon hidden", "roomId": "r1"})
+    server.run(server.db.resources.notes.update(note["id"], {"title": "secret", "roomId": "hidden"}))
+    got = tab.evaluate(
+        """async () => [(await room.next()).value, (await room.next()).value,
+                        (await updates.next()).value]"""
+    )
+    assert [(e["event"], e["data"]) for e in got] == [
+        ("insert", {**got[0]["data"], "title": "soon hidden"}),
+        ("leave", {"id": note["id"]}),
+        ("leave", {"id": note["id"]}),
+    ]

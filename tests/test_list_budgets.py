@@ -97,3 +97,34 @@ async def test_newest_first_costs_no_more_lists_than_oldest_first(tmp_path):
         assert costs["desc"][1] < 5 * costs["asc"][1] + 0.05
     finally:
         await db.disconnect()
+
+
+async def test_max_bytes_ends_the_page_and_reads_big_records_a_few_at_a_time(storage_url):
+    db = Database(storage_url)
+    await db.connect()
+    try:
+        await db.create_resource("blobs", {"n": "number|required", "data": "string|optional"})
+        blobs = db.resources.blobs
+        for i in range(40):
+            await blobs.insert({"n": i, "data": "x" * 100_000})
+        got, cursor, pages = [], None, 0
+        while True:
+            db.storage.requests.reset()
+            page = await blobs.list(limit=40, cursor=cursor, max_bytes=350_000)
+            pages += 1
+            assert 1 <= len(page.items) <= 4
+            # Reads stop soon after the budget: never the 40 records the limit asked for.
+            assert db.storage.requests["GET"] <= 8
+            got += [r["n"] for r in page.items]
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert got == list(range(40)) and pages == 10
+        # Small records: one page as before.
+        await db.create_resource("small", {"n": "number|required"})
+        for i in range(30):
+            await db.resources.small.insert({"n": i})
+        page = await db.resources.small.list(limit=30, max_bytes=1 << 20)
+        assert len(page.items) == 30 and page.cursor is None
+    finally:
+        await db.disconnect()

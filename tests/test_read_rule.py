@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import pytest
+from client_helpers import received
 from ws_helpers import JWT_AUTH, connect, make_token, serve
 
 from s3db_ws_plugin.guards import ReadRule, ResourcePolicy
@@ -304,3 +305,39 @@ def test_a_deeply_nested_record_does_not_break_the_fan_out_decision():
         assert node is not original
         depth, node, original = depth + 1, node[0], original[0]
     assert (depth, node) == (5000, {"keep": 1})
+
+
+# -- what the product's clients hand to the app ---------------------------------------------------
+async def test_the_python_client_hands_leave_to_the_subscription(
+    ws_database, s3db_plugin_factory, s3db_client_factory, s3db_token, s3db_jwt_secret
+):
+    await rooms(ws_database)
+    auth = {"required": True, "drivers": [{"driver": "jwt", "config": {"secret": s3db_jwt_secret}}]}
+    plugin = await s3db_plugin_factory(ws_database, resources=config(), auth=auth)
+    room = await ws_database.resources.rooms.insert({"name": "general", "isPrivate": False})
+    client = await s3db_client_factory(plugin, s3db_token("bob"))
+    everything = await client.subscribe("rooms", filter={"isPrivate": False})
+    updates_only = await client.subscribe("rooms", events=["update"])
+    await ws_database.resources.rooms.update(room["id"], {"isPrivate": True, "members": ["al"]})
+    for sub in (everything, updates_only):
+        assert [(e.event, e.data) for e in await received(sub)] == [("leave", {"id": room["id"]})]
+
+
+async def test_a_writer_is_shown_only_the_id_of_a_result_it_may_not_read():
+    async with serve(rooms, resources=config(), auth=JWT_AUTH) as (db, plugin):
+        async with connect(plugin.url, token=make_token("bob")) as bob:
+            made = await bob.call(
+                "insert", resource="rooms", data={"name": "for others", "isPrivate": True}
+            )
+            assert made["type"] == "inserted" and made["data"] == {"id": made["data"]["id"]}
+            public = await bob.call("insert", resource="rooms", data={"name": "open"})
+            assert public["data"]["name"] == "open"
+            hidden = await bob.call(
+                "update",
+                resource="rooms",
+                id=public["data"]["id"],
+                data={"isPrivate": True, "members": ["carol"]},
+            )
+            assert hidden["type"] == "updated" and hidden["data"] == {"id": public["data"]["id"]}
+            stored = await db.resources.rooms.get(public["data"]["id"])
+            assert stored["members"] == ["carol"]

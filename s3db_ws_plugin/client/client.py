@@ -561,7 +561,10 @@ class Client:
                 subs = [s for s in stream.subs if s.wants(kind)]
                 if subs:
                     wanted.append((stream, subs))
-        matched = [subs for stream, subs in wanted if _matches(data, stream.effective)]
+        # A leave carries only the id: every subscription of the resource may have shown it.
+        matched = [] if kind == "leave" else [
+            subs for stream, subs in wanted if _matches(data, stream.effective)
+        ]
         for subs in matched or [subs for _, subs in wanted]:
             for sub in subs:
                 sub._push(event)

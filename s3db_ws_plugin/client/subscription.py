@@ -127,6 +127,8 @@ class Subscription:
         return f"<Subscription {self.resource} {self.filter}>"
 
     def wants(self, kind: str) -> bool:
+        if kind == "leave":  # an update that took the record out of what the user may see
+            kind = "update"
         return self.events is None or kind in self.events or kind == RELOAD
 
     @property

@@ -173,7 +173,9 @@ export class Subscription {
   }
 
   wants(kind) {
-    return this.events === null || this.events.includes(kind);
+    // "leave": an update that took the record out of what the user may see.
+    const asked = kind === "leave" ? "update" : kind;
+    return this.events === null || this.events.includes(asked);
   }
 
   /** The stream position this subscription has everything up to: {offset, epoch} or null. */
@@ -736,7 +738,8 @@ export class Client {
       const subs = stream.subs.filter((s) => s.wants(event.event));
       if (subs.length) wanted.push([stream, subs]);
     }
-    const matched = wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
+    // A leave carries only the id: every subscription of the resource may have shown it.
+    const matched = event.event === "leave" ? [] : wanted.filter(([stream]) => safeMatches(event.data, stream.effective));
     for (const [, subs] of matched.length ? matched : wanted) for (const sub of subs) sub._push(event);
   }
 
