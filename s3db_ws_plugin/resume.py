@@ -52,6 +52,8 @@ VERSION_GATE_SIZE = 100_000
 # How long, at most, live changes are checked against what a replay or snapshot already sent
 # (a process's broker reader is normally milliseconds behind the broker).
 GUARD_TTL = 5.0
+# Broker reads (positions, history) subscribes may have in flight at once per process.
+BROKER_READS = 8
 # Changes of history remembered before ``since`` to seed the stale-version check of a replay.
 REPLAY_SEED = 256
 
@@ -219,6 +221,10 @@ class Resumer:
         self.guards: dict[Connection, list[ReplayGuard | SnapshotGuard]] = {}
         self.max_hold_bytes = max_hold_bytes
         self.guard_ttl = GUARD_TTL
+        # Broker reads made for subscribes: at most BROKER_READS at once (the broker's client
+        # has a bounded pool that the writes need too), positions coalesced per resource.
+        self.broker_reads = asyncio.Semaphore(BROKER_READS)
+        self.position_reads: dict[str, _Coalesced] = {}
 
     def hold(self, conn: Connection) -> Hold:
         hold = self.holds[conn] = Hold(self.max_hold_bytes)
@@ -366,11 +372,53 @@ class SnapshotGuard:
 
 # -- subscribe {since} / {snapshot} -------------------------------------------------------------
 async def current_position(plugin: Any, resource: str) -> Position | None:
-    """The broker's latest position of ``resource`` (None for a broker without positions)."""
-    position = getattr(plugin.db.broker, "position", None)
-    if position is None:
+    """The broker's latest position of ``resource`` (None for a broker without positions),
+    read after this call began. Concurrent subscribes share reads: one runs at a time per
+    resource and the callers that arrive meanwhile share the next one (a thousand clients
+    resubscribing at once cost two reads, not a thousand connections to the broker)."""
+    if getattr(plugin.db.broker, "position", None) is None:
         return None
-    return await position(resource)
+    resumer: Resumer = plugin.resumer
+    state = resumer.position_reads.setdefault(resource, _Coalesced())
+    if state.running is None:
+        state.running = asyncio.ensure_future(_position_round(plugin, resource, state))
+        return await asyncio.shield(state.running)
+    if state.waiting is None:  # one is running, begun before us: share the next
+        state.waiting = asyncio.get_running_loop().create_future()
+    return await asyncio.shield(state.waiting)
+
+
+class _Coalesced:
+    __slots__ = ("running", "waiting")
+
+    def __init__(self) -> None:
+        self.running: asyncio.Future[Position] | None = None
+        self.waiting: asyncio.Future[Position] | None = None
+
+
+async def _position_round(plugin: Any, resource: str, state: _Coalesced) -> Position:
+    try:
+        async with plugin.resumer.broker_reads:
+            position: Position = await plugin.db.broker.position(resource)
+            return position
+    finally:
+        waiting, state.waiting = state.waiting, None
+        if waiting is None:
+            state.running = None
+        else:
+            state.running = asyncio.ensure_future(_position_round(plugin, resource, state))
+            state.running.add_done_callback(lambda task: _settle(waiting, task))
+
+
+def _settle(future: asyncio.Future[Position], task: asyncio.Future[Position]) -> None:
+    if future.done():
+        return
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        future.set_result(task.result())
 
 
 async def subscribe_from(
@@ -432,9 +480,10 @@ async def _replay(
     if current is not None and current.epoch == epoch and offset <= current.offset:
         history = plugin.db.broker.history
         seed = max(0, offset - REPLAY_SEED)
-        changes = await history(name, Position(seed, epoch))
-        if changes is None and seed < offset:  # the seed left history, the position did not
-            changes = await history(name, Position(offset, epoch))
+        async with resumer.broker_reads:  # bounded: a reconnect storm queues, never fails
+            changes = await history(name, Position(seed, epoch))
+            if changes is None and seed < offset:  # the seed left history, not the position
+                changes = await history(name, Position(offset, epoch))
     if changes is None:
         plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:

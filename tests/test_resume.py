@@ -360,3 +360,23 @@ async def test_the_python_client_snapshot_and_since_for_apps(broker_url):
         )  # fmt: skip
         event = await lost.next(timeout=5)
         assert event.is_reload and reloads == [lost] and lost.recovered is False
+
+
+async def test_a_subscribe_storm_shares_broker_reads_and_every_subscriber_is_served(broker_url):
+    """Many clients (re)subscribing at once, as after a server restart, each need the stream
+    position: the broker is asked a bounded number of times and nobody gets an error."""
+    async with serve(broker_url) as (db, plugin):
+        clients = [Client(plugin.url) for _ in range(150)]
+        try:
+            await asyncio.gather(*(c.connect() for c in clients))
+            subs = await asyncio.gather(*(c.subscribe("notes") for c in clients))
+            for since in (None, (await db.broker.position("notes")).to_dict()):
+                if since is not None:  # the same storm, resuming
+                    subs = await asyncio.gather(
+                        *(c.subscribe("notes", filter={"n": {"$exists": False}}, since=since) for c in clients)
+                    )  # fmt: skip
+                await db.resources.notes.insert({"title": "to everyone"})
+                got = await asyncio.gather(*(s.next(timeout=10) for s in subs))
+                assert {e.data["title"] for e in got} == {"to everyone"}
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
