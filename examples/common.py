@@ -1,7 +1,7 @@
 """What every example app shares: its command line, the JWT secret, a dev-only login, starting
 (``start_app``) and running.
 
-    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--dev]
+    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--broker URL] [--dev]
 
 Tokens are signed with ``JWT_SECRET``. ``--dev`` is for trying an example on your own machine:
 it signs with a well-known development secret and mounts the passwordless ``/dev/login``, so it
@@ -58,6 +58,7 @@ class Options:
     # Development mode: the passwordless /dev/login is mounted. Only ``--dev`` sets it, and
     # only when the operator set no JWT_SECRET.
     dev: bool = False
+    broker: str = "local"  # the Database's broker URL (--broker)
 
 
 def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
@@ -65,6 +66,12 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
         prog=f"python -m examples.{name}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
+    parser.add_argument(
+        "--broker",
+        default="local",
+        help="change stream shared by server and writer processes: redis://HOST:6379/0 or "
+        "nats://HOST:4222 (default: local, this process only)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
     parser.add_argument(
@@ -88,7 +95,7 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
     assert secret
     configure_logging(args.log_format, args.log_level)
     report_startup_errors(debug=args.debug, port_option="--port")
-    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev)
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev, broker=args.broker)
 
 
 def make_token(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
@@ -146,7 +153,7 @@ async def start_app(
     """Connect ``options.db``, ``define`` its resources, register the ``before`` plugins, the
     WebSocket plugin ``make_plugin`` builds (serving from here on) and the ``after`` plugins.
     If any step fails the database is disconnected again and the error raised."""
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define(db)

@@ -322,6 +322,18 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+def _worker_count(text: str) -> int:
+    from .workers import MAX_WORKERS
+
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"a number of processes from 1 to {MAX_WORKERS}")
+    return count
+
+
 async def repair(store: str, grace: float, dry_run: bool) -> int:
     """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
     from s3db_core import Database, S3dbError
@@ -361,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run an app until SIGINT/SIGTERM")
     serve_cmd.add_argument(
         "target", metavar="MODULE:ATTR", help="a Database, or a (coroutine) function returning one"
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
     )
 
     tail_cmd = commands.add_parser("tail", help="print live events as JSON lines")
@@ -411,7 +429,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
-    if args.command == "serve":
+    if args.command == "serve" and args.workers > 1:
+        from .workers import run_workers
+
+        options = ["--log-format", args.log_format, "--log-level", args.log_level]
+        coro = run_workers(args.target, args.workers, options)
+    elif args.command == "serve":
         coro = serve(args.target, debug=args.debug)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run)

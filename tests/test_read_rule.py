@@ -156,6 +156,9 @@ async def test_a_room_made_private_sends_leave_and_nothing_of_its_new_content():
                     "event": "leave",
                     "data": {"id": room["id"]},
                     "timestamp": frames[0]["timestamp"],
+                    "version": 2,  # a position like any event's: a resume continues after it
+                    "offset": frames[0]["offset"],
+                    "epoch": frames[0]["epoch"],
                 }
             ]
             assert "hideout" not in raw(frames) and "dave" not in raw(frames)
