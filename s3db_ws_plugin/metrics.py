@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 FANOUT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
@@ -44,6 +44,23 @@ class TallyCounter:
         return self.counter.collect()
 
 
+class ReadCounter:
+    """A counter kept elsewhere (the database's ``db.stats``), read when the registry is
+    collected."""
+
+    def __init__(
+        self, name: str, documentation: str, read: Callable[[], int], registry: CollectorRegistry
+    ) -> None:
+        self.name, self.documentation, self.read = name, documentation, read
+        registry.register(self)
+
+    def describe(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterable[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, value=self.read())]
+
+
 class LabelCache:
     """The children of a labelled metric, looked up once per label values (``labels()``
     validates and joins its arguments on every call)."""
@@ -66,7 +83,12 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, connections: Callable[[], int], subscriptions: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        connections: Callable[[], int],
+        subscriptions: Callable[[], int],
+        damaged_records: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         Gauge("s3db_ws_connections", "Open WebSocket connections", registry=r).set_function(
@@ -74,6 +96,12 @@ class Metrics:
         )
         Gauge("s3db_ws_subscriptions", "Active subscriptions", registry=r).set_function(
             subscriptions
+        )
+        ReadCounter(
+            "s3db_damaged_records",
+            "Records a listing skipped because they could not be read back (see s3db repair)",
+            damaged_records,
+            r,
         )
         self.frames_in = TallyCounter("s3db_ws_frames_received", "Frames received", r)
         self.frames_out = TallyCounter("s3db_ws_frames_sent", "Frames sent (replies and events)", r)

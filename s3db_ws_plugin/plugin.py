@@ -239,7 +239,11 @@ class WebSocketPlugin:
         self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
-        self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
+        self.metrics = Metrics(
+            lambda: len(self.connections),
+            lambda: len(self.registry),
+            lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
+        )
         self._runner: web.AppRunner | None = None
         # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
         self.workers = WorkerSettings.from_env()

@@ -317,6 +317,19 @@ async def test_metrics_are_off_the_public_listener_unless_enabled():
                 assert resp.status == 200 and "s3db_ws_connections" in await resp.text()
 
 
+async def test_metrics_count_damaged_records_a_listing_skipped():
+    async with aiohttp.ClientSession() as http:
+        async with serve(notes_resource, resources={"notes": True}, metrics=True) as (db, plugin):
+            notes = db.resources.notes
+            await notes.insert({"title": "fine"})
+            bad = await notes.insert({"title": "soon damaged"})
+            await db.storage.put(notes._key(bad["id"]), b"truncated", {"sv": "1", "sb": "1"})
+            assert [r["title"] for r in (await notes.list()).items] == ["fine"]
+            async with http.get(f"{plugin.http_url}/metrics") as resp:
+                text = await resp.text()
+            assert "s3db_damaged_records_total 1.0" in text, text
+
+
 # -- a bystander under attack -------------------------------------------------------------------
 async def _ping_times(client, stop: asyncio.Event) -> list[float]:
     times = []
