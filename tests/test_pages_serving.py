@@ -33,6 +33,7 @@ async def test_a_get_route_at_the_socket_path_serves_the_page_and_the_socket_sti
             async with http.head(plugin.http_url + "/") as resp:
                 assert resp.status == 200
             async with http.ws_connect(plugin.url) as ws:
+                assert (await ws.receive_json(timeout=5))["type"] == "auth_required"
                 await ws.send_json({"type": "auth", "token": make_token("ann")})
                 assert (await ws.receive_json(timeout=5))["type"] == "authenticated"
 

@@ -124,6 +124,7 @@ async def test_unauthenticated_connections_per_ip_are_capped():
         # Signing in frees the slot: two sockets that authenticate by frame, then a third.
         async with connect(plugin.url, connected=False) as a, connect(plugin.url, connected=False) as b:
             for client in (a, b):
+                assert (await client.recv())["type"] == "auth_required"
                 await client.send({"type": "auth", "token": make_token("bob")})
                 assert (await client.recv())["type"] == "authenticated"
             async with connect(plugin.url, connected=False) as c:
