@@ -12,12 +12,11 @@ third-party packages are loaded the same way.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, runtime_checkable
+
+from s3db_core.plugins import await_me_maybe, load_entry_point
 
 ENTRY_POINT_GROUP = "s3db.auth_drivers"
 
@@ -155,21 +154,9 @@ class AuthDriver(Protocol):
         ...
 
 
-@cache
-def _driver_entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def load_driver(name: str, config: Mapping[str, Any] | None = None) -> AuthDriver:
     """Instantiate the driver registered as ``name`` in ``s3db.auth_drivers`` with ``config``."""
-    entry = _driver_entry_points().get(name)
-    if entry is None:  # maybe installed after the first lookup
-        _driver_entry_points.cache_clear()
-        entry = _driver_entry_points().get(name)
-    if entry is None:
-        known = ", ".join(sorted(_driver_entry_points())) or "none"
-        raise ValueError(f"unknown auth driver {name!r}; known drivers: {known}")
-    driver = entry.load()(dict(config or {}))
+    driver = load_entry_point(ENTRY_POINT_GROUP, name, kind="auth driver")(dict(config or {}))
     if not callable(getattr(driver, "authenticate", None)):
         raise TypeError(f"auth driver {name!r} has no authenticate() method")
     return driver
@@ -199,9 +186,7 @@ class AuthChain:
         if not self.drivers:
             return None
         for driver in self.drivers:
-            result = driver.authenticate(creds)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await await_me_maybe(driver.authenticate(creds))
             if result is None:
                 continue
             if isinstance(result, User):

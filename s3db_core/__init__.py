@@ -4,6 +4,7 @@ from .change import Change
 from .database import Database, Resources
 from .errors import (
     ConflictError,
+    DamagedRecordError,
     ForbiddenError,
     NotFoundError,
     S3dbError,
@@ -11,21 +12,26 @@ from .errors import (
     ValidationError,
 )
 from .hookspecs import hookimpl
+from .limits import Limits
 from .plugins import await_me_maybe
-from .resource import Page, Resource
+from .resource import Page, Resource, Stats, Versioned
 
 __all__ = [
     "Change",
     "ConflictError",
+    "DamagedRecordError",
     "Database",
     "ForbiddenError",
+    "Limits",
     "NotFoundError",
     "Page",
     "Resource",
     "Resources",
     "S3dbError",
+    "Stats",
     "StorageError",
     "ValidationError",
+    "Versioned",
     "await_me_maybe",
     "hookimpl",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pluggy
@@ -13,9 +13,13 @@ from . import hookspecs
 from .broker import load_broker
 from .change import Change
 from .errors import StorageError
+from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
 from .log import get_logger
 from .plugins import await_me_maybe, call_each_isolated
-from .resource import Resource
+from .resource import Resource, Stats
+
+if TYPE_CHECKING:
+    from .repair import RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
 
 log = get_logger("s3db.core")
@@ -71,8 +75,14 @@ class Database:
         *,
         broker: str = "local",
         broker_config: dict[str, Any] | None = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
     ) -> None:
         self.connection_string = connection_string
+        # Input limits every write is checked against before any store request.
+        self.limits = Limits(max_depth, max_record_size)
+        # Counters of trouble met while serving (e.g. damaged records skipped by listings).
+        self.stats = Stats()
         self.storage: StorageClient = open_storage(connection_string)
         self.resources = Resources()
         self.pm = pluggy.PluginManager("s3db")
@@ -145,6 +155,15 @@ class Database:
         await self._call_hook("s3db_resource_created", db=self, resource=resource)
         return resource
 
+    async def repair(self, *, grace: float = 120.0, dry_run: bool = False) -> RepairReport:
+        """Find and fix damage in the store (records missing from partition listings, stale
+        partition references, temp files of killed writers) and report it, damaged records
+        included. References and temp files younger than ``grace`` seconds are left alone (a
+        write may be in flight). See ``s3db_core.repair``."""
+        from .repair import repair
+
+        return await repair(self, grace=grace, dry_run=dry_run)
+
     # -- plugins ----------------------------------------------------------------------------
     async def use_plugin(self, plugin: object, name: str | None = None) -> object:
         """Register ``plugin`` (an object or module with hookimpls); start it if connected."""
@@ -154,10 +173,11 @@ class Database:
         except Exception:
             self.pm.unregister(plugin)
             raise
-        if self.connected:
-            for impl in self.pm.hook.s3db_startup.get_hookimpls():
-                if impl.plugin is plugin:
-                    await await_me_maybe(impl.function(db=self))
+        if self.connected:  # the others started at connect: start this one alone
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            start = self.pm.subset_hook_caller("s3db_startup", remove_plugins=others)
+            for result in start(db=self):
+                await await_me_maybe(result)
         return plugin
 
     async def _call_hook(self, hook: str, **kwargs: Any) -> list[Any]:

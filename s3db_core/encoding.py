@@ -2,7 +2,8 @@
 
 Metadata keys: ``f`` + the field name with every byte outside ``[a-z0-9]`` written as ``-xx``
 (hex), so names keep their case although S3 lower-cases metadata keys. System keys start with
-``s`` (``sv`` format version, ``sb`` "the body holds fields"). Values are ASCII JSON; a value whose
+``s`` (``sv`` format version, ``sb`` "the body holds fields", ``sr`` the record's system
+version). Values are ASCII JSON; a value whose
 JSON holds two spaces in a row (which request signing would fold) is stored as ``~`` + base64url
 of its JSON.
 
@@ -132,13 +133,18 @@ def _cost(key: str, value: str) -> int:
     return len(key) + len(value)
 
 
-def encode_record(fields: dict[str, Any], behavior: str = "body-overflow") -> tuple[dict[str, str], bytes]:
-    """Split ``fields`` (a record without its id) into (metadata, body) under ``behavior``."""
+def encode_record(
+    fields: dict[str, Any], behavior: str = "body-overflow", system: dict[str, str] | None = None
+) -> tuple[dict[str, str], bytes]:
+    """Split ``fields`` (a record without its id) into (metadata, body) under ``behavior``.
+
+    ``system`` holds system metadata (keys starting with ``s``) stored beside the fields; it
+    counts against the metadata budget."""
     if behavior == "body-only":
-        return dict((_VERSION, _BODY_FLAG)), _revision() + dumps_body(fields)
-    metadata: dict[str, str] = {}
+        return {**(system or {}), **dict((_VERSION, _BODY_FLAG))}, _revision() + dumps_body(fields)
+    metadata: dict[str, str] = dict(system) if system else {}
     overflow: dict[str, Any] = {}
-    budget = METADATA_LIMIT - _SYSTEM_COST
+    budget = METADATA_LIMIT - _SYSTEM_COST - metadata_size(metadata)
     for name, value in fields.items():
         key = encode_key(name)
         try:

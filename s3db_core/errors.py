@@ -45,3 +45,12 @@ class StorageError(S3dbError):
     """The store is unreachable or failed. The message names the endpoint, never credentials."""
 
     code = "STORAGE_ERROR"
+
+
+class DamagedRecordError(StorageError):
+    """A stored object that cannot be read back as a record (truncated, not ours, corrupt).
+    ``key`` names it; ``get`` raises this, listings skip the object and count it."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(message)

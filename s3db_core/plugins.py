@@ -1,14 +1,16 @@
-"""Entry-point loading shared by every plugin group (storage, brokers, drivers, limiters).
+"""Plugin plumbing shared by every host: the one entry-point loader, ``await_me_maybe`` and the
+isolated call of announce-only hooks.
 
-Each group is read once per process and each entry point is imported on first use, like llm's
-``load_plugins()``; tests that install a distribution at run time call ``clear_entry_point_cache``.
+Entry points (storage schemes, brokers, auth drivers, rate limiters) follow one caching rule,
+like llm's ``load_plugins()``: a group is read once per process; a name it does not hold makes
+it read again once (a distribution installed at run time); each entry point is imported on
+first use and the loaded object kept. ``clear_entry_point_cache()`` forgets it all.
 """
 
 from __future__ import annotations
 
 import inspect
 import secrets
-from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -17,32 +19,43 @@ import structlog
 
 log = structlog.get_logger("s3db.core")
 
-
-@cache
-def _group(group: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+_groups: dict[str, dict[str, EntryPoint]] = {}
+_loaded: dict[tuple[str, str], Any] = {}
 
 
-@cache
-def _load(group: str, name: str) -> Any:
-    return _group(group)[name].load()
+def _read(group: str, *, again: bool = False) -> dict[str, EntryPoint]:
+    if again or group not in _groups:
+        _groups[group] = {ep.name: ep for ep in entry_points(group=group)}
+    return _groups[group]
 
 
 def entry_point_names(group: str) -> list[str]:
-    return sorted(_group(group))
+    """The names registered in ``group``."""
+    return sorted(_read(group))
 
 
-def load_entry_point(group: str, name: str) -> Any:
-    """The object registered as ``name`` in ``group``; ValueError naming the known ones if absent."""
-    if name not in _group(group):
-        known = ", ".join(entry_point_names(group)) or "none"
-        raise ValueError(f"no {group!r} plugin named {name!r} (installed: {known})")
-    return _load(group, name)
+def load_entry_point(group: str, name: str, *, kind: str | None = None) -> Any:
+    """The object registered as ``name`` in ``group``. ValueError ``unknown <kind> <name>``
+    naming the known ones if there is none (``kind`` defaults to the group's name)."""
+    key = (group, name)
+    try:
+        return _loaded[key]
+    except KeyError:
+        pass
+    found = _read(group)
+    if name not in found:  # maybe installed since the group was read
+        found = _read(group, again=True)
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none"
+        raise ValueError(f"unknown {kind or group} {name!r} (known: {known})")
+    loaded = _loaded[key] = found[name].load()
+    return loaded
 
 
 def clear_entry_point_cache() -> None:
-    _group.cache_clear()
-    _load.cache_clear()
+    """Forget every group read and every object loaded (tests that install a distribution)."""
+    _groups.clear()
+    _loaded.clear()
 
 
 async def await_me_maybe(value: Any) -> Any:

@@ -4,6 +4,13 @@ A filter is a dict; several keys are ANDed. A key is a field or a dotted path in
 (a digit segment also indexes a list); `"field[]"` means "the array field contains". A value is
 either a plain value (equality: deep for dicts and lists) or a dict of operators: `$eq $ne $gt
 $gte $lt $lte $in $nin $exists` (on `field[]`: `$eq $ne $in $nin`, i.e. contains / not contains).
+`{"$or": [f1, f2, ...]}` matches when any of the filters does, `{"$and": [...]}` when all do; they
+nest, and sit beside plain keys (`{"roomId": "r1", "$or": [...]}`).
+
+Filters that come from outside (a client's frame) are bounded before they are compiled:
+`check_limits(filter, FilterLimits())` refuses one with too many keys or operators, nested too
+deep, with too long an `$in`/`$nin` list or too big overall (`FilterLimitError`, a
+`ValidationError` naming the limit), so that compiling and keeping it costs little.
 
 Semantics: a missing field counts as null for equality (`{"f": None}` matches missing or null;
 `$ne`/`$nin` match a missing field unless their operand holds null). Booleans are never numbers
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +36,7 @@ Getter = Callable[[Any], Any]
 
 OPERATORS = frozenset({"$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists"})
 _CONTAINS_OPERATORS = frozenset({"$eq", "$ne", "$in", "$nin"})
+LOGICAL = frozenset({"$or", "$and"})
 _SCALARS = (str, int, float, bool, type(None))
 _MISSING: Any = object()
 _BOOL = object()
@@ -215,13 +224,26 @@ def _operators(key: str, value: Any) -> dict[str, Any]:
 def _compile_key(key: Any, value: Any) -> Predicate:
     if not isinstance(key, str):
         _fail(str(key), "filter keys must be strings", "path")
+    if key in LOGICAL:
+        return _compile_logical(key, value)
     if key.startswith("$"):
-        _fail(key, f"unknown operator {key!r} (filters are field: value pairs)")
+        _fail(key, f"unknown operator {key!r} (filters are field: value pairs, $or, $and)")
     contains = key.endswith("[]")
     get = _compile_path(key, key[:-2] if contains else key)
     make = _contains_test if contains else _value_test
     test = _all([make(key, op, operand) for op, operand in _operators(key, value).items()])
     return lambda record: test(get(record))
+
+
+def _compile_logical(key: str, value: Any) -> Predicate:
+    if not isinstance(value, list) or not value or not all(isinstance(f, dict) for f in value):
+        _fail(key, f"{key} needs a non-empty list of filters")
+    predicates = [compile_filter(f) for f in value]
+    if len(predicates) == 1:
+        return predicates[0]
+    if key == "$or":
+        return lambda record: any(p(record) for p in predicates)
+    return lambda record: all(p(record) for p in predicates)
 
 
 def _match_all(record: Any) -> bool:
@@ -236,8 +258,11 @@ def _check(filter: Any) -> dict[Any, Any]:
     return filter
 
 
-def compile_filter(filter: dict[str, Any] | None) -> Predicate:
-    """A predicate `record -> bool` for the filter; None or {} matches everything."""
+def compile_filter(filter: dict[str, Any] | None, limits: FilterLimits | None = None) -> Predicate:
+    """A predicate `record -> bool` for the filter; None or {} matches everything. With
+    ``limits``, the filter is checked against them first (``FilterLimitError``)."""
+    if limits is not None:
+        check_limits(filter, limits)
     predicates = [_compile_key(key, value) for key, value in _check(filter).items()]
     if not predicates:
         return _match_all
@@ -278,3 +303,108 @@ def equality_terms(filter: dict[str, Any] | None) -> dict[str, Any]:
         if isinstance(value, _SCALARS):
             terms[key] = value
     return terms
+
+
+# -- bounds on filters from outside ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FilterLimits:
+    """Bounds on a filter that comes from outside, checked before it is compiled.
+
+    ``max_keys``: field conditions, counted across every ``$or``/``$and`` branch;
+    ``max_operators``: ``$`` entries (``$gt``, ``$in``, ``$or``...); ``max_depth``: nesting of
+    the filter's JSON (objects and arrays; ``{"a": 1}`` is 1, ``{"a": {"$in": [1]}}`` is 3);
+    ``max_in``: items of one ``$in``/``$nin`` list; ``max_size``: characters of every key and
+    string plus 8 per other value (about the size of its JSON).
+    """
+
+    max_keys: int = 64
+    max_operators: int = 64
+    max_depth: int = 10
+    max_in: int = 256
+    max_size: int = 16384
+
+    @classmethod
+    def from_config(cls, config: Any) -> FilterLimits:
+        """From None (the defaults) or a dict of some of the fields; ValueError when malformed."""
+        if config is None:
+            return cls()
+        if isinstance(config, FilterLimits):
+            return config
+        if not isinstance(config, dict):
+            raise ValueError("filter_limits must be a dict")
+        names = set(cls.__dataclass_fields__)
+        unknown = set(config) - names
+        if unknown:
+            raise ValueError(
+                f"filter_limits: unknown key(s) {sorted(unknown)}; use {sorted(names)}"
+            )
+        for name, value in config.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"filter_limits: {name} must be a positive integer")
+        return cls(**config)
+
+
+class FilterLimitError(ValidationError):
+    """A filter over one of its ``FilterLimits``: ``limit`` names it, ``max`` is its value."""
+
+    def __init__(self, limit: str, maximum: int, message: str) -> None:
+        super().__init__([{"field": "filter", "rule": f"max_{limit}", "message": message}])
+        self.limit = limit
+        self.max = maximum
+        self.message = message
+
+
+def check_limits(filter: Any, limits: FilterLimits) -> None:
+    """Raise ``FilterLimitError`` if ``filter`` exceeds ``limits``. Walks it once without
+    recursion and stops at the first limit passed, so a huge filter costs no more than a small
+    one."""
+    if not isinstance(filter, dict):
+        return  # compile_filter says what is wrong with it
+    counts = {"keys": 0, "operators": 0, "size": 0}
+
+    def add(limit: str, n: int) -> None:
+        counts[limit] += n
+        maximum = getattr(limits, f"max_{limit}")
+        if counts[limit] > maximum:
+            raise FilterLimitError(limit, maximum, _LIMIT_MESSAGES[limit].format(maximum))
+
+    # (value, depth, whether it is a filter object whose keys are field conditions)
+    stack: list[tuple[Any, int, bool]] = [(filter, 1, True)]
+    while stack:
+        value, depth, is_filter = stack.pop()
+        if not isinstance(value, dict | list):
+            add("size", 8 + (len(value) if isinstance(value, str) else 0))
+            continue
+        if depth > limits.max_depth:
+            raise FilterLimitError(
+                "depth", limits.max_depth, _LIMIT_MESSAGES["depth"].format(limits.max_depth)
+            )
+        if isinstance(value, list):
+            add("size", 8 + len(value))  # at least a separator per item: a huge list stops here
+            stack.extend((item, depth + 1, is_filter) for item in value)
+            continue
+        for key, item in value.items():
+            name = key if isinstance(key, str) else ""
+            add("size", 8 + len(name))
+            if name.startswith("$"):
+                add("operators", 1)
+                if name in ("$in", "$nin") and isinstance(item, list) and len(item) > limits.max_in:
+                    raise FilterLimitError(
+                        "in", limits.max_in, _LIMIT_MESSAGES["in"].format(name, limits.max_in)
+                    )
+                stack.append((item, depth + 1, is_filter and name in LOGICAL))
+            else:
+                if is_filter:
+                    add("keys", 1)
+                stack.append((item, depth + 1, False))
+
+
+_LIMIT_MESSAGES = {
+    "keys": "filter has more than {} keys",
+    "operators": "filter has more than {} operators",
+    "depth": "filter is nested deeper than {} levels",
+    "in": "{} lists more than {} values",
+    "size": "filter is bigger than {} characters",
+}

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 
+from .limits import clip
 from .protocol import CloseCode, ErrorCode, ProtocolError, Request, now_ms, reply
 
 if TYPE_CHECKING:
@@ -99,9 +100,9 @@ class SessionAuth:
         conn.user = user
         conn.authenticated = True
         conn.arm_expiry(user.expires_at, self._expired)
-        structlog.contextvars.bind_contextvars(user_id=user.id)
+        structlog.contextvars.bind_contextvars(user_id=clip(user.id))  # claims come from clients
         if first:
-            log.info("authenticated", role=user.role)
+            log.info("authenticated", role=clip(user.role))
             self.plugin.send(
                 conn,
                 reply(
@@ -111,7 +112,7 @@ class SessionAuth:
 
     def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
         """Send ``error UNAUTHORIZED`` and close with 4401."""
-        log.info("unauthorized, closing", reason=message)
+        log.info("unauthorized, closing", reason=clip(message))
         self.plugin.send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
         conn.close(CloseCode.UNAUTHORIZED, message[:100])
         self.plugin.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()

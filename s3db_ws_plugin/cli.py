@@ -2,6 +2,7 @@
 
     s3db serve myapp:make_db [--log-format json|console]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
+    s3db repair STORE_URL [--grace SECONDS] [--dry-run]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -15,13 +16,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import inspect
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
@@ -58,7 +58,7 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def scrub(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def scrub(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """structlog processor: no credential (URL user-info, ``?token=``...) and no unbounded string
     in any value, the exception's text and traceback included (it runs after they are built).
     A plain-text traceback keeps its end, where the exception raised is named."""
@@ -159,12 +159,10 @@ def load_target(target: str) -> Any:
 
 async def resolve_database(obj: Any) -> Any:
     """A Database from a Database, or a (coroutine) function returning one."""
-    from s3db_core import Database
+    from s3db_core import Database, await_me_maybe
 
     if not isinstance(obj, Database) and callable(obj):
-        obj = obj()
-        if inspect.isawaitable(obj):
-            obj = await obj
+        obj = await await_me_maybe(obj())
     if not isinstance(obj, Database):
         raise TypeError(f"expected a Database or a factory returning one, got {type(obj).__name__}")
     return obj
@@ -269,8 +267,8 @@ async def tail(
     status = 0
     for task in done:
         if task is not stopping and task.exception() is not None:
-            exc = task.exception()
-            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+            failure = task.exception()
+            log.error("stream ended", code=getattr(failure, "code", None), error=str(failure))
             status = 1
     for task in [stopping, *pumps]:
         task.cancel()
@@ -324,6 +322,24 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+async def repair(store: str, grace: float, dry_run: bool) -> int:
+    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
+    from s3db_core import Database, S3dbError
+
+    try:
+        db = Database(store)
+        await db.connect()
+    except (S3dbError, ValueError) as exc:
+        log.error("cannot open the store", error=str(exc))
+        return 1
+    try:
+        report = await db.repair(grace=grace, dry_run=dry_run)
+    finally:
+        await db.disconnect()
+    sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
 def add_logging_options(parser: argparse.ArgumentParser) -> None:
     """``--log-format``, ``--log-level`` and ``--debug``, as ``s3db`` and the examples take them."""
     parser.add_argument(
@@ -374,7 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to keep trying while the server is not up yet (default 30)",
     )
-    for sub in (serve_cmd, tail_cmd):  # also accepted after the command
+    repair_cmd = commands.add_parser(
+        "repair", help="find and fix damage in a store; print what was done as JSON"
+    )
+    repair_cmd.add_argument("store", help="the store's connection string (e.g. file://./data)")
+    repair_cmd.add_argument(
+        "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
+    )
+    repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
@@ -388,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_format, args.log_level)
     if args.command == "serve":
         coro = serve(args.target, debug=args.debug)
+    elif args.command == "repair":
+        coro = repair(args.store, args.grace, args.dry_run)
     else:
         coro = tail(
             args.url,

@@ -306,6 +306,8 @@ class Connection:
             self._sender.cancel()
         self.cancel_expiry()
         transport = self.transport
+        if transport is None:  # already gone
+            return
         transport.write(close_frame(*self._closing))
         transport.close()  # flushes what is buffered, then closes
         asyncio.get_running_loop().call_later(SLOW_CONSUMER_GRACE, _abort_if_stalled, transport)

@@ -10,21 +10,130 @@ raise ``ForbiddenError`` or ``NotFoundError`` to answer with that code, or s3db'
 (for rules a schema cannot say, like the collab example's operation shapes); any other exception
 becomes ``INTERNAL_ERROR`` (logged with an error id, never sent). The role list (``auth``) is
 checked before any guard.
+
+Two more options decide what a connection may see and write, whatever it asks for:
+
+- ``read``: the read rule, applied to every record that leaves the server, per receiving
+  connection (``ReadRule``). Guards decide what a connection may ask for; the read rule decides
+  what it may see, so access that changes with the record itself takes effect on the very change
+  that removes it.
+- ``client_ids`` (default False): whether a client may choose the ``id`` of a record it inserts.
+  Off, an ``id`` in an insert is a ``VALIDATION_ERROR``: ids can be neither chosen, squatted
+  nor probed.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from s3db_core import await_me_maybe
+from s3db_core.errors import ValidationError
+from s3db_core.query import compile_filter
 
 from .protected import ProtectedFields
 from .protocol import EVENT_KINDS
 
 GUARD_KINDS = ("list", "get", "create", "update", "delete", "subscribe")
 Guard = Callable[..., Any]
+Predicate = Callable[[Any], bool]
+USER_PREFIX = "$user."
+
+log = structlog.get_logger("s3db.ws")
+
+
+class _NoClaim:
+    """What ``"$user.<claim>"`` becomes when the user lacks the claim (or is anonymous): a value
+    equal to nothing, so ``{"ownerId": "$user.id"}`` never matches a record without an owner."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no claim>"
+
+
+_NO_CLAIM = _NoClaim()
+
+
+def _nobody(record: Any) -> bool:
+    return False
+
+
+class ReadRule:
+    """A resource's ``read`` option: which records a connection may see.
+
+    Either a synchronous, I/O-free predicate ``read(user, record) -> bool`` (an exception counts
+    as False and is logged with an error id), or a filter template whose string values
+    ``"$user.<claim>"`` are replaced by the connection's claims, e.g. ``{"$or": [{"isPrivate":
+    False}, {"members[]": "$user.id"}]}``. ``bind(user)`` gives the predicate of one user, built
+    once per subscription or frame (never per event); a claim the user lacks equals nothing.
+    """
+
+    __slots__ = ("resource", "function", "template")
+
+    def __init__(self, resource: str, rule: Any) -> None:
+        self.resource = resource
+        self.function: Callable[[Any, Any], Any] | None = None
+        self.template: dict[str, Any] | None = None
+        if callable(rule):
+            self.function = rule
+        elif isinstance(rule, Mapping):
+            self.template = dict(rule)
+            try:  # a template that cannot compile is a configuration error, said at start-up
+                compile_filter(_bind(self.template, None))
+            except ValidationError as exc:
+                raise ValueError(
+                    f"resource {resource!r}: 'read' is not a valid filter: {exc}"
+                ) from None
+        else:
+            raise ValueError(f"resource {resource!r}: 'read' must be a function or a filter")
+
+    def bind(self, user: Any) -> Predicate:
+        """The predicate ``record -> bool`` for ``user`` (None when anonymous)."""
+        function = self.function
+        if function is not None:
+            resource = self.resource
+
+            def readable(record: Any) -> bool:
+                try:
+                    return bool(function(user, record))
+                except Exception:  # fail closed
+                    error_id = secrets.token_hex(8)
+                    log.exception("read rule failed", error_id=error_id, resource=resource)
+                    return False
+
+            return readable
+        assert self.template is not None
+        try:
+            return compile_filter(_bind(self.template, user))
+        except ValidationError:  # a claim of the wrong type for its operator: sees nothing
+            return _nobody
+
+
+def _claim(user: Any, name: str) -> Any:
+    if user is None:
+        return _NO_CLAIM
+    value = user.get(name) if isinstance(user, Mapping) else getattr(user, name, None)
+    return _NO_CLAIM if value is None else value
+
+
+def _bind(template: Any, user: Any) -> Any:
+    """``template`` with every ``"$user.<claim>"`` string replaced by that claim of ``user``."""
+    if isinstance(template, str):
+        return (
+            _claim(user, template[len(USER_PREFIX) :])
+            if template.startswith(USER_PREFIX)
+            else template
+        )
+    if isinstance(template, Mapping):
+        return {key: _bind(value, user) for key, value in template.items()}
+    if isinstance(template, list):
+        return [_bind(value, user) for value in template]
+    return template
 
 
 class GuardContext:
@@ -105,17 +214,21 @@ class ResourcePolicy:
     requires_user: bool = False
     guards: dict[str, Guard] = field(default_factory=dict)
     order: str = "asc"  # of a `list` frame that names none
+    read: ReadRule | None = None
+    client_ids: bool = False
 
     @classmethod
     def from_config(cls, name: str, config: Any) -> ResourcePolicy:
-        """Build from ``True`` or ``{events, protected, auth, guard, order}``; ValueError when
-        malformed. ``order`` (``asc``, the default, or ``desc``) is what a ``list`` frame without
-        ``order`` gets: ``desc`` serves clients that expect the newest records first."""
+        """Build from ``True`` or ``{events, protected, auth, guard, order, read, client_ids}``;
+        ValueError when malformed. ``order`` (``asc``, the default, or ``desc``) is what a
+        ``list`` frame without ``order`` gets: ``desc`` serves clients that expect the newest
+        records first."""
         if config is True:
             return cls(name)
         if not isinstance(config, Mapping):
             raise ValueError(f"resource {name!r}: config must be True or a dict")
-        unknown = set(config) - {"events", "protected", "auth", "guard", "guards", "order"}
+        known = {"events", "protected", "auth", "guard", "guards", "order", "read", "client_ids"}
+        unknown = set(config) - known
         if unknown:
             raise ValueError(f"resource {name!r}: unknown option(s) {sorted(unknown)}")
         events = config.get("events", EVENT_KINDS)
@@ -131,6 +244,10 @@ class ResourcePolicy:
         order = config.get("order", "asc")
         if order not in ("asc", "desc"):
             raise ValueError(f"resource {name!r}: 'order' must be 'asc' or 'desc'")
+        read = config.get("read")
+        client_ids = config.get("client_ids", False)
+        if not isinstance(client_ids, bool):
+            raise ValueError(f"resource {name!r}: 'client_ids' must be true or false")
         return cls(
             name,
             events=frozenset(events),
@@ -139,6 +256,8 @@ class ResourcePolicy:
             requires_user=requires_user,
             guards=guards,
             order=order,
+            read=ReadRule(name, read) if read is not None else None,
+            client_ids=client_ids,
         )
 
     def role_allows(self, user: Any) -> bool:
@@ -148,6 +267,11 @@ class ResourcePolicy:
         if user is None:
             return False
         return self.roles is None or getattr(user, "role", None) in self.roles
+
+    def readable(self, user: Any) -> Predicate | None:
+        """The read rule bound to ``user``: None when the resource has none (everything is
+        readable)."""
+        return self.read.bind(user) if self.read is not None else None
 
     async def check(self, kind: str, user: Any, arg: Any) -> Decision:
         """Run the ``kind`` guard (allow when there is none). Exceptions propagate."""

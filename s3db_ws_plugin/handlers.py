@@ -6,31 +6,42 @@ or raises ``ProtocolError`` (or a core error, mapped by ``protocol.client_error`
 
 For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
 user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
-revealed only after the guard allows. Records leave through ``ResourcePolicy.protected.strip``.
+revealed only after the guard allows. Records leave through ``ResourcePolicy.protected.strip``
+and the resource's read rule: a record the connection may not read is, for get, update and
+delete, exactly a missing one (``NOT_FOUND``), and is left out of a list page. Filters are
+bounded (``limits.py``) before they are compiled, and compiled once per frame.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import structlog
+
 from s3db_auth_drivers import User
 from s3db_core import NotFoundError, Resource, ValidationError
-from s3db_core.query import compile_filter
+from s3db_core.query import FilterLimitError, check_limits, compile_filter
+from s3db_core.resource import Versioned, page_cursor
 
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
+from .limits import clip, filter_fields, limit_error
 from .protocol import (
     EVENT_KINDS,
     ErrorCode,
     Message,
     ProtocolError,
     Request,
+    encode,
     event_kinds,
     list_limit,
     message,
     now_ms,
     optional_object,
     optional_text,
+    record_version,
     reply,
     required_object,
     required_text,
@@ -42,10 +53,12 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .plugin import WebSocketPlugin
 
-MAX_SUBSCRIPTIONS_PER_CONNECTION = 1000
 Frame = dict[str, Any]
 Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
 _ALLOWED = Decision(True)  # shared, never mutated
+Predicate = Callable[[Any], bool]
+
+log = structlog.get_logger("s3db.ws")
 
 
 def _name(value: str) -> str:
@@ -79,19 +92,42 @@ class Handlers:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"{who} may not use {name!r}")
         return policy, resource
 
-    @staticmethod
-    def _client_filter(policy: ResourcePolicy, filter: dict[str, Any] | None) -> dict[str, Any]:
-        """The client's filter, refused if it reads a protected field or does not compile."""
+    def _client_filter(self, policy: ResourcePolicy, filter: dict[str, Any] | None) -> dict[str, Any]:
+        """The client's filter, refused if it exceeds the filter limits (``INVALID_MESSAGE``)
+        or reads a protected field. Not compiled here: the effective filter is, once."""
         filter = filter or {}
-        for key in filter:
-            if policy.protected.touches(key):
-                raise ProtocolError(
-                    ErrorCode.FORBIDDEN,
-                    f"filtering on protected field {_name(key)!r} is not allowed",
-                    {"field": key},
-                )
-        compile_filter(filter)  # ValidationError names the bad key
+        try:
+            check_limits(filter, self.plugin.filter_limits)
+        except FilterLimitError as exc:
+            raise limit_error(exc) from None
+        if policy.protected:
+            for key in filter_fields(filter):
+                if policy.protected.touches(key):
+                    raise ProtocolError(
+                        ErrorCode.FORBIDDEN,
+                        f"filtering on protected field {_name(key)!r} is not allowed",
+                        {"field": _name(key)},
+                    )
         return filter
+
+    def _effective(
+        self, policy: ResourcePolicy, client_filter: dict[str, Any], override: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], Predicate, Predicate | None]:
+        """The effective filter (the client's, overridden by the guard's keys), compiled once,
+        and the guard's keys compiled alone (the access part; None when it imposed none).
+        A guard's override is bounded like a client filter."""
+        if not override:
+            return client_filter, compile_filter(client_filter), None  # ValidationError: the client's
+        effective = merge_filter(client_filter, override)
+        try:
+            check_limits(effective, self.plugin.filter_limits)
+        except FilterLimitError as exc:
+            raise limit_error(exc) from None
+        try:
+            access = compile_filter(override)
+        except ValidationError as exc:  # the guard's own filter is broken: a server bug
+            raise RuntimeError(f"{policy.name}: guard returned an invalid filter: {exc}") from exc
+        return effective, compile_filter(effective), access
 
     @staticmethod
     async def _guard(policy: ResourcePolicy, kind: str, user: User | None, arg: Any) -> Decision:
@@ -104,20 +140,14 @@ class Handlers:
 
     async def subscription_filter(
         self, policy: ResourcePolicy, user: User | None, client_filter: dict[str, Any]
-    ) -> tuple[dict[str, Any], Callable[[Any], bool]]:
-        """The effective filter of a subscription to ``policy``'s resource and its compiled
-        predicate, as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses).
-        Used by ``subscribe`` and by re-checks of open subscriptions (``recheck.py``)."""
-        decision = await self._guard(policy, "subscribe", user, dict(client_filter))
-        effective = merge_filter(client_filter, decision.filter_override)
-        return effective, self._compile_effective(policy, effective)
-
-    @staticmethod
-    def _compile_effective(policy: ResourcePolicy, filter: dict[str, Any]) -> Callable[[Any], bool]:
-        try:
-            return compile_filter(filter)
-        except ValidationError as exc:  # the guard's own filter is broken: a server bug
-            raise RuntimeError(f"{policy.name}: guard returned an invalid filter: {exc}") from exc
+    ) -> tuple[dict[str, Any], Predicate, Predicate | None]:
+        """The effective filter of a subscription to ``policy``'s resource, its compiled
+        predicate and its access part (the guard's keys compiled; None when there are none),
+        as the ``subscribe`` guard decides now (``FORBIDDEN`` when it refuses). Used by
+        ``subscribe`` and by re-checks of open subscriptions (``recheck.py``)."""
+        given = dict(client_filter)
+        decision = await self._guard(policy, "subscribe", user, given)
+        return self._effective(policy, _kept(client_filter, given), decision.filter_override)
 
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
@@ -137,19 +167,31 @@ class Handlers:
         name = f["resource"]
         policy, _ = self._resource(conn, name)
         client_filter = self._client_filter(policy, f["filter"])
-        effective, predicate = await self.subscription_filter(policy, conn.user, client_filter)
+        effective, predicate, access = await self.subscription_filter(
+            policy, conn.user, client_filter
+        )
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
         for old in registry.of(conn, name):
             if old.client_filter == client_filter:  # subscribing again replaces
                 registry.remove(old)
-        if len(registry.of(conn)) >= MAX_SUBSCRIPTIONS_PER_CONNECTION:
+        limit = self.plugin.max_subscriptions
+        if len(registry.of(conn)) >= limit:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
-                f"too many subscriptions on this connection (limit {MAX_SUBSCRIPTIONS_PER_CONNECTION})",
-                {"limit": MAX_SUBSCRIPTIONS_PER_CONNECTION},
+                f"too many subscriptions on this connection (limit {limit})",
+                {"limit": limit},
             )
-        sub = Subscription(conn, name, client_filter, effective, events, predicate)
+        sub = Subscription(
+            conn,
+            name,
+            client_filter,
+            effective,
+            events,
+            predicate,
+            access=access,
+            read=policy.readable(conn.user),
+        )
         registry.add(sub)
         return reply(
             "subscribed",
@@ -180,57 +222,101 @@ class Handlers:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
         client_filter = self._client_filter(policy, f["filter"])
-        effective = client_filter  # compiled by _client_filter already
+        effective = client_filter
         if "list" in policy.guards:  # the context is built only for a guard to see
-            ctx = self._guard_ctx(conn, filter=dict(client_filter))
+            given = dict(client_filter)
+            ctx = self._guard_ctx(conn, filter=given)
             decision = await self._guard(policy, "list", conn.user, ctx)
             if decision.filter_override:
-                effective = merge_filter(client_filter, decision.filter_override)
-                self._compile_effective(policy, effective)
+                kept = _kept(client_filter, given)
+                effective = self._effective(policy, kept, decision.filter_override)[0]
         order = f["order"] or policy.order
+        plugin = self.plugin
+        # The core compiles the effective filter (once) and reads at most the scan budget.
         page = await resource.list(
-            filter=effective or None, limit=f["limit"], cursor=f["cursor"], order=order
+            filter=effective or None,
+            limit=f["limit"],
+            cursor=f["cursor"],
+            order=order,
+            where=policy.readable(conn.user),
+            scan_limit=plugin.list_scan_limit,
         )
-        items = page.items
-        if policy.protected:  # strip() returns each record itself when nothing is protected
-            strip = policy.protected.strip
-            items = [strip(record) for record in items]
-        return reply("data", req.request_id, resource=policy.name, data=items, cursor=page.cursor)
+        data, cursor = _page_within(
+            page.items, page.cursor, policy, order, plugin.list_max_bytes
+        )
+        return reply("data", req.request_id, resource=policy.name, data=data, cursor=cursor)
 
     @message("get", resource=required_text, id=required_text)
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = await resource.get_versioned(id)
+        found = _readable(policy, conn, await resource.get_versioned(id))
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
-        if record is None:
+        if found is None:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
-        return reply("data", req.request_id, resource=policy.name, data=policy.protected.strip(record))
+        return reply(
+            "data",
+            req.request_id,
+            resource=policy.name,
+            data=policy.protected.strip(found[0]),
+            version=found.version,
+        )
 
     @message("insert", resource=required_text, data=required_object)
     async def insert(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         data = req.fields["data"]
+        if "id" in data and not policy.client_ids:
+            raise ValidationError(
+                [{"field": "id", "rule": "client_ids", "message": "ids are chosen by the server"}]
+            )
         await self._guard(policy, "create", conn.user, data)
         record = await resource.insert(data)
         return reply(
             "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
 
-    @message("update", resource=required_text, id=required_text, data=required_object)
+    @message(
+        "update",
+        resource=required_text,
+        id=required_text,
+        data=required_object,
+        version=record_version,
+    )
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = await resource.get_versioned(id)
+        found = _readable(policy, conn, await resource.get_versioned(id))
         ctx = self._guard_ctx(conn, id=id, data=req.fields["data"], record=found[0] if found else None)
         await self._guard(policy, "update", conn.user, ctx)
         if found is None:
             raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
         if not isinstance(ctx.data, dict):
             raise RuntimeError(f"{policy.name}: update guard replaced ctx.data with a non-dict")
-        record = await resource.update(id, ctx.data, current=found)
+        seen = found[0]
+
+        async def still_allowed(current: dict[str, Any]) -> None:
+            """Run before each write attempt: when another write got in first, the newer record
+            must still be readable and pass the update guard (the patch stays the first run's)."""
+            if current is seen:
+                return
+            if policy.read is not None and not policy.read.bind(conn.user)(current):
+                raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+            if "update" in policy.guards:
+                retry = self._guard_ctx(conn, id=id, data=dict(req.fields["data"]), record=current)
+                await self._guard(policy, "update", conn.user, retry)
+
+        # With ``version`` the update is a compare-and-set: CONFLICT when the record is no
+        # longer at the version the client read.
+        record = await resource.update(
+            id,
+            ctx.data,
+            current=found,
+            expected_version=req.fields["version"],
+            check=still_allowed,
+        )
         return reply(
             "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
         )
@@ -239,7 +325,7 @@ class Handlers:
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = await resource.get_versioned(id)
+        found = _readable(policy, conn, await resource.get_versioned(id))
         ctx = self._guard_ctx(conn, id=id, record=found[0] if found else None)
         await self._guard(policy, "delete", conn.user, ctx)
         if found is None:
@@ -253,3 +339,65 @@ class Handlers:
             data=policy.protected.strip(record),
         )
 
+
+def _readable(policy: ResourcePolicy, conn: Connection, found: Versioned | None) -> Versioned | None:
+    """``found`` if the connection may read its record, else None: a record hidden by the read
+    rule is, to this connection, exactly a missing one."""
+    if found is None or policy.read is None:
+        return found
+    return found if policy.read.bind(conn.user)(found[0]) else None
+
+
+_CHUNK = 32  # records serialized per call while a page is checked against its byte budget
+
+
+def _page_within(
+    records: list[dict[str, Any]],
+    cursor: str | None,
+    policy: ResourcePolicy,
+    order: str,
+    max_bytes: int,
+) -> tuple[list[Any], str | None]:
+    """The page's records, stripped of protected fields and serialized once (the reply embeds
+    the bytes), cut after the record that reaches ``max_bytes``, with a cursor after the last
+    one kept. Records are serialized ``_CHUNK`` at a time (one call each, as cheap as one for the
+    whole page) and one by one only in the chunk that reaches the budget. A record that cannot
+    be serialized is left out and logged."""
+    strip = policy.protected.strip if policy.protected else None
+    data: list[Any] = []
+    size = 0
+    for start in range(0, len(records), _CHUNK):
+        chunk = records[start : start + _CHUNK]
+        stripped = [strip(r) for r in chunk] if strip is not None else chunk
+        try:
+            encoded = orjson.dumps(stripped)
+        except TypeError:  # a value orjson refuses: one by one, to find and skip it
+            encoded = None
+        if encoded is not None and size + len(encoded) < max_bytes:
+            data.append(orjson.Fragment(encoded[1:-1]))  # "a,b,c": elements of the outer list
+            size += len(encoded)
+            continue
+        for index, record in enumerate(stripped, start):
+            try:
+                one = encode(record)
+            except Exception:
+                log.exception(
+                    "record left out of a list page",
+                    error_id=secrets.token_hex(8),
+                    resource=policy.name,
+                    record_id=clip(chunk[index - start].get("id")),
+                )
+                continue
+            data.append(orjson.Fragment(one))
+            size += len(one)
+            if size >= max_bytes and index < len(records) - 1:
+                return data, page_cursor(record["id"], order)
+    return data, cursor
+
+
+def _kept(client_filter: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The client's filter without the keys the guard removed from its copy (``given``): a
+    guard that translates a key (the seed's ``{documentId}`` into ``{id}``) deletes it and
+    returns its replacement. Only deletions count; what a guard imposes is what it returns."""
+    kept = {k: v for k, v in client_filter.items() if k in given}
+    return client_filter if len(kept) == len(client_filter) else kept

@@ -29,6 +29,16 @@ from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, PerIpLimits, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
+from .limits import (
+    DEFAULT_LIST_MAX_BYTES,
+    DEFAULT_LIST_SCAN_LIMIT,
+    DEFAULT_MAX_FRAME_VALUES,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    FilterLimits,
+    check_frame,
+    clip,
+    positive_int,
+)
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
@@ -92,6 +102,18 @@ def _positive_seconds(name: str, value: Any) -> float:
 def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
     """A GET route at the socket's path: it serves that path's plain HTTP GETs (see ``routes``)."""
     return isinstance(route, web.RouteDef) and route.method == "GET" and route.path == path
+
+
+def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
+    """The bearer token ``/metrics`` requires (``metrics={"token": ...}``), or None."""
+    if isinstance(metrics, bool):
+        return None
+    if not isinstance(metrics, Mapping) or set(metrics) - {"token"}:
+        raise ValueError("metrics must be True, False or {'token': '...'}")
+    token = metrics.get("token")
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ValueError("metrics token must be a non-empty string")
+    return token
 
 
 class RateLimit:
@@ -172,9 +194,15 @@ class WebSocketPlugin:
         max_connections_per_ip: int | None = 1024,
         max_unauthenticated_per_ip: int | None = 64,
         max_concurrent_requests: int = 8,
+        filter_limits: Mapping[str, int] | FilterLimits | None = None,
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
+        list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
+        list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
+        metrics: bool | Mapping[str, Any] = False,
         **aliases: Any,
     ) -> None:
-        options = {
+        options: dict[str, Any] = {
             "rate_limit": rate_limit,
             "heartbeat_interval": heartbeat_interval,
             "max_message_size": max_message_size,
@@ -216,6 +244,14 @@ class WebSocketPlugin:
         routes = list(routes)
         self.routes = [r for r in routes if not _is_page_route(r, self.path)]
         self._page = next((r.handler for r in routes if _is_page_route(r, self.path)), None)
+        # What one client may make the server do (limits.py).
+        self.filter_limits = FilterLimits.from_config(filter_limits)
+        self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
+        self.list_scan_limit = positive_int("list_scan_limit", list_scan_limit)
+        self.list_max_bytes = positive_int("list_max_bytes", list_max_bytes)
+        self.max_frame_values = positive_int("max_frame_values", max_frame_values)
+        self.metrics_token = _metrics_token(metrics)
+        self.metrics_enabled = bool(metrics)
 
         self.db: Any = None
         self.connections: set[Connection] = set()
@@ -253,26 +289,46 @@ class WebSocketPlugin:
             return
         started = time.perf_counter()
         try:
-            receivers = self.registry.receivers(change, policy)
+            receivers, leaving = self.registry.deliveries(change, policy)
             if receivers:
-                payload = encode(
-                    {
-                        "type": "event",
-                        "resource": change.resource,
-                        "event": change.event,
-                        "data": policy.protected.strip(change.record),
-                        "timestamp": change.timestamp,
-                    }
-                )
-                frame = text_frame(payload)
-                for conn in receivers:
-                    conn.send(payload, frame)
-                self.metrics.frames_out.inc(len(receivers))
+                self._deliver(change, receivers, change.event, policy.protected.strip(change.record))
+            if leaving:  # the record left their access: its id, nothing of its new content
+                self._deliver(change, leaving, "leave", {"id": change.record.get("id")})
         except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception("change fan-out failed", resource=change.resource, event=change.event)
+            log.exception(
+                "change fan-out failed",
+                error_id=secrets.token_hex(8),
+                resource=change.resource,
+                change_event=change.event,
+            )
             return
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
+
+    def _deliver(self, change: Change, receivers: list[Connection], event: str, data: Any) -> None:
+        """Send one event frame, serialized once, to each receiver; a receiver that fails is
+        logged with an error id and never keeps the frame from the others."""
+        payload = encode(
+            {
+                "type": "event",
+                "resource": change.resource,
+                "event": event,
+                "data": data,
+                "timestamp": change.timestamp,
+            }
+        )
+        frame = text_frame(payload)
+        for conn in receivers:
+            try:
+                conn.send(payload, frame)
+            except Exception:
+                log.exception(
+                    "event delivery failed",
+                    error_id=secrets.token_hex(8),
+                    resource=change.resource,
+                    receiver=conn.client_id,
+                )
+        self.metrics.frames_out.inc(len(receivers))
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Any) -> None:
@@ -282,7 +338,8 @@ class WebSocketPlugin:
         self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
+        if self.metrics_enabled:  # never on the public listener unless asked for
+            app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self._websocket)
         app.add_routes(self.routes)
@@ -304,7 +361,7 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        pages = [f"{self.http_url}{r.path}" for r in self.routes if getattr(r, "method", "") == "GET"]
+        pages = [f"{self.http_url}{getattr(r, 'path', '')}" for r in self.routes if getattr(r, "method", "") == "GET"]
         if self._page is not None:
             pages.insert(0, f"{self.http_url}{self.path}")
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
@@ -345,6 +402,15 @@ class WebSocketPlugin:
         return True
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_token is not None:
+            given = request.headers.get("Authorization", "")
+            expected = f"Bearer {self.metrics_token}"
+            if not secrets.compare_digest(given.encode(), expected.encode()):
+                return web.Response(
+                    status=401,
+                    text="a bearer token is required\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         return web.Response(body=self.metrics.render(), headers={"Content-Type": Metrics.content_type})
 
     async def _client_js(self, request: web.Request) -> web.FileResponse:
@@ -470,6 +536,7 @@ class WebSocketPlugin:
         request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
         try:
+            check_frame(raw, self.max_frame_values)
             msg: Any = decode(raw)
             bad_json = None
         except ProtocolError as exc:
@@ -477,7 +544,7 @@ class WebSocketPlugin:
         rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see _structlog_var); a request task
         # copies this context when it is created.
-        token = _REQUEST_ID.set(rid)
+        token = _REQUEST_ID.set(clip(rid))
         try:
             if self.rate_limit is not None:
                 decision = await self.rate_limit.hit(conn)
@@ -523,7 +590,7 @@ class WebSocketPlugin:
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)
         kind = msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
-        log.error("internal error", error_id=error_id, frame_type=kind, exc_info=exc)
+        log.error("internal error", error_id=error_id, frame_type=clip(kind), exc_info=exc)
         return ProtocolError(
             ErrorCode.INTERNAL_ERROR,
             f"internal error; quote errorId {error_id} when reporting it",

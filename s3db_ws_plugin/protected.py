@@ -66,16 +66,33 @@ class ProtectedFields:
         return True
 
 
-def _strip(value: Any, tree: _Tree) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            sub = tree.get(key)
-            if sub is True:
-                continue
-            out[key] = item if sub is None else _strip(item, sub)
-        return out
-    if isinstance(value, list):
-        return [_strip(item, tree) for item in value]
-    return value
-
+def _strip(record: Any, tree: _Tree) -> Any:
+    """The copy ``strip`` makes, built with an explicit stack: a record nested as deep as a
+    client cares to send (lists in lists under a protected object's parent) cannot exhaust
+    Python's recursion limit."""
+    if not isinstance(record, dict | list):
+        return record
+    root: Any = {} if isinstance(record, dict) else []
+    stack: list[tuple[Any, _Tree, Any]] = [(record, tree, root)]
+    while stack:
+        source, node, target = stack.pop()
+        if isinstance(source, dict):
+            for key, item in source.items():
+                sub = node.get(key)
+                if sub is True:
+                    continue
+                if sub is None or not isinstance(item, dict | list):
+                    target[key] = item
+                else:
+                    child = {} if isinstance(item, dict) else []
+                    target[key] = child
+                    stack.append((item, sub, child))
+        else:  # a list: protected paths apply to each of its elements
+            for item in source:
+                if isinstance(item, dict | list):
+                    child = {} if isinstance(item, dict) else []
+                    target.append(child)
+                    stack.append((item, node, child))
+                else:
+                    target.append(item)
+    return root

@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
+MAX_REQUEST_ID = 128  # characters of a string requestId
 
 
 class ErrorCode:
@@ -175,6 +176,18 @@ def list_limit(msg: dict[str, Any], name: str) -> int:
     return value
 
 
+def record_version(msg: dict[str, Any], name: str) -> int | None:
+    """A record version (an integer from 1), or None when absent."""
+    value = msg.get(name)
+    if _absent(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise invalid(name, "must be a positive integer (the version you read)")
+    return value
+
+
 def sort_order(msg: dict[str, Any], name: str) -> str | None:
     """``asc``/``desc``; None when absent (the resource's default order applies)."""
     value = msg.get(name)
@@ -229,7 +242,9 @@ def request_id_of(msg: Any) -> str | int | float | None:
     """The frame's ``requestId`` if it is a string or a number (anything else is not echoed)."""
     if isinstance(msg, dict):
         rid = msg.get("requestId")
-        if isinstance(rid, str | int | float) and not isinstance(rid, bool):
+        if isinstance(rid, str):
+            return rid if len(rid) <= MAX_REQUEST_ID else None
+        if isinstance(rid, int | float) and not isinstance(rid, bool):
             return rid
     return None
 
@@ -245,6 +260,8 @@ def parse(msg: Any, messages: Mapping[str, Message]) -> Request:
     rid = msg.get("requestId")
     if rid is not None and (type(rid) is bool or not isinstance(rid, str | int | float)):
         raise invalid("requestId", "must be a string or a number")  # see request_id_of
+    if isinstance(rid, str) and len(rid) > MAX_REQUEST_ID:
+        raise invalid("requestId", f"must be at most {MAX_REQUEST_ID} characters")
     kind = msg.get("type")
     if kind is None:
         raise invalid("type", "is required")
@@ -268,8 +285,11 @@ def encode(frame: dict[str, Any]) -> bytes:
     """Serialize a server frame (orjson; the stdlib for the rare value orjson refuses)."""
     try:
         return orjson.dumps(frame)
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(frame, default=str, ensure_ascii=False).encode()
+    except TypeError:  # integers beyond 64 bits, or nested deeper than orjson goes
+        try:
+            return json.dumps(frame, default=str, ensure_ascii=False).encode()
+        except RecursionError:
+            raise ValueError("frame is nested too deeply to serialize") from None
 
 
 def reply(kind: str, request_id: str | int | float | None = None, **fields: Any) -> dict[str, Any]:

@@ -22,9 +22,9 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, runtime_checkable
+
+from s3db_core.plugins import load_entry_point
 
 ENTRY_POINT_GROUP = "s3db.rate_limiters"
 STRATEGIES = ("sliding-window", "token-bucket")
@@ -146,18 +146,9 @@ class MemoryRateLimiter:
         return max(1, min(math.ceil(wait * 1000), math.ceil(self.window_ms)))
 
 
-@cache
-def _limiter_entry_points() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
-
-
 def load_rate_limiter(name: str, config: Mapping[str, Any] | None = None) -> RateLimiter:
     """Instantiate the limiter registered as ``name`` in ``s3db.rate_limiters``."""
-    entry = _limiter_entry_points().get(name)
-    if entry is None:  # maybe installed after the first lookup
-        _limiter_entry_points.cache_clear()
-        entry = _limiter_entry_points().get(name)
-    if entry is None:
-        known = ", ".join(sorted(_limiter_entry_points())) or "none"
-        raise ValueError(f"unknown rate limiter {name!r}; known limiters: {known}")
-    return entry.load()(dict(config or {}))
+    limiter: RateLimiter = load_entry_point(ENTRY_POINT_GROUP, name, kind="rate limiter")(
+        dict(config or {})
+    )
+    return limiter

@@ -73,7 +73,10 @@ async def recheck_subscriptions(
             if allowed is None:
                 _revoke(plugin, sub)
                 revoked += 1
-            elif allowed[0] != sub.filter:
+                continue
+            # The read rule follows the connection's user (a refreshed token's claims).
+            sub.read = plugin.policies[sub.resource].readable(conn.user)
+            if allowed[0] != sub.filter:
                 plugin.registry.reindex(sub, *allowed)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
@@ -82,7 +85,7 @@ async def recheck_subscriptions(
 
 async def _still_allowed(
     plugin: WebSocketPlugin, sub: Subscription
-) -> tuple[dict[str, Any], Callable[[Any], bool]] | None:
+) -> tuple[dict[str, Any], Callable[[Any], bool], Callable[[Any], bool] | None] | None:
     """The subscription's effective filter and predicate now (the same decision ``subscribe``
     makes), or None when it is no longer allowed."""
     conn = sub.connection

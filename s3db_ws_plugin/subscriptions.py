@@ -6,6 +6,20 @@ and has an effective filter matching the record (for an update: the record befor
 a client learns when a record leaves its filter). Each connection receives at most one frame per
 change however many of its subscriptions match.
 
+What a connection receives depends on what it may see, not only on what it asked for. A
+subscription's effective filter has two parts: the **access part** (the keys its ``subscribe``
+guard imposed, plus the resource's read rule bound to the connection's user) and the
+**selection part** (the client's own keys). A record reaches a connection only if it passes the
+read rule for that connection. For an update whose before-image the connection could see:
+
+- the after-image passes the access part: ``event update`` with the after-image, even when it
+  left the client's own selection (the client learns that it left);
+- it fails the access part (a room made private, a collaborator removed): ``event leave`` with
+  ``{id}`` only, so a record that moved out of someone's access carries none of its new
+  content to them.
+
+A connection whose subscriptions disagree gets the update when any of them allows it.
+
 Cost follows the number of candidate subscriptions, not all of them: each subscription is
 indexed under one equality term of its effective filter (``{"roomId": "r1"}`` files it under
 ``roomId -> "r1"``); subscriptions without any equality term sit in a residual list that every
@@ -16,6 +30,7 @@ filters.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +45,26 @@ if TYPE_CHECKING:
 log = get_logger("s3db.ws")
 
 _UNINDEXABLE = index_key([])
+Predicate = Callable[[Any], bool]
+
+# What a connection gets for one change: nothing, the record, or a ``leave`` with its id.
+NOTHING, RECORD, LEAVE = 0, 2, 1
 
 
 class Subscription:
     """One subscribe frame's standing query on one resource."""
 
-    __slots__ = ("connection", "resource", "client_filter", "filter", "events", "predicate", "term")
+    __slots__ = (
+        "connection",
+        "resource",
+        "client_filter",
+        "filter",
+        "events",
+        "predicate",
+        "term",
+        "access",
+        "read",
+    )
 
     def __init__(
         self,
@@ -44,25 +73,57 @@ class Subscription:
         client_filter: dict[str, Any],
         filter: dict[str, Any],
         events: frozenset[str],
-        predicate: Callable[[Any], bool],
+        predicate: Predicate,
+        *,
+        access: Predicate | None = None,
+        read: Predicate | None = None,
     ) -> None:
         self.connection = connection
         self.resource = resource
         self.client_filter = client_filter
         self.filter = filter
         self.events = events
-        self.predicate = predicate
+        self.predicate = predicate  # the effective filter, compiled
+        # The guard's imposed keys, compiled (None: the guard imposed none).
+        self.access = access
+        # The resource's read rule bound to the connection's user (None: the resource has none).
+        self.read = read
         # (field, index key) under which the subscription is indexed; None = residual.
         self.term: tuple[str, Hashable] | None = None
 
     def matches(self, record: dict[str, Any] | None) -> bool:
+        """Whether ``record`` passes the effective filter and the read rule."""
         if record is None:
             return False
         try:
-            return self.predicate(record)
+            return self.predicate(record) and (self.read is None or bool(self.read(record)))
         except Exception:  # predicates do not raise; never let one break delivery for others
-            log.exception("subscription predicate failed", resource=self.resource)
+            _failed("subscription predicate failed", self.resource)
             return False
+
+    def accessible(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` passes the access part: the guard's keys and the read rule."""
+        try:
+            return (self.access is None or self.access(record)) and (
+                self.read is None or bool(self.read(record))
+            )
+        except Exception:  # fail closed
+            _failed("subscription access check failed", self.resource)
+            return False
+
+    def delivery(self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None) -> int:
+        """``RECORD``, ``LEAVE`` or ``NOTHING`` for one change (the module docstring's rule)."""
+        if self.matches(after):
+            return RECORD
+        if not self.matches(before):
+            return NOTHING
+        if after is None:  # a delete the connection could see
+            return RECORD
+        return RECORD if self.accessible(after) else LEAVE
+
+
+def _failed(message: str, resource: str) -> None:
+    log.exception(message, error_id=secrets.token_hex(8), resource=resource)
 
 
 class ResourceSubscriptions:
@@ -158,11 +219,16 @@ class SubscriptionRegistry:
             self._unindex(sub)
 
     def reindex(
-        self, sub: Subscription, filter: dict[str, Any], predicate: Callable[[Any], bool]
+        self,
+        sub: Subscription,
+        filter: dict[str, Any],
+        predicate: Predicate,
+        access: Predicate | None = None,
     ) -> None:
-        """Give ``sub`` another effective filter (a re-check narrowed it differently)."""
+        """Give ``sub`` another effective filter (a re-check narrowed it differently), with its
+        access part (the guard's keys, compiled)."""
         self._unindex(sub)
-        sub.filter, sub.predicate = filter, predicate
+        sub.filter, sub.predicate, sub.access = filter, predicate, access
         self._index(sub)
 
     def _index(self, sub: Subscription) -> None:
@@ -176,12 +242,19 @@ class SubscriptionRegistry:
                 del self._by_resource[sub.resource]
 
     def receivers(self, change: Change, policy: ResourcePolicy) -> list[Connection]:
-        """The connections that must receive ``change``, each once."""
+        """The connections that must receive ``change``'s record, each once."""
+        return self.deliveries(change, policy)[0]
+
+    def deliveries(
+        self, change: Change, policy: ResourcePolicy
+    ) -> tuple[list[Connection], list[Connection]]:
+        """The connections that must receive ``change``'s record, and those that must receive
+        ``leave`` instead (the record left their access); each connection at most once."""
         if change.event not in policy.events:
-            return []
+            return [], []
         subs = self._by_resource.get(change.resource)
         if subs is None:
-            return []
+            return [], []
         event = change.event
         after = change.record if event != "delete" else None
         before = change.previous
@@ -196,6 +269,7 @@ class SubscriptionRegistry:
             groups.append(subs.residual)
         check_role = policy.requires_user
         receivers: dict[Connection, None] = {}
+        leaving: dict[Connection, None] = {}
         for group in groups:
             for sub in group:
                 conn = sub.connection
@@ -203,6 +277,22 @@ class SubscriptionRegistry:
                     continue
                 if check_role and not policy.role_allows(conn.user):
                     continue
-                if sub.matches(after) or sub.matches(before):
+                try:
+                    if sub.access is None and sub.read is None:  # nothing to leave: the hot path
+                        predicate = sub.predicate
+                        if (after is not None and predicate(after)) or (
+                            before is not None and predicate(before)
+                        ):
+                            receivers[conn] = None
+                        continue
+                    outcome = sub.delivery(event, after, before)
+                except Exception:  # fail closed for this subscription, never for the others
+                    _failed("subscription check failed", sub.resource)
+                    continue
+                if outcome == RECORD:
                     receivers[conn] = None
-        return list(receivers)
+                elif outcome == LEAVE:
+                    leaving[conn] = None
+        if leaving:  # a connection another of whose subscriptions still sees the record
+            return list(receivers), [conn for conn in leaving if conn not in receivers]
+        return list(receivers), []

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User, load_driver
 from s3db_auth_drivers.apikey import ApiKeyDriver
-from s3db_auth_drivers.base import _driver_entry_points
 from s3db_auth_drivers.jwt import JWTDriver
+from s3db_core.plugins import clear_entry_point_cache
 
 SECRET = "test-secret-that-is-at-least-32-bytes-long"
 CLAIMS = {"sub": "u1", "role": "admin", "tenantId": "t1", "name": "Ann", "email": "a@x.io"}
@@ -437,7 +437,7 @@ async def test_third_party_driver_installed_through_entry_point(tmp_path, monkey
     with pytest.raises(ValueError, match="unknown auth driver 'header-secret'"):
         load_driver("header-secret", {"secret": "s"})  # not on sys.path yet
     monkeypatch.syspath_prepend(str(tmp_path))
-    request.addfinalizer(_driver_entry_points.cache_clear)
+    request.addfinalizer(clear_entry_point_cache)
     request.addfinalizer(lambda: sys.modules.pop("s3db_test_driver", None))
 
     chain = AuthChain([{"driver": "header-secret", "config": {"secret": "open-sesame"}}])

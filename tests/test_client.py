@@ -79,6 +79,7 @@ def s3db_plugin_config(s3db_jwt_secret):
         "resources": {
             "notes": {
                 "protected": ["secret"],
+                "client_ids": True,  # the Conflict test inserts a chosen id twice
                 "guard": {"delete": only_admins_delete, "update": owner_only_update},
             },
             "rooms": {"guard": {"subscribe": rooms_only}},

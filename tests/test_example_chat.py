@@ -7,6 +7,7 @@ React client does through the browser's WebSocket (see test_seed_clients.py for 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from contextlib import AsyncExitStack
@@ -15,11 +16,12 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from example_process import running_example
+from ws_helpers import connect
 
 import examples.common
 from examples.chat.app import create_app, delete_expired_typing
 from examples.common import DEV_SECRET, Options, make_token, parse_options
-from s3db_ws_plugin.client import Client, Forbidden, NotFound
+from s3db_ws_plugin.client import Client, Forbidden, NotFound, ValidationFailed
 
 SECRET = "chat-test-secret-with-enough-bytes"
 TYPING_TTL = 0.4
@@ -292,6 +294,56 @@ async def test_deleting_a_room_deletes_its_history(chat):
         {"id": room["id"], "name": "team", "isPrivate": True, "members": ["bob"], "createdBy": "bob"}
     )
     assert (await bob.list("chat_messages", {"roomId": reborn["id"]})).items == []
+
+
+async def test_a_room_made_private_leaves_outsiders_with_its_id_only(chat):
+    alice, carol = await chat.user("alice"), await chat.user("carol")
+    room = await alice.insert("chat_rooms", {"name": "general"})
+    async with connect(chat.plugin.url, token=chat.token("carol", name="Carol")) as raw:
+        await raw.call("subscribe", resource="chat_rooms")
+        carol_rooms = await carol.subscribe("chat_rooms")
+        await alice.update(
+            "chat_rooms", room["id"], {"name": "hideout", "isPrivate": True, "members": ["dave"]}
+        )
+        frames = await raw.sync()
+        assert [(f["event"], f["data"]) for f in frames] == [("leave", {"id": room["id"]})]
+        assert "hideout" not in json.dumps(frames) and "dave" not in json.dumps(frames)
+        assert (await next_event(carol_rooms)).event == "leave"
+        # Nothing of it afterwards, and a get finds nothing.
+        await alice.update("chat_rooms", room["id"], {"description": "plans"})
+        assert await raw.sync() == []
+        with pytest.raises(NotFound):
+            await carol.get("chat_rooms", room["id"])
+        # Its members still see it change.
+        assert (await alice.get("chat_rooms", room["id"]))["description"] == "plans"
+
+
+async def test_a_member_removed_from_a_private_room_gets_leave_not_its_new_state(chat):
+    alice = await chat.user("alice")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob"]})
+    async with connect(chat.plugin.url, token=chat.token("bob", name="Bob")) as bob:
+        # Bob follows the private rooms he belongs to (the room list's own form).
+        await bob.call("subscribe", resource="chat_rooms", filter={"members[]": "bob"})
+        await alice.update("chat_rooms", room["id"], {"members": ["carol"], "name": "no bob here"})
+        frames = await bob.sync()
+        assert [(f["event"], f["data"]) for f in frames] == [("leave", {"id": room["id"]})]
+        assert "no bob here" not in json.dumps(frames) and "carol" not in json.dumps(frames)
+
+
+async def test_clients_cannot_choose_ids(chat):
+    # A removed member cannot re-create a deleted room under its old id (nor squat or probe
+    # ids): a client-chosen id is refused whatever it is, taken or free.
+    alice, bob = await chat.user("alice"), await chat.user("bob")
+    room = await alice.insert("chat_rooms", {"name": "team", "isPrivate": True, "members": ["bob"]})
+    await alice.delete("chat_rooms", room["id"])
+    for id in (room["id"], "AAAAAAAAAAAAAAAAAAAAAA"):
+        for resource, data in (
+            ("chat_rooms", {"id": id, "name": "team"}),
+            ("chat_messages", {"id": id, "roomId": room["id"], "content": "x"}),
+        ):
+            with pytest.raises(ValidationFailed):
+                await bob.insert(resource, data)
+    assert await chat.db.resources.chat_rooms.get_or_none(room["id"]) is None
 
 
 async def test_typing_indicators_appear_and_are_cleaned_up(chat):

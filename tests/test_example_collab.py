@@ -8,6 +8,7 @@ what they must not see (the document's content, anything at all for Eve).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from contextlib import asynccontextmanager
 
@@ -149,6 +150,25 @@ async def test_collaborators_edit_together_and_content_never_leaves_the_server(a
         assert await eve.sync() == []
 
 
+async def test_the_seeds_subscribe_form_names_the_document_by_document_id(app):
+    # The seed subscribes to documents with {documentId}: accepted for its owner and
+    # collaborators, and turned into the filter on the document's own id.
+    db, plugin = app
+    async with user(plugin, "alice") as alice, user(plugin, "bob") as bob, user(plugin, "eve") as eve:
+        doc_id = (await shared_document(alice, "bob"))["id"]
+        other_id = (await shared_document(alice, "bob"))["id"]
+        for client in (alice, bob):
+            sub = await ok(client, "subscribe", resource="documents", filter={"documentId": doc_id})
+            assert sub["filter"] == {"id": doc_id}
+        await refused(eve, "subscribe", resource="documents", filter={"documentId": doc_id})
+        await refused(eve, "subscribe", resource="documents", filter={"documentId": "no-such-document"})
+        await refused(bob, "subscribe", resource="documents", filter={"documentId": {"$ne": "x"}})
+        await refused(bob, "subscribe", resource="documents", filter={"documentId": doc_id, "id": other_id})
+        await ok(alice, "update", resource="documents", id=doc_id, data={"title": "Renamed"})
+        await ok(alice, "update", resource="documents", id=other_id, data={"title": "Elsewhere"})
+        assert [(e, i) for _, e, i in seen(await bob.sync())] == [("update", doc_id)]
+
+
 async def test_outsiders_are_refused_everywhere(app):
     db, plugin = app
     async with user(plugin, "alice") as alice, user(plugin, "eve") as eve:
@@ -235,9 +255,14 @@ async def test_a_removed_collaborator_loses_the_documents_streams_at_once(app):
         await ok(alice, "update", resource="documents", id=doc_id, data={"title": "Renamed"})
         assert seen(await bob.sync()) == [("documents", "update", doc_id)]
 
-        # The update that removes bob returns once his three subscriptions are revoked.
-        await ok(alice, "update", resource="documents", id=doc_id, data={"collaborators": []})
+        # The update that removes bob returns once his three subscriptions are revoked, and
+        # what it changes (here a new title too) never reaches him: at most that it left.
+        await ok(alice, "update", resource="documents", id=doc_id,
+                 data={"collaborators": [], "title": "Without Bob"})
         frames = await bob.sync()
+        events = [(f["event"], f["data"]) for f in frames if f["type"] == "event"]
+        assert events in ([], [("leave", {"id": doc_id})])
+        assert "Without Bob" not in json.dumps(frames)
         revoked = [f for f in frames if f["type"] == "error"]
         assert [(f["code"], f["details"]) for f in revoked] == [
             ("FORBIDDEN", {"resource": resource, "filter": filter, "revoked": True})

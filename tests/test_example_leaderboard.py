@@ -129,19 +129,29 @@ async def test_players_only_see_their_own_matches(app):
         assert one["filter"] == {"id": match["id"]}
         await refused(cy, "subscribe", resource="matches", filter={"id": match["id"]})
         await refused(cy, "subscribe", resource="matches", filter={"id": "no-such-match"})
-        hint = await refused(ada, "subscribe", resource="matches", filter={"matchId": match["id"]})
-        assert "'id'" in hint["message"]
+        # The seed's own form, {matchId}, works too, for players only: it means the match's id.
+        seed_form = await ok(ada, "subscribe", resource="matches", filter={"matchId": match["id"]})
+        assert seed_form["filter"] == {"id": match["id"]}
+        await refused(cy, "subscribe", resource="matches", filter={"matchId": match["id"]})
+        await refused(cy, "subscribe", resource="matches", filter={"matchId": {"$ne": "x"}})
+        other = (await ok(gs, "insert", resource="matches", data={"players": ["cy"]}))["data"]
+        # Naming two different matches at once is refused, not silently narrowed.
+        await refused(ada, "subscribe", resource="matches", filter={"matchId": match["id"], "id": other["id"]})
 
         await ok(gs, "update", resource="matches", id=match["id"], data={"status": "playing"})
-        # Ada gets each change once, although two of her subscriptions match it.
+        # Ada gets each change once, although three of her subscriptions match it.
         assert [(f["event"], f["data"]["status"]) for f in await ada.sync()] == [("insert", "waiting"), ("update", "playing")]
-        assert await cy.sync() == [] and await anon.sync() == []
+        await ok(gs, "update", resource="matches", id=other["id"], data={"status": "playing"})
+        assert await ada.sync() == []
+        assert [f["data"]["id"] for f in await cy.sync()] == [other["id"], other["id"]]
+        assert await anon.sync() == []
 
         await ok(ada, "get", resource="matches", id=match["id"])
         await refused(cy, "get", resource="matches", id=match["id"])
         await refused(anon, "get", resource="matches", id=match["id"])
         assert [m["id"] for m in (await ok(ada, "list", resource="matches"))["data"]] == [match["id"]]
-        assert (await ok(cy, "list", resource="matches", filter={"players[]": "ada"}))["data"] == []
+        widened = await ok(cy, "list", resource="matches", filter={"players[]": "ada"})
+        assert [m["id"] for m in widened["data"]] == [other["id"]]  # cy's own, not ada's
         # The game server follows every match.
         assert (await ok(gs, "subscribe", resource="matches"))["filter"] == {}
 

@@ -92,6 +92,28 @@ async def test_the_seed_story_one_tenant_works_the_other_sees_nothing(app):
         assert (await db.resources.projects.get(project["id"]))["name"] == "Rocket 2"
 
 
+async def test_another_tenants_ids_can_be_neither_probed_nor_squatted(app):
+    # Inserting with another tenant's record id must not answer CONFLICT (which says the id
+    # exists): a client-chosen id is refused the same way whether it is taken or free.
+    db, plugin = app
+    async with login(plugin, "gil", "globex", "admin") as gil, login(plugin, "bert", "acme") as bert:
+        theirs = (await ok(gil, "insert", resource="projects", data={"name": "Secret merger"}))["data"]
+        task = (await ok(gil, "insert", resource="tasks", data={"projectId": theirs["id"], "title": "t"}))["data"]
+        answers = []
+        for resource, taken in (("projects", theirs["id"]), ("tasks", task["id"])):
+            for id in (taken, "AAAAAAAAAAAAAAAAAAAAAA"):
+                data = {"id": id, "name": "mine", "projectId": "x", "title": "mine"}
+                reply = await bert.call("insert", resource=resource, data=data)
+                answers.append((reply["type"], reply.get("code")))
+        assert set(answers) == {("error", "VALIDATION_ERROR")}
+        # The other tenant's records are untouched, and bert's get of them says nothing more.
+        assert (await db.resources.projects.get(theirs["id"]))["name"] == "Secret merger"
+        assert await db.resources.projects.count() == 1
+        missing = await bert.call("get", resource="projects", id="AAAAAAAAAAAAAAAAAAAAAA")
+        existing = await bert.call("get", resource="projects", id=theirs["id"])
+        assert missing["code"] == existing["code"]
+
+
 async def test_a_token_without_a_tenant_is_refused_everything(app):
     db, plugin = app
     project = await db.resources.projects.insert({"tenantId": "acme", "name": "P", "createdBy": "ada"})

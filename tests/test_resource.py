@@ -133,13 +133,16 @@ async def test_update_with_a_preloaded_record_skips_the_read(db):
     assert counts(db) == {"GET": 1, "DELETE": 1}
 
 
-async def test_stale_preloaded_record_is_retried_not_lost(db):
+async def test_stale_preloaded_record_is_a_conflict_not_a_lost_update(db):
+    """A caller that passed what it read is told the record changed; its patch is not re-applied
+    to the newer record (compare-and-set)."""
     items = await db.create_resource("items", {"a": "number|optional", "b": "number|optional"})
     rec = await items.insert({"a": 0})
     stale = await items.get_versioned(rec["id"])
     await items.update(rec["id"], {"a": 1})
-    result = await items.update(rec["id"], {"b": 2}, current=stale)
-    assert result["a"] == 1 and result["b"] == 2
+    with pytest.raises(ConflictError):
+        await items.update(rec["id"], {"b": 2}, current=stale)
+    assert await items.get(rec["id"]) == {"id": rec["id"], "a": 1}
 
 
 async def test_list_of_100_costs_one_list_and_100_gets(db):

@@ -377,7 +377,7 @@ async def test_validation_error_lists_every_failing_field():
 
 
 async def test_conflict_on_duplicate_id():
-    async with serve(notes_resource, resources={"notes": True}) as (_, plugin):
+    async with serve(notes_resource, resources={"notes": {"client_ids": True}}) as (_, plugin):
         async with connect(plugin.url) as client:
             first = await client.call("insert", resource="notes", data={"id": "n1", "title": "a"})
             assert first["type"] == "inserted"
@@ -448,7 +448,7 @@ async def test_large_frames_round_trip():
 
 
 async def test_health_and_metrics():
-    async with serve(notes_resource, resources={"notes": True}) as (_, plugin):
+    async with serve(notes_resource, resources={"notes": True}, metrics=True) as (_, plugin):
         async with connect(plugin.url) as client, aiohttp.ClientSession() as http:
             await client.call("subscribe", resource="notes")
             await client.call("bogus")

@@ -76,7 +76,11 @@ async def test_a_half_sent_upgrade_request_is_cut_off_at_the_header_deadline():
             dripping = asyncio.create_task(trickle())
             try:
                 async with asyncio.timeout(0.5 + MARGIN):
-                    assert await reader.read() == b""  # the server closed the connection
+                    try:
+                        left = await reader.read()
+                    except ConnectionResetError:  # closed while a header line was on its way
+                        left = b""
+                    assert left == b""  # the server closed the connection, answering nothing
             finally:
                 dripping.cancel()
                 await asyncio.gather(dripping, return_exceptions=True)

@@ -188,6 +188,9 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
     return {
         "chat_rooms": {
             "events": ["insert", "update"],
+            # Who may see a room at all, checked on every room that leaves the server: a room
+            # made private reaches outsiders as `leave {id}`, never its new name or members.
+            "read": {"$or": [{"isPrivate": False}, {"members[]": "$user.id"}]},
             "guard": {
                 "list": lambda user, ctx: rooms_visible(user, ctx.filter or {}),
                 "subscribe": rooms_visible,

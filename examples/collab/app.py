@@ -5,8 +5,9 @@ the ``documents`` resource and the shape of an operation, which the seed leaves 
 in here (README.md lists every choice):
 
 * ``documents`` broadcast only updates and never send ``content`` to any client (protected).
-  Owners and collaborators read a document and subscribe to it by ``{"id": ...}``; only the
-  owner changes its collaborators or deletes it.
+  Owners and collaborators read a document and subscribe to it by the seed's
+  ``{"documentId": ...}`` (or ``{"id": ...}``); only the owner changes its collaborators or
+  deletes it.
 * ``document_operations`` is the append-only edit log: ``insert`` ``text`` at ``position`` or
   ``delete`` ``length`` characters at ``position``. The server folds each operation into the
   document's stored ``content`` in commit order (``OperationLog``), bumps its ``version`` and
@@ -145,10 +146,11 @@ def resources_config(db: Database) -> dict[str, Any]:
 
     # -- documents ---------------------------------------------------------------------------
     async def document_subscribe(user: Any, filter: dict[str, Any]) -> dict[str, Any] | bool:
-        # The seed's `filter.documentId`: a document is named by its own id.
-        doc_id = filter.get("id")
-        if not isinstance(doc_id, str):
-            raise ForbiddenError("subscribe to one document: filter {'id': <document id>}")
+        # The seed's `filter.documentId` names the document; {"id": ...} does too. Either way
+        # the subscription is to that document's own id (the seed's key is dropped).
+        doc_id = filter.pop("documentId", filter.get("id"))
+        if not isinstance(doc_id, str) or filter.get("id", doc_id) != doc_id:
+            raise ForbiddenError("subscribe to one document: filter {'documentId': <document id>}")
         return {"id": doc_id} if can_access(await find_record(documents, doc_id), user) else False
 
     def document_list(user: Any, ctx: Any) -> dict[str, Any]:
@@ -214,6 +216,9 @@ def resources_config(db: Database) -> dict[str, Any]:
         "documents": {
             "events": ["update"],
             "protected": ["content"],  # don't broadcast full content
+            # Who may see a document at all, checked on every record that leaves the server:
+            # the change that removes a collaborator reaches them as `leave`, never its content.
+            "read": {"$or": [{"ownerId": "$user.id"}, {"collaborators[]": "$user.id"}]},
             "guard": {
                 "subscribe": document_subscribe,
                 "list": document_list,

@@ -71,11 +71,13 @@ def resources_config(db: Database) -> dict[str, Any]:
         signed_in(user)
         if is_game_server(user):
             return True
-        if "matchId" in filter:
-            raise ForbiddenError("a match is named by its id: filter {'id': <match id>}")
-        # Users can only subscribe to matches they're in (the seed's `filter.matchId`)
-        if "id" in filter:
-            match = await find_record(matches, filter["id"])
+        # Users can only subscribe to matches they're in (the seed's `filter.matchId`, or
+        # {"id": ...}): either way the subscription is to that match's own id.
+        if "matchId" in filter or "id" in filter:
+            match_id = filter.pop("matchId", filter.get("id"))
+            if filter.get("id", match_id) != match_id:
+                raise ForbiddenError("name one match: filter {'matchId': <match id>}")
+            match = await find_record(matches, match_id)
             if match is None or user.id not in match["players"]:
                 return False
             return {"id": match["id"]}

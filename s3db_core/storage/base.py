@@ -112,8 +112,11 @@ class StorageClient(Protocol):
     async def head(self, key: str) -> StoredObject:
         """Read metadata only (1 HEAD, body is b""); ObjectNotFound if missing."""
 
-    async def delete(self, key: str) -> None:
-        """Delete one object (1 DELETE); deleting a missing key is not an error."""
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete one object (1 DELETE); deleting a missing key is not an error.
+
+        ``if_match=etag`` deletes only that version (PreconditionFailed if it changed or is gone).
+        """
 
     async def list(
         self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
@@ -123,10 +126,30 @@ class StorageClient(Protocol):
         ``next_start_after`` is the last key of the page when more keys follow, else None.
         """
 
+    # Optional: ``def key_problem(self, key: str) -> str | None`` says why ``key`` cannot be
+    # stored (too long for the store), or None; the core asks before writing. Without it, keys
+    # are held to S3's limit (see ``s3_key_problem``).
+    #
     # Optional: ``async def get_many(self, keys: list[str]) -> list[StoredObject | None]`` reads
     # a batch (1 GET per key, counted so; None for a missing key). A client whose reads finish
     # without waiting (memory) offers it so a listing needs no task per key; without it the
     # resource issues concurrent ``get`` calls.
+
+
+S3_MAX_KEY_BYTES = 1024
+S3_MAX_SEGMENT_BYTES = 255
+
+
+def s3_key_problem(full_key: str) -> str | None:
+    """S3 keys are at most 1,024 bytes of UTF-8 (prefix included); servers that keep objects as
+    files (SeaweedFS, MinIO) also need every ``/``-separated segment within 255 bytes."""
+    size = len(full_key.encode("utf-8", "surrogatepass"))
+    if size > S3_MAX_KEY_BYTES:
+        return f"its key would be {size} bytes, over the store's {S3_MAX_KEY_BYTES}-byte key limit"
+    longest = max(len(seg.encode("utf-8", "surrogatepass")) for seg in full_key.split("/"))
+    if longest > S3_MAX_SEGMENT_BYTES:
+        return f"a key segment would be {longest} bytes, over the {S3_MAX_SEGMENT_BYTES}-byte segment limit"
+    return None
 
 
 def body_etag(body: bytes) -> str:

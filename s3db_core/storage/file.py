@@ -20,6 +20,7 @@ import asyncio
 import fcntl
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 
-from s3db_core.errors import StorageError
+from s3db_core.errors import DamagedRecordError, StorageError
 from s3db_core.storage.base import (
     ListPage,
     ObjectNotFound,
@@ -69,6 +70,7 @@ class FileStorage:
         self.root = Path(unquote(url[len("file://") :].partition("?")[0]) or ".").absolute()
         self.prefix = ""
         self.requests = RequestCounter()
+        self._name_max, self._path_max = _fs_limits(self.root)
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -126,16 +128,41 @@ class FileStorage:
         return await self._read(key, path, False)
 
     async def _read(self, key: str, path: Path, with_body: bool) -> StoredObject:
-        found = await self._run(_read, path, with_body)
+        try:
+            found = await self._run(_read, path, with_body)
+        except (ValueError, TypeError) as e:  # a truncated or foreign file: not an object of ours
+            raise DamagedRecordError(key, f"{self.describe()}: damaged object {key!r}") from e
         if found is None:
             raise ObjectNotFound(key)
         header, body = found
         return StoredObject(key, body, header["metadata"], header["etag"])
 
-    async def delete(self, key: str) -> None:
+    def key_problem(self, key: str) -> str | None:
+        """Every escaped key segment must fit the file system's name limit (the object's own
+        segment with room for its temp-file suffix) and the whole path its path limit."""
+        for seg in key.split("/"):
+            if seg in ("", ".", ".."):
+                return "it has an empty, . or .. key segment"
+        *dirs, name = map(_escape, key.split("/"))
+        for seg, room in [(d, 0) for d in dirs] + [(name, len(_OBJ) + _TEMP_SUFFIX)]:
+            size = len(seg.encode()) + room
+            if size > self._name_max:
+                return f"a file name would be {size} bytes, over this file system's {self._name_max}"
+        size = len(str(self.root).encode()) + sum(len(s.encode()) + 1 for s in (*dirs, name)) + 40
+        if size > self._path_max:
+            return f"its path would be {size} bytes, over this file system's {self._path_max}"
+        return None
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
         self.requests.add("DELETE")
-        await self._run(_delete, path)
+        if not await self._run(_delete, path, if_match):
+            raise PreconditionFailed(key)
+
+    async def remove_temp_files(self, older_than: float, *, dry_run: bool = False) -> int:
+        """Remove temp files a killed writer left behind (older than ``older_than`` seconds, so a
+        write in progress keeps its own); returns how many there were."""
+        return await self._run(_remove_temp_files, self.root, older_than, dry_run)
 
     async def list(
         self, prefix: str, *, start_after: str | None = None, max_keys: int = 1000
@@ -147,11 +174,28 @@ class FileStorage:
         return ListPage(keys, keys[-1] if more and keys else None)
 
 
+_TEMP_SUFFIX = len(".") + 32 + len("%t")  # a temp file is "<name>.<uuid hex>%t"
+
+
+def _fs_limits(root: Path) -> tuple[int, int]:
+    """NAME_MAX and PATH_MAX of the file system holding ``root`` (255 / 4096 when unknown)."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX"), os.pathconf(probe, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        return 255, 4096
+
+
 def _read(path: Path, with_body: bool) -> tuple[dict, bytes] | None:
+    """(header, body) of an object file, None if missing; ValueError if it is damaged."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(4), "big")
             header = orjson.loads(f.read(size))
+            if not isinstance(header, dict) or not isinstance(header.get("metadata"), dict):
+                raise ValueError("not an object header")
             return header, f.read() if with_body else b""
     except FileNotFoundError:
         return None
@@ -181,12 +225,37 @@ def _write(
         tmp.unlink(missing_ok=True)
 
 
-def _delete(path: Path) -> None:
+def _delete(path: Path, if_match: str | None) -> bool:
+    """Delete the object unless ``if_match`` names another version (or none); False then."""
     try:
         with _dir_lock(path.parent):
+            if if_match is not None:
+                current = _read(path, False)
+                if current is None or current[0]["etag"] != if_match:
+                    return False
             path.unlink(missing_ok=True)
     except FileNotFoundError:  # the directory itself does not exist
-        pass
+        return if_match is None
+    return True
+
+
+def _remove_temp_files(root: Path, older_than: float, dry_run: bool) -> int:
+    cutoff = time.time() - older_than
+    found = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            if not name.endswith("%t"):
+                continue
+            path = Path(directory, name)
+            try:
+                if path.stat().st_mtime > cutoff:
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            found += 1
+    return found
 
 
 @contextmanager

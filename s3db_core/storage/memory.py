@@ -22,6 +22,7 @@ from s3db_core.storage.base import (
     body_etag,
     full_prefix,
     normalize_metadata,
+    s3_key_problem,
 )
 
 
@@ -113,10 +114,18 @@ class MemoryStorage:
         body, metadata, etag = found
         return StoredObject(key, body if with_body else b"", dict(metadata), etag)
 
-    async def delete(self, key: str) -> None:
+    def key_problem(self, key: str) -> str | None:
+        """The same key limit as S3, so code tested in memory fits a real store."""
+        return s3_key_problem(self._root + key)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         self.requests.add("DELETE")
         full = self._root + key
         bucket = self._bucket
+        if if_match is not None:
+            current = bucket.objects.get(full)
+            if current is None or current[2] != if_match:
+                raise PreconditionFailed(key)
         if bucket.objects.pop(full, None) is not None:
             keys = bucket.keys
             del keys[bisect_left(keys, full)]

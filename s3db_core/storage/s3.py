@@ -9,8 +9,11 @@ KEY and SECRET are URL-decoded. Conditional puts use ``If-None-Match: *`` / ``If
 (and 409 ConditionalRequestConflict) become PreconditionFailed, NoSuchKey/404 ObjectNotFound,
 every other failure StorageError naming the endpoint and bucket, never the credentials.
 
-Timeouts (connect 2 s, read 10 s) and botocore's standard retries (3 attempts in all) are
-bounded, so a store that is down fails within a few seconds. ``requests`` counts logical calls:
+Every request is bounded in time: ``connect_timeout`` (2 s) to open a connection,
+``read_timeout`` (10 s) for each read from the socket, and ``timeout`` (20 s), the total for one
+call including botocore's standard retries (3 attempts in all) and a PUT's ``Expect:
+100-continue`` wait; past it the call raises StorageError. Set them in the URL query in seconds,
+e.g. ``http://k:s@host:9000/bucket?timeout=5&connect_timeout=1``. ``requests`` counts logical calls:
 one per method call, whatever botocore retried underneath.
 
 SeaweedFS lists directory by directory rather than in strict byte order when keys of different
@@ -20,6 +23,7 @@ one partition value) come in byte order on every store.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from functools import cache
 from typing import Any
@@ -40,6 +44,7 @@ from s3db_core.storage.base import (
     StoredObject,
     full_prefix,
     normalize_metadata,
+    s3_key_problem,
 )
 
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, OSError, TimeoutError)
@@ -47,10 +52,28 @@ _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
 
 
-def _config(path_style: bool) -> AioConfig:
+DEFAULT_CONNECT_TIMEOUT = 2.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_TIMEOUT = 20.0
+
+
+def _seconds(query: dict[str, str], name: str, default: float) -> float:
+    text = query.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise ValueError(f"storage URL option {name} must be a number of seconds in (0, 3600]")
+    return value
+
+
+def _config(path_style: bool, connect_timeout: float, read_timeout: float) -> AioConfig:
     return AioConfig(
-        connect_timeout=2,
-        read_timeout=10,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
         retries={"max_attempts": 3, "mode": "standard"},
         max_pool_connections=64,
         s3={"addressing_style": "path" if path_style else "auto"},
@@ -77,6 +100,9 @@ class S3Storage:
         self._secret_key = unquote(secret) or None
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self._region = query.get("region")
+        self.connect_timeout = _seconds(query, "connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        self.read_timeout = _seconds(query, "read_timeout", DEFAULT_READ_TIMEOUT)
+        self.timeout = _seconds(query, "timeout", DEFAULT_TIMEOUT)
         path = unquote(parts.path).strip("/")
         if parts.scheme == "s3":
             self.endpoint: str | None = None
@@ -111,12 +137,15 @@ class S3Storage:
                 endpoint_url=self.endpoint,
                 aws_access_key_id=self._access_key,
                 aws_secret_access_key=self._secret_key,
-                config=_config(path_style=self.endpoint is not None),
+                config=_config(
+                    self.endpoint is not None, self.connect_timeout, self.read_timeout
+                ),
             )
         )
         self._stack = stack
         try:
-            await self._client.head_bucket(Bucket=self.bucket)
+            async with asyncio.timeout(self.timeout):
+                await self._client.head_bucket(Bucket=self.bucket)
         except (ClientError, *_TRANSPORT_ERRORS) as e:
             await self.close()
             if _status(e) == 404:
@@ -139,6 +168,8 @@ class S3Storage:
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
             text = f"{err.get('Code', _status(e))} {err.get('Message', '')}".strip()
+        elif isinstance(e, TimeoutError):
+            text = f"no reply within the {self.timeout:g} s timeout"
         else:
             text = f"{type(e).__name__}: {e}"
         return redact(text, (self._secret_key, self._access_key))
@@ -170,7 +201,8 @@ class S3Storage:
         client = self.client
         self.requests.add("PUT")
         try:
-            resp = await client.put_object(**args)
+            async with asyncio.timeout(self.timeout):
+                resp = await client.put_object(**args)
         except ClientError as e:
             code = _code(e)
             lost = _status(e) == 412 or code in _PRECONDITION_CODES
@@ -186,9 +218,10 @@ class S3Storage:
         client = self.client
         self.requests.add("GET")
         try:
-            resp = await client.get_object(Bucket=self.bucket, Key=self._root + key)
-            async with resp["Body"] as stream:
-                body = await stream.read()
+            async with asyncio.timeout(self.timeout):
+                resp = await client.get_object(Bucket=self.bucket, Key=self._root + key)
+                async with resp["Body"] as stream:
+                    body = await stream.read()
         except (ClientError, *_TRANSPORT_ERRORS) as e:
             raise self._missing_or_failure("GET", key, e) from e
         return StoredObject(key, body, resp["Metadata"], resp["ETag"])
@@ -197,7 +230,8 @@ class S3Storage:
         client = self.client
         self.requests.add("HEAD")
         try:
-            resp = await client.head_object(Bucket=self.bucket, Key=self._root + key)
+            async with asyncio.timeout(self.timeout):
+                resp = await client.head_object(Bucket=self.bucket, Key=self._root + key)
         except (ClientError, *_TRANSPORT_ERRORS) as e:
             raise self._missing_or_failure("HEAD", key, e) from e
         return StoredObject(key, b"", resp["Metadata"], resp["ETag"])
@@ -208,12 +242,26 @@ class S3Storage:
                 return ObjectNotFound(key)
         return self._failure(op, key, e)
 
-    async def delete(self, key: str) -> None:
+    def key_problem(self, key: str) -> str | None:
+        return s3_key_problem(self._root + key)
+
+    async def delete(self, key: str, *, if_match: str | None = None) -> None:
         client = self.client
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self._root + key}
+        if if_match is not None:
+            args["IfMatch"] = if_match
         self.requests.add("DELETE")
         try:
-            await client.delete_object(Bucket=self.bucket, Key=self._root + key)
-        except (ClientError, *_TRANSPORT_ERRORS) as e:
+            async with asyncio.timeout(self.timeout):
+                await client.delete_object(**args)
+        except ClientError as e:
+            code = _code(e)
+            if if_match is not None and (
+                _status(e) in (404, 412) or code in _PRECONDITION_CODES or code in _MISSING_CODES
+            ):
+                raise PreconditionFailed(key) from e
+            raise self._failure("DELETE", key, e) from e
+        except _TRANSPORT_ERRORS as e:
             raise self._failure("DELETE", key, e) from e
 
     async def list(
@@ -229,7 +277,8 @@ class S3Storage:
         client = self.client
         self.requests.add("LIST")
         try:
-            resp = await client.list_objects_v2(**args)
+            async with asyncio.timeout(self.timeout):
+                resp = await client.list_objects_v2(**args)
         except (ClientError, *_TRANSPORT_ERRORS) as e:
             raise self._failure("LIST", prefix, e) from e
         cut = len(self._root)

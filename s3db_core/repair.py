@@ -1,0 +1,157 @@
+"""Finding and fixing damage in a store: ``await db.repair()`` / ``s3db repair URL``.
+
+What it looks for, in every resource the database knows (created in this process or recorded
+in ``s3db.json``):
+
+- records missing from a partition listing (their partition reference is gone: written by an
+  older version that was killed between the record and its reference): the reference is added;
+- references whose record is gone or has moved to another partition value: removed, but only
+  when older than ``grace`` seconds, so a write in flight (which writes references first) is
+  never disturbed;
+- damaged records (objects that cannot be read back): reported by key, left in place;
+- temp files a killed writer left in a ``file://`` store: removed when older than ``grace``.
+
+It reports what it found and did (``RepairReport``); ``dry_run=True`` only reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import DamagedRecordError
+from .resource import Resource
+from .storage.base import ObjectNotFound
+
+if TYPE_CHECKING:
+    from .database import Database
+
+DEFAULT_GRACE = 120.0
+CONCURRENCY = 32
+
+
+@dataclass
+class ResourceRepair:
+    records: int = 0
+    damaged: list[str] = field(default_factory=list)
+    references_added: list[str] = field(default_factory=list)
+    references_removed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RepairReport:
+    resources: dict[str, ResourceRepair] = field(default_factory=dict)
+    temp_files_removed: int = 0
+    dry_run: bool = False
+
+    @property
+    def clean(self) -> bool:
+        """Nothing was wrong."""
+        return not self.temp_files_removed and not any(
+            r.damaged or r.references_added or r.references_removed for r in self.resources.values()
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "temp_files_removed": self.temp_files_removed,
+            "resources": {
+                name: {
+                    "records": r.records,
+                    "damaged": r.damaged,
+                    "references_added": r.references_added,
+                    "references_removed": r.references_removed,
+                }
+                for name, r in self.resources.items()
+            },
+        }
+
+
+def _known_resources(db: Database) -> list[Resource]:
+    found = [db.resources[name] for name in db.resources]
+    for name, definition in db._saved_definitions.items():
+        if name not in db.resources:
+            found.append(
+                Resource(
+                    db,
+                    name,
+                    definition.get("attributes", {}),
+                    timestamps=definition.get("timestamps", False),
+                    partitions=definition.get("partitions"),
+                    behavior=definition.get("behavior", "body-overflow"),
+                )
+            )
+    return found
+
+
+async def repair(db: Database, *, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> RepairReport:
+    report = RepairReport(dry_run=dry_run)
+    for resource in _known_resources(db):
+        report.resources[resource.name] = await _repair_resource(resource, grace, dry_run)
+    cleanup = getattr(db.storage, "remove_temp_files", None)
+    if cleanup is not None:
+        report.temp_files_removed = await cleanup(grace, dry_run=dry_run)
+    return report
+
+
+async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> ResourceRepair:
+    out = ResourceRepair()
+    storage = resource.storage
+    sem = asyncio.Semaphore(CONCURRENCY)
+    expected: set[str] = set()
+
+    async def inspect(id: str) -> None:
+        async with sem:
+            try:
+                found = await resource.get_versioned(id)
+            except DamagedRecordError as error:
+                out.damaged.append(error.key)
+                return
+        if found is not None:
+            out.records += 1
+            expected.update(resource._partition_keys(found.record).values())
+
+    async for ids, _ in resource._ids(resource._data_prefix, None, 1000):
+        await asyncio.gather(*(inspect(i) for i in ids))
+    if not resource.partitions:
+        return out
+    existing: set[str] = set()
+    prefix = f"{resource._base}partition="
+    after: str | None = None
+    while True:
+        page = await storage.list(prefix, start_after=after, max_keys=1000)
+        existing.update(page.keys)
+        if page.next_start_after is None:
+            break
+        after = page.next_start_after
+    for key in sorted(expected - existing):
+        out.references_added.append(key)
+        if not dry_run:
+            await storage.put(key, resource._ref_body(), {})
+    now_ms = time.time() * 1000
+
+    async def maybe_remove(key: str) -> None:
+        async with sem:
+            try:
+                ref = await storage.get(key)
+            except ObjectNotFound:
+                return
+            written = int(ref.body) if ref.body.isdigit() else 0  # older versions wrote b""
+            if now_ms - written < grace * 1000:
+                return  # possibly a write in flight: its record may commit any moment
+            id = key.rsplit("/id=", 1)[1]
+            try:
+                found = await resource.get_versioned(id)
+            except DamagedRecordError:
+                return
+            if found is not None and key in resource._partition_keys(found.record).values():
+                return  # it became right meanwhile
+            out.references_removed.append(key)
+            if not dry_run:
+                await storage.delete(key)
+
+    await asyncio.gather(*(maybe_remove(k) for k in sorted(existing - expected)))
+    out.references_removed.sort()
+    return out
