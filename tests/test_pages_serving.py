@@ -3,15 +3,12 @@ WebSocket upgrades still reach the socket, and ``examples.pages`` serves every e
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served
-from playwright.sync_api import expect
 from ws_helpers import JWT_AUTH, make_token, serve
 
 from examples.common import Options, dev_login_route
@@ -80,28 +77,6 @@ def test_the_dev_login_is_served_only_with_dev():
     for dev in (True, False):
         options = Options(port=0, host="127.0.0.1", db="memory://", jwt_secret="s" * 32, dev=dev)
         assert ("/dev/login" in paths(example_page(app, options))) is dev
-
-
-@pytest.fixture(scope="module")
-def chromium_browser():
-    with chromium() as browser:
-        yield browser
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_every_page_opens_cleanly_on_a_phone(request, chromium_browser, name):
-    """Before anyone signs in: every asset loads, nothing logs an error, nothing scrolls sideways."""
-    create_app = importlib.import_module(f"examples.{name}.app").create_app
-    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
-        page = pages.new(viewport=PHONE)
-        failed: list[str] = []
-        page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
-        page.goto(f"{server.http_url}/")
-        expect(page.locator(".dev-banner")).to_contain_text("DEV ONLY")
-        expect(page.locator("#login")).to_be_visible()
-        assert failed == []
-        assert pages.errors() == []
-        assert horizontal_overflow(page) == 0
 
 
 async def test_the_dev_login_offers_only_its_fixed_claim_choices():
