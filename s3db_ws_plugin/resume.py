@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 
 from s3db_core import Change, Position
+from s3db_core.log import get_logger
 
 from .connection import text_frame
 from .subscriptions import LEAVE, NOTHING
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .guards import ResourcePolicy
     from .subscriptions import Subscription, SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 # Records whose newest fanned-out version a process remembers (LRU over all resources).
 VERSION_GATE_SIZE = 100_000
@@ -511,7 +511,7 @@ async def _snapshot(
     resumer: Resumer = plugin.resumer
     name = sub.resource
     resource = plugin.db.resources[name]
-    from .handlers import _page_within
+    from .handlers import page_within
 
     order = policy.order
     # As ``list`` reads: the read rule, the scan budget, then the reply's byte budget.
@@ -522,7 +522,7 @@ async def _snapshot(
         where=sub.read,
         scan_limit=plugin.list_scan_limit,
     )
-    data, cursor = _page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
+    data, cursor = page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
     records = page.items
     if cursor != page.cursor:  # cut by the byte budget: the guard knows only what was sent
         sent = orjson.loads(orjson.dumps(data))  # the page's fragments, as the client reads them
