@@ -137,11 +137,6 @@ def test_pytest_block_passes_in_a_new_project(block: Block, tmp_path: Path) -> N
     assert done.returncode == 0, f"{block.id} failed:\n{done.stdout}\n{done.stderr}"
 
 
-@pytest.mark.parametrize("block", [b for b in ALL if b.kind == "other"], ids=lambda b: b.id)
-def test_other_blocks_are_not_executed(block: Block) -> None:
-    pytest.skip(f"```{block.info or '(no language)'} blocks are shell commands, browser code or data")
-
-
 def test_docs_stand_on_their_own() -> None:
     """No pointer to material a user of the package does not have."""
     banned = re.compile(r"\bSPEC\b|\.\./shared|\b[Tt]he seed\b|§")
