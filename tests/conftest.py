@@ -100,6 +100,13 @@ def nats_url(nats_service: Service) -> str:
     return nats_service.url
 
 
+@pytest.fixture(params=["redis", "nats"])
+def shared_broker_url(request: pytest.FixtureRequest) -> str:
+    """A broker that several processes share (the local one is one process's own by design)."""
+    base = request.getfixturevalue(f"{request.param}_url")
+    return f"{base}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture(params=["local", "redis", "nats"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     """A broker URL per engine, with a prefix of its own so tests never see each other's streams.

@@ -141,12 +141,10 @@ async def test_history_is_bounded_by_age(store_url: str, broker_url: str) -> Non
 
 
 async def test_two_databases_on_one_broker_see_each_others_writes(
-    store_url: str, broker_url: str
+    store_url: str, shared_broker_url: str
 ) -> None:
-    if broker_url == "local":
-        pytest.skip("the local broker is one process's own by design (nothing shared)")
-    one, seen_one = await open_db(store_url, broker_url)
-    two, seen_two = await open_db(store_url, broker_url)
+    one, seen_one = await open_db(store_url, shared_broker_url)
+    two, seen_two = await open_db(store_url, shared_broker_url)
     try:
         for i in range(5):
             await one.resources.notes.insert({"text": f"a{i}"})
@@ -185,14 +183,12 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 
 async def test_a_plain_writer_process_reaches_a_server_process(
-    store_url: str, broker_url: str
+    store_url: str, shared_broker_url: str
 ) -> None:
-    if broker_url == "local":
-        pytest.skip("the local broker is one process's own by design (nothing shared)")
-    database, seen = await open_db(store_url, broker_url)
+    database, seen = await open_db(store_url, shared_broker_url)
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", WRITER, store_url, broker_url, "20",
+            sys.executable, "-c", WRITER, store_url, shared_broker_url, "20",
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip
         assert await asyncio.wait_for(proc.wait(), 60) == 0
@@ -221,24 +217,22 @@ def test_broker_urls_pick_the_engine_and_reject_bad_options() -> None:
                    check=True)  # fmt: skip
 
 
-async def test_a_stray_message_never_stops_delivery(store_url: str, broker_url: str) -> None:
-    if broker_url == "local":
-        pytest.skip("nothing but this process can append to the local broker")
-    database, seen = await open_db(store_url, broker_url)
+async def test_a_stray_message_never_stops_delivery(store_url: str, shared_broker_url: str) -> None:
+    database, seen = await open_db(store_url, shared_broker_url)
     try:
         await database.resources.notes.insert({"text": "before"})
         await eventually(lambda: len(seen.of("notes")) == 1, "the first change")
         broker = database.broker
-        if broker_url.startswith("redis"):
+        if shared_broker_url.startswith("redis"):
             import redis.asyncio as aioredis
 
-            client = aioredis.Redis.from_url(broker_url.partition("?")[0])
+            client = aioredis.Redis.from_url(shared_broker_url.partition("?")[0])
             await client.xadd(broker.stream_key("notes"), {"junk": "1"})  # type: ignore[attr-defined]
             await client.aclose()
         else:
             import nats
 
-            nc = await nats.connect(broker_url.partition("?")[0])
+            nc = await nats.connect(shared_broker_url.partition("?")[0])
             await nc.jetstream().publish(broker.subject("notes"), b"not json")  # type: ignore[attr-defined]
             await nc.close()
         await database.resources.notes.insert({"text": "after"})
