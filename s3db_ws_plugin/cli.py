@@ -121,6 +121,10 @@ async def serve(target: str) -> int:
 def _write_line(event: Any) -> None:
     line = {"resource": event.resource, "event": event.event, "data": event.data}
     line["timestamp"] = event.timestamp
+    if event.offset is not None:  # the stream position: tail resumes after it by itself
+        line.update(version=event.version, offset=event.offset, epoch=event.epoch)
+    if event.event == "reload":
+        log.warning("changes made while disconnected could not be replayed", resource=event.resource)
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
 
