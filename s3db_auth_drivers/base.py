@@ -133,10 +133,6 @@ class Credentials:
         api_key = creds.headers.get("x-api-key") or creds.query.get("apiKey") or None
         return replace(creds, token=token, api_key=api_key)
 
-    def for_token(self, token: str) -> Credentials:
-        """Credentials for an ``auth`` frame: only its token, keeping the remote address."""
-        return Credentials(token=token, remote=self.remote)
-
     @property
     def present(self) -> bool:
         """True when a token or an api key was presented."""

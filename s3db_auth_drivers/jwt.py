@@ -82,7 +82,7 @@ class JWTDriver:
         try:
             alg = jwt.get_unverified_header(token).get("alg")
             key = self._keys.get(alg) if isinstance(alg, str) else None
-            if key is None:
+            if key is None or not isinstance(alg, str):
                 raise AuthError("token algorithm not allowed")
             claims = jwt.decode(
                 token,

@@ -2,6 +2,7 @@
 
 from .brokers import Position
 from .change import Change
+from .compat import IncompatibleSchemaError
 from .database import Database, Resources
 from .errors import (
     ConflictError,
@@ -23,6 +24,7 @@ __all__ = [
     "DamagedRecordError",
     "Database",
     "ForbiddenError",
+    "IncompatibleSchemaError",
     "Limits",
     "NotFoundError",
     "Page",

@@ -25,12 +25,3 @@ class Change:
     # (``None`` until then): ``offset`` strictly increases within ``epoch``.
     offset: int | None = None
     epoch: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "resource": self.resource,
-            "event": self.event,
-            "record": self.record,
-            "previous": self.previous,
-            "timestamp": self.timestamp,
-        }

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import pluggy
-import structlog
 
 from . import hookspecs
 from .brokers import Broker, load_broker
 from .change import Change
+from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import StorageError
 from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
+from .log import get_logger
 from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource, Stats
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from .repair import RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"
@@ -147,16 +148,26 @@ class Database:
         timestamps: bool = False,
         partitions: dict[str, Any] | None = None,
         behavior: str = "body-overflow",
+        migrate: bool = False,
     ) -> Resource:
-        """Define (or redefine) a resource and record its definition in ``s3db.json``."""
+        """Define (or redefine) a resource and record its definition in ``s3db.json``.
+
+        Redefining a resource that holds records in a way they no longer fit (a type change, a
+        new required field without default, a partition change: see ``compat.py``) raises
+        ``IncompatibleSchemaError`` unless ``migrate=True``."""
         if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
             raise ValueError(f"invalid resource name {name!r}: use letters, digits, '_', '-' or '.'")
         resource = Resource(
             self, name, attributes, timestamps=timestamps, partitions=partitions, behavior=behavior
         )
-        self.resources._add(resource)
         definition = resource.definition()
-        if self._saved_definitions.get(name) != definition:
+        saved = self._saved_definitions.get(name)
+        if saved is not None and saved != definition and not migrate:
+            changes = incompatible_changes(saved, definition)
+            if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                raise IncompatibleSchemaError(name, changes)
+        self.resources._add(resource)
+        if saved != definition:
             self._saved_definitions[name] = definition
             body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
             await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")

@@ -144,7 +144,9 @@ def encode_record(
         return {**(system or {}), **dict((_VERSION, _BODY_FLAG))}, _revision() + dumps_body(fields)
     metadata: dict[str, str] = dict(system) if system else {}
     overflow: dict[str, Any] = {}
-    budget = METADATA_LIMIT - _SYSTEM_COST - metadata_size(metadata)
+    budget = METADATA_LIMIT - _SYSTEM_COST
+    for key, text in metadata.items():
+        budget -= len(key) + len(text)
     for name, value in fields.items():
         key = encode_key(name)
         try:

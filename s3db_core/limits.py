@@ -7,6 +7,7 @@ against the storage client's own key limit (``key_problem``). Each failure is a
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,13 +39,20 @@ def _invalid(field: str, rule: str, message: str) -> ValidationError:
 def check_depth(data: Any, max_depth: int) -> None:
     """Raise ValidationError when ``data`` nests deeper than ``max_depth`` (iterative: a record
     a thousand levels deep is refused without recursion)."""
+    if isinstance(data, dict) and max_depth >= 1:
+        for value in data.values():
+            if isinstance(value, dict | list | tuple):
+                break
+        else:
+            return  # a flat record: depth 1
     stack: list[tuple[Any, int, str]] = [(data, 0, "")]
     while stack:
         value, depth, field = stack.pop()
+        children: Iterable[tuple[Any, Any]]
         if isinstance(value, dict):
             children = value.items()
         elif isinstance(value, list | tuple):
-            children = ((str(i), v) for i, v in enumerate(value))
+            children = enumerate(value)
         else:
             continue
         depth += 1

@@ -15,9 +15,10 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
-import structlog
 
-log = structlog.get_logger("s3db.core")
+from .log import get_logger
+
+log = get_logger("s3db.core")
 
 _groups: dict[str, dict[str, EntryPoint]] = {}
 _loaded: dict[tuple[str, str], Any] = {}
@@ -27,11 +28,6 @@ def _read(group: str, *, again: bool = False) -> dict[str, EntryPoint]:
     if again or group not in _groups:
         _groups[group] = {ep.name: ep for ep in entry_points(group=group)}
     return _groups[group]
-
-
-def entry_point_names(group: str) -> list[str]:
-    """The names registered in ``group``."""
-    return sorted(_read(group))
 
 
 def load_entry_point(group: str, name: str, *, kind: str | None = None) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import contextlib
 import random
 import time
@@ -22,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-import structlog
+
+from s3db_core.log import get_logger
 
 from .change import Change
-from .encoding import BEHAVIORS, decode_record, encode_record, metadata_size
+from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
 from .limits import check_depth, check_size, merge_patch
@@ -37,7 +39,7 @@ from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_
 if TYPE_CHECKING:
     from .database import Database
 
-log = structlog.get_logger("s3db.core")
+log = get_logger("s3db.core")
 
 SYSTEM_FIELDS = ("id", "createdAt", "updatedAt")
 MAX_LIST_LIMIT = 1000
@@ -59,6 +61,9 @@ class Versioned(tuple[dict[str, Any], str]):
         self = super().__new__(cls, (record, etag))
         self.version = version
         return self
+
+    def __getnewargs__(self) -> tuple[dict[str, Any], str, int]:
+        return self[0], self[1], self.version  # copy/pickle keep the version
 
     @property
     def record(self) -> dict[str, Any]:
@@ -92,10 +97,26 @@ class _RecordLocks:
     this process run one at a time: no wasted conditional writes between them, and their
     changes are announced in commit order. Re-entrant along a call chain (a change listener
     that updates the record it was told about does not wait for itself); other processes are
-    still kept apart by the conditional writes alone."""
+    still kept apart by the conditional writes alone.
+
+    While writers of a record queue here, the lock also remembers the version the last of them
+    committed: a writer holding an older one (a caller's stale ``current``) is told at once,
+    without a conditional write that would fail."""
 
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._committed: dict[str, int] = {}
+
+    def committed(self, record_id: str) -> int:
+        """The version a writer of this process last committed while others waited (0: none)."""
+        return self._committed.get(record_id, 0)
+
+    def note(self, record_id: str, version: int) -> None:
+        if record_id in self._locks:
+            self._committed[record_id] = version
+
+    def forget(self, record_id: str) -> None:
+        self._committed.pop(record_id, None)
 
     @asynccontextmanager
     async def hold(self, record_id: str) -> AsyncIterator[None]:
@@ -117,6 +138,7 @@ class _RecordLocks:
             lock, users = self._locks[record_id]
             if users == 1:
                 del self._locks[record_id]
+                self._committed.pop(record_id, None)
             else:
                 self._locks[record_id] = (lock, users - 1)
 
@@ -258,7 +280,9 @@ class Resource:
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         fields = {k: v for k, v in record.items() if k != "id"}
         metadata, body = encode_record(fields, self.behavior, {VERSION_KEY: str(version)})
-        check_size(metadata_size(metadata) + len(body), self.db.limits.max_record_size)
+        limit = self.db.limits.max_record_size
+        if len(body) + 2 * METADATA_LIMIT > limit:  # metadata stays within its 2 KB budget
+            check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
     @staticmethod
@@ -439,6 +463,8 @@ class Resource:
         # What the last attempt wrote, in case its reply was lost after the store committed it.
         sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
         for attempt in range(UPDATE_ATTEMPTS):
+            if expected_version is not None and expected_version < self._locks.committed(id):
+                raise self._stale(id, f"is past version {expected_version}")
             if current is None or getattr(current, "version", None) is None:
                 found = await self._read(id)
                 if found is None:
@@ -454,6 +480,8 @@ class Resource:
             previous, etag = current
             version = current.version  # type: ignore[attr-defined]
             current = None
+            if strict and version < self._locks.committed(id):
+                raise self._stale(id)  # this process has committed a newer version meanwhile
             if expected_version is not None and version != expected_version:
                 raise self._stale(id, f"is at version {version}, not {expected_version}")
             if check is not None:
@@ -494,6 +522,7 @@ class Resource:
                     raise self._stale(id) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                 continue
+            self._locks.note(id, version + 1)
             return await self._updated(record, previous, version + 1)
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
@@ -545,6 +574,7 @@ class Resource:
                         raise self._stale(id) from None
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
+                self._locks.forget(id)
                 await self._emit("delete", record, record, version)
                 await self._forget_refs(list(self._partition_keys(record).values()))
                 return record
@@ -732,9 +762,9 @@ class Resource:
                         return Page(items, None if done else _encode_cursor(chunk[-1], order))
         return Page(items, None)
 
-    async def query(self, filter: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""
-        found: list[dict[str, Any]] = []
+        found: builtins.list[dict[str, Any]] = []
         cursor = None
         while True:
             page = await self.list(filter, limit=MAX_LIST_LIMIT, cursor=cursor)

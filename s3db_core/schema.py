@@ -238,6 +238,7 @@ def _parse_rule(spec: FieldSpec, rule: str, value: str | None) -> None:
     if (value is None) != (rule in _FLAG_RULES):
         shape = "takes no value" if rule in _FLAG_RULES else "needs a value (rule:value)"
         raise ValueError(f"{where}: rule {rule!r} {shape}")
+    text = value or ""  # every rule below that reads it has one (checked above)
     if rule in ("required", "optional"):
         spec.required = rule == "required"
     elif rule == "integer":
@@ -245,19 +246,21 @@ def _parse_rule(spec: FieldSpec, rule: str, value: str | None) -> None:
         spec._checks.append(
             ("integer", lambda v: isinstance(v, int) or v.is_integer(), "must be an integer")
         )
+    elif value is None:  # only flag rules go without a value (checked above)
+        return
     elif rule == "default":
-        parsed = _parse_json(value)
+        parsed = _parse_json(text)
         if spec.type in _STRING_TYPES and not isinstance(parsed, str):
-            parsed = value
+            parsed = text
         spec.default = parsed
     elif rule == "items":
         if value not in _ITEM_TYPES:
             raise ValueError(f"{where}: items:{value} is not one of {sorted(_ITEM_TYPES)}")
         spec.items = value
     elif rule == "enum":
-        _parse_enum(spec, value, where)
+        _parse_enum(spec, text, where)
     else:
-        _parse_bound(spec, rule, value, where)
+        _parse_bound(spec, rule, text, where)
 
 
 def _parse_enum(spec: FieldSpec, value: str, where: str) -> None:

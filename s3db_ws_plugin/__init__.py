@@ -2,5 +2,6 @@
 
 from .plugin import WebSocketPlugin
 from .protocol import CloseCode, ErrorCode
+from .recheck import RecheckOnAccessChange
 
-__all__ = ["CloseCode", "ErrorCode", "WebSocketPlugin"]
+__all__ = ["CloseCode", "ErrorCode", "RecheckOnAccessChange", "WebSocketPlugin"]

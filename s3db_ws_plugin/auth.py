@@ -23,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
+from s3db_core.log import get_logger
 
 from .limits import clip
 from .protocol import CloseCode, ErrorCode, ProtocolError, Request, now_ms, reply
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .plugin import WebSocketPlugin
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 class SessionAuth:
@@ -67,6 +68,8 @@ class SessionAuth:
             self.plugin.send(
                 conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms())
             )
+        else:  # tell the client at once that an ``auth`` frame is expected, and until when
+            self.plugin.send(conn, reply("auth_required", timeoutMs=int(self.timeout * 1000)))
         return True
 
     async def frame(self, conn: Connection, req: Request) -> None:

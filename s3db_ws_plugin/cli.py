@@ -27,9 +27,12 @@ from typing import Any
 import orjson
 import structlog
 
+from .startup import StartupProblem, report
+
 log = structlog.get_logger("s3db.cli")
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PORT_OPTION = "WebSocketPlugin(port=...)"
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
@@ -65,11 +68,19 @@ def load_target(target: str) -> Any:
     """Import ``MODULE:ATTR`` (ATTR may be dotted) from the current directory or sys.path."""
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"expected MODULE:ATTR, got {target!r}")
+        raise StartupProblem(
+            f"expected the app as MODULE:ATTR, got {target!r}",
+            "name the module and the Database (or the function returning it): myapp:make_db",
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise StartupProblem(
+                f"module {module_name!r} has no attribute {attr!r}",
+                "name the Database (or the function returning it) after the colon: myapp:make_db",
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -94,22 +105,38 @@ def _stop_event() -> asyncio.Event:
     return stop
 
 
-async def serve(target: str) -> int:
+def _listening(db: Any) -> list[str]:
+    """The WebSocket URL of each plugin that serves ``db`` (each logs where it listens)."""
+    return [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
+
+
+async def serve(target: str, debug: bool = False) -> int:
     stop = _stop_event()
     try:
         factory = load_target(target)
-    except (ImportError, AttributeError, ValueError) as exc:
-        log.error("cannot load the app", target=target, error=str(exc))
+    except Exception as exc:
+        report(exc, debug=debug, what="cannot load the app")
         return 2
     try:
         db = await resolve_database(factory)
         if not db.connected:
             await db.connect()
-    except Exception:
-        log.exception("the app failed to start", target=target)
+    except Exception as exc:
+        report(exc, debug=debug, what="the app failed to start", port_option=PORT_OPTION)
         return 1
-    urls = [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
-    log.info("serving", target=target, store=db.storage.describe(), urls=urls)
+    listening = _listening(db)
+    if not listening:
+        report(
+            StartupProblem(
+                f"{target} has no WebSocketPlugin: nothing would listen",
+                "register one in the app: await db.use_plugin(WebSocketPlugin(port=3001, "
+                "resources={...}))",
+            ),
+            what="nothing to serve",
+        )
+        await db.disconnect()
+        return 2
+    log.debug("serving", target=target, store=db.storage.describe())
     await stop.wait()
     log.info("shutting down")
     await db.disconnect()
@@ -137,16 +164,22 @@ async def tail(
     token: str | None,
     api_key: str | None,
     reconnect: bool,
+    wait: float = 30.0,
 ) -> int:
     from .client import Client, ClientError
 
     stop = _stop_event()
     client = Client(url, token=token, api_key=api_key, reconnect=reconnect)
     try:
-        await client.connect()
+        if not await _connect_within(client, wait, stop):
+            await client.close()
+            return 0
         subs = [await client.subscribe(r, filter=filter, events=events) for r in resources]
     except ClientError as exc:
-        log.error("cannot subscribe", url=url, code=exc.code, error=exc.message)
+        fields = {"code": exc.code, "error": exc.message}
+        if exc.code == "UNAUTHORIZED" and not token and not api_key:
+            fields["hint"] = "pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)"
+        log.error("cannot subscribe", url=client.safe_url, **fields)
         await client.close()
         return 1
     for sub in subs:
@@ -165,15 +198,42 @@ async def tail(
     done, _ = await asyncio.wait([stopping, *pumps], return_when=asyncio.FIRST_COMPLETED)
     status = 0
     for task in done:
-        if task is not stopping and task.exception() is not None:
-            exc = task.exception()
-            log.error("stream ended", code=getattr(exc, "code", None), error=str(exc))
+        failure = None if task is stopping else task.exception()
+        if failure is not None:
+            log.error("stream ended", code=getattr(failure, "code", None), error=str(failure))
             status = 1
     for task in [stopping, *pumps]:
         task.cancel()
     await asyncio.gather(stopping, *pumps, return_exceptions=True)
     await client.close()
     return status
+
+
+async def _connect_within(client: Any, wait: float, stop: asyncio.Event) -> bool:
+    """Connect, retrying with the client's backoff while the server is not up yet, for at
+    most ``wait`` seconds (then the last ConnectionLost is raised). False when SIGINT or
+    SIGTERM stopped the wait."""
+    from .client import ConnectionLost
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    attempt = 0
+    while True:
+        try:
+            await client.connect()
+            return True
+        except ConnectionLost as exc:
+            delay = min(client.backoff.delay(attempt), deadline - loop.time())
+            if delay <= 0:
+                raise ConnectionLost(f"{exc.message}; gave up after {wait:g} s") from None
+            if attempt == 0:
+                log.info("waiting for the server", url=client.safe_url, error=exc.message)
+            attempt += 1
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return False
+            except TimeoutError:
+                pass
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -224,8 +284,9 @@ async def repair(store: str, grace: float, dry_run: bool) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-format``, ``--log-level`` and ``--debug``, as ``s3db`` and the examples take them."""
     parser.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
@@ -233,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="log renderer on stderr (default: console on a terminal, JSON otherwise)",
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of startup errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3db", description=__doc__.split("\n")[0])
+    add_logging_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", help="run an app until SIGINT/SIGTERM")
@@ -267,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", default=os.environ.get("S3DB_API_KEY"), help="API key (default: $S3DB_API_KEY)"
     )
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
+    tail_cmd.add_argument(
+        "--wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long to keep trying while the server is not up yet (default 30)",
+    )
     repair_cmd = commands.add_parser(
         "repair", help="find and fix damage in a store; print what was done as JSON"
     )
@@ -280,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
         sub.add_argument("--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     return parser
 
 
@@ -290,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .workers import run_workers
 
         options = ["--log-format", args.log_format, "--log-level", args.log_level]
+        if args.debug:
+            options.append("--debug")
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
-        coro = serve(args.target)
+        coro = serve(args.target, debug=args.debug)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run)
     else:
@@ -304,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.token,
             args.api_key,
             reconnect=not args.no_reconnect,
+            wait=args.wait,
         )
     return asyncio.run(coro)
 

@@ -15,22 +15,24 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import structlog
 from aiohttp import WSMsgType, web
 
+from s3db_core.log import get_logger
+
+from .internals import limit_read_size
 from .protocol import CloseCode
 
 if TYPE_CHECKING:
+    from s3db_auth_drivers import User
+
     from .subscriptions import Subscription, SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 # Direct writes stop once this much is waiting in the transport; the sender takes over.
 DIRECT_WRITE_LIMIT = 64 * 1024
 # How long a closing handshake may take before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
-# Bytes asked of each recv() on a socket (see limit_read_size).
-READ_SIZE = 64 * 1024
 
 
 _HEADER_7 = struct.Struct("!BB").pack
@@ -57,20 +59,6 @@ def close_frame(code: int, reason: str) -> bytes:
     return struct.pack("!BB", 0x88, len(body)) + body
 
 
-def limit_read_size(transport: Any) -> None:
-    """Make asyncio's selector transport read ``READ_SIZE`` bytes at a time, not 256 KiB.
-
-    Each ``recv(256 KiB)`` allocates a 256 KiB bytes object, above glibc's mmap threshold: every
-    frame received then cost an mmap, a page fault, an mremap (shrinking it to the frame) and a
-    munmap, ~15 us of server CPU, more than the rest of a ``get``. A 64 KiB buffer comes from
-    the heap; frames are small, and a big one only takes a few more reads. Other transports
-    (uvloop's, TLS) have no ``max_size`` of their own and are left alone.
-    """
-    size = getattr(transport, "max_size", None)
-    if type(size) is int and size > READ_SIZE:
-        transport.max_size = READ_SIZE
-
-
 def _abort_if_stalled(transport: asyncio.WriteTransport | None) -> None:
     """Drop a closing socket whose peer never read what was left to send."""
     if transport is not None and transport.get_write_buffer_size():
@@ -95,7 +83,7 @@ class Connection:
         limit_read_size(self.transport)
         self.client_id = client_id
         self.remote = request.remote
-        self.user: Any = None
+        self.user: User | None = None
         self.authenticated = False
         self._registry = registry
         self.opened = time.monotonic()
@@ -188,6 +176,8 @@ class Connection:
             self._sender.cancel()
         self.cancel_expiry()
         transport = self.transport
+        if transport is None:
+            return
         transport.write(close_frame(*self._closing))
         transport.close()  # flushes what is buffered, then closes
         asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, _abort_if_stalled, transport)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -37,6 +37,10 @@ from s3db_core.query import compile_filter
 
 from .protected import ProtectedFields
 from .protocol import EVENT_KINDS
+
+if TYPE_CHECKING:
+    from s3db_auth_drivers import User
+    from s3db_core import Database
 
 GUARD_KINDS = ("list", "get", "create", "update", "delete", "subscribe")
 Guard = Callable[..., Any]
@@ -148,8 +152,8 @@ class GuardContext:
     def __init__(
         self,
         *,
-        user: Any,
-        db: Any,
+        user: User | None,
+        db: Database,
         id: str | None = None,
         data: dict[str, Any] | None = None,
         filter: dict[str, Any] | None = None,
@@ -260,7 +264,7 @@ class ResourcePolicy:
             client_ids=client_ids,
         )
 
-    def role_allows(self, user: Any) -> bool:
+    def role_allows(self, user: User | None) -> bool:
         """Whether the connection's user may use this resource at all (anonymous is None)."""
         if not self.requires_user:
             return True
@@ -268,12 +272,12 @@ class ResourcePolicy:
             return False
         return self.roles is None or getattr(user, "role", None) in self.roles
 
-    def readable(self, user: Any) -> Predicate | None:
+    def readable(self, user: User | None) -> Predicate | None:
         """The read rule bound to ``user``: None when the resource has none (everything is
         readable)."""
         return self.read.bind(user) if self.read is not None else None
 
-    async def check(self, kind: str, user: Any, arg: Any) -> Decision:
+    async def check(self, kind: str, user: User | None, arg: Any) -> Decision:
         """Run the ``kind`` guard (allow when there is none). Exceptions propagate."""
         guard = self.guards.get(kind)
         if guard is None:

@@ -11,7 +11,6 @@ change out to the connections allowed to see it. The core knows nothing about it
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import secrets
 import time
 from collections.abc import Iterable, Mapping
@@ -21,12 +20,14 @@ from typing import Any
 import structlog
 from aiohttp import WSMsgType, web
 
-from s3db_core import Change, hookimpl
+from s3db_core import Change, Database, hookimpl
+from s3db_core.log import get_logger
 
 from .auth import SessionAuth
 from .connection import CLOSE_TIMEOUT, Connection, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
+from .internals import structlog_var
 from .limits import (
     DEFAULT_LIST_MAX_BYTES,
     DEFAULT_LIST_SCAN_LIMIT,
@@ -55,26 +56,17 @@ from .resume import Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
-def _structlog_var(key: str) -> contextvars.ContextVar[Any]:
-    """The ContextVar behind structlog's context-local ``key`` (the one ``bind_contextvars``
-    sets and ``merge_contextvars`` reads), found through the token that binding it returns: a
-    frame then binds its request id with one ``set`` and one ``reset`` instead of
-    ``bind_contextvars``/``reset_contextvars`` and their keyword dicts."""
-    token = structlog.contextvars.bind_contextvars(**{key: None})[key]
-    token.var.reset(token)
-    return token.var
-
-
-_REQUEST_ID = _structlog_var("request_id")
+_REQUEST_ID = structlog_var("request_id")
 _DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
 RATE_LIMIT_KEYS = ("connection", "user", "ip")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
-# The seed's camelCase spellings of keyword arguments.
-_ALIASES = {
+# The JavaScript-style (camelCase) spellings ``WebSocketPlugin.from_seed`` accepts, and the
+# keyword argument each stands for.
+SEED_KEYWORDS = {
     "rateLimit": "rate_limit",
     "heartbeatInterval": "heartbeat_interval",
     "maxMessageSize": "max_message_size",
@@ -123,8 +115,13 @@ class WebSocketPlugin:
     ``rate_limit``: ``{"enabled", "max_requests", "window_ms", "strategy", "key":
     connection|user|ip, "limiter": name}`` (camelCase keys accepted). ``port=0`` binds a free
     port, readable as ``plugin.port`` once started. ``routes`` are extra aiohttp routes served
-    on the same port. The seed's camelCase keyword names (``rateLimit``...) are accepted.
+    on the same port. ``WebSocketPlugin.from_seed(rateLimit=..., ...)`` takes the keyword
+    names spelled the JavaScript way (``SEED_KEYWORDS``).
     """
+
+    # The database served, set by ``start`` (pluggy reads every attribute of a plugin when it
+    # registers one, so this is no property that could raise before then).
+    db: Database
 
     def __init__(
         self,
@@ -146,32 +143,20 @@ class WebSocketPlugin:
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
-        **aliases: Any,
     ) -> None:
-        options = {
-            "rate_limit": rate_limit,
-            "heartbeat_interval": heartbeat_interval,
-            "max_message_size": max_message_size,
-            "max_queue_bytes": max_queue_bytes,
-            "auth_timeout": auth_timeout,
-        }
-        for alias, value in aliases.items():
-            if alias not in _ALIASES:
-                raise TypeError(f"WebSocketPlugin() got an unexpected keyword argument {alias!r}")
-            options[_ALIASES[alias]] = value
         self.host = host
         self.port = port
         self.path = path if path.startswith("/") else "/" + path
-        self.session_auth = SessionAuth(self, auth, options["auth_timeout"])
+        self.session_auth = SessionAuth(self, auth, auth_timeout)
         self.policies = {
             name: ResourcePolicy.from_config(name, config)
             for name, config in (resources or {}).items()
         }
-        rate = options["rate_limit"]
+        rate = rate_limit
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = options["heartbeat_interval"]
-        self.max_message_size = int(options["max_message_size"])
-        self.max_queue_bytes = int(options["max_queue_bytes"])
+        self.heartbeat_interval = heartbeat_interval
+        self.max_message_size = int(max_message_size)
+        self.max_queue_bytes = int(max_queue_bytes)
         self.compression = bool(compression)
         # Extra aiohttp routes served beside the socket (an app's pages, say).
         self.routes = list(routes)
@@ -184,7 +169,6 @@ class WebSocketPlugin:
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
-        self.db: Any = None
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
         self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
@@ -197,6 +181,19 @@ class WebSocketPlugin:
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
 
+    @classmethod
+    def from_seed(cls, **options: Any) -> WebSocketPlugin:
+        """A plugin from keyword arguments spelled the JavaScript way (``rateLimit``,
+        ``heartbeatInterval``, ``maxMessageSize``, ``maxQueueBytes``, ``authTimeout``; see
+        ``SEED_KEYWORDS``); other names are passed on as they are."""
+        kwargs: dict[str, Any] = {}
+        for key, value in options.items():
+            name = SEED_KEYWORDS.get(key, key)
+            if name in kwargs:
+                raise TypeError(f"WebSocketPlugin.from_seed() got {name!r} twice (as {key!r})")
+            kwargs[name] = value
+        return cls(**kwargs)
+
     @property
     def url(self) -> str:
         """The WebSocket URL clients connect to (the bound port once started)."""
@@ -208,11 +205,11 @@ class WebSocketPlugin:
 
     # -- hooks --------------------------------------------------------------------------------
     @hookimpl
-    async def s3db_startup(self, db: Any) -> None:
+    async def s3db_startup(self, db: Database) -> None:
         await self.start(db)
 
     @hookimpl
-    async def s3db_shutdown(self, db: Any) -> None:
+    async def s3db_shutdown(self, db: Database) -> None:
         await self.stop()
 
     @hookimpl
@@ -282,7 +279,7 @@ class WebSocketPlugin:
         return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
 
     # -- server lifecycle ---------------------------------------------------------------------
-    async def start(self, db: Any) -> None:
+    async def start(self, db: Database) -> None:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
@@ -307,7 +304,12 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         self._runner = runner
         self._started = time.monotonic()
-        log.info("websocket server started", url=self.url, resources=sorted(self.policies))
+        pages = [
+            f"{self.http_url}{r.path}"
+            for r in self.routes
+            if isinstance(r, web.RouteDef) and r.method == "GET"
+        ]
+        log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
         if self.workers is not None:
             self.workers.ready(self.url)
 
@@ -445,7 +447,7 @@ class WebSocketPlugin:
         except ProtocolError as exc:
             msg, bad_json = None, exc
         rid = request_id_of(msg)
-        # structlog's request_id, bound and reset by token (see _structlog_var).
+        # structlog's request_id, bound and reset by token (see internals.structlog_var).
         token = _REQUEST_ID.set(clip(rid))
         try:
             if self.rate_limit is not None:

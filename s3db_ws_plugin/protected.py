@@ -11,10 +11,10 @@ on ``password`` is an oracle for its value, so it is refused).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 # A tree of path segments: a leaf (True) removes that key and everything under it.
-_Tree = dict[str, "_Tree | bool"]
+_Tree = dict[str, "_Tree | Literal[True]"]
 
 
 class ProtectedFields:
@@ -84,7 +84,7 @@ def _strip(record: Any, tree: _Tree) -> Any:
                 if sub is None or not isinstance(item, dict | list):
                     target[key] = item
                 else:
-                    child = {} if isinstance(item, dict) else []
+                    child: Any = {} if isinstance(item, dict) else []
                     target[key] = child
                     stack.append((item, sub, child))
         else:  # a list: protected paths apply to each of its elements

@@ -20,7 +20,6 @@ import orjson
 
 from s3db_core.errors import S3dbError
 
-PROTOCOL_VERSION = 1
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
@@ -107,50 +106,36 @@ def _absent(value: Any) -> bool:
 Field = Callable[[dict[str, Any], str], Any]
 
 
-def _text(msg: dict[str, Any], name: str, *, required: bool) -> str | None:
-    value = msg.get(name)
-    if _absent(value):
-        if required:
-            raise invalid(name, "is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise invalid(name, "must be a non-empty string")
-    return value
-
-
-def _object(msg: dict[str, Any], name: str, *, required: bool) -> dict[str, Any] | None:
-    value = msg.get(name)
-    if _absent(value):
-        if required:
-            raise invalid(name, "is required")
-        return None
-    if not isinstance(value, dict):
-        raise invalid(name, "must be an object")
-    return value
-
-
 def required_text(msg: dict[str, Any], name: str) -> str:
     """A non-empty string that must be present."""
-    value = _text(msg, name, required=True)
-    assert value is not None
-    return value
+    value = msg.get(name)
+    if isinstance(value, str) and value:
+        return value
+    raise invalid(name, "is required" if value is None else "must be a non-empty string")
 
 
 def optional_text(msg: dict[str, Any], name: str) -> str | None:
     """A non-empty string, or None when absent."""
-    return _text(msg, name, required=False)
+    value = msg.get(name)
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise invalid(name, "must be a non-empty string")
 
 
 def required_object(msg: dict[str, Any], name: str) -> dict[str, Any]:
     """A JSON object that must be present."""
-    value = _object(msg, name, required=True)
-    assert value is not None
-    return value
+    value = msg.get(name)
+    if isinstance(value, dict):
+        return value
+    raise invalid(name, "is required" if value is None else "must be an object")
 
 
 def optional_object(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
     """A JSON object, or None when absent."""
-    return _object(msg, name, required=False)
+    value = msg.get(name)
+    if value is None or isinstance(value, dict):
+        return value
+    raise invalid(name, "must be an object")
 
 
 def event_kinds(msg: dict[str, Any], name: str) -> tuple[str, ...] | None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pytest
 
@@ -63,8 +63,8 @@ def _async_fixture(func: F) -> F:
             pytest.fail(NEEDS_PYTEST_ASYNCIO.format(name=name), pytrace=False)
 
         unavailable.__doc__ = func.__doc__
-        return pytest.fixture(name=name)(unavailable)  # type: ignore[return-value]
-    return pytest_asyncio.fixture(func)  # type: ignore[no-any-return]
+        return cast(F, pytest.fixture(name=name)(unavailable))
+    return cast(F, pytest_asyncio.fixture(func))
 
 
 @pytest.fixture

@@ -8,6 +8,13 @@
 
 Other keys (``enabled``, ``key``, ...) belong to the plugin and are ignored here.
 
+``RedisRateLimiter`` (``"limiter": "redis"``) takes the same keys plus ``url``
+(``redis://host:port/db``, required) and ``prefix`` (default ``s3db:rl``): the same two
+strategies, kept in Redis so a limit holds across every server process that shares it. Each hit
+is one Lua script (atomic, timed by Redis's clock, so processes on machines with different
+clocks agree); a key's state expires after a window of idleness. While Redis is unreachable the
+limiter lets frames through (logged) rather than refusing every client.
+
 The sliding window is an exact sliding log: a hit is allowed when fewer than ``max_requests``
 hits were allowed in the last ``window_ms``; it keeps at most ``max_requests`` timestamps per
 active key. The token bucket holds ``max_requests`` tokens and refills ``max_requests`` per
@@ -17,14 +24,19 @@ memory follows the number of recently active keys. Each hit costs O(1) amortized
 
 from __future__ import annotations
 
+import asyncio
 import math
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from s3db_core.log import get_logger
 from s3db_core.plugins import load_entry_point
+
+log = get_logger("s3db.rate_limit")
 
 ENTRY_POINT_GROUP = "s3db.rate_limiters"
 STRATEGIES = ("sliding-window", "token-bucket")
@@ -144,6 +156,95 @@ class MemoryRateLimiter:
     def _retry_ms(self, wait: float) -> int:
         """Seconds to wait as whole milliseconds in ``[1, window_ms]``."""
         return max(1, min(math.ceil(wait * 1000), math.ceil(self.window_ms)))
+
+
+# KEYS: the key's sorted set; ARGV: window (µs), max, a unique member suffix.
+# Returns {allowed, retry_after_ms, remaining}.
+_SLIDING_WINDOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window, max = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < max then
+  redis.call('ZADD', KEYS[1], now, now .. ':' .. ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+  return {1, 0, max - count - 1}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, math.ceil((tonumber(oldest[2]) + window - now) / 1000), 0}
+"""
+
+# KEYS: the key's hash {tokens, last}; ARGV: window (µs), max.
+_TOKEN_BUCKET = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window, max = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rate = max / window
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'last')
+local tokens = tonumber(state[1]) or max
+local last = tonumber(state[2]) or now
+tokens = math.min(max, tokens + math.max(0, now - last) * rate)
+local allowed, retry = 0, 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  retry = math.ceil((1 - tokens) / rate / 1000)
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
+return {allowed, retry, math.floor(tokens)}
+"""
+
+
+class RedisRateLimiter:
+    """A rate limiter shared by every process on one Redis (same strategies as the memory one)."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        import redis.asyncio as aioredis  # the `redis` extra; only this limiter needs it
+
+        config = config or {}
+        url = config.get("url")
+        if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("the redis rate limiter needs 'url': 'redis://host:port/db'")
+        self.max_requests = int(_positive(config, "max_requests", "maxRequests", 1000))
+        self.window_ms = _positive(config, "window_ms", "windowMs", 60000)
+        self.strategy = config.get("strategy", "sliding-window")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown rate limit strategy {self.strategy!r}; use {STRATEGIES}")
+        prefix = config.get("prefix", "s3db:rl")
+        if not isinstance(prefix, str) or not 0 < len(prefix) <= 64:
+            raise ValueError("rate limit 'prefix' must be a string of 1-64 characters")
+        self.timeout = float(_positive(config, "timeout", "timeout", 0.5))
+        self._prefix = f"{prefix}:{self.strategy}:"
+        self._client = aioredis.Redis.from_url(
+            url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        script = _TOKEN_BUCKET if self.strategy == "token-bucket" else _SLIDING_WINDOW
+        self._script = self._client.register_script(script)
+        self._window_us = int(self.window_ms * 1000)
+        self._member = secrets.token_hex(4)  # this instance's suffix for sliding-log members
+        self._hits = 0
+
+    async def hit(self, key: str) -> RateDecision:
+        """Record one hit for ``key`` in Redis and decide whether it may proceed."""
+        self._hits += 1
+        args: list[Any] = [self._window_us, self.max_requests]
+        if self.strategy == "sliding-window":
+            args.append(f"{self._member}:{self._hits}")
+        try:
+            async with asyncio.timeout(self.timeout):
+                allowed, retry, remaining = await self._script(keys=[self._prefix + key], args=args)
+        except Exception as exc:
+            log.warning("rate_limiter_unreachable", error=repr(exc))
+            return RateDecision(True, 0, 0)  # fail open: Redis down must not lock everyone out
+        if allowed:
+            return RateDecision(True, 0, int(remaining))
+        return RateDecision(False, max(1, min(int(retry), math.ceil(self.window_ms))), 0)
+
+    async def close(self) -> None:
+        await self._client.aclose()
 
 
 def load_rate_limiter(name: str, config: Mapping[str, Any] | None = None) -> RateLimiter:

@@ -26,9 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from s3db_core import ForbiddenError, NotFoundError
+from s3db_core import Change, ForbiddenError, NotFoundError, hookimpl
+from s3db_core.log import get_logger
 
 from .protocol import ErrorCode, ProtocolError
 from .subscriptions import Subscription
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .plugin import WebSocketPlugin
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 
 def _selected(sub: Subscription, where: Mapping[str, Any] | None) -> bool:
@@ -110,3 +109,36 @@ def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:
         {"resource": sub.resource, "filter": sub.client_filter, "revoked": True},
     )
     plugin.send_error(sub.connection, error)
+
+
+class RecheckOnAccessChange:
+    """A plugin that revokes open subscriptions when the record granting access to them changes.
+
+    ``dependents`` maps each resource whose subscriptions hang on a ``resource`` record to the
+    filter field naming that record: ``{"chat_messages": "roomId"}`` re-checks the message
+    subscriptions of a room when the room's ``fields`` (e.g. its members) change or it is
+    deleted. The hook awaits the re-check, so the write that changed access returns only once
+    the removed users' subscriptions are gone.
+    """
+
+    def __init__(
+        self,
+        plugin: WebSocketPlugin,
+        resource: str,
+        fields: tuple[str, ...],
+        dependents: Mapping[str, str],
+    ) -> None:
+        self.plugin = plugin
+        self.resource = resource
+        self.fields = fields
+        self.dependents = dependents
+
+    @hookimpl
+    async def s3db_change(self, change: Change) -> None:
+        if change.resource != self.resource or change.event == "insert":
+            return
+        before, after = change.previous or {}, change.record
+        if change.event == "update" and all(before.get(f) == after.get(f) for f in self.fields):
+            return
+        for resource, field in self.dependents.items():
+            await self.plugin.recheck(resource, where={field: after["id"]})

@@ -34,16 +34,15 @@ import secrets
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from s3db_core import Change
+from s3db_core.log import get_logger
 from s3db_core.query import equality_terms, get_path, index_key
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .guards import ResourcePolicy
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 _UNINDEXABLE = index_key([])
 Predicate = Callable[[Any], bool]

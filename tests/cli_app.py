@@ -1,6 +1,6 @@
 """A tiny app for tests/test_cli.py: ``s3db serve tests.cli_app:make_db``.
 
-The port comes from ``S3DB_APP_PORT`` (0: a free one, logged as ``websocket server started``),
+The port comes from ``S3DB_APP_PORT`` (0: a free one, logged as ``listening``),
 the store from ``S3DB_APP_STORE`` and the JWT secret from ``S3DB_APP_SECRET``.
 """
 

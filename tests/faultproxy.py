@@ -93,10 +93,12 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
         for writer in list(self._writers):
-            writer.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            writer.close()  # every relay task sees its sockets close and ends by itself
+        if self._tasks:
+            _, stuck = await asyncio.wait(list(self._tasks), timeout=2)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -152,7 +154,7 @@ class FaultProxy:
                     return  # committed on the server; the client never hears of it
                 client_w.write(reply + body)
                 await client_w.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             return
         finally:
             for writer in (client_w, server_w):

@@ -116,13 +116,17 @@ class Service:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis() -> Service:
-    """redis-server on a free port, no persistence (a restart loses its data, like a crash)."""
+def start_redis(persistent: bool = False) -> Service:
+    """redis-server on a free port. Without ``persistent`` a restart loses its data (like a crash
+    of a cache-only Redis); with it, an append-only file fsynced on every write keeps it."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="s3db-redis-"))
+    aof = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    )
     args = [
         _redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
-        "--save", "", "--appendonly", "no", "--protected-mode", "no",
+        "--save", "", "--protected-mode", "no", *aof,
     ]  # fmt: skip
     return Service("redis", args, port, workdir, f"redis://127.0.0.1:{port}/0").start()
 

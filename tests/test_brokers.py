@@ -12,54 +12,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from broker_helpers import DEADLINE, Collector, eventually, open_db, texts
 
-from s3db_core import Change, Database, Position, hookimpl
+from s3db_core import Change, Database, Position
 from s3db_core.brokers import load_broker
 from s3db_core.brokers.local import LocalBroker
-
-DEADLINE = 10.0
-
-
-class Collector:
-    """A plugin that records every change its database's ``s3db_change`` hook receives."""
-
-    def __init__(self) -> None:
-        self.changes: list[Change] = []
-
-    @hookimpl
-    def s3db_change(self, change: Change) -> None:
-        self.changes.append(change)
-
-    def of(self, resource: str) -> list[Change]:
-        return [c for c in self.changes if c.resource == resource]
-
-
-async def eventually(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def open_db(store: str, broker: str, **config) -> tuple[Database, Collector]:
-    db = Database(store, broker=broker, broker_config=config or None)
-    collector = Collector()
-    await db.use_plugin(collector)
-    await db.connect()
-    await db.create_resource("notes", {"text": "string|required"})
-    return db, collector
-
-
-@pytest.fixture(params=["local", "redis"])
-def broker_url(request: pytest.FixtureRequest) -> str:  # the engines land one by one
-    if request.param == "local":
-        return "local"
-    return f"{request.getfixturevalue('redis_url')}?prefix=t{os.urandom(6).hex()}"
 
 
 @pytest.fixture
@@ -72,10 +33,6 @@ async def db(store_url: str, broker_url: str) -> AsyncIterator[tuple[Database, C
     pair = await open_db(store_url, broker_url)
     yield pair
     await pair[0].disconnect()
-
-
-def texts(changes: list[Change]) -> list[str]:
-    return [c.record["text"] for c in changes]
 
 
 async def test_changes_arrive_in_order_with_increasing_positions(db) -> None:
@@ -120,7 +77,10 @@ async def test_history_since_a_position_is_exact(db) -> None:
     assert await broker.history("notes", latest) == []
     assert await broker.history("notes", Position(latest.offset, "another-epoch")) is None
     assert await broker.history("notes", Position(latest.offset + 100, latest.epoch)) is None
-    assert await broker.history("unknown_resource", Position(5, latest.epoch)) is None
+    assert (
+        await broker.history("unknown_resource", Position(latest.offset + 100, latest.epoch))
+        is None
+    )
 
 
 async def test_publish_returns_the_position_listeners_see(db) -> None:
@@ -247,7 +207,9 @@ async def test_a_plain_writer_process_reaches_a_server_process(
 def test_broker_urls_pick_the_engine_and_reject_bad_options() -> None:
     assert isinstance(load_broker("local"), LocalBroker)
     assert isinstance(load_broker("local://"), LocalBroker)
-    with pytest.raises(ValueError, match="no 's3db.brokers' plugin named 'kafka'"):
+    with pytest.raises(
+        ValueError, match=r"unknown broker 'kafka' \(known: local, nats, redis, rediss\)"
+    ):
         load_broker("kafka://host")
     with pytest.raises(ValueError, match="unknown broker option"):
         load_broker("local://?histroy_size=5")
@@ -257,3 +219,30 @@ def test_broker_urls_pick_the_engine_and_reject_bad_options() -> None:
         load_broker("local", {"prefix": "a b"})
     subprocess.run([sys.executable, "-c", "from s3db_core.broker import LocalBroker, load_broker"],
                    check=True)  # fmt: skip
+
+
+async def test_a_stray_message_never_stops_delivery(store_url: str, broker_url: str) -> None:
+    if broker_url == "local":
+        pytest.skip("nothing but this process can append to the local broker")
+    database, seen = await open_db(store_url, broker_url)
+    try:
+        await database.resources.notes.insert({"text": "before"})
+        await eventually(lambda: len(seen.of("notes")) == 1, "the first change")
+        broker = database.broker
+        if broker_url.startswith("redis"):
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(broker_url.partition("?")[0])
+            await client.xadd(broker.stream_key("notes"), {"junk": "1"})  # type: ignore[attr-defined]
+            await client.aclose()
+        else:
+            import nats
+
+            nc = await nats.connect(broker_url.partition("?")[0])
+            await nc.jetstream().publish(broker.subject("notes"), b"not json")  # type: ignore[attr-defined]
+            await nc.close()
+        await database.resources.notes.insert({"text": "after"})
+        await eventually(lambda: len(seen.of("notes")) == 2, "the change after the stray one")
+        assert texts(seen.of("notes")) == ["before", "after"]
+    finally:
+        await database.disconnect()

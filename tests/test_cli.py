@@ -62,10 +62,9 @@ async def interrupt(proc: asyncio.subprocess.Process) -> tuple[int, bytes, bytes
 async def test_serve_then_tail_prints_events_as_json_lines(app_env, s3db_token):
     server = await start("serve", "tests.cli_app:make_db", env=app_env)
     server_log: list[dict] = []
-    started = await log_until(server, "websocket server started", server_log)
-    serving = await log_until(server, "serving", server_log)
-    url = started["url"]
-    assert serving["urls"] == [url] and serving["level"] == "info" and "timestamp" in serving
+    started = await log_until(server, "listening", server_log)
+    url = started["websocket"]
+    assert started["level"] == "info" and "timestamp" in started
 
     token = s3db_token("tailer")
     tail = await start(
@@ -113,9 +112,9 @@ async def test_serve_then_tail_prints_events_as_json_lines(app_env, s3db_token):
 
 async def test_tail_reports_a_rejected_token_without_printing_it(app_env):
     server = await start("serve", "tests.cli_app:make_db", env=app_env)
-    started = await log_until(server, "websocket server started", [])
+    started = await log_until(server, "listening", [])
     env = {**app_env, "S3DB_TOKEN": "not.a.valid-token"}
-    tail = await start("tail", started["url"], "-r", "notes", env=env)
+    tail = await start("tail", started["websocket"], "-r", "notes", env=env)
     async with asyncio.timeout(TIMEOUT):
         out, err = await tail.communicate()
     assert tail.returncode == 1 and out == b""

@@ -385,6 +385,24 @@ def test_a_revoked_subscription_rejects_with_forbidden(server, tab):
     assert "FORBIDDEN" in tab.evaluate("errors") and tab.evaluate("db.state") == "open"
 
 
+def test_connect_without_a_token_is_told_at_once_that_the_server_requires_one(server, tab):
+    # The answer must not come from the authentication deadline (5 s by default).
+    server.plugin.session_auth.timeout = 30
+    started = time.monotonic()
+    error = tab.evaluate(
+        """async (url) => {
+            try { await s3db.connect(url, { reconnect: false }); return null; }
+            catch (err) { return { code: err.code, message: err.message }; }
+        }""",
+        server.ws_url,
+    )
+    assert error == {
+        "code": "UNAUTHORIZED",
+        "message": "this server requires a token (or an API key) and none was given",
+    }
+    assert time.monotonic() - started < 5
+
+
 def test_a_record_that_leaves_what_the_user_may_see_arrives_as_leave(server, tab):
     tab.evaluate(
         """async ({url, token}) => {

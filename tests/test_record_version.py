@@ -65,3 +65,14 @@ async def test_expected_version_is_compare_and_set(db):
     assert (await items.get_versioned(rec["id"])).version == 3
     with pytest.raises(ValidationError):
         await items.update(rec["id"], {"n": 4}, expected_version="3")  # type: ignore[arg-type]
+
+
+def test_versioned_keeps_its_version_through_copy_and_pickle():
+    import copy
+    import pickle
+
+    from s3db_core import Versioned
+
+    found = Versioned({"id": "a", "n": {"m": 1}}, '"etag"', 3)
+    for twin in (copy.copy(found), copy.deepcopy(found), pickle.loads(pickle.dumps(found))):
+        assert twin == found and twin.version == 3 and twin.record == {"id": "a", "n": {"m": 1}}

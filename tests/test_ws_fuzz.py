@@ -124,7 +124,10 @@ async def exchange(url: str, batch: list[str | bytes]) -> None:
                 assert answer["code"] != "INTERNAL_ERROR", answer
             sent = sent_value(raw)
             rid = sent.get("requestId") if isinstance(sent, dict) else None
-            if isinstance(rid, str):
+            if isinstance(rid, str) and len(rid) > 128:  # refused, and not echoed back
+                assert answer["code"] == "INVALID_MESSAGE", answer
+                assert answer["details"]["field"] == "requestId"
+            elif isinstance(rid, str):
                 assert answer.get("requestId") == rid
             elif isinstance(rid, int | float) and not isinstance(rid, bool):
                 # Numbers are echoed as JSON numbers; beyond 64 bits as the double JS would read.

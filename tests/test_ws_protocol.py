@@ -64,6 +64,8 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
             }
             assert isinstance(hello["clientId"], str) and isinstance(hello["timestamp"], int)
 
+            # No credentials with the upgrade: the server says at once that it wants some.
+            assert await writer.recv() == {"type": "auth_required", "timeoutMs": 5000}
             await writer.send({"type": "auth", "token": token, "requestId": "a-1"})
             assert await writer.recv() == {
                 "type": "authenticated",
@@ -546,7 +548,11 @@ async def test_seed_style_options_and_extra_routes():
 
     rate = {"enabled": True, "maxRequests": 1, "windowMs": 60_000}
     async with serve(
-        resources={}, rateLimit=rate, maxMessageSize=4096, routes=[aiohttp.web.get("/hello", hello)]
+        seed_style=True,
+        resources={},
+        rateLimit=rate,
+        maxMessageSize=4096,
+        routes=[aiohttp.web.get("/hello", hello)],
     ) as (_, plugin):
         assert plugin.max_message_size == 4096
         async with connect(plugin.url) as client:

@@ -49,16 +49,19 @@ async def serve(
     setup: Callable[[Database], Any] | None = None,
     *,
     url: str | None = None,
+    seed_style: bool = False,
     **plugin_options: Any,
 ) -> AsyncIterator[tuple[Database, WebSocketPlugin]]:
-    """A connected database (``setup(db)`` creates its resources) served on a free port."""
+    """A connected database (``setup(db)`` creates its resources) served on a free port
+    (``seed_style``: options spelled the JavaScript way, through ``WebSocketPlugin.from_seed``)."""
     db = Database(url or f"memory://ws-{uuid.uuid4().hex[:12]}")
     await db.connect()
     try:
         if setup is not None:
             await setup(db)
         plugin_options.setdefault("port", 0)
-        plugin = WebSocketPlugin(**plugin_options)
+        make = WebSocketPlugin.from_seed if seed_style else WebSocketPlugin
+        plugin = make(**plugin_options)
         await db.use_plugin(plugin)
         yield db, plugin
     finally:

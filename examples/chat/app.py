@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, RecheckOnAccessChange, dev_login_route, every, find_record
+from examples.common import Options, dev_login_route, every, find_record, start_app
 from s3db_core import Database, NotFoundError
-from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin import RecheckOnAccessChange, WebSocketPlugin
 
 STATIC = Path(__file__).parent / "static"
 TYPING_TTL = 5.0  # seconds a typing indicator lives (the seed's Date.now() + 5000)
@@ -246,31 +246,24 @@ async def create_app(
 
     Returns the database, the running plugin and the background jobs to run (the cleanup).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db, typing_ttl=typing_ttl),
             routes=page_routes(options.jwt_secret),
         )
-        await db.use_plugin(plugin)
-        # A member removed from a private room (or a room made private, or deleted) stops
-        # receiving its messages and typing indicators at once.
-        await db.use_plugin(
-            RecheckOnAccessChange(
-                plugin,
-                "chat_rooms",
-                ("members", "isPrivate"),
-                {"chat_messages": "roomId", "typing_indicators": "roomId"},
-            )
-        )
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    # A member removed from a private room (or a room made private, or deleted) stops
+    # receiving its messages and typing indicators at once.
+    def access(db: Database, plugin: WebSocketPlugin) -> list[object]:
+        room_fields = ("members", "isPrivate")
+        dependents = {"chat_messages": "roomId", "typing_indicators": "roomId"}
+        return [RecheckOnAccessChange(plugin, "chat_rooms", room_fields, dependents)]
+
+    db, plugin = await start_app(options, define_resources, make_plugin, after=access)
 
     async def cleanup() -> None:
         await delete_expired_typing(db)

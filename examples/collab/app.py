@@ -30,9 +30,9 @@ from typing import Any
 
 import structlog
 
-from examples.common import Options, RecheckOnAccessChange, every, find_record
+from examples.common import Options, every, find_record, start_app
 from s3db_core import Change, Database, ForbiddenError, NotFoundError, ValidationError, hookimpl
-from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin import RecheckOnAccessChange, WebSocketPlugin
 
 log = structlog.get_logger("s3db.examples.collab")
 
@@ -320,30 +320,24 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
 
     Returns the database, the running plugin and the background jobs (the idle-cursor sweep).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        await db.use_plugin(OperationLog(db))
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
         )
-        await db.use_plugin(plugin)
-        # A collaborator removed from a document stops receiving it, its operations and cursors.
-        await db.use_plugin(
-            RecheckOnAccessChange(
-                plugin,
-                "documents",
-                ("ownerId", "collaborators"),
-                {"documents": "id", "document_operations": "documentId", "cursors": "documentId"},
-            )
-        )
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    # A collaborator removed from a document stops receiving it, its operations and cursors.
+    def access(db: Database, plugin: WebSocketPlugin) -> list[object]:
+        fields = ("ownerId", "collaborators")
+        dependents = {"documents": "id", "document_operations": "documentId", "cursors": "documentId"}
+        return [RecheckOnAccessChange(plugin, "documents", fields, dependents)]
+
+    db, plugin = await start_app(
+        options, define_resources, make_plugin, before=lambda db: [OperationLog(db)], after=access
+    )
 
     async def sweep() -> None:
         await remove_idle_cursors(db)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from examples.common import Options, dev_login_route, every
+from examples.common import Options, dev_login_route, every, start_app
 from s3db_core import Database
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -148,21 +148,17 @@ async def create_app(
 
     Returns the database, the running plugin and the background jobs (the metric simulation).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=RESOURCES,
             routes=page_routes(options.jwt_secret),
         )
-        await db.use_plugin(plugin)
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    db, plugin = await start_app(options, define_resources, make_plugin)
 
     async def simulate() -> None:
         await collect_metrics(db)

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from examples.common import Options, find_record
+from examples.common import Options, find_record, start_app
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 from s3db_ws_plugin.client import Client, ClientError
@@ -158,11 +158,9 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
 
     Returns the database, the running plugin and the background jobs (none).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             auth={
@@ -177,10 +175,8 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             resources=resources_config(db),
             rate_limit=RATE_LIMIT,
         )
-        await db.use_plugin(plugin)
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    db, plugin = await start_app(options, define_resources, make_plugin)
     return db, plugin, []
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from examples.common import Options, find_record
+from examples.common import Options, find_record, start_app
 from s3db_core import Change, Database, ForbiddenError, hookimpl
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -179,20 +179,17 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
     Returns the database, the running plugin and the background jobs (none: the demo adds a
     simulated game server).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        await db.use_plugin(MatchResults(db))
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             # Watching needs no account; players and the game server sign in with a JWT.
             auth={"required": False, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
         )
-        await db.use_plugin(plugin)
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    db, plugin = await start_app(
+        options, define_resources, make_plugin, before=lambda db: [MatchResults(db)]
+    )
     return db, plugin, []

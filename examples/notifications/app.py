@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from examples.common import Options
+from examples.common import Options, start_app
 from s3db_core import Database, ForbiddenError
 from s3db_ws_plugin import WebSocketPlugin
 
@@ -105,18 +105,14 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
     Returns the database, the running plugin and the background jobs (none: the application
     calls ``send_notification`` when something happens).
     """
-    db = Database(options.db, broker=options.broker)
-    await db.connect()
-    try:
-        await define_resources(db)
-        plugin = WebSocketPlugin(
+
+    async def make_plugin(db: Database) -> WebSocketPlugin:
+        return WebSocketPlugin(
             port=options.port,
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(),
         )
-        await db.use_plugin(plugin)
-    except BaseException:
-        await db.disconnect()
-        raise
+
+    db, plugin = await start_app(options, define_resources, make_plugin)
     return db, plugin, []

@@ -7,14 +7,15 @@ can resume. The epoch changes whenever a stream's history is lost, so a position
 loss is never mistaken for one after it.
 
 ``StreamBroker`` is the shared body of the networked engines (Redis, NATS): listeners, the
-bounded publish with its ordered outage buffer, and the retry task. An engine supplies
-``_connect``, ``_disconnect``, ``_append``, ``_run_reader``, ``position`` and ``history``.
+bounded publish with its ordered outage buffer, the retry task, and bounded ``position`` /
+``history`` that answer "reload" (never raise) while the server is unreachable. An engine
+supplies ``_connect``, ``_disconnect``, ``_append``, ``_run_reader``, ``_position`` and
+``_history``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 import secrets
 from collections import deque
@@ -24,13 +25,15 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-import structlog
 
 from ..change import Change
+from ..log import get_logger
+from ..plugins import await_me_maybe
 
-log = structlog.get_logger("s3db.broker")
+log = get_logger("s3db.broker")
 
 Listener = Callable[[Change], Awaitable[None] | None]
+UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +182,7 @@ class Listeners:
     async def dispatch(self, change: Change) -> None:
         for listener in self.items:
             try:
-                result = listener(change)
-                if inspect.isawaitable(result):
-                    await result
+                await await_me_maybe(listener(change))
             except Exception:
                 log.exception("listener_failed", resource=change.resource, offset=change.offset)
 
@@ -236,11 +237,34 @@ class StreamBroker:
     async def _run_reader(self) -> None:
         raise NotImplementedError
 
-    async def position(self, resource: str) -> Position:
+    async def _position(self, resource: str) -> Position:
         raise NotImplementedError
 
-    async def history(self, resource: str, since: Position) -> list[Change] | None:
+    async def _history(self, resource: str, since: Position) -> list[Change] | None:
         raise NotImplementedError
+
+    # reads for resuming subscribers: bounded, and safe when the server is unreachable
+    async def position(self, resource: str) -> Position:
+        """The latest position; while the server is unreachable, a position no history will
+        ever match (``epoch`` ``"unavailable"``), so a resume from it reloads instead of
+        missing anything."""
+        try:
+            async with asyncio.timeout(self.options.publish_timeout * 2):
+                return await self._position(resource)
+        except Exception as exc:
+            log.warning("position_failed", broker=self.name, resource=resource, error=repr(exc))
+            return Position(0, UNAVAILABLE)
+
+    async def history(self, resource: str, since: Position) -> list[Change] | None:
+        """The changes after ``since``; None (reload) also when the server is unreachable."""
+        if since.epoch == UNAVAILABLE:
+            return None
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                return await self._history(resource, since)
+        except Exception as exc:
+            log.warning("history_failed", broker=self.name, resource=resource, error=repr(exc))
+            return None
 
     # lifecycle
     async def start(self) -> None:
@@ -257,6 +281,11 @@ class StreamBroker:
             self._start_retry()
 
     async def close(self) -> None:
+        """Stop; changes still waiting in the outage buffer get ``connect_timeout`` to drain
+        first (a writer script that exits right after an outage still publishes them)."""
+        retry = self._retry_task
+        if self._buffer and retry is not None and not retry.done():
+            await asyncio.wait({retry}, timeout=self.options.connect_timeout)
         self._started = False
         tasks = {t for t in (self._reader_task, self._retry_task) if t is not None}
         for task in tasks:

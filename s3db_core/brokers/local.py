@@ -8,7 +8,6 @@ same process can resume; the epoch is new at every process start (a restart lose
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -16,6 +15,7 @@ from itertools import islice
 from typing import Any
 
 from ..change import Change
+from ..plugins import await_me_maybe
 from .base import BrokerOptions, Listener, Position, new_epoch
 
 
@@ -31,8 +31,6 @@ class LocalBroker:
     """In-process broker with a bounded in-memory history per resource."""
 
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
-        if isinstance(url, Mapping):  # the wave-1 signature: LocalBroker(config)
-            url, config = "local", url
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()
         self._listeners: list[Listener] = []
@@ -66,9 +64,7 @@ class LocalBroker:
         if changes[0].timestamp < change.timestamp - self._ttl_ms:
             self._expire(changes, change.timestamp)
         for listener in self._listeners:
-            result = listener(change)
-            if inspect.isawaitable(result):
-                await result
+            await await_me_maybe(listener(change))
         return change
 
     def _expire(self, changes: deque[Change], now_ms: int) -> None:
@@ -92,7 +88,7 @@ class LocalBroker:
         assert ring is not None
         self._expire(ring.changes, int(time.time() * 1000))
         changes = ring.changes
-        first = changes[0].offset if changes else last + 1
+        first = (changes[0].offset or 0) if changes else last + 1
         if since.offset + 1 < first:  # part of what followed has left the ring
             return None
         return list(islice(changes, since.offset + 1 - first, None))

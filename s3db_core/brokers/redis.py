@@ -12,8 +12,9 @@ Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sha
   entries, or the publishing process had to drop changes during an outage.
 * ``P:resources`` (set) and ``P:resources:log`` (stream) - which resources have streams; the
   reader learns of a new resource through the log, without polling.
-* ``P:writer:{id}`` - per publishing process, the last publish id appended per resource (expires
-  after an hour), so a retried append that had in fact reached Redis is not appended twice.
+* ``P:writer:{id}`` - per publishing process, the ids of its last 1,000 appends (a sorted set
+  that expires after an hour idle), so a retried append that had in fact reached Redis is not
+  appended twice, even while other appends of the process were in flight.
 
 Every process runs one reader task: ``XREAD BLOCK`` over the log and every known resource stream,
 dispatching each entry to the listeners in stream order (a process's own writes included).
@@ -22,26 +23,27 @@ dispatching each entry to the listeners in stream order (a process's own writes 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from s3db_core.log import get_logger
 
 from ..change import Change
 from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
 
-log = structlog.get_logger("s3db.broker.redis")
+log = get_logger("s3db.broker.redis")
 
 WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 
 # KEYS: stream, meta, resources, resources log, writer
 # ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s
 PUBLISH = """
-local last_id = tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0')
-if tonumber(ARGV[7]) <= last_id then
+if redis.call('ZSCORE', KEYS[5], ARGV[7]) then
   return {-1, ''}
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
@@ -60,7 +62,8 @@ end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[1])
 end
-redis.call('HSET', KEYS[5], ARGV[1], ARGV[7])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[7])
+redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -1001)
 redis.call('EXPIRE', KEYS[5], ARGV[8])
 return {offset, epoch}
 """
@@ -95,18 +98,21 @@ if fields[2] ~= tostring(since + 1) or fields[4] ~= epoch then return false end
 return entries
 """
 
-# KEYS: resources, resources log. Everything the reader needs to start: the log's last id and
-# each known resource with its stream's last id (0-0 when empty), read atomically.
+# KEYS: resources, resources log; ARGV: stream key prefix, suffix, and optionally a start id.
+# Everything the reader needs to start: the log's cursor and each known resource with its
+# stream's cursor, read atomically. Without a start id a cursor is the stream's last id (read
+# what comes next); with one (a reader that could not start on time) it is that id.
 CURSORS = """
-local function last_id(key)
+local function cursor(key)
+  if ARGV[3] then return ARGV[3] end
   local newest = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
   if #newest == 0 then return '0-0' end
   return newest[1][1]
 end
-local out = {last_id(KEYS[2])}
+local out = {cursor(KEYS[2])}
 for _, resource in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   table.insert(out, resource)
-  table.insert(out, last_id(ARGV[1] .. resource .. ARGV[2]))
+  table.insert(out, cursor(ARGV[1] .. resource .. ARGV[2]))
 end
 return out
 """
@@ -128,21 +134,23 @@ class RedisBroker(StreamBroker):
         self._writer_key = f"{p}:writer:{new_epoch()}"
         target = server_url(url)
         timeout = self.options.publish_timeout
-        no_retry = Retry(NoBackoff(), 0)
+        # One immediate retry replaces a pooled connection Redis closed (a restart); a retried
+        # append is deduplicated by its publish id. Outages are the outage buffer's business.
         self._client = aioredis.Redis.from_url(
             target, socket_timeout=max(timeout, 1.0), socket_connect_timeout=timeout,
-            retry=no_retry,
+            retry=Retry(NoBackoff(), 1),
         )  # fmt: skip
         self._reader = aioredis.Redis.from_url(
             target, socket_timeout=self.block_ms / 1000 + 5, socket_connect_timeout=timeout,
-            retry=no_retry,
+            retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
-        self._publish = self._client.register_script(PUBLISH)
-        self._position = self._client.register_script(POSITION)
-        self._history = self._client.register_script(HISTORY)
+        self._publish_script = self._client.register_script(PUBLISH)
+        self._position_script = self._client.register_script(POSITION)
+        self._history_script = self._client.register_script(HISTORY)
         self._cursors_script = self._reader.register_script(CURSORS)
-        self._cursors: dict[bytes, bytes] = {}  # stream key -> last id read
+        self._cursors: dict[Any, Any] = {}  # stream key -> last id read (bytes)
         self._ttl_ms = int(self.options.history_ttl * 1000)
+        self._started_ms = 0
 
     def stream_key(self, resource: str) -> str:
         return f"{self._key_prefix}{resource}{self._key_suffix}"
@@ -151,6 +159,7 @@ class RedisBroker(StreamBroker):
         return f"{self.options.prefix}:{{{resource}}}:meta"
 
     async def _connect(self) -> None:
+        self._started_ms = int(time.time() * 1000)
         await self._client.ping()
         await self._load_cursors()
 
@@ -161,10 +170,18 @@ class RedisBroker(StreamBroker):
     async def _interrupt(self) -> None:
         await self._reader.connection_pool.disconnect(inuse_connections=True)
 
-    async def _load_cursors(self) -> None:
-        reply = await self._cursors_script(
-            keys=[self._resources_key, self._log_key], args=[self._key_prefix, self._key_suffix]
-        )
+    async def memory_usage(self, resource: str) -> int:
+        """Bytes Redis holds for ``resource``'s history (stream + meta), counted exactly."""
+        used = 0
+        for key in (self.stream_key(resource), self.meta_key(resource)):
+            used += int(await self._client.memory_usage(key, samples=0) or 0)
+        return used
+
+    async def _load_cursors(self, since_ms: int | None = None) -> None:
+        args = [self._key_prefix, self._key_suffix]
+        if since_ms is not None:
+            args.append(f"{since_ms}-0")
+        reply = await self._cursors_script(keys=[self._resources_key, self._log_key], args=args)
         cursors = {self._log_key.encode(): reply[0]}
         for i in range(1, len(reply), 2):
             cursors[self.stream_key(reply[i].decode()).encode()] = reply[i + 1]
@@ -172,7 +189,7 @@ class RedisBroker(StreamBroker):
 
     async def _append(self, change: Change, publish_id: int, new_epoch_: bool) -> Change:
         resource = change.resource
-        offset, epoch = await self._publish(
+        offset, epoch = await self._publish_script(
             keys=[self.stream_key(resource), self.meta_key(resource), self._resources_key,
                   self._log_key, self._writer_key],
             args=[resource, encode_change(change), new_epoch(), int(new_epoch_),
@@ -185,12 +202,14 @@ class RedisBroker(StreamBroker):
             change.version, int(offset), epoch.decode(),
         )  # fmt: skip
 
-    async def position(self, resource: str) -> Position:
-        offset, epoch = await self._position(keys=[self.meta_key(resource)], args=[new_epoch()])
+    async def _position(self, resource: str) -> Position:
+        offset, epoch = await self._position_script(
+            keys=[self.meta_key(resource)], args=[new_epoch()]
+        )
         return Position(int(offset), epoch.decode())
 
-    async def history(self, resource: str, since: Position) -> list[Change] | None:
-        entries = await self._history(
+    async def _history(self, resource: str, since: Position) -> list[Change] | None:
+        entries = await self._history_script(
             keys=[self.stream_key(resource), self.meta_key(resource)],
             args=[since.epoch, since.offset, self._ttl_ms, self.options.history_size],
         )
@@ -207,9 +226,11 @@ class RedisBroker(StreamBroker):
         log_key = self._log_key.encode()
         while self._started:
             try:
-                if not self._cursors:
-                    await self._load_cursors()
-                reply = await self._reader.xread(self._cursors, count=1000, block=self.block_ms)
+                if not self._cursors:  # Redis was down at start: read from the start time
+                    await self._load_cursors(self._started_ms)
+                reply: Any = await self._reader.xread(
+                    self._cursors, count=1000, block=self.block_ms
+                )
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
@@ -229,5 +250,11 @@ class RedisBroker(StreamBroker):
                     continue
                 for entry_id, fields in entries:
                     self._cursors[key] = entry_id
-                    change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+                    try:
+                        change = decode_change(
+                            fields[b"d"], int(fields[b"o"]), fields[b"e"].decode()
+                        )
+                    except Exception:  # not ours (a stray XADD): never stop the reader
+                        log.exception("undecodable_entry", stream=key, id=entry_id)
+                        continue
                     await self.listeners.dispatch(change)

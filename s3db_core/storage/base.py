@@ -143,6 +143,8 @@ S3_MAX_SEGMENT_BYTES = 255
 def s3_key_problem(full_key: str) -> str | None:
     """S3 keys are at most 1,024 bytes of UTF-8 (prefix included); servers that keep objects as
     files (SeaweedFS, MinIO) also need every ``/``-separated segment within 255 bytes."""
+    if len(full_key) <= S3_MAX_SEGMENT_BYTES and full_key.isascii():
+        return None  # the common case: nothing can be over either limit
     size = len(full_key.encode("utf-8", "surrogatepass"))
     if size > S3_MAX_KEY_BYTES:
         return f"its key would be {size} bytes, over the store's {S3_MAX_KEY_BYTES}-byte key limit"

@@ -33,6 +33,7 @@ import base64
 import contextlib
 import itertools
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
-import structlog
 
+from s3db_core import await_me_maybe
+from s3db_core.log import get_logger
 from s3db_core.query import matches
 
-from ..connection import limit_read_size
+from ..internals import client_transport, limit_read_size
+from ..protocol import CloseCode
 from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
 from .subscription import (
     EVENT_KINDS,
@@ -58,12 +61,15 @@ from .subscription import (
     Subscription,
 )
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
+
+# Credentials a URL may carry (``?token=``, ``?apiKey=``, user:password@).
+_URL_CREDENTIALS = re.compile(r"[?&](token|apiKey|api_key)=|//[^/]*@")
 
 TokenSource = str | Callable[[], "str | Awaitable[str]"] | None
 # Close codes after which reconnecting cannot help.
 _FINAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1010})
-UNAUTHORIZED_CLOSE = 4401
+UNAUTHORIZED_CLOSE = CloseCode.UNAUTHORIZED
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -280,7 +286,7 @@ class Client:
             ("order", order),
         ):
             if value is not None:
-                frame[key] = dict(value) if key == "filter" else value
+                frame[key] = dict(value) if isinstance(value, Mapping) else value
         reply = await self._request(frame)
         return Page(reply["data"], reply.get("cursor"))
 
@@ -534,7 +540,9 @@ class Client:
         none: it then goes to every subscription of that resource that wants its kind.
         """
         resource, kind = frame.get("resource"), frame.get("event")
-        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
+        if not isinstance(resource, str) or not isinstance(kind, str):
+            return  # not an event this client can route
+        data = frame["data"] if isinstance(frame.get("data"), dict) else {}
         version, offset, epoch = frame.get("version"), frame.get("offset"), frame.get("epoch")
         event = Event(
             resource,
@@ -574,7 +582,7 @@ class Client:
         details = error.details
         if not (isinstance(details, dict) and details.get("revoked")):
             return
-        filter = details.get("filter") if isinstance(details.get("filter"), dict) else {}
+        filter = details["filter"] if isinstance(details.get("filter"), dict) else {}
         stream = self._streams.pop(self._key(str(details.get("resource")), filter), None)
         if stream is not None:
             for sub in stream.subs:
@@ -598,11 +606,9 @@ class Client:
 
     # -- internals: the socket -------------------------------------------------------------
     async def _get_token(self) -> str | None:
-        token = self._token
+        token: Any = self._token
         if callable(token):
-            token = token()
-            if asyncio.iscoroutine(token) or isinstance(token, asyncio.Future):
-                token = await token
+            token = await await_me_maybe(token())
         if token is not None and not isinstance(token, str):
             raise TypeError("the token callable must return a string")
         return token
@@ -616,6 +622,7 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
         if self._api_key:
             headers["x-api-key"] = self._api_key
+        given = bool(headers) or bool(_URL_CREDENTIALS.search(self.url))
         try:
             async with asyncio.timeout(self.request_timeout):
                 ws = await self._session.ws_connect(
@@ -626,7 +633,7 @@ class Client:
                     autoclose=True,
                 )
                 try:
-                    frame = await self._handshake(ws)
+                    frame = await self._handshake(ws, given)
                 except BaseException:
                     await ws.close()
                     raise
@@ -639,7 +646,7 @@ class Client:
                 f"cannot connect to {self.safe_url}: {exc.__class__.__name__}"
             ) from None
         # Small reads, as the server does (aiohttp keeps the transport on its private writer).
-        limit_read_size(getattr(getattr(ws, "_writer", None), "transport", None))
+        limit_read_size(client_transport(ws))
         self._ws = ws
         self._current_token = token
         self.client_id = frame.get("clientId")
@@ -648,13 +655,20 @@ class Client:
         log.debug("connected", url=self.safe_url, client_id=self.client_id)
         return ws
 
-    async def _handshake(self, ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    async def _handshake(
+        self, ws: aiohttp.ClientWebSocketResponse, credentials_given: bool
+    ) -> dict[str, Any]:
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                 frame = orjson.loads(msg.data)
                 if frame.get("type") == "connected":
                     return frame
+                if frame.get("type") == "auth_required":  # sent when the upgrade had none
+                    raise Unauthorized(
+                        "this server requires a token (or an API key) and "
+                        + ("it did not accept the one given" if credentials_given else "none was given")
+                    )
                 if frame.get("type") == "error":
                     raise error_from_frame(frame)
                 continue
@@ -686,7 +700,7 @@ class Client:
             if kind == "error" and frame.get("code") == Unauthorized.code:
                 last_error = error_from_frame(frame)  # a 4401 close follows
             entry = (
-                self._pending.pop(frame.get("requestId"), None) if "requestId" in frame else None
+                self._pending.pop(frame["requestId"], None) if "requestId" in frame else None
             )
             if entry is not None:
                 if kind == "error":
@@ -776,9 +790,7 @@ class Client:
         if self.on_reconnect is None:
             return
         try:
-            result = self.on_reconnect(self)
-            if asyncio.iscoroutine(result):
-                await result
+            await await_me_maybe(self.on_reconnect(self))
         except Exception:
             log.exception("on_reconnect callback failed")
 

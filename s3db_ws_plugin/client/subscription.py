@@ -9,16 +9,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import structlog
+from s3db_core.log import get_logger
 
+from ..protocol import EVENT_KINDS
 from .errors import ClientError, SlowConsumer
 
 if TYPE_CHECKING:
     from .client import Client
 
-log = structlog.get_logger("s3db.client")
+log = get_logger("s3db.client")
 
-EVENT_KINDS = ("insert", "update", "delete")
 
 
 # -- values ------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@
 const EVENT_KINDS = ["insert", "update", "delete"];
 const UNAUTHORIZED_CLOSE = 4401;
 
+
 export class S3dbError extends Error {
   constructor(code, message, extra = {}) {
     super(message || code);
@@ -649,6 +650,11 @@ export class Client {
       if (frame.type === "connected") {
         this.clientId = frame.clientId ?? this.clientId;
         if (!token) handshake.resolve(frame.user ?? null);
+      }
+      // Sent at once by a server that needs credentials the upgrade did not carry.
+      if (frame.type === "auth_required" && !token) {
+        handshake.reject(new S3dbError("UNAUTHORIZED", "this server requires a token (or an API key) and none was given"));
+        return;
       }
       this._onFrame(frame);
     };

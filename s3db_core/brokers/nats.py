@@ -1,0 +1,325 @@
+"""The NATS broker: ``nats://host:port``, through nats-py and JetStream.
+
+One JetStream stream per database, ``S3DB_<prefix>``, with a subject per resource:
+``s3db.<prefix>.<resource>`` (a ``.`` in a resource name becomes ``~`` so the name stays one
+subject token). Retention: ``max_msgs_per_subject = history_size`` and ``max_age =
+history_ttl``, on file storage.
+
+Positions: a change's ``offset`` is its JetStream **stream sequence**. It is strictly increasing
+per resource (and across resources: the numbers between two changes of one resource belong to
+other resources), which is all a position needs; it is not contiguous. To keep ``history``
+exact, each message carries the offset of its resource's previous message (``S3db-Prev``) and is
+appended with ``Nats-Expected-Last-Subject-Sequence`` set to it, so two processes racing on one
+resource cannot both chain to the same predecessor (the loser re-reads the head and retries).
+``history(since)`` walks the chain from ``since``: a missing link means the position has left
+history. The ``epoch`` rides in each message (``S3db-Epoch``): a resource starts in the stream's
+epoch (derived from the stream's creation time, so a recreated stream is a new epoch) and a
+process that had to drop changes during an outage starts a new one. Retries carry the same
+``Nats-Msg-Id``, so JetStream's duplicate window keeps an append that did arrive from being
+stored twice.
+
+Every process reads the stream through an ordered push consumer (delivered in stream order,
+re-created by nats-py after a server restart from the last sequence it delivered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, BadRequestError, NotFoundError
+
+from s3db_core.log import get_logger
+
+from ..change import Change
+from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+
+log = get_logger("s3db.broker.nats")
+
+EPOCH = "S3db-Epoch"
+PREV = "S3db-Prev"
+WRONG_LAST_SEQUENCE = 10071
+STREAM_NAME_IN_USE = 10058
+RACE_RETRIES = 20
+RECOVER_ATTEMPTS = 25
+
+
+class NatsBroker(StreamBroker):
+    """Changes shared through one JetStream stream, a subject per resource."""
+
+    name = "nats"
+
+    def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, config)
+        self.stream = f"S3DB_{self.options.prefix}"
+        self._subject_prefix = f"s3db.{self.options.prefix}."
+        self._server = server_url(url)
+        self._writer = new_epoch()
+        self._nc: NATS | None = None
+        self._js: JetStreamContext | None = None
+        self._stream_epoch = ""
+        self._heads: dict[str, tuple[int, str]] = {}  # resource -> (last offset, epoch) seen here
+        self._first_attempt: datetime | None = None
+        self._subscription: Any = None
+        self._generation = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def subject(self, resource: str) -> str:
+        return self._subject_prefix + resource.replace(".", "~")
+
+    # -- connection ------------------------------------------------------------------------------
+    async def _connect(self) -> None:
+        # A process that reaches NATS late reads what was published since it first tried.
+        late = self._first_attempt is not None
+        if self._first_attempt is None:
+            self._first_attempt = datetime.now(UTC)
+        nc = await nats.connect(
+            self._server,
+            connect_timeout=self.options.connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.2,
+            error_cb=self._on_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        try:
+            js = nc.jetstream(timeout=self.options.publish_timeout)
+            policy = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+            if late:
+                policy = ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=self._first_attempt
+                )
+            await self._setup(js, policy)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js = nc, js
+
+    async def _setup(self, js: JetStreamContext, policy: ConsumerConfig) -> None:
+        """Create (or update) the stream, take its epoch, and start reading it."""
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[self._subject_prefix + "*"],
+            max_msgs_per_subject=self.options.history_size,
+            max_age=self.options.history_ttl,
+            duplicate_window=min(120.0, self.options.history_ttl),
+            storage=StorageType.FILE,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        )
+        try:
+            info = await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            info = await js.update_stream(config)
+        self._stream_epoch = self._epoch_of(info)
+        self._generation += 1
+        generation = self._generation
+
+        async def deliver(msg: Msg) -> None:  # a replaced subscription's stragglers are dropped
+            if generation == self._generation:
+                await self._on_message(msg)
+
+        self._subscription = await js.subscribe(
+            self._subject_prefix + "*",
+            cb=deliver,
+            ordered_consumer=True,
+            idle_heartbeat=1.0,
+            config=policy,
+        )
+
+    @staticmethod
+    def _epoch_of(info: Any) -> str:
+        """The stream's epoch: from its creation time, so a re-created stream is a new epoch."""
+        created = str(info.created or info.config.name)
+        return hashlib.sha1(created.encode()).hexdigest()[:12]
+
+    async def _recover_stream(self) -> None:
+        """After a reconnect: if the server lost the stream (or another process already created
+        it again), take the new stream's epoch and read it from its start."""
+        js = self._js
+        for _ in range(RECOVER_ATTEMPTS):
+            if js is None or not self._started:
+                return
+            try:
+                info = await js.stream_info(self.stream)
+            except NotFoundError:
+                log.warning("nats_stream_lost", stream=self.stream)
+                break
+            except Exception as exc:  # JetStream may still be starting
+                log.info("nats_stream_check_retry", error=repr(exc))
+                await asyncio.sleep(0.2)
+                continue
+            if self._epoch_of(info) == self._stream_epoch:
+                return  # the same stream: the ordered consumer carries on by itself
+            log.warning("nats_stream_recreated", stream=self.stream)
+            break
+        else:
+            return
+        old, self._subscription = self._subscription, None
+        if old is not None:
+            try:
+                await old.unsubscribe()
+            except Exception:
+                pass
+        self._heads.clear()
+        try:
+            await self._setup(js, ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        except Exception as exc:
+            log.warning("nats_stream_recreate_failed", error=repr(exc))
+
+    async def _disconnect(self) -> None:
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            await nc.close()
+
+    async def _interrupt(self) -> None:
+        """Nothing blocks in the reader task: nats-py delivers on its own tasks."""
+
+    async def _run_reader(self) -> None:
+        """Connect in the background when ``start`` could not (the subscription then reads)."""
+        delay = 0.2
+        while self._started and self._nc is None:
+            try:
+                async with asyncio.timeout(self.options.connect_timeout):
+                    await self._connect()
+                log.info("broker_connected", broker=self.name)
+                self._start_retry()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("connect_retry", broker=self.name, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("nats_error", error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        if self._started:
+            log.warning("nats_disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self._heads.clear()  # re-read heads: the server may have lost or kept anything
+        log.info("nats_reconnected")
+        task = asyncio.get_running_loop().create_task(self._recover_stream())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_message(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        try:
+            change = decode_change(msg.data, msg.metadata.sequence.stream, headers.get(EPOCH, ""))
+        except Exception:  # not ours (a stray publish on our subjects): skip it
+            log.exception("undecodable_message", subject=msg.subject)
+            return
+        await self.listeners.dispatch(change)
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            raise ConnectionError("not connected to NATS")
+        return self._js
+
+    async def _last(self, resource: str) -> tuple[int, str] | None:
+        """(offset, epoch) of the resource's latest message still in the stream, if any."""
+        try:
+            msg = await self._jetstream().get_msg(self.stream, subject=self.subject(resource))
+        except NotFoundError:
+            return None
+        headers = msg.headers or {}
+        return int(msg.seq or 0), headers.get(EPOCH, self._stream_epoch)
+
+    async def _bounds(self) -> tuple[int, int]:
+        """The stream's first and last sequence."""
+        state = (await self._jetstream().stream_info(self.stream)).state
+        return state.first_seq, state.last_seq
+
+    async def _head(self, resource: str) -> tuple[int, int, str]:
+        """What the next append chains to: (expected last subject sequence, previous, epoch).
+
+        With no message of the resource left, whatever it had was older than the stream's
+        first sequence (only age empties a subject), so ``previous`` is that sequence - 1."""
+        last = await self._last(resource)
+        if last is not None:
+            return last[0], last[0], last[1]
+        first, _ = await self._bounds()
+        return 0, first - 1, self._stream_epoch
+
+    async def _append(self, change: Change, publish_id: int, new_epoch_: bool) -> Change:
+        js = self._jetstream()
+        resource = change.resource
+        cached = self._heads.get(resource)
+        head = (cached[0], cached[0], cached[1]) if cached else await self._head(resource)
+        epoch = new_epoch() if new_epoch_ else head[2]
+        payload = encode_change(change)
+        for _ in range(RACE_RETRIES):
+            headers = {
+                "Nats-Msg-Id": f"{self._writer}-{publish_id}",
+                "Nats-Expected-Last-Subject-Sequence": str(head[0]),
+                EPOCH: epoch,
+                PREV: str(head[1]),
+            }
+            try:
+                ack = await js.publish(self.subject(resource), payload, headers=headers,
+                                       stream=self.stream)  # fmt: skip
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                head = await self._head(resource)  # another process appended first
+                if not new_epoch_:
+                    epoch = head[2]
+                continue
+            self._heads[resource] = (ack.seq, epoch)
+            return Change(
+                change.resource, change.event, change.record, change.previous, change.timestamp,
+                change.version, ack.seq, epoch,
+            )  # fmt: skip
+        raise RuntimeError(f"{resource}: lost the append race {RACE_RETRIES} times")
+
+    async def _position(self, resource: str) -> Position:
+        last = await self._last(resource)
+        if last is not None:
+            return Position(*last)
+        _, stream_last = await self._bounds()  # nothing of it in history: "as of now"
+        return Position(stream_last, self._stream_epoch)
+
+    async def _history(self, resource: str, since: Position) -> list[Change] | None:
+        last = await self._last(resource)
+        if last is None:  # nothing left: recoverable only if nothing after `since` expired
+            first, stream_last = await self._bounds()
+            ok = since.epoch == self._stream_epoch and first - 1 <= since.offset <= stream_last
+            return [] if ok else None
+        if since.epoch != last[1] or not 0 <= since.offset <= last[0]:
+            return None
+        js, subject = self._jetstream(), self.subject(resource)
+        changes: list[Change] = []
+        previous = since.offset
+        while previous < last[0]:
+            try:
+                msg = await js.get_msg(self.stream, seq=previous + 1, subject=subject, next=True)
+            except NotFoundError:
+                return None
+            headers = msg.headers or {}
+            link = int(headers.get(PREV, "-1"))
+            # The first message may chain to any point at or before `since` (nothing of this
+            # resource in between); each later one to the message before it.
+            if (link > previous if not changes else link != previous) or headers.get(
+                EPOCH
+            ) != since.epoch:
+                return None  # a link of the chain has left history
+            previous = int(msg.seq or 0)
+            changes.append(decode_change(msg.data or b"", previous, since.epoch))
+            if len(changes) > self.options.history_size:
+                return None
+        return changes

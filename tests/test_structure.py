@@ -1,0 +1,168 @@
+"""Meta-tests on how the code is cut and documented, like datasette's: every hookspec and every
+entry-point group is documented with its signature, docs/architecture.md names every module of
+the three packages, each message type is declared once, and no module reaches for another's
+private function. Each failure says exactly what to add or change."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from s3db_core import hookspecs
+from s3db_core.plugins import clear_entry_point_cache, load_entry_point
+from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin.handlers import Handlers
+from s3db_ws_plugin.plugin import SEED_KEYWORDS
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("s3db_core", "s3db_ws_plugin", "s3db_auth_drivers")
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def user_docs() -> str:
+    return "\n".join(
+        p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    )
+
+
+def hookspec_signatures() -> dict[str, str]:
+    """``name(arg, ...)`` of every hookspec, as the docs write it."""
+    specs = {}
+    for name, func in inspect.getmembers(hookspecs, inspect.isfunction):
+        if name.startswith("s3db_"):
+            specs[name] = f"{name}({', '.join(inspect.signature(func).parameters)})"
+    return specs
+
+
+def test_there_are_hookspecs_to_check():
+    assert "s3db_change" in hookspec_signatures()
+
+
+@pytest.mark.parametrize("name", sorted(hookspec_signatures()))
+def test_every_hookspec_is_documented_with_its_signature(name):
+    signature = hookspec_signatures()[name]
+    assert f"`{signature}`" in user_docs(), (
+        f"document the hook `{signature}` in README.md (the hooks table) or docs/: "
+        "when it fires and what a return value means"
+    )
+
+
+def entry_point_groups() -> dict[str, list[str]]:
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]
+    return {group: sorted(names) for group, names in groups.items()}
+
+
+@pytest.mark.parametrize("group", sorted(entry_point_groups()))
+def test_every_entry_point_group_is_documented_with_its_built_ins(group):
+    docs = user_docs()
+    assert f"`{group}`" in docs, (
+        f"document the entry-point group `{group}` in README.md's entry-point table: "
+        "what a name maps to and the built-ins"
+    )
+    row = next(line for line in docs.splitlines() if line.startswith(f"| `{group}`"))
+    missing = [name for name in entry_point_groups()[group] if f"`{name}`" not in row]
+    if group != "pytest11":
+        assert not missing, f"add the built-ins {missing} to the `{group}` row of README.md"
+
+
+def modules(package: str) -> list[str]:
+    """Every module of ``package`` as docs/architecture.md names it: its path in the package."""
+    root = ROOT / package
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name != "__init__.py" or path.parent != root
+    )
+
+
+def section(package: str) -> str:
+    text = ARCHITECTURE.read_text()
+    match = re.search(rf"^## {package}\b.*?(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"docs/architecture.md needs a section '## {package}'"
+    return match.group(0)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_architecture_names_every_module(package):
+    text = section(package)
+    missing = [m for m in modules(package) if f"`{m}`" not in text]
+    assert not missing, (
+        "docs/architecture.md, section '## {}': add a row per module, e.g. {}".format(
+            package, "; ".join(f"| `{m}` | what it owns |" for m in missing)
+        )
+    )
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_architecture_names_no_module_that_is_gone(package):
+    rows = re.findall(r"^\| `([\w/]+\.py)` \|", section(package), re.M)
+    gone = [row for row in rows if not (ROOT / package / row).exists()]
+    assert not gone, (
+        f"docs/architecture.md, section '## {package}': remove or rename the rows for {gone} "
+        "(no such module)"
+    )
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    if private:
+                        offenders.append(f"{path.relative_to(ROOT)}: {node.module} {private}")
+    assert not offenders, offenders
+
+
+def test_each_message_type_is_declared_once_with_its_handler():
+    handlers = Handlers.__new__(Handlers)
+    Handlers.__init__(handlers, plugin=None)  # type: ignore[arg-type]
+    assert set(handlers.messages) == set(handlers.table)
+    assert sorted(handlers.messages) == [
+        "auth", "delete", "get", "insert", "list", "ping", "subscribe", "unsubscribe", "update",
+    ]  # fmt: skip
+    assert {t for t, m in handlers.messages.items() if m.before_auth} == {"auth", "ping"}
+
+
+def test_the_constructor_takes_only_its_own_keyword_names():
+    with pytest.raises(TypeError):
+        WebSocketPlugin(rateLimit={"maxRequests": 1})  # type: ignore[call-arg]
+    params = inspect.signature(WebSocketPlugin).parameters
+    assert all(name in params for name in SEED_KEYWORDS.values())
+    plugin = WebSocketPlugin.from_seed(port=0, maxMessageSize=4096, heartbeatInterval=None)
+    assert (plugin.max_message_size, plugin.heartbeat_interval) == (4096, None)
+    with pytest.raises(TypeError, match="max_message_size"):
+        WebSocketPlugin.from_seed(maxMessageSize=1, max_message_size=2)
+
+
+def test_a_new_plugin_can_be_read_attribute_by_attribute():
+    """pluggy (1.5) reads every attribute of a plugin object when it registers it: none may
+    raise before the plugin has started."""
+    plugin = WebSocketPlugin(port=0)
+    for name in dir(plugin):
+        getattr(plugin, name)
+
+
+def test_the_entry_point_loader_caches_and_clears():
+    first = load_entry_point("s3db.storage", "memory")
+    assert load_entry_point("s3db.storage", "memory") is first
+    with pytest.raises(ValueError, match=r"unknown storage scheme 'nope' \(known: .*memory"):
+        load_entry_point("s3db.storage", "nope", kind="storage scheme")
+    clear_entry_point_cache()
+    assert load_entry_point("s3db.storage", "memory") is first  # the same class, imported once
+
+
+def test_every_package_ships_py_typed():
+    missing = [p for p in PACKAGES if not (ROOT / p / "py.typed").exists()]
+    assert not missing, f"add an empty py.typed to {missing} (and to package-data)"
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    assert all("py.typed" in data.get(p, []) for p in PACKAGES)
