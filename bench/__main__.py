@@ -27,6 +27,7 @@ BENCHMARKS = (
     "memory",
     "latency",
     "broker_memory",
+    "scaleout",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 

@@ -1,7 +1,7 @@
 """What every example app shares: its command line, the JWT secret, a dev-only login, starting
 (``start_app``) and running.
 
-    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST]
+    python -m examples.<name> [--port PORT] [--db CONNECTION_STRING] [--host HOST] [--broker URL]
 """
 
 from __future__ import annotations
@@ -51,18 +51,25 @@ class Options:
     host: str
     db: str
     jwt_secret: str
+    broker: str = "local"  # the Database's broker URL (--broker)
 
 
 def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
     parser = argparse.ArgumentParser(prog=f"python -m examples.{name}", description=__doc__)
     parser.add_argument("--port", type=int, default=port, help=f"port to listen on (default {port})")
+    parser.add_argument(
+        "--broker",
+        default="local",
+        help="change stream shared by server and writer processes: redis://HOST:6379/0 or "
+        "nats://HOST:4222 (default: local, this process only)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
     add_logging_options(parser)
     args = parser.parse_args(argv)
     configure_logging(args.log_format, args.log_level)
     report_startup_errors(debug=args.debug, port_option="--port")
-    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret())
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=jwt_secret(), broker=args.broker)
 
 
 def jwt_secret() -> str:
@@ -111,7 +118,7 @@ async def start_app(
     """Connect ``options.db``, ``define`` its resources, register the ``before`` plugins, the
     WebSocket plugin ``make_plugin`` builds (serving from here on) and the ``after`` plugins.
     If any step fails the database is disconnected again and the error raised."""
-    db = Database(options.db)
+    db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
         await define(db)

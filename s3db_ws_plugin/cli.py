@@ -148,6 +148,10 @@ async def serve(target: str, debug: bool = False) -> int:
 def _write_line(event: Any) -> None:
     line = {"resource": event.resource, "event": event.event, "data": event.data}
     line["timestamp"] = event.timestamp
+    if event.offset is not None:  # the stream position: tail resumes after it by itself
+        line.update(version=event.version, offset=event.offset, epoch=event.epoch)
+    if event.event == "reload":
+        log.warning("changes made while disconnected could not be replayed", resource=event.resource)
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
 
@@ -250,6 +254,18 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+def _worker_count(text: str) -> int:
+    from .workers import MAX_WORKERS
+
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"a number of processes from 1 to {MAX_WORKERS}")
+    return count
+
+
 async def repair(store: str, grace: float, dry_run: bool) -> int:
     """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
     from s3db_core import Database, S3dbError
@@ -289,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run an app until SIGINT/SIGTERM")
     serve_cmd.add_argument(
         "target", metavar="MODULE:ATTR", help="a Database, or a (coroutine) function returning one"
+    )
+    serve_cmd.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
     )
 
     tail_cmd = commands.add_parser("tail", help="print live events as JSON lines")
@@ -339,7 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_format, args.log_level)
-    if args.command == "serve":
+    if args.command == "serve" and args.workers > 1:
+        from .workers import run_workers
+
+        options = ["--log-format", args.log_format, "--log-level", args.log_level]
+        if args.debug:
+            options.append("--debug")
+        coro = run_workers(args.target, args.workers, options)
+    elif args.command == "serve":
         coro = serve(args.target, debug=args.debug)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run)

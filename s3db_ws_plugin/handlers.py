@@ -14,6 +14,7 @@ bounded (``limits.py``) before they are compiled, and compiled once per frame.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,8 @@ from .protocol import (
     Request,
     encode,
     event_kinds,
+    flag,
+    invalid,
     list_limit,
     message,
     now_ms,
@@ -46,7 +49,9 @@ from .protocol import (
     required_object,
     required_text,
     sort_order,
+    stream_position,
 )
+from .resume import subscribe_from
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
@@ -169,9 +174,19 @@ class Handlers:
     async def auth(self, conn: Connection, req: Request) -> None:
         await self.plugin.session_auth.frame(conn, req)
 
-    @message("subscribe", resource=required_text, filter=optional_object, events=event_kinds)
-    async def subscribe(self, conn: Connection, req: Request) -> Frame:
+    @message(
+        "subscribe",
+        resource=required_text,
+        filter=optional_object,
+        events=event_kinds,
+        since=stream_position,
+        snapshot=flag,
+        limit=list_limit,  # the snapshot's page size
+    )
+    async def subscribe(self, conn: Connection, req: Request) -> Frame | None:
         f = req.fields
+        if f["since"] is not None and f["snapshot"]:
+            raise invalid("since", "cannot be combined with snapshot")
         name = f["resource"]
         policy, _ = self._resource(conn, name)
         client_filter = self._client_filter(policy, f["filter"])
@@ -201,13 +216,25 @@ class Handlers:
             read=policy.readable(conn.user),
         )
         registry.add(sub)
-        return reply(
+        answer = functools.partial(
+            reply,
             "subscribed",
             req.request_id,
             resource=name,
             filter=effective,
             events=[e for e in EVENT_KINDS if e in events],
         )
+        position = None
+        if f["since"] is None and not f["snapshot"]:
+            position = self.plugin.position_of(name)  # what this process fanned out last
+            if position is not None:
+                return answer(position=position)
+        try:  # replies itself, then sends the replay, the snapshot's stream or what is new
+            await subscribe_from(self.plugin, conn, sub, policy, f, answer)
+        except BaseException:
+            registry.remove(sub)
+            raise
+        return None
 
     @message("unsubscribe", resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
@@ -281,9 +308,7 @@ class Handlers:
             )
         await self._guard(policy, "create", conn.user, data)
         record = await resource.insert(data)
-        return reply(
-            "inserted", req.request_id, resource=policy.name, data=policy.protected.strip(record)
-        )
+        return reply("inserted", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
 
     @message(
         "update",
@@ -324,9 +349,7 @@ class Handlers:
             expected_version=req.fields["version"],
             check=still_allowed,
         )
-        return reply(
-            "updated", req.request_id, resource=policy.name, data=policy.protected.strip(record)
-        )
+        return reply("updated", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
 
     @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
@@ -353,6 +376,14 @@ def _readable(policy: ResourcePolicy, conn: Connection, found: Versioned | None)
     if found is None or policy.read is None:
         return found
     return found if policy.read.bind(conn.user)(found[0]) else None
+
+
+def _shown(policy: ResourcePolicy, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+    """What a writer is shown of the record it wrote: the record without protected fields, or
+    only its id when the read rule does not let this connection see the result."""
+    if policy.read is not None and not policy.read.bind(conn.user)(record):
+        return {"id": record["id"]}
+    return policy.protected.strip(record)
 
 
 _CHUNK = 32  # records serialized per call while a page is checked against its byte budget

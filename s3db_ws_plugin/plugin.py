@@ -52,7 +52,9 @@ from .protocol import (
 )
 from .rate_limiters import load_rate_limiter
 from .recheck import recheck_subscriptions
+from .resume import Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
+from .workers import WorkerSettings
 
 log = get_logger("s3db.ws")
 
@@ -169,10 +171,13 @@ class WebSocketPlugin:
 
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry()
+        self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         self.metrics = Metrics(lambda: len(self.connections), lambda: len(self.registry))
         self._runner: web.AppRunner | None = None
+        # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
+        self.workers = WorkerSettings.from_env()
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
 
@@ -215,11 +220,15 @@ class WebSocketPlugin:
             return
         started = time.perf_counter()
         try:
+            resumer = self.resumer
+            resumer.positions.advance(change)
+            if not resumer.gate.admit(change):  # older than a version already fanned out
+                return
             receivers, leaving = self.registry.deliveries(change, policy)
             if receivers:
-                self._deliver(change, receivers, change.event, policy.protected.strip(change.record))
+                self._deliver(change, receivers, event_frame(change, policy), policy)
             if leaving:  # the record left their access: its id, nothing of its new content
-                self._deliver(change, leaving, "leave", {"id": change.record.get("id")})
+                self._deliver(change, leaving, event_frame(change, policy, leave=True), policy)
         except Exception:  # the write is durable: never fail it because delivery broke
             log.exception(
                 "change fan-out failed",
@@ -231,22 +240,29 @@ class WebSocketPlugin:
         self.metrics.event(change.resource, change.event).inc()
         self.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
-    def _deliver(self, change: Change, receivers: list[Connection], event: str, data: Any) -> None:
+    def _deliver(
+        self,
+        change: Change,
+        receivers: list[Connection],
+        event: dict[str, Any],
+        policy: ResourcePolicy,
+    ) -> None:
         """Send one event frame, serialized once, to each receiver; a receiver that fails is
-        logged with an error id and never keeps the frame from the others."""
-        payload = encode(
-            {
-                "type": "event",
-                "resource": change.resource,
-                "event": event,
-                "data": data,
-                "timestamp": change.timestamp,
-            }
-        )
+        logged with an error id and never keeps the frame from the others. A connection whose
+        subscription is resuming gets it after the replay (held), or not at all when a replay
+        or snapshot of it already did (guarded)."""
+        payload = encode(event)
         frame = text_frame(payload)
+        resumer = self.resumer
+        holds, guards = resumer.holds, resumer.guards
         for conn in receivers:
             try:
-                conn.send(payload, frame)
+                if holds and conn in holds:
+                    holds[conn].add(change, payload)
+                elif guards and conn in guards and resumer.guarded(conn, change, policy):
+                    continue
+                else:
+                    conn.send(payload, frame)
             except Exception:
                 log.exception(
                     "event delivery failed",
@@ -256,11 +272,19 @@ class WebSocketPlugin:
                 )
         self.metrics.frames_out.inc(len(receivers))
 
+    def position_of(self, resource: str) -> dict[str, Any] | None:
+        """The position of the last change of ``resource`` this process fanned out (a new
+        subscription gets every later one), None before the first."""
+        fanned = self.resumer.positions.fanned.get(resource)
+        return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
+
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:
         """Start serving ``db`` on ``host:port`` (port 0 picks a free one; see ``self.port``)."""
         if self._runner is not None:
             return
+        if self.workers is not None:
+            self.workers.check_broker(db)
         self.db = db
         app = web.Application()
         app.router.add_get("/health", self._health)
@@ -271,7 +295,7 @@ class WebSocketPlugin:
         app.add_routes(self.routes)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
+        site = web.TCPSite(runner, self.host, self.port, reuse_port=self.workers is not None)
         try:
             await site.start()
         except OSError:
@@ -286,6 +310,8 @@ class WebSocketPlugin:
             if isinstance(r, web.RouteDef) and r.method == "GET"
         ]
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
+        if self.workers is not None:
+            self.workers.ready(self.url)
 
     async def stop(self) -> None:
         """Close every socket with 1001 (server shutting down) and stop the server."""
@@ -377,6 +403,7 @@ class WebSocketPlugin:
         try:
             await self._session(conn, request)
         finally:
+            self.resumer.release(conn)
             self.registry.remove_connection(conn)
             self.connections.discard(conn)
             await conn.finish()

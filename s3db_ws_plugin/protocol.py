@@ -23,6 +23,8 @@ from s3db_core.errors import S3dbError
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 1000
 EVENT_KINDS = ("insert", "update", "delete")
+MAX_OFFSET = 2**63 - 1  # stream offsets are 64-bit
+MAX_EPOCH_LENGTH = 128
 MAX_REQUEST_ID = 128  # characters of a string requestId
 
 
@@ -181,6 +183,33 @@ def sort_order(msg: dict[str, Any], name: str) -> str | None:
     if value not in ("asc", "desc"):
         raise invalid(name, "must be 'asc' or 'desc'")
     return str(value)
+
+
+def flag(msg: dict[str, Any], name: str) -> bool:
+    """A boolean; False when absent."""
+    value = msg.get(name)
+    if _absent(value):
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, "must be true or false")
+    return value
+
+
+def stream_position(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A stream position ``{offset, epoch}`` (what a resuming client saw last), or None."""
+    value = msg.get(name)
+    if _absent(value):
+        return None
+    if not isinstance(value, dict):
+        raise invalid(name, "must be an object {offset, epoch}")
+    offset, epoch = value.get("offset"), value.get("epoch")
+    if isinstance(offset, float) and offset.is_integer():
+        offset = int(offset)
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_OFFSET:
+        raise invalid(name, f"'offset' must be an integer from 0 to {MAX_OFFSET}")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= MAX_EPOCH_LENGTH:
+        raise invalid(name, f"'epoch' must be a string of 1 to {MAX_EPOCH_LENGTH} characters")
+    return {"offset": offset, "epoch": epoch}
 
 
 # -- message declarations ----------------------------------------------------------------------

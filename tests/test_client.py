@@ -219,7 +219,7 @@ async def test_subscribe_yields_events_to_the_matching_subscription(s3db_client,
         await notes.update(b["id"], {"title": "b2"})  # r2 does not want updates
         await notes.update(a["id"], {"roomId": "r3"})  # leaves r1: r1 still learns of it
         first = await r1.next(timeout=2)
-        assert first == Event("notes", "insert", first.data, first.timestamp)
+        assert first == Event("notes", "insert", first.data, first.timestamp, 1, 1, first.epoch)
         assert first.data["title"] == "a" and "secret" not in first.data
         moved = await r1.next(timeout=2)
         assert (moved.event, moved.data["roomId"]) == ("update", "r3")
@@ -296,6 +296,10 @@ async def test_reconnects_and_resubscribes_after_a_server_restart():
         for n in range(3):
             await db.resources.notes.insert({"title": f"after-{n}", "roomId": "r1"})
         await db.resources.notes.insert({"title": "elsewhere", "roomId": "r2"})
+        # A new process has a new local stream: what happened meanwhile cannot be replayed,
+        # and the iterator says so before the new events.
+        reload = await sub.next(timeout=2)
+        assert reload.is_reload and reload.event == "reload" and sub.recovered is False
         titles = [(await sub.next(timeout=2)).data["title"] for _ in range(3)]
         assert titles == ["after-0", "after-1", "after-2"]
         assert (await client.get("notes", before["id"]))["title"] == "before"

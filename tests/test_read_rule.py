@@ -155,6 +155,9 @@ async def test_a_room_made_private_sends_leave_and_nothing_of_its_new_content():
                     "event": "leave",
                     "data": {"id": room["id"]},
                     "timestamp": frames[0]["timestamp"],
+                    "version": 2,  # a position like any event's: a resume continues after it
+                    "offset": frames[0]["offset"],
+                    "epoch": frames[0]["epoch"],
                 }
             ]
             assert "hideout" not in raw(frames) and "dave" not in raw(frames)
@@ -318,3 +321,23 @@ async def test_the_python_client_hands_leave_to_the_subscription(
     await ws_database.resources.rooms.update(room["id"], {"isPrivate": True, "members": ["al"]})
     for sub in (everything, updates_only):
         assert [(e.event, e.data) for e in await received(sub)] == [("leave", {"id": room["id"]})]
+
+
+async def test_a_writer_is_shown_only_the_id_of_a_result_it_may_not_read():
+    async with serve(rooms, resources=config(), auth=JWT_AUTH) as (db, plugin):
+        async with connect(plugin.url, token=make_token("bob")) as bob:
+            made = await bob.call(
+                "insert", resource="rooms", data={"name": "for others", "isPrivate": True}
+            )
+            assert made["type"] == "inserted" and made["data"] == {"id": made["data"]["id"]}
+            public = await bob.call("insert", resource="rooms", data={"name": "open"})
+            assert public["data"]["name"] == "open"
+            hidden = await bob.call(
+                "update",
+                resource="rooms",
+                id=public["data"]["id"],
+                data={"isPrivate": True, "members": ["carol"]},
+            )
+            assert hidden["type"] == "updated" and hidden["data"] == {"id": public["data"]["id"]}
+            stored = await db.resources.rooms.get(public["data"]["id"])
+            assert stored["members"] == ["carol"]

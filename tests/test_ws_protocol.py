@@ -83,13 +83,16 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                     "requestId": 1,
                 }
             )
-            assert await watcher.recv() == {
+            subscribed = await watcher.recv()
+            assert subscribed == {
                 "type": "subscribed",
                 "requestId": 1,
                 "resource": "notes",
                 "filter": {"roomId": "r1"},
                 "events": ["insert", "update", "delete"],
+                "position": subscribed["position"],
             }
+            positions = [subscribed["position"]]
 
             await writer.send(
                 {
@@ -130,7 +133,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "insert",
                 "data": record,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
             assert isinstance(event["timestamp"], int)
 
             await writer.send(
@@ -158,7 +165,11 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "update",
                 "data": after,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
 
             await writer.send(
                 {"type": "delete", "resource": "notes", "id": record["id"], "requestId": 5}
@@ -177,8 +188,17 @@ async def test_authenticated_flow_frame_by_frame(ws_store_url):
                 "event": "delete",
                 "data": after,
                 "timestamp": event["timestamp"],
+                "version": event["version"],
+                "offset": event["offset"],
+                "epoch": event["epoch"],
             }
+            positions.append(event)
 
+            # Versions 1, 2, 2 (a delete carries the deleted version); offsets count every
+            # change of the resource (the r2 note was the first), in one epoch.
+            assert [e["version"] for e in positions[1:]] == [1, 2, 2]
+            assert [e["offset"] for e in positions] == [0, 2, 3, 4]
+            assert len({e["epoch"] for e in positions}) == 1
             await watcher.send({"type": "unsubscribe", "resource": "notes", "requestId": "u"})
             assert await watcher.recv() == {
                 "type": "unsubscribed",

@@ -16,9 +16,9 @@ from s3db_core import Database
 DEMO_OWNER = "alice"
 
 
-async def provision_demo_device(url: str) -> dict[str, Any] | None:
+async def provision_demo_device(url: str, broker: str = "local") -> dict[str, Any] | None:
     """Register a demo device when the store has none (before the keys are loaded)."""
-    db = Database(url)
+    db = Database(url, broker=broker)
     await db.connect()
     try:
         await define_resources(db)
@@ -31,7 +31,7 @@ async def provision_demo_device(url: str) -> dict[str, Any] | None:
 
 async def main() -> None:
     options = parse_options("iot", default_db="memory://iot")
-    device = await provision_demo_device(options.db)
+    device = await provision_demo_device(options.db, options.broker)
     db, plugin, jobs = await create_app(options)
     print(f"IoT server running on {plugin.url} (devices: x-api-key header or ?apiKey=; users: JWT in ?token=)", flush=True)
     if device is not None:

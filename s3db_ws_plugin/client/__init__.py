@@ -25,7 +25,7 @@ from .errors import (
     ValidationFailed,
     error_from_frame,
 )
-from .subscription import EVENT_KINDS, Event, Page, Subscription
+from .subscription import EVENT_KINDS, RELOAD, Event, Page, Position, Subscription
 
 __all__ = [
     "ERRORS",
@@ -42,6 +42,8 @@ __all__ = [
     "InvalidMessage",
     "NotFound",
     "Page",
+    "Position",
+    "RELOAD",
     "RateLimited",
     "RequestTimeout",
     "ResourceNotFound",

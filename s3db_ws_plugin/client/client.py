@@ -12,8 +12,12 @@ from it (a record, a ``Page``, a user), or raises the ``ClientError`` subclass o
 error code. The client owns one socket at a time; when it drops unexpectedly (server restart,
 1001, slow-consumer 4408, a network error) the client reconnects with exponential backoff and
 jitter, authenticates again (calling the token callable again), resubscribes every live
-subscription and keeps their iterators going. Events written while it was disconnected are not
-replayed: use ``on_reconnect`` to catch up (for instance with ``list``). Requests in flight when
+subscription and keeps their iterators going. Each subscription remembers the stream position
+of the last event it got and resubscribes ``since`` it, so events written while it was
+disconnected are replayed, in order, once. When the server cannot replay them (its history was
+lost or is too short), the iterator yields an ``Event`` whose ``event`` is ``"reload"`` (and
+calls the subscription's ``on_reload``): reload what you show, for instance with ``list``, then
+keep iterating. Requests in flight when
 the socket drops fail with ``ConnectionLost``; new ones wait for the reconnect up to
 ``request_timeout``. A 4401 close (invalid or expired token) reconnects with a fresh token when
 ``token`` is a callable, and is final otherwise: requests and iterators raise ``Unauthorized``.
@@ -46,7 +50,16 @@ from s3db_core.query import matches
 from ..internals import client_transport, limit_read_size
 from ..protocol import CloseCode
 from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
-from .subscription import EVENT_KINDS, Event, Page, Stream, SubscribeCall, Subscription
+from .subscription import (
+    EVENT_KINDS,
+    RELOAD,
+    Event,
+    Page,
+    Position,
+    Stream,
+    SubscribeCall,
+    Subscription,
+)
 
 log = get_logger("s3db.client")
 
@@ -296,18 +309,44 @@ class Client:
         filter: Mapping[str, Any] | None = None,
         events: Iterable[str] | None = None,
         max_pending: int | None = None,
+        *,
+        since: Position | Mapping[str, Any] | None = None,
+        snapshot: bool = False,
+        limit: int | None = None,
+        on_reload: Callable[[Subscription], Any] | None = None,
     ) -> SubscribeCall:
         """Subscribe to changes: ``sub = await client.subscribe(...)`` or
         ``async with client.subscribe(...) as sub``; then ``async for event in sub``.
 
-        At most ``max_pending`` (default: the client's) unread events are kept; one more ends
-        the iterator with ``SlowConsumer`` once the buffered ones are read."""
+        ``since`` (a ``Position``, e.g. a ``sub.position`` saved earlier) replays what happened
+        after it first; ``snapshot=True`` puts the first ``limit`` matching records in
+        ``sub.snapshot`` (next page: ``sub.cursor``) and streams every change after them, none
+        missed or repeated. When a replay is impossible the iterator yields a ``reload`` event
+        and ``on_reload(sub)`` is called. At most ``max_pending`` (default: the client's)
+        unread events are kept; one more ends the iterator with ``SlowConsumer`` once the
+        buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        limit = self.max_pending if max_pending is None else max_pending
-        if limit < 1:
+        pending = self.max_pending if max_pending is None else max_pending
+        if pending < 1:
             raise ValueError("max_pending must be at least 1")
-        sub = Subscription(self, resource, dict(filter) if filter else None, kinds, limit)
-        return SubscribeCall(self._subscribe(sub))
+        start = None
+        if since is not None:
+            start = Position.from_value(since)
+            if start is None:
+                raise ValueError("since must be a Position or {offset: int, epoch: str}")
+            if snapshot:
+                raise ValueError("since and snapshot cannot be combined")
+        sub = Subscription(
+            self, resource, dict(filter) if filter else None, kinds, pending, on_reload
+        )
+        extra: dict[str, Any] = {}
+        if start is not None:
+            extra["since"] = start.to_dict()
+        if snapshot:
+            extra["snapshot"] = True
+            if limit is not None:
+                extra["limit"] = limit
+        return SubscribeCall(self._subscribe(sub, extra))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
@@ -408,18 +447,27 @@ class Client:
     def _key(resource: str, filter: dict[str, Any]) -> tuple[str, bytes]:
         return resource, orjson.dumps(filter, option=orjson.OPT_SORT_KEYS)
 
-    async def _subscribe(self, sub: Subscription) -> Subscription:
+    async def _subscribe(self, sub: Subscription, extra: dict[str, Any]) -> Subscription:
         key = self._key(sub.resource, sub.filter)
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = Stream(sub.resource, sub.filter)
+        elif "since" in extra:  # a stream already flowing: it continues where it is
+            del extra["since"]
         stream.subs.append(sub)  # before the request: events may follow the reply at once
+        sub._stream = stream
         try:
-            reply = await self._request(stream.frame(), on_reply=self._subscribed(stream))
+            reply = await self._request(
+                {**stream.frame(resume=False), **extra}, on_reply=self._subscribed(stream)
+            )
         except BaseException:
             self._drop(key, stream, sub)
             raise
         sub.effective_filter = dict(reply.get("filter") or {})
+        if "snapshot" in extra:
+            data = reply.get("data")
+            sub.snapshot = list(data) if isinstance(data, list) else []
+            sub.cursor = reply.get("cursor")
         return sub
 
     def _subscribed(self, stream: Stream) -> Callable[[dict], None]:
@@ -432,8 +480,38 @@ class Client:
                     sub.effective_events = tuple(
                         k for k in EVENT_KINDS if k in events and sub.wants(k)
                     )
+            self._positioned(stream, reply)
 
         return on_reply
+
+    def _positioned(self, stream: Stream, reply: dict[str, Any]) -> None:
+        """Take the ``subscribed`` reply's position (and ``recovered``) for ``stream``."""
+        position = Position.from_value(reply.get("position"))
+        recovered = reply.get("recovered")
+        stream.live = True
+        if isinstance(recovered, bool):
+            for sub in stream.subs:
+                sub.recovered = recovered
+        if recovered is False:
+            stream.position = position
+            stream.versions.clear()
+            log.info("subscription not recovered: reload", resource=stream.resource)
+            reload = Event(
+                stream.resource,
+                RELOAD,
+                {},
+                int(time.time() * 1000),
+                offset=position.offset if position else None,
+                epoch=position.epoch if position else None,
+            )
+            for sub in list(stream.subs):
+                sub._reload(reload)
+            return
+        current = stream.position
+        if position is not None and (
+            current is None or current.epoch != position.epoch or current.offset < position.offset
+        ):
+            stream.position = position
 
     def _drop(self, key: tuple[str, bytes], stream: Stream, sub: Subscription) -> None:
         if sub in stream.subs:
@@ -465,10 +543,29 @@ class Client:
         if not isinstance(resource, str) or not isinstance(kind, str):
             return  # not an event this client can route
         data = frame["data"] if isinstance(frame.get("data"), dict) else {}
-        event = Event(resource, kind, data, frame.get("timestamp") or 0)
+        version, offset, epoch = frame.get("version"), frame.get("offset"), frame.get("epoch")
+        event = Event(
+            resource,
+            kind,
+            data,
+            frame.get("timestamp") or 0,
+            version if isinstance(version, int) and not isinstance(version, bool) else 0,
+            offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+            epoch if isinstance(epoch, str) else None,
+        )
         wanted: list[tuple[Stream, list[Subscription]]] = []
         for stream in self._streams.values():
-            if stream.resource == resource:
+            if stream.resource != resource:
+                continue
+            if not stream.live and stream.position is not None:
+                continue  # waiting to resubscribe since its position: its replay brings this
+            # Resuming may repeat a change for a stream that already has it: drop it there.
+            fresh = stream.fresh(event)
+            if not stream.advance(event):  # a new epoch under a live stream: changes were lost
+                lost = Event(resource, RELOAD, {}, event.timestamp, 0, event.offset, event.epoch)
+                for sub in list(stream.subs):
+                    sub._reload(lost)
+            if fresh:
                 subs = [s for s in stream.subs if s.wants(kind)]
                 if subs:
                     wanted.append((stream, subs))
@@ -647,6 +744,8 @@ class Client:
                 first = False
                 error = await reader
                 self._ready.clear()
+                for stream in self._streams.values():
+                    stream.live = False  # resubscribed on the next socket, since its position
                 self._stop_refresh()
                 close_code = self.close_code = ws.close_code
                 log.info("disconnected", url=self.safe_url, close_code=close_code)

@@ -4,7 +4,8 @@ user reads, and the ``Stream`` that subscriptions with the same resource and fil
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,14 +29,53 @@ class Page(NamedTuple):
     cursor: str | None
 
 
+class Position(NamedTuple):
+    """A point in a resource's change stream: ``offset`` increases within an ``epoch``."""
+
+    offset: int
+    epoch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Position | None:
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            offset, epoch = value.get("offset"), value.get("epoch")
+            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+                return cls(offset, epoch)
+        return None
+
+
+RELOAD = "reload"
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A change pushed by the server."""
+    """A change pushed by the server: ``event`` is ``insert``, ``update`` or ``delete``
+    (``leave`` when a record left what you may see), or ``reload`` when the server could not
+    replay what happened while the client was disconnected (``data`` is then empty): reload
+    what you show."""
 
     resource: str
-    event: str  # insert | update | delete
+    event: str
     data: dict[str, Any]
     timestamp: int  # epoch ms
+    version: int = 0  # the record's version (1 on insert, +1 per update)
+    offset: int | None = None  # stream position of the change
+    epoch: str | None = None
+
+    @property
+    def position(self) -> Position | None:
+        if self.offset is None or self.epoch is None:
+            return None
+        return Position(self.offset, self.epoch)
+
+    @property
+    def is_reload(self) -> bool:
+        return self.event == RELOAD
 
 
 # -- subscriptions -----------------------------------------------------------------------------
@@ -62,12 +102,20 @@ class Subscription:
         filter: dict[str, Any] | None,
         events: tuple[str, ...] | None,
         max_pending: int,
+        on_reload: Callable[[Subscription], Any] | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
         self.filter = dict(filter or {})
         self.events = events
         self.max_pending = max_pending
+        self.on_reload = on_reload
+        # subscribe(snapshot=True): the first page of matching records and the next page's cursor.
+        self.snapshot: list[dict[str, Any]] | None = None
+        self.cursor: str | None = None
+        # The last subscribe's ``recovered`` (None when it did not resume).
+        self.recovered: bool | None = None
+        self._stream: Stream | None = None
         self.effective_filter: dict[str, Any] = dict(self.filter)
         # The kinds the server sends for this subscription's stream (its reply's ``events``).
         self.effective_events: tuple[str, ...] = events or EVENT_KINDS
@@ -81,7 +129,24 @@ class Subscription:
     def wants(self, kind: str) -> bool:
         if kind == "leave":  # an update that took the record out of what the user may see
             kind = "update"
-        return self.events is None or kind in self.events
+        return self.events is None or kind in self.events or kind == RELOAD
+
+    @property
+    def position(self) -> Position | None:
+        """The stream position this subscription has seen everything up to (persist it and
+        pass it as ``since`` to pick up where you left off)."""
+        return self._stream.position if self._stream is not None else None
+
+    def _reload(self, event: Event) -> None:
+        self._push(event)
+        if self.on_reload is not None:
+            try:
+                result = self.on_reload(self)
+                if asyncio.iscoroutine(result):
+                    asyncio.get_running_loop().create_task(result)
+            except Exception:
+                log.exception("on_reload callback failed", resource=self.resource)
+
 
     def _push(self, event: Event) -> None:
         if self.closed:
@@ -157,24 +222,71 @@ class Stream:
     """The server-side subscription that client subscriptions with the same resource and
     filter share (the server keeps one per resource and filter on a connection)."""
 
+    # Records whose last version a stream remembers, to drop a stale or repeated change.
+    MAX_VERSIONS = 10_000
+
     def __init__(self, resource: str, filter: dict[str, Any]) -> None:
         self.resource = resource
         self.filter = filter
         self.effective: dict[str, Any] = dict(filter)
         self.subs: list[Subscription] = []
+        # Everything up to ``position`` was received; ``live`` while subscribed on this socket.
+        self.position: Position | None = None
+        self.live = False
+        self.versions: OrderedDict[Any, int] = OrderedDict()
+
+    def fresh(self, event: Event) -> bool:
+        """False for an event this stream already got: at or before its position, or a record
+        version at or before one it saw (a delete ranks after its version's update)."""
+        position = self.position
+        if (
+            event.offset is not None
+            and position is not None
+            and event.epoch == position.epoch
+            and event.offset <= position.offset
+        ):
+            return False
+        record_id = event.data.get("id")
+        if not event.version or not isinstance(record_id, str | int):
+            return True
+        new = event.version * 2 + (event.event == "delete")
+        old = self.versions.get(record_id)
+        if old is not None:
+            if new <= old and not (event.event == "insert" and old & 1):
+                return False
+            self.versions.move_to_end(record_id)
+        self.versions[record_id] = new
+        if len(self.versions) > self.MAX_VERSIONS:
+            self.versions.popitem(last=False)
+        return True
+
+    def advance(self, event: Event) -> bool:
+        """Move the position to ``event``'s; False when it comes from another epoch than the
+        one this live stream was following (changes may have been lost in between)."""
+        if event.offset is None or event.epoch is None:
+            return True
+        position = self.position
+        if position is None or position.epoch != event.epoch:
+            self.position = Position(event.offset, event.epoch)
+            return position is None
+        if event.offset > position.offset:
+            self.position = Position(event.offset, event.epoch)
+        return True
 
     def events(self) -> list[str] | None:
         if any(s.events is None for s in self.subs):
             return None
         return [k for k in EVENT_KINDS if any(k in (s.events or ()) for s in self.subs)]
 
-    def frame(self) -> dict[str, Any]:
+    def frame(self, resume: bool = True) -> dict[str, Any]:
         frame: dict[str, Any] = {"type": "subscribe", "resource": self.resource}
         if self.filter:
             frame["filter"] = self.filter
         events = self.events()
         if events is not None:
             frame["events"] = events
+        if resume and self.position is not None:
+            frame["since"] = self.position.to_dict()
         return frame
 
 

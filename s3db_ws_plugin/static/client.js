@@ -16,8 +16,12 @@
  * The token (a string or a function returning one or a Promise of one) is sent in an `auth`
  * frame, never in the URL. When the socket drops unexpectedly the client reconnects with
  * exponential backoff and jitter, authenticates again (calling the token function again),
- * resubscribes every live subscription and emits "reconnect"; events written while it was
- * disconnected are not replayed. Requests in flight when the socket drops reject with
+ * resubscribes every live subscription and emits "reconnect". Each subscription remembers the
+ * stream position of the last event it got and resubscribes `since` it, so events written while
+ * it was disconnected are replayed, in order, once. When the server cannot replay them (its
+ * history was lost or is too short) the subscription's iterator yields `{event: "reload"}`, its
+ * `onReload` option is called and the client emits "reload": reload what you show (with `list`).
+ * Requests in flight when the socket drops reject with
  * CONNECTION_LOST. A 4401 close reconnects with a fresh token when `token` is a function and is
  * final otherwise. With a token function and a JWT carrying `exp`, a fresh token is sent shortly
  * before it expires, so the connection stays open.
@@ -150,8 +154,13 @@ function stableJson(value) {
 // -- subscriptions --------------------------------------------------------------------------------
 /** Live events of one subscribe: an async iterator, or a callback when one was given. */
 export class Subscription {
-  constructor(client, resource, filter, events, callback, maxPending) {
+  constructor(client, resource, filter, events, callback, maxPending, onReload = null) {
     this.client = client;
+    this.onReload = onReload;
+    this.snapshot = null; // subscribe({snapshot: true}): the first page of matching records
+    this.cursor = null; // ... and the cursor of the next page
+    this.recovered = null; // the last subscribe's `recovered` (null when it did not resume)
+    this._stream = null;
     this.maxPending = maxPending;
     this.resource = resource;
     this.filter = filter || {};
@@ -168,6 +177,24 @@ export class Subscription {
     // "leave": an update that took the record out of what the user may see.
     const asked = kind === "leave" ? "update" : kind;
     return this.events === null || this.events.includes(asked);
+  }
+
+  /** The stream position this subscription has everything up to: {offset, epoch} or null. */
+  get position() {
+    return this._stream ? this._stream.position : null;
+  }
+
+  _reload(event) {
+    if (this.closed) return;
+    if (!this.callback) this._push(event); // iterators see it; callbacks keep their event shapes
+    if (this.onReload) {
+      try {
+        this.onReload(this);
+      } catch (err) {
+        console.error("s3db onReload callback failed", err);
+      }
+    }
+    this.client._emit("reload", this);
   }
 
   _push(event) {
@@ -232,22 +259,64 @@ export class Subscription {
   }
 }
 
+const MAX_VERSIONS = 10000; // records whose last version a stream remembers
+
 class Stream {
   constructor(resource, filter) {
     this.resource = resource;
     this.filter = filter;
     this.effective = { ...filter };
     this.subs = [];
+    this.position = null; // {offset, epoch}: everything up to it was received
+    this.live = false; // subscribed on the current socket
+    this.versions = new Map(); // record id -> rank of the last version seen
   }
 
-  frame() {
+  frame(resume = true) {
     const frame = { type: "subscribe", resource: this.resource };
     if (Object.keys(this.filter).length) frame.filter = this.filter;
     if (!this.subs.some((s) => s.events === null)) {
       frame.events = EVENT_KINDS.filter((k) => this.subs.some((s) => s.events.includes(k)));
     }
+    if (resume && this.position) frame.since = { ...this.position };
     return frame;
   }
+
+  /** False for an event this stream already has (at or before its position, or an older version). */
+  fresh(event) {
+    const pos = this.position;
+    if (typeof event.offset === "number" && pos && event.epoch === pos.epoch && event.offset <= pos.offset) return false;
+    const id = event.data ? event.data.id : undefined;
+    if (!event.version || (typeof id !== "string" && typeof id !== "number")) return true;
+    const rank = event.version * 2 + (event.event === "delete" ? 1 : 0);
+    const old = this.versions.get(id);
+    if (old !== undefined) {
+      if (rank <= old && !(event.event === "insert" && old % 2 === 1)) return false;
+      this.versions.delete(id);
+    }
+    this.versions.set(id, rank);
+    if (this.versions.size > MAX_VERSIONS) this.versions.delete(this.versions.keys().next().value);
+    return true;
+  }
+
+  /** Move to the event's position; false when a new epoch begins under this stream (a loss). */
+  advance(event) {
+    if (typeof event.offset !== "number" || typeof event.epoch !== "string") return true;
+    const pos = this.position;
+    if (!pos || pos.epoch !== event.epoch) {
+      this.position = { offset: event.offset, epoch: event.epoch };
+      return !pos;
+    }
+    if (event.offset > pos.offset) this.position = { offset: event.offset, epoch: event.epoch };
+    return true;
+  }
+}
+
+function positionOf(value) {
+  if (value && typeof value === "object" && Number.isInteger(value.offset) && typeof value.epoch === "string") {
+    return { offset: value.offset, epoch: value.epoch };
+  }
+  return null;
 }
 
 // -- the client -----------------------------------------------------------------------------------
@@ -285,7 +354,7 @@ export class Client {
     this._retryTimer = null;
   }
 
-  /** Listen to "open", "reconnect", "disconnect", "close" or "error"; returns an unsubscribe. */
+  /** Listen to "open", "reconnect", "disconnect", "close", "error" or "reload"; returns an unsubscribe. */
   on(name, fn) {
     if (!this._listeners.has(name)) this._listeners.set(name, new Set());
     this._listeners.get(name).add(fn);
@@ -384,24 +453,44 @@ export class Client {
    * Subscribe to changes of `resource`: `{ filter, events }` are optional. With a `callback`
    * every event is handed to it; otherwise iterate the subscription with `for await`, which
    * keeps at most `maxPending` unread events (default: the client's option).
+   * `since` (a saved `sub.position`) replays what happened after it first; `snapshot: true`
+   * puts the first `limit` matching records in `sub.snapshot` (next page: `sub.cursor`) and
+   * streams every later change, none missed or repeated. `onReload(sub)` is called when the
+   * server cannot replay what the subscription missed (iterators also get `{event: "reload"}`).
    */
-  async subscribe(resource, { filter, events, maxPending } = {}, callback = null) {
+  async subscribe(resource, { filter, events, maxPending, since, snapshot, limit, onReload } = {}, callback = null) {
     const kinds = events ? EVENT_KINDS.filter((k) => events.includes(k)) : null;
-    const limit = maxPending ?? this.maxPending;
-    const sub = new Subscription(this, resource, filter ? { ...filter } : {}, kinds, callback, limit);
+    const pending = maxPending ?? this.maxPending;
+    const sub = new Subscription(this, resource, filter ? { ...filter } : {}, kinds, callback, pending, onReload || null);
     const key = this._key(resource, sub.filter);
     let stream = this._streams.get(key);
+    const extra = {};
     if (!stream) {
       stream = new Stream(resource, sub.filter);
       this._streams.set(key, stream);
+      if (since != null) {
+        const start = positionOf(since);
+        if (!start) throw new S3dbError("INVALID_MESSAGE", "since must be {offset, epoch}");
+        extra.since = start;
+      }
+    }
+    if (snapshot) {
+      extra.snapshot = true;
+      if (limit != null) extra.limit = limit;
     }
     stream.subs.push(sub); // before the request: events may follow the reply at once
+    sub._stream = stream;
+    let reply;
     try {
-      await this.request(stream.frame(), { onReply: this._subscribed(stream) });
+      reply = await this.request({ ...stream.frame(false), ...extra }, { onReply: this._subscribed(stream) });
     } catch (err) {
       this._drop(key, stream, sub);
       sub.closed = true;
       throw err;
+    }
+    if (snapshot) {
+      sub.snapshot = Array.isArray(reply.data) ? reply.data : [];
+      sub.cursor = reply.cursor ?? null;
     }
     return sub;
   }
@@ -434,7 +523,29 @@ export class Client {
     return (reply) => {
       stream.effective = reply.filter || {};
       for (const sub of stream.subs) sub.effectiveFilter = { ...stream.effective };
+      this._positioned(stream, reply);
     };
+  }
+
+  /** Take a `subscribed` reply's position (and `recovered`) for the stream. */
+  _positioned(stream, reply) {
+    const position = positionOf(reply.position);
+    stream.live = true;
+    if (typeof reply.recovered === "boolean") for (const sub of stream.subs) sub.recovered = reply.recovered;
+    if (reply.recovered === false) {
+      stream.position = position;
+      stream.versions.clear();
+      const event = {
+        resource: stream.resource, event: "reload", data: {}, timestamp: Date.now(), version: 0,
+        offset: position ? position.offset : null, epoch: position ? position.epoch : null,
+      };
+      for (const sub of [...stream.subs]) sub._reload(event);
+      return;
+    }
+    const current = stream.position;
+    if (position && (!current || current.epoch !== position.epoch || current.offset < position.offset)) {
+      stream.position = position;
+    }
   }
 
   _drop(key, stream, sub) {
@@ -613,10 +724,23 @@ export class Client {
    * field the user may not see) goes to every subscription of the resource that wants its kind.
    */
   _dispatch(frame) {
-    const event = { resource: frame.resource, event: frame.event, data: frame.data || {}, timestamp: frame.timestamp };
+    const event = {
+      resource: frame.resource, event: frame.event, data: frame.data || {}, timestamp: frame.timestamp,
+      version: Number.isInteger(frame.version) ? frame.version : 0,
+      offset: Number.isInteger(frame.offset) ? frame.offset : null,
+      epoch: typeof frame.epoch === "string" ? frame.epoch : null,
+    };
     const wanted = [];
     for (const stream of this._streams.values()) {
       if (stream.resource !== event.resource) continue;
+      if (!stream.live && stream.position) continue; // to be resubscribed: its replay brings this
+      const fresh = stream.fresh(event); // resuming may repeat a change a stream already has
+      if (!stream.advance(event)) {
+        // a new epoch under a live stream: changes may have been lost
+        const lost = { ...event, event: "reload", data: {}, version: 0 };
+        for (const sub of [...stream.subs]) sub._reload(lost);
+      }
+      if (!fresh) continue;
       const subs = stream.subs.filter((s) => s.wants(event.event));
       if (subs.length) wanted.push([stream, subs]);
     }
@@ -627,6 +751,7 @@ export class Client {
 
   _onClose(ws, code, lastError) {
     this._ws = null;
+    for (const stream of this._streams.values()) stream.live = false; // resubscribed since their positions
     clearTimeout(this._refreshTimer);
     if (this.state === "closed") return;
     let final = null;
