@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 
 from s3db_core import Change, Position
+from s3db_core.log import get_logger
 
 from .connection import text_frame
 from .subscriptions import LEAVE, NOTHING
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from .guards import ResourcePolicy
     from .subscriptions import Subscription, SubscriptionRegistry
 
-log = structlog.get_logger("s3db.ws")
+log = get_logger("s3db.ws")
 
 # Records whose newest fanned-out version a process remembers (LRU over all resources).
 VERSION_GATE_SIZE = 100_000

@@ -23,9 +23,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import structlog
+from s3db_core.log import get_logger
 
-log = structlog.get_logger("s3db.cli")
+log = get_logger("s3db.cli")
 
 WORKERS_ENV = "S3DB_WORKERS"
 INDEX_ENV = "S3DB_WORKER_INDEX"
