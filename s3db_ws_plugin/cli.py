@@ -220,6 +220,10 @@ async def serve(target: str, debug: bool = False) -> int:
 def _write_line(event: Any) -> None:
     line = {"resource": event.resource, "event": event.event, "data": event.data}
     line["timestamp"] = event.timestamp
+    if event.offset is not None:  # the stream position: tail resumes after it by itself
+        line.update(version=event.version, offset=event.offset, epoch=event.epoch)
+    if event.event == "reload":
+        log.warning("changes made while disconnected could not be replayed", resource=event.resource)
     sys.stdout.write(orjson.dumps(line).decode() + "\n")
     sys.stdout.flush()
 
@@ -433,6 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .workers import run_workers
 
         options = ["--log-format", args.log_format, "--log-level", args.log_level]
+        if args.debug:
+            options.append("--debug")
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
         coro = serve(args.target, debug=args.debug)

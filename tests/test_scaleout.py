@@ -383,3 +383,42 @@ async def wait_health(port: int, proc: asyncio.subprocess.Process, log: Path) ->
         if time.monotonic() > end:
             raise AssertionError(f"nothing listens on {port}")
         await asyncio.sleep(0.05)
+
+
+async def test_tail_resumes_after_its_server_is_killed(app_env, shared_broker):
+    env = {**app_env, "S3DB_APP_BROKER": shared_broker}
+    port = int(env["S3DB_APP_PORT"])
+    async with processes(env) as servers, writer(env) as notes:
+        server = await servers.serve()
+        tail = await asyncio.create_subprocess_exec(
+            S3DB, "--log-format", "json", "tail", f"ws://127.0.0.1:{port}/", "--resource", "notes",
+            cwd=TESTS, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+
+            async def lines(count: int) -> list[dict[str, Any]]:
+                async with asyncio.timeout(DEADLINE):
+                    return [json.loads(await tail.stdout.readline()) for _ in range(count)]
+
+            # tail prints nothing until subscribed: write until its first line shows up
+            first = asyncio.ensure_future(lines(1))
+            n = 0
+            while not first.done():
+                await notes.insert({"title": f"warmup-{n}"})
+                n += 1
+                await asyncio.wait({first}, timeout=0.2)
+            seen = first.result()[0]["offset"]
+            server.kill()
+            await server.wait()
+            await write(notes, 3, "missed-")
+            await servers.serve()
+            await write(notes, 1, "after-")
+            got = await lines((n - seen) + 4)  # the warmups after the first line, then ours
+            titles = [line["data"]["title"] for line in got]
+            assert titles[-4:] == ["missed-0", "missed-1", "missed-2", "after-0"]
+            offsets = [line["offset"] for line in got]
+            assert offsets == list(range(seen + 1, seen + 1 + len(got)))  # nothing twice
+        finally:
+            tail.send_signal(signal.SIGINT)
+            async with asyncio.timeout(15):
+                await tail.wait()
