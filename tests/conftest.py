@@ -115,3 +115,15 @@ def broker_url(request: pytest.FixtureRequest) -> str:
         return "local"
     base = request.getfixturevalue(f"{request.param}_url")
     return f"{base}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _examples_leave_process_logging_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``examples.common.parse_options`` is an entry point's: it configures structlog (caching
+    loggers on first use) and installs an excepthook for the whole process. Tests that call it
+    in-process must not leave that behind for the tests after them (``capture_logs`` would see
+    nothing); the examples' own logging is tested in subprocesses."""
+    import examples.common as common
+
+    monkeypatch.setattr(common, "configure_logging", lambda *args, **kwargs: None)
+    monkeypatch.setattr(common, "report_startup_errors", lambda *args, **kwargs: None)
