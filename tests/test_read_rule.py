@@ -357,3 +357,14 @@ def test_a_clients_or_narrows_a_guards_or_instead_of_being_replaced():
     assert not predicate({"name": "a", "tenantId": "t1", "isPrivate": True})  # guard's $or
     # Plain keys are still replaced by the guard's.
     assert merge_filter({"tenantId": "t2"}, {"tenantId": "t1"}) == {"tenantId": "t1"}
+
+
+def test_a_template_may_compare_with_claims_and_take_a_claim_as_a_list():
+    rule = ReadRule("rooms", {"level": {"$lte": "$user.level"}, "roomId": {"$in": "$user.rooms"}})
+    reader = _User(id="al", level=3, rooms=["r1", "r2"])
+    assert rule.bind(reader)({"level": 2, "roomId": "r2"})
+    assert not rule.bind(reader)({"level": 4, "roomId": "r2"})
+    assert not rule.bind(reader)({"level": 2, "roomId": "r3"})
+    # Anonymous, or a claim of the wrong type: sees nothing (fail closed).
+    assert not rule.bind(None)({"level": 0, "roomId": "r1"})
+    assert not rule.bind(_User(id="x", level="high", rooms="r1"))({"level": 0, "roomId": "r1"})
