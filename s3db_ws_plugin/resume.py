@@ -477,6 +477,7 @@ async def _replay(
     name = sub.resource
     offset, epoch = since["offset"], since["epoch"]
     changes = None
+    frames: list[tuple[int, bytes]] = []
     if current is not None and current.epoch == epoch and offset <= current.offset:
         history = plugin.db.broker.history
         seed = max(0, offset - REPLAY_SEED)
@@ -488,7 +489,7 @@ async def _replay(
         plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
-        cut, cut_epoch, frames = current.offset, current.epoch, []
+        cut, cut_epoch = current.offset, current.epoch
     else:
         frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
         plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))

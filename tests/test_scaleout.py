@@ -422,3 +422,27 @@ async def test_tail_resumes_after_its_server_is_killed(app_env, shared_broker):
             tail.send_signal(signal.SIGINT)
             async with asyncio.timeout(15):
                 await tail.wait()
+
+
+@pytest.mark.parametrize(
+    "name", ["chat", "collab", "dashboard", "iot", "leaderboard", "multitenant", "notifications"]
+)
+async def test_every_example_takes_broker(name, redis_url, monkeypatch):
+    """``--broker URL`` reaches the example's Database (every example starts through one
+    ``start_app``)."""
+    import importlib
+
+    from examples.common import parse_options
+    from s3db_core.brokers.redis import RedisBroker
+
+    monkeypatch.setenv("JWT_SECRET", "a-secret-for-the-examples-long-enough")
+    app = importlib.import_module(f"examples.{name}.app")
+    url = f"{redis_url}?prefix=ex{uuid.uuid4().hex[:10]}"
+    options = parse_options(name, ["--broker", url, "--port", "0", "--db", "memory://"])
+    assert options.broker == url
+    created = await app.create_app(options)
+    db = created[0]
+    try:
+        assert isinstance(db.broker, RedisBroker)
+    finally:
+        await db.disconnect()
