@@ -275,7 +275,7 @@ class Handlers:
             scan_limit=plugin.list_scan_limit,
             max_bytes=plugin.list_max_bytes,
         )
-        data, cursor = _page_within(
+        data, cursor = page_within(
             page.items, page.cursor, policy, order, plugin.list_max_bytes
         )
         return reply("data", req.request_id, resource=policy.name, data=data, cursor=cursor)
@@ -389,7 +389,7 @@ def _shown(policy: ResourcePolicy, conn: Connection, record: dict[str, Any]) -> 
 _CHUNK = 32  # records serialized per call while a page is checked against its byte budget
 
 
-def _page_within(
+def page_within(
     records: list[dict[str, Any]],
     cursor: str | None,
     policy: ResourcePolicy,

@@ -511,7 +511,7 @@ async def _snapshot(
     resumer: Resumer = plugin.resumer
     name = sub.resource
     resource = plugin.db.resources[name]
-    from .handlers import _page_within
+    from .handlers import page_within
 
     order = policy.order
     # As ``list`` reads: the read rule, the scan budget, then the reply's byte budget.
@@ -522,7 +522,7 @@ async def _snapshot(
         where=sub.read,
         scan_limit=plugin.list_scan_limit,
     )
-    data, cursor = _page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
+    data, cursor = page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
     records = page.items
     if cursor != page.cursor:  # cut by the byte budget: the guard knows only what was sent
         sent = orjson.loads(orjson.dumps(data))  # the page's fragments, as the client reads them
