@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from s3db_core import await_me_maybe
 from s3db_core.errors import ValidationError
 from s3db_core.log import get_logger
-from s3db_core.query import compile_filter
+from s3db_core.query import LOGICAL, compile_filter
 
 from .protected import ProtectedFields
 from .protocol import EVENT_KINDS
@@ -87,7 +87,7 @@ class ReadRule:
         elif isinstance(rule, Mapping):
             self.template = dict(rule)
             try:  # a template that cannot compile is a configuration error, said at start-up
-                compile_filter(_bind(self.template, None))
+                compile_filter(_bind(self.template, _SAMPLE))
             except ValidationError as exc:
                 raise ValueError(
                     f"resource {resource!r}: 'read' is not a valid filter: {exc}"
@@ -117,23 +117,31 @@ class ReadRule:
             return _nobody
 
 
-def _claim(user: Any, name: str) -> Any:
+class _Sample:
+    """Stands for a user while a template is checked at start-up: each claim becomes a value of
+    the type its place needs (a list as a ``$in``/``$nin`` operand, a string elsewhere)."""
+
+
+_SAMPLE = _Sample()
+
+
+def _claim(user: Any, name: str, parent: Any) -> Any:
+    if user is _SAMPLE:
+        return ["claim"] if parent in ("$in", "$nin") else "claim"
     if user is None:
         return _NO_CLAIM
     value = user.get(name) if isinstance(user, Mapping) else getattr(user, name, None)
     return _NO_CLAIM if value is None else value
 
 
-def _bind(template: Any, user: Any) -> Any:
+def _bind(template: Any, user: Any, parent: Any = None) -> Any:
     """``template`` with every ``"$user.<claim>"`` string replaced by that claim of ``user``."""
     if isinstance(template, str):
-        return (
-            _claim(user, template[len(USER_PREFIX) :])
-            if template.startswith(USER_PREFIX)
-            else template
-        )
+        if template.startswith(USER_PREFIX):
+            return _claim(user, template[len(USER_PREFIX) :], parent)
+        return template
     if isinstance(template, Mapping):
-        return {key: _bind(value, user) for key, value in template.items()}
+        return {key: _bind(value, user, key) for key, value in template.items()}
     if isinstance(template, list):
         return [_bind(value, user) for value in template]
     return template
@@ -186,10 +194,20 @@ class Decision:
 
 
 def merge_filter(client: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    """The effective filter: the client's keys, replaced by the guard's where both name one."""
+    """The effective filter: the client's keys, replaced by the guard's where both name one.
+
+    A ``$or``/``$and`` both name is not replaced but kept as a further condition (the two
+    joined by ``$and``): the client's own alternatives only narrow what the guard allows."""
     effective = dict(client or {})
-    if override:
-        effective.update(override)
+    kept: list[dict[str, Any]] = []
+    for key, value in (override or {}).items():
+        if key in LOGICAL and key in effective:
+            kept.append({key: effective.pop(key)})
+        effective[key] = value
+    if kept:
+        if "$and" in effective:
+            kept.insert(0, {"$and": effective["$and"]})
+        effective["$and"] = kept
     return effective
 
 

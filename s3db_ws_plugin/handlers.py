@@ -284,7 +284,8 @@ class Handlers:
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = _readable(policy, conn, await resource.get_versioned(id))
+        read = policy.readable(conn.user)  # the read rule, bound once for this frame
+        found = _readable(read, await resource.get_versioned(id))
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
@@ -308,7 +309,8 @@ class Handlers:
             )
         await self._guard(policy, "create", conn.user, data)
         record = await resource.insert(data)
-        return reply("inserted", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
+        shown = _shown(policy, policy.readable(conn.user), record)
+        return reply("inserted", req.request_id, resource=policy.name, data=shown)
 
     @message(
         "update",
@@ -320,7 +322,8 @@ class Handlers:
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = _readable(policy, conn, await resource.get_versioned(id))
+        read = policy.readable(conn.user)  # the read rule, bound once for this frame
+        found = _readable(read, await resource.get_versioned(id))
         ctx = self._guard_ctx(conn, id=id, data=req.fields["data"], record=found[0] if found else None)
         await self._guard(policy, "update", conn.user, ctx)
         if found is None:
@@ -334,7 +337,7 @@ class Handlers:
             must still be readable and pass the update guard (the patch stays the first run's)."""
             if current is seen:
                 return
-            if policy.read is not None and not policy.read.bind(conn.user)(current):
+            if read is not None and not read(current):
                 raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
             if "update" in policy.guards:
                 retry = self._guard_ctx(conn, id=id, data=dict(req.fields["data"]), record=current)
@@ -349,13 +352,14 @@ class Handlers:
             expected_version=req.fields["version"],
             check=still_allowed,
         )
-        return reply("updated", req.request_id, resource=policy.name, data=_shown(policy, conn, record))
+        return reply("updated", req.request_id, resource=policy.name, data=_shown(policy, read, record))
 
     @message("delete", resource=required_text, id=required_text)
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        found = _readable(policy, conn, await resource.get_versioned(id))
+        read = policy.readable(conn.user)  # the read rule, bound once for this frame
+        found = _readable(read, await resource.get_versioned(id))
         ctx = self._guard_ctx(conn, id=id, record=found[0] if found else None)
         await self._guard(policy, "delete", conn.user, ctx)
         if found is None:
@@ -370,18 +374,18 @@ class Handlers:
         )
 
 
-def _readable(policy: ResourcePolicy, conn: Connection, found: Versioned | None) -> Versioned | None:
+def _readable(read: Predicate | None, found: Versioned | None) -> Versioned | None:
     """``found`` if the connection may read its record, else None: a record hidden by the read
     rule is, to this connection, exactly a missing one."""
-    if found is None or policy.read is None:
+    if found is None or read is None:
         return found
-    return found if policy.read.bind(conn.user)(found[0]) else None
+    return found if read(found[0]) else None
 
 
-def _shown(policy: ResourcePolicy, conn: Connection, record: dict[str, Any]) -> dict[str, Any]:
+def _shown(policy: ResourcePolicy, read: Predicate | None, record: dict[str, Any]) -> dict[str, Any]:
     """What a writer is shown of the record it wrote: the record without protected fields, or
     only its id when the read rule does not let this connection see the result."""
-    if policy.read is not None and not policy.read.bind(conn.user)(record):
+    if read is not None and not read(record):
         return {"id": record["id"]}
     return policy.protected.strip(record)
 

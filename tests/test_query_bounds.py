@@ -117,8 +117,8 @@ def test_checking_a_huge_filter_stops_early() -> None:
     # The attack of a 1 MB filter with 33k keys: refused after looking at a few dozen of them.
     huge = {f"field{i:05d}": i for i in range(33_000)}
     big_list = {"a": {"$in": list(range(300_000))}}
-    started = time.perf_counter()
+    started = time.process_time()
     for filter in (huge, big_list):
         with pytest.raises(FilterLimitError):
             check_limits(filter, LIMITS)
-    assert time.perf_counter() - started < 0.05
+    assert time.process_time() - started < 0.05

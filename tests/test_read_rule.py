@@ -19,6 +19,7 @@ import pytest
 from client_helpers import received
 from ws_helpers import JWT_AUTH, connect, make_token, serve
 
+from s3db_core.query import compile_filter
 from s3db_ws_plugin.guards import ReadRule, ResourcePolicy
 
 PUBLIC_OR_MEMBER = {"$or": [{"isPrivate": False}, {"members[]": "$user.id"}]}
@@ -341,3 +342,29 @@ async def test_a_writer_is_shown_only_the_id_of_a_result_it_may_not_read():
             assert hidden["type"] == "updated" and hidden["data"] == {"id": public["data"]["id"]}
             stored = await db.resources.rooms.get(public["data"]["id"])
             assert stored["members"] == ["carol"]
+
+
+def test_a_clients_or_narrows_a_guards_or_instead_of_being_replaced():
+    from s3db_ws_plugin.guards import merge_filter
+
+    guard = {"$or": [{"isPrivate": False}, {"members[]": "bob"}]}
+    client = {"$or": [{"name": "a"}, {"name": "b"}], "tenantId": "t1"}
+    effective = merge_filter(client, guard)
+    assert effective["$or"] == guard["$or"] and effective["tenantId"] == "t1"
+    predicate = compile_filter(effective)
+    assert predicate({"name": "a", "tenantId": "t1", "isPrivate": False})
+    assert not predicate({"name": "c", "tenantId": "t1", "isPrivate": False})  # client's $or
+    assert not predicate({"name": "a", "tenantId": "t1", "isPrivate": True})  # guard's $or
+    # Plain keys are still replaced by the guard's.
+    assert merge_filter({"tenantId": "t2"}, {"tenantId": "t1"}) == {"tenantId": "t1"}
+
+
+def test_a_template_may_compare_with_claims_and_take_a_claim_as_a_list():
+    rule = ReadRule("rooms", {"level": {"$lte": "$user.level"}, "roomId": {"$in": "$user.rooms"}})
+    reader = _User(id="al", level=3, rooms=["r1", "r2"])
+    assert rule.bind(reader)({"level": 2, "roomId": "r2"})
+    assert not rule.bind(reader)({"level": 4, "roomId": "r2"})
+    assert not rule.bind(reader)({"level": 2, "roomId": "r3"})
+    # Anonymous, or a claim of the wrong type: sees nothing (fail closed).
+    assert not rule.bind(None)({"level": 0, "roomId": "r1"})
+    assert not rule.bind(_User(id="x", level="high", rooms="r1"))({"level": 0, "roomId": "r1"})

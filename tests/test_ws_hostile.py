@@ -9,6 +9,7 @@ send and what it gets back, byte for byte.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import statistics
 import time
@@ -318,12 +319,15 @@ async def test_metrics_are_off_the_public_listener_unless_enabled():
 
 
 # -- a bystander under attack -------------------------------------------------------------------
-async def _ping_times(client, stop: asyncio.Event) -> list[float]:
+async def _ping_times(client, stop: asyncio.Event) -> list[tuple[float, float]]:
+    """(wall-clock, CPU) seconds of each ping round trip until ``stop``. The server and both
+    clients run in this process, so the CPU this process spent while a ping waited is the work
+    that held it up; the wall clock adds whatever other processes of the machine took."""
     times = []
     while not stop.is_set():
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         reply = await client.call("ping")
-        times.append(time.perf_counter() - started)
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
         assert reply["type"] == "pong"
         await asyncio.sleep(0.002)
     return times
@@ -334,8 +338,24 @@ async def test_a_bystanders_ping_stays_fast_while_the_dos_frames_arrive():
     filter matching nothing over 600 records, newest-first pages) leave another client's pings
     under 50 ms: each frame is refused or bounded before it costs the event loop much.
 
-    A whole attack round is repeated once if a ping was slow: the work per frame is a few
-    milliseconds, so a slow ping in both rounds is the server's doing, not the machine's."""
+    What held each ping up is measured as the CPU time of this process during it (the server
+    and the clients live here): on a shared 2-core machine the wall clock also counts the time
+    the OS gave to other processes. The wall clock must agree on the median, and is held to
+    50 ms at its maximum in at least one of three attack rounds.
+
+    Objects that existed before (imported libraries, earlier tests: botocore alone makes a full
+    garbage collection take ~50 ms) are frozen out of the collector, as a long-running server's
+    start-up objects are with ``gc.freeze()``: a collection the attack's allocations trigger
+    then costs what the attack allocated, not what the test process happens to hold."""
+    gc.collect()
+    gc.freeze()
+    try:
+        await _attack_and_ping()
+    finally:
+        gc.unfreeze()
+
+
+async def _attack_and_ping() -> None:
     async with serve(scores, resources={"scores": True}) as (db, plugin):
         for i in range(600):
             await db.resources.scores.insert({"player": f"p{i}", "points": i})
@@ -354,7 +374,8 @@ async def test_a_bystanders_ping_stays_fast_while_the_dos_frames_arrive():
             connect(plugin.url) as attacker,
             connect(plugin.url) as bystander,
         ):
-            for _attempt in range(2):
+            walls: list[float] = []
+            for _attempt in range(3):
                 stop = asyncio.Event()
                 pinger = asyncio.create_task(_ping_times(bystander, stop))
                 answers = []
@@ -369,9 +390,13 @@ async def test_a_bystanders_ping_stays_fast_while_the_dos_frames_arrive():
                 codes = [a.get("code", a["type"]) for a in answers]
                 assert codes[:4] == ["INVALID_MESSAGE", "INVALID_MESSAGE", "data", "data"]
                 assert len(times) >= 5
-                if max(times) < 0.050:
+                cpu = max(c for _, c in times)
+                assert cpu < 0.050, (cpu, statistics.median(c for _, c in times))
+                walls = [w for w, _ in times]
+                assert statistics.median(walls) < 0.050, statistics.median(walls)
+                if max(walls) < 0.050:
                     break
-        assert max(times) < 0.050, (max(times), statistics.median(times))
+        assert max(walls) < 0.050, (max(walls), statistics.median(walls))
 
 
 async def test_signed_in_attackers_are_held_to_the_same_bounds():
@@ -498,3 +523,28 @@ async def test_a_filter_is_compiled_once_per_frame(monkeypatch):
                 reply = await client.call(kind, resource="notes", filter=filter)
                 assert reply["type"] in ("data", "subscribed")
                 assert compiled == [filter], kind
+
+
+async def test_a_page_of_huge_records_is_read_a_few_at_a_time():
+    """40 records of 0.9 MB: one list used to read and decode all 40 (the server grew by
+    ~130 MB); now the page ends at the reply budget and only a few records are read."""
+    import tracemalloc
+
+    async with serve(scores, resources={"scores": True}) as (db, plugin):
+        for i in range(40):
+            await db.resources.scores.insert({"player": f"p{i}", "points": i, "blob": "z" * 900_000})
+        async with connect(plugin.url) as client:
+            tracemalloc.start()
+            try:
+                tracemalloc.reset_peak()
+                before = tracemalloc.get_traced_memory()[0]
+                await client.send({"type": "list", "resource": "scores", "limit": 40, "requestId": 1})
+                text = await asyncio.wait_for(client.ws.recv(), 10)
+                peak = tracemalloc.get_traced_memory()[1] - before
+            finally:
+                tracemalloc.stop()
+            page = json.loads(text)
+            assert 1 <= len(page["data"]) <= 2 and page["cursor"]
+            # A few records read and ~1.8 MB sent (its copies on both ends of the socket):
+            # well under the ~130 MB that reading, decoding and sending all 40 took.
+            assert peak < 45_000_000, peak
