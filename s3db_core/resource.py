@@ -391,7 +391,14 @@ class Resource:
         except (PreconditionFailed, StorageError) as exc:
             # A create-only PUT that met an object, or whose reply never came: if the object
             # stored is this very write (its reply was lost and a retry met it), it succeeded.
-            existing = await self._peek(id)
+            try:
+                existing = await self._read(id)
+            except StorageError:
+                # The store cannot tell either: leave the references (listings skip a reference
+                # without its record; repair removes it) rather than wait on it once more.
+                if isinstance(exc, StorageError):
+                    raise exc from None
+                raise
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
                 await self._emit("insert", record, None, 1)
                 return record
@@ -473,7 +480,7 @@ class Resource:
                 if sent is not None and _write_token(obj.body) == sent[0]:
                     # Our write did land (its reply was lost and a retry met our own version).
                     _, record, previous, version = sent
-                    return await self._updated(record, previous, version)
+                    return await self._updated(id, record, previous, version)
                 if current is not None and current[1] != obj.etag and strict:
                     raise self._stale(id)
                 current = stored
@@ -512,25 +519,31 @@ class Resource:
                 await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
             try:
                 await self.storage.put(self._key(id), body, metadata, if_match=etag)
+            except StorageError:
+                # No reply at all: the write may have landed; if the store holds it, it did.
+                found = await self._peek(id)
+                if found is not None and _write_token(found[1].body) == _write_token(body):
+                    return await self._updated(id, record, previous, version + 1)
+                raise
             except PreconditionFailed:
                 # Lost the race, or won it and lost the reply: the next read tells which.
                 sent = (_write_token(body), record, previous, version + 1)
                 if strict or expected_version is not None:
                     found = await self._read(id)
                     if found is not None and _write_token(found[1].body) == sent[0]:
-                        return await self._updated(record, previous, version + 1)
+                        return await self._updated(id, record, previous, version + 1)
                     raise self._stale(id) from None
                 await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                 continue
-            self._locks.note(id, version + 1)
-            return await self._updated(record, previous, version + 1)
+            return await self._updated(id, record, previous, version + 1)
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
-        self, record: dict[str, Any], previous: dict[str, Any], version: int
+        self, id: str, record: dict[str, Any], previous: dict[str, Any], version: int
     ) -> dict[str, Any]:
         """Announce a committed update (right after the write that committed it, so per record
         changes go out in commit order), then remove the references it moved away from."""
+        self._locks.note(id, version)
         await self._emit("update", record, previous, version)
         new = self._partition_keys(record)
         await self._forget_refs([k for p, k in self._partition_keys(previous).items() if new.get(p) != k])

@@ -112,7 +112,7 @@ async def test_a_frozen_store_fails_every_call_within_the_timeout(s3_server, pro
             started = loop.time()
             with pytest.raises(StorageError, match="timeout") as caught:
                 await call()
-            assert loop.time() - started < 2.5  # 1 s bound, plus a check-back read when unsure
+            assert loop.time() - started < 4  # 1 s bound, plus a check-back read when unsure
             assert "testsecret" not in str(caught.value)
     finally:
         proxy.frozen = False
@@ -125,7 +125,7 @@ async def test_connecting_to_a_frozen_store_fails_within_the_timeout(s3_server, 
     started = asyncio.get_running_loop().time()
     with pytest.raises(StorageError):
         await db.connect()
-    assert asyncio.get_running_loop().time() - started < 2
+    assert asyncio.get_running_loop().time() - started < 3
 
 
 def test_timeouts_are_checked():
@@ -183,3 +183,46 @@ async def test_replies_lost_anywhere_leave_every_record_listed_in_its_partition(
         assert len(updates) == len(set(updates))
     finally:
         await db.disconnect()
+
+
+async def test_update_that_never_gets_a_reply_but_landed_succeeds(s3_server, proxy):
+    """Every reply to the update's conditional PUT is lost (retries included): botocore gives up,
+    yet the first attempt committed, and the update says so instead of failing."""
+    db = Database(proxied_url(s3_server, proxy, "?timeout=10"))
+    await db.connect()
+    try:
+        counters = await db.create_resource("counters", {"n": "number"})
+        rec = await counters.insert({"n": 0})
+        proxy.drop_response = lambda request: request.method == "PUT" and "if-match" in request.headers
+        updated = await counters.update(rec["id"], lambda current: {"n": current["n"] + 1})
+        proxy.drop_response = None
+        assert proxy.dropped >= 2 and updated["n"] == 1
+        found = await counters.get_versioned(rec["id"])
+        assert (found.record["n"], found.version) == (1, 2)
+    finally:
+        await db.disconnect()
+
+
+async def test_a_hung_file_store_fails_within_its_timeout(tmp_path):
+    """A file store whose directory lock is held elsewhere (as by a writer stuck on a hung disk)
+    fails the write within its timeout instead of waiting forever."""
+    import fcntl
+    import os
+
+    db = Database(f"file://{tmp_path}?timeout=0.5")
+    await db.connect()
+    items = await db.create_resource("items", {"n": "number"})
+    rec = await items.insert({"n": 1})
+    lock_dir = db.storage._path(items._key(rec["id"])).parent
+    fd = os.open(lock_dir / "%lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageError, match="timeout"):
+            await items.update(rec["id"], {"n": 2})
+        assert asyncio.get_running_loop().time() - started < 3
+    finally:
+        os.close(fd)  # releases the lock: the stuck write completes in its thread
+        await db.disconnect()
+    with pytest.raises(ValueError, match="timeout"):
+        Database(f"file://{tmp_path}?timeout=nope")

@@ -7,6 +7,9 @@ stay, an upper-case letter ``X`` becomes ``^x``, anything else is %-encoded UTF-
 occurs in an escaped name, so objects and directories cannot collide (``a`` and ``a/b`` both
 fit). Segments ``""``, ``.`` and ``..`` are rejected (ValueError), so no key leaves the root.
 
+Every call is bounded by ``timeout`` (20 s; ``file://./data?timeout=5``): a hung disk or network
+file system gives StorageError instead of a wait without end.
+
 Writes go to a temp file that ``os.replace`` swaps in (atomic; survives a process crash, not a
 power loss: there is no fsync). Conditional writes and deletes hold an ``fcntl`` lock on the
 directory's ``%lock`` file while they check and swap, which serializes threads and processes
@@ -26,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import parse_qs, quote, unquote
 
 import orjson
 
@@ -67,7 +70,17 @@ class FileStorage:
     def __init__(self, url: str) -> None:
         if not url.startswith("file://"):
             raise ValueError("FileStorage needs a file:// URL")
-        self.root = Path(unquote(url[len("file://") :].partition("?")[0]) or ".").absolute()
+        path, _, query = url[len("file://") :].partition("?")
+        self.root = Path(unquote(path) or ".").absolute()
+        options = {k: v[-1] for k, v in parse_qs(query).items()}
+        self.timeout = 20.0
+        if "timeout" in options:
+            try:
+                self.timeout = float(options["timeout"])
+            except ValueError:
+                self.timeout = -1.0
+            if not 0 < self.timeout <= 3600:
+                raise ValueError("storage URL option timeout must be a number of seconds in (0, 3600]")
         self.prefix = ""
         self.requests = RequestCounter()
         self._name_max, self._path_max = _fs_limits(self.root)
@@ -95,7 +108,10 @@ class FileStorage:
 
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         try:
-            return await asyncio.to_thread(fn, *args)
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.to_thread(fn, *args)
+        except TimeoutError as e:  # a hung disk or network file system
+            raise StorageError(f"{self.describe()}: no answer within the {self.timeout:g} s timeout") from e
         except OSError as e:
             raise StorageError(f"{self.describe()}: {e.strerror or e}") from e
 
