@@ -21,7 +21,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import Credentials
-from s3db_core import Change, Database, hookimpl
+from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
 
 from .auth import SessionAuth
@@ -402,6 +402,9 @@ class WebSocketPlugin:
         if self._handler_tasks:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
         await runner.cleanup()
+        close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
+        if close is not None:  # a shared limiter's connections (redis) end with the server
+            await await_me_maybe(close())
         log.info("websocket server stopped")
 
     # -- HTTP routes --------------------------------------------------------------------------

@@ -59,6 +59,9 @@ class RateLimiter(Protocol):
         """Record one hit for ``key`` (only if allowed) and say whether it may proceed."""
         ...
 
+    # A limiter may also have ``async def close()`` (or a sync one): the plugin calls it when
+    # it stops, so a limiter holding connections (redis) releases them.
+
 
 def _positive(config: Mapping[str, Any], snake: str, camel: str, default: float) -> float:
     value = config.get(snake, config.get(camel, default))

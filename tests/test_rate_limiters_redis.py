@@ -98,6 +98,23 @@ def test_bad_config_is_refused(config: dict) -> None:
         RedisRateLimiter(config)
 
 
+async def test_a_stopped_server_closes_its_redis_limiter(redis_url: str, prefix: str) -> None:
+    rate = {"limiter": "redis", "url": redis_url, "prefix": prefix, "max_requests": 5}
+    closed = asyncio.Event()
+    async with serve(resources={}, rate_limit=rate) as (_, plugin):
+        limiter = plugin.rate_limit.limiter
+        real_close = limiter.close
+
+        async def close() -> None:
+            await real_close()
+            closed.set()
+
+        limiter.close = close
+        async with connect(plugin.url) as client:
+            assert (await client.call("ping"))["type"] == "pong"
+    assert closed.is_set()
+
+
 async def test_two_servers_share_one_limit_per_ip(redis_url: str, prefix: str) -> None:
     rate = {"enabled": True, "limiter": "redis", "url": redis_url, "prefix": prefix,
             "key": "ip", "maxRequests": 3, "windowMs": 60_000}  # fmt: skip
