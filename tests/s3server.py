@@ -2,6 +2,8 @@
 
 ``start_s3_server()`` starts it in a temp dir, waits until it serves, creates one bucket and
 returns an ``S3Server``; ``S3Server.stop()`` ends that process by its PID and removes the dir.
+``S3Server.kill()`` SIGKILLs a server started here (its data dir stays) and ``S3Server.restart()``
+starts it again on the same ports and data, for crash tests: give those a server of their own.
 ``S3Server.from_url()`` wraps an already running server (``S3DB_TEST_S3_URL``) instead.
 """
 
@@ -60,8 +62,51 @@ class S3Server:
             aws_access_key_id=self.access,
             aws_secret_access_key=self.secret,
             region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+            config=Config(  # bounded, so that waiting for a server keeps its deadline
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 1},
+                connect_timeout=2,
+                read_timeout=10,
+            ),
         )
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """kill -9 the server started here: no chance to flush or clean up; its data dir stays
+        for ``restart()``. Returns once the process is gone (its ports are free)."""
+        if self.process is None or self.workdir is None:
+            raise RuntimeError("kill() needs a server started by start_s3_server()")
+        self.process.kill()  # SIGKILL, by our own child's PID
+        self.process.wait()
+        self._remove_sockets()
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start a killed (or crashed) server again on the same ports and data dir, and wait,
+        at most ``timeout`` seconds, until its bucket takes a write."""
+        if self.workdir is None:
+            raise RuntimeError("restart() needs a server started by start_s3_server()")
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the server is still running: kill() it first")
+        self._remove_sockets()
+        self.process = _launch(self.workdir, self.port, append=True)
+        try:
+            _wait_ready(self, time.monotonic() + timeout, create_bucket=False)
+        except Exception as e:
+            log = (self.workdir / "weed.out").read_text(errors="replace")[-3000:]
+            raise RuntimeError(
+                f"weed mini did not come back on port {self.port}: {e!r}\n{log}"
+            ) from e
+
+    def _remove_sockets(self) -> None:
+        """Unix sockets a killed server leaves behind (its own dir, and gRPC ones in /tmp)."""
+        if self.workdir is not None:
+            (self.workdir / "s3.sock").unlink(missing_ok=True)
+        for port in self.ports:  # weed puts gRPC sockets in /tmp whatever TMPDIR says
+            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def stop(self, grace: float = 2.0) -> None:
         """SIGTERM the server we started, SIGKILL it after ``grace`` seconds (weed mini may take
@@ -75,12 +120,10 @@ class S3Server:
                     os.kill(self.process.pid, signal.SIGKILL)
                     self.process.wait()
             self.process = None
+        self._remove_sockets()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
-        for port in self.ports:  # weed puts gRPC sockets in /tmp whatever TMPDIR says
-            for sock in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-                sock.unlink(missing_ok=True)
 
 
 def _port_free(port: int) -> bool:
@@ -106,7 +149,7 @@ def free_base_port() -> int:
     raise RuntimeError("no free port range for weed mini")
 
 
-def _launch(workdir: Path, port: int) -> subprocess.Popen:
+def _launch(workdir: Path, port: int, append: bool = False) -> subprocess.Popen:
     args = [
         str(WEED), "mini", f"-dir={workdir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         "-master.telemetry=false", f"-master.port={port - 3}", f"-volume.port={port - 2}",
@@ -115,14 +158,15 @@ def _launch(workdir: Path, port: int) -> subprocess.Popen:
         "-s3.port.lance=0", "-s3.autoCreateBucket=false", "-volume.max=1000",
     ]  # fmt: skip
     env = {**os.environ, "TMPDIR": str(workdir)}
-    with open(workdir / "weed.out", "wb") as out:
+    with open(workdir / "weed.out", "ab" if append else "wb") as out:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _wait_ready(server: S3Server, deadline: float) -> None:
-    """Until the bucket exists and takes a write (the first write to a bucket is slow)."""
+def _wait_ready(server: S3Server, deadline: float, create_bucket: bool = True) -> None:
+    """Until the bucket exists (created here unless ``create_bucket`` is false) and takes a
+    write (the first write to a bucket is slow)."""
     client = server.boto3_client()
-    created = False
+    created = not create_bucket
     while True:
         if server.process is not None and server.process.poll() is not None:
             raise RuntimeError("weed mini exited")
