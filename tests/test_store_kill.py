@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from s3server import S3Server, start_s3_server
 
-from s3db_core import ConflictError, Database, StorageError
+from s3db_core import ConflictError, Database, StorageError, hookimpl
 
 TIMEOUT = 1.5  # the store's total bound per call; connecting and each read are bounded tighter
 QUERY = f"?timeout={TIMEOUT}&connect_timeout=0.5&read_timeout=1"
@@ -39,12 +39,23 @@ def own_s3_server() -> Iterator[S3Server]:
     try:
         yield server
     finally:
+        server.kill()  # its data need not survive: no SIGTERM grace
         server.stop()
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.changes: list = []
+
+    @hookimpl
+    def s3db_change(self, change) -> None:
+        self.changes.append(change)
 
 
 @dataclass
 class Run:
     acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> record last acknowledged
+    every_ack: list[tuple[str, int]] = field(default_factory=list)  # (id, n) of every write acked
     tried: dict[str, int] = field(default_factory=dict)  # id -> highest n any update tried
     failures: list[BaseException] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
@@ -92,6 +103,7 @@ async def writer(items: Any, name: str, run: Run, seed: int) -> None:
             mine.append(record["id"])
             run.tried[record["id"]] = 0
         run.acked[record["id"]] = record
+        run.every_ack.append((record["id"], record["n"]))
         run.acks += 1
         if run.acks == run.kill_at:
             run.kill_now.set()
@@ -115,8 +127,10 @@ async def kill_and_restart(server: S3Server, run: Run) -> None:
 async def test_kill_9_of_the_store_loses_no_acknowledged_write(own_s3_server: S3Server):
     url = own_s3_server.url(f"kill-{uuid.uuid4().hex[:12]}") + QUERY
     dbs = [Database(url) for _ in range(2)]  # two clients, as two processes would be
+    recorder = Recorder()
     for db in dbs:
         await db.connect()
+        await db.use_plugin(recorder)
     try:
         resources = [await db.create_resource("items", FIELDS, partitions=PARTS) for db in dbs]
         run = Run()
@@ -133,6 +147,14 @@ async def test_kill_9_of_the_store_loses_no_acknowledged_write(own_s3_server: S3
         assert len(run.in_flight_at_kills) == KILLS and min(run.in_flight_at_kills) > 0
         assert run.failures  # ...and they failed, each with a typed error (others end the run)
         assert max(run.durations) < WRITE_BOUND, "a write outlived the store's time bounds"
+
+        # Every acknowledged write was announced, none twice, each record's in commit order.
+        announced = [(c.record["id"], c.record["n"], c.version) for c in recorder.changes]
+        assert set(run.every_ack) <= {(id, n) for id, n, _ in announced}
+        assert len({(id, v) for id, _, v in announced}) == len(announced)
+        for id in run.acked:
+            versions = [v for i, _, v in announced if i == id]
+            assert versions == sorted(versions)
 
         items = resources[0]
         stored = {r["id"]: r for r in await items.query()}
