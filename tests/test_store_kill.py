@@ -125,8 +125,8 @@ async def kill_and_restart(server: S3Server, run: Run) -> None:
 
 
 async def test_kill_9_of_the_store_loses_no_acknowledged_write(own_s3_server: S3Server):
-    url = own_s3_server.url(f"kill-{uuid.uuid4().hex[:12]}") + QUERY
-    dbs = [Database(url) for _ in range(2)]  # two clients, as two processes would be
+    url = own_s3_server.url(f"kill-{uuid.uuid4().hex[:12]}")
+    dbs = [Database(url + QUERY) for _ in range(2)]  # two clients, as two processes would be
     recorder = Recorder()
     for db in dbs:
         await db.connect()
@@ -156,7 +156,14 @@ async def test_kill_9_of_the_store_loses_no_acknowledged_write(own_s3_server: S3
             versions = [v for i, _, v in announced if i == id]
             assert versions == sorted(versions)
 
-        items = resources[0]
+        # Once more with every writer done, so that no write they gave up on can still land
+        # during the checks; then a fresh client (default timeouts) reads what the store holds.
+        own_s3_server.kill()
+        await asyncio.to_thread(own_s3_server.restart, 30)
+        reader = Database(url)
+        dbs.append(reader)
+        await reader.connect()
+        items = await reader.create_resource("items", FIELDS, partitions=PARTS)
         stored = {r["id"]: r for r in await items.query()}
         for id, acked in run.acked.items():
             found = await items.get(id)
@@ -170,16 +177,105 @@ async def test_kill_9_of_the_store_loses_no_acknowledged_write(own_s3_server: S3
         for room in ROOMS:
             listed = {r["id"] for r in await items.query({"room": room})}
             # Every record that exists, acknowledged or not, is listed in its partition.
+            unlisted = {id for id, r in stored.items() if r["room"] == room} - listed
+            assert not unlisted, [
+                (stored[id], run.acked.get(id, "never acknowledged")) for id in unlisted
+            ]
             assert listed == {id for id, r in stored.items() if r["room"] == room}
 
-        report = await dbs[0].repair(grace=0)  # every writer is done: nothing is in flight
+        report = await reader.repair(grace=0)  # nothing is in flight
         result = report.resources["items"]
         assert result.damaged == [] and result.references_added == []
         assert result.records == len(stored)
-        assert (await dbs[0].repair(grace=0)).clean
+        assert (await reader.repair(grace=0)).clean
         for room in ROOMS:
             listed = {r["id"] for r in await items.query({"room": room})}
             assert listed == {id for id, r in stored.items() if r["room"] == room}
     finally:
         for db in dbs:
             await db.disconnect()
+
+
+async def test_kill_9_at_each_step_of_a_write_keeps_listings_true(
+    own_s3_server: S3Server, monkeypatch
+):
+    """Four writes, each held right after one step's request returned, and the store killed
+    with all four there: an insert between its partition reference and its record, an insert
+    after its record, an update between its new reference and its record, and an update after
+    its record but before its old reference is removed. After the restart, what was
+    acknowledged is stored and listed where it belongs, what failed is typed and left nothing
+    listed; repair removes the references left behind."""
+    url = own_s3_server.url(f"steps-{uuid.uuid4().hex[:12]}")
+    db = Database(url + QUERY)
+    reader = Database(url)  # a fresh client after the restart, default timeouts
+    await db.connect()
+    try:
+        items = await db.create_resource("items", FIELDS, partitions=PARTS)
+        for id in ("c", "d"):
+            await items.insert({"id": id, "writer": "w", "room": "r0", "n": 0})
+        storage = db.storage
+        real_put = storage.put
+        hold_after = {  # a write waits for the kill right after its PUT of this key returns
+            "resource=items/partition=byRoom/room=r0/id=a",
+            "resource=items/data/id=b",
+            "resource=items/partition=byRoom/room=r1/id=c",
+            "resource=items/data/id=d",
+        }
+        held: list[str] = []
+        killed = asyncio.Event()
+
+        async def put(key: str, *args: Any, **kwargs: Any) -> str:
+            etag = await real_put(key, *args, **kwargs)
+            if key in hold_after:
+                held.append(key)
+                if len(held) == len(hold_after):  # every write is at its step: kill -9 now
+                    own_s3_server.kill()
+                    killed.set()
+                await killed.wait()
+            return etag
+
+        monkeypatch.setattr(storage, "put", put)
+
+        async def outcome(write: Any) -> dict[str, Any] | None:
+            try:
+                return await write
+            except StorageError:
+                return None
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(30):
+            a, b, c, d = await asyncio.gather(
+                outcome(items.insert({"id": "a", "writer": "w", "room": "r0", "n": 0})),
+                outcome(items.insert({"id": "b", "writer": "w", "room": "r0", "n": 0})),
+                outcome(items.update("c", {"n": 1, "room": "r1"})),
+                outcome(items.update("d", {"n": 1, "room": "r2"})),
+            )
+        assert sorted(held) == sorted(hold_after) and loop.time() - started < WRITE_BOUND
+        # Cut short before their record committed: failed. After it: acknowledged (only the
+        # removal of d's old reference was lost).
+        assert (a, c) == (None, None) and b is not None and d is not None
+        await asyncio.to_thread(own_s3_server.restart, 30)
+        await reader.connect()
+        items = await reader.create_resource("items", FIELDS, partitions=PARTS)
+
+        async def listed(room: str) -> set[str]:
+            return {r["id"] for r in await items.query({"room": room})}
+
+        stored = {r["id"]: r for r in await items.query()}
+        assert stored == {"b": b, "c": {"id": "c", "writer": "w", "room": "r0", "n": 0}, "d": d}
+        assert [await listed(room) for room in ROOMS] == [{"b", "c"}, set(), {"d"}]
+
+        report = await reader.repair(grace=0)
+        result = report.resources["items"]
+        assert result.damaged == [] and result.references_added == [] and result.records == 3
+        assert [k.rsplit("/", 2)[1:] for k in result.references_removed] == [
+            ["room=r0", "id=a"],  # the insert that never committed
+            ["room=r0", "id=d"],  # the room d moved from
+            ["room=r1", "id=c"],  # the move that never committed
+        ]
+        assert (await reader.repair(grace=0)).clean
+        assert [await listed(room) for room in ROOMS] == [{"b", "c"}, set(), {"d"}]
+    finally:
+        await reader.disconnect()
+        await db.disconnect()
