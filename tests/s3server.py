@@ -90,10 +90,18 @@ class S3Server:
             raise RuntimeError("restart() needs a server started by start_s3_server()")
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("the server is still running: kill() it first")
-        self._remove_sockets()
-        self.process = _launch(self.workdir, self.port, append=True)
+        deadline = time.monotonic() + timeout
         try:
-            _wait_ready(self, time.monotonic() + timeout, create_bucket=False)
+            while True:  # a port still held a moment after the kill: weed exits; try again
+                self._remove_sockets()
+                self.process = _launch(self.workdir, self.port, append=True)
+                try:
+                    _wait_ready(self, deadline, create_bucket=False)
+                    return
+                except RuntimeError:  # it exited
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         except Exception as e:
             log = (self.workdir / "weed.out").read_text(errors="replace")[-3000:]
             raise RuntimeError(
@@ -140,10 +148,24 @@ def _ports(base: int) -> tuple[int, ...]:
     return tuple(p + off for p in range(base - 3, base + 2) for off in (0, GRPC_OFFSET))
 
 
-def free_base_port() -> int:
-    """A port P with P-3..P+1 and their gRPC twins (+10000) all free on 127.0.0.1."""
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel picks outgoing connections' local ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_base_port(outside_ephemeral: bool = False) -> int:
+    """A port P with P-3..P+1 and their gRPC twins (+10000) all free on 127.0.0.1; with
+    ``outside_ephemeral``, all below the kernel's ephemeral range, so that no outgoing
+    connection (a client retrying while the server is down) can take one before a restart."""
+    low, high = 20000, 55000
+    if outside_ephemeral:
+        low, high = 10003, min(high, _ephemeral_ports()[0] - 2 - GRPC_OFFSET)
     for _ in range(200):
-        base = random.randint(20000, 55000)
+        base = random.randint(low, high)
         if all(_port_free(p) for p in _ports(base)):
             return base
     raise RuntimeError("no free port range for weed mini")
@@ -183,12 +205,15 @@ def _wait_ready(server: S3Server, deadline: float, create_bucket: bool = True) -
             time.sleep(0.2)
 
 
-def start_s3_server(attempts: int = 3, timeout: float = 60.0) -> S3Server:
-    """Start ``weed mini`` with one fresh bucket; retries on other ports if a port was taken."""
+def start_s3_server(
+    attempts: int = 3, timeout: float = 60.0, restartable: bool = False
+) -> S3Server:
+    """Start ``weed mini`` with one fresh bucket; retries on other ports if a port was taken.
+    ``restartable``: for a server a test kills and restarts (ports outside the ephemeral range)."""
     failure = ""
     for _ in range(attempts):
         workdir = Path(tempfile.mkdtemp(prefix="s3db-weed-"))
-        port = free_base_port()
+        port = free_base_port(outside_ephemeral=restartable)
         server = S3Server(
             endpoint=f"http://127.0.0.1:{port}",
             bucket=f"s3db-test-{uuid.uuid4().hex[:12]}",

@@ -35,7 +35,7 @@ PARTS = {"byRoom": {"fields": {"room": "string"}}}
 @pytest.fixture
 def own_s3_server() -> Iterator[S3Server]:
     """A SeaweedFS of this test's own: it gets killed, so never the session's shared one."""
-    server = start_s3_server()
+    server = start_s3_server(restartable=True)
     try:
         yield server
     finally:
