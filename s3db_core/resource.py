@@ -402,10 +402,12 @@ class Resource:
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
                 await self._emit("insert", record, None, 1)
                 return record
+            if isinstance(exc, StorageError):
+                # Not stored yet, but a store that got the request may still apply it after
+                # the timeout: the references stay, so that the record is listed if it appears.
+                raise
             keep = set(self._partition_keys(existing[0].record).values()) if existing else set()
             await self._forget_refs([k for k in refs if k not in keep])
-            if isinstance(exc, StorageError):
-                raise
             raise ConflictError(f"{self.name} {id!r} already exists") from None
         await self._emit("insert", record, None, 1)
         return record

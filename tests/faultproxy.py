@@ -11,6 +11,10 @@ test sets what goes wrong, at any time:
   ``dropped`` counts the replies dropped.
 - ``frozen = True``: new connections are accepted and never answered (and requests on existing
   connections are read and never answered): a store that hangs.
+- ``hold_request = predicate(request)``: the request is read whole (the proxy says ``100
+  Continue`` itself when asked) and kept from the server until ``release`` is set, then sent on and committed
+  there while the client, long gone, never hears of it: a store that applies a write after
+  the writer gave up on it. ``held`` counts them; ``landed`` is set once one was committed.
 
 Everything is asyncio in the test's loop: no threads, no sleeps.
 """
@@ -70,6 +74,10 @@ class FaultProxy:
         self.target = (host, port)
         self.drop_response: Callable[[Request], bool] | None = None
         self.frozen = False
+        self.hold_request: Callable[[Request], bool] | None = None
+        self.release = asyncio.Event()
+        self.landed = asyncio.Event()
+        self.held = 0
         self.dropped = 0
         self.requests = 0
         self._server: asyncio.Server | None = None
@@ -131,8 +139,25 @@ class FaultProxy:
                 line, headers = _headers(head)
                 method, target = (line.split(" ") + ["", ""])[:2]
                 request = Request(method, target, headers)
+                expect = headers.get("expect", "").lower() == "100-continue"
+                if self.hold_request is not None and self.hold_request(request):
+                    if expect:
+                        client_w.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    body = await _read_body(client_r, headers)
+                    self.held += 1
+                    await self.release.wait()  # the client times out and gives up meanwhile
+                    server_w.write(head)
+                    if expect and await _read_head(server_r) is None:  # its own 100 Continue
+                        return
+                    server_w.write(body)
+                    await server_w.drain()
+                    reply = await _read_head(server_r)
+                    if reply is not None:
+                        await _read_body(server_r, _headers(reply)[1])
+                        self.landed.set()
+                    return
                 server_w.write(head)
-                if headers.get("expect", "").lower() == "100-continue":
+                if expect:
                     interim = await _read_head(server_r)
                     if interim is None:
                         return

@@ -226,3 +226,26 @@ async def test_a_hung_file_store_fails_within_its_timeout(tmp_path):
         await db.disconnect()
     with pytest.raises(ValueError, match="timeout"):
         Database(f"file://{tmp_path}?timeout=nope")
+
+
+async def test_an_insert_the_store_applies_after_it_timed_out_is_listed(s3_server, proxy):
+    """The create-only PUT reaches the store only after the writer gave up on it (timed out, and
+    its read-back found nothing yet): the insert failed, but the record that appears later is
+    listed in its partition like every record that exists."""
+    db = Database(proxied_url(s3_server, proxy, "?timeout=1&read_timeout=5"))
+    await db.connect()
+    try:
+        msgs = await db.create_resource(
+            "msgs", {"room": "string", "n": "number"}, partitions={"byRoom": {"fields": {"room": "string"}}}
+        )
+        proxy.hold_request = lambda request: create_only_put(request) and not proxy.held
+        with pytest.raises(StorageError, match="timeout"):
+            await msgs.insert({"room": "r1", "n": 1})
+        assert proxy.held == 1
+        proxy.release.set()
+        await asyncio.wait_for(proxy.landed.wait(), 10)
+        stored = await msgs.query()
+        assert [r["n"] for r in stored] == [1]  # the write did land, late
+        assert (await msgs.list(filter={"room": "r1"})).items == stored
+    finally:
+        await db.disconnect()
