@@ -83,8 +83,11 @@ def _write_token(body: bytes) -> bytes:
 def _stored_version(metadata: dict[str, str]) -> int:
     """The system version kept in a stored object's metadata (records written before versions
     existed count as version 1)."""
+    text = metadata.get(VERSION_KEY)
+    if text is None:
+        return 1
     try:
-        return max(1, int(metadata.get(VERSION_KEY, "1")))
+        return max(1, int(text))
     except ValueError:
         return 1
 
@@ -345,14 +348,18 @@ class Resource:
         return found[0] if found else None
 
     async def get_or_none(self, id: str) -> dict[str, Any] | None:
-        found = await self.get_versioned(id)
-        return found[0] if found else None
+        validate_id(id)
+        try:  # the record alone: no Versioned to build on the most common read
+            obj = await self.storage.get(self._key(id))
+        except ObjectNotFound:
+            return None
+        return self._from_stored(id, obj.metadata, obj.body)
 
     async def get(self, id: str) -> dict[str, Any]:
-        found = await self.get_versioned(id)
-        if found is None:
+        record = await self.get_or_none(id)
+        if record is None:
             raise NotFoundError(f"{self.name} {id!r} not found")
-        return found[0]
+        return record
 
     async def exists(self, id: str) -> bool:
         validate_id(id)
@@ -374,7 +381,8 @@ class Resource:
         id = validate_id(given) if given is not None else new_id()
         data.pop("createdAt", None)
         data.pop("updatedAt", None)
-        check_depth(data, self.db.limits.max_depth)
+        if self.db.pm.hook.s3db_before_insert.get_hookimpls():  # a hook may have deepened it
+            check_depth(data, self.db.limits.max_depth)
         record = {"id": id, **self.schema.validate(data)}
         if self.timestamps:
             record["createdAt"] = record["updatedAt"] = now_iso()
