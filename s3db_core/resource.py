@@ -14,9 +14,8 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -121,29 +120,56 @@ class _RecordLocks:
     def forget(self, record_id: str) -> None:
         self._committed.pop(record_id, None)
 
-    @asynccontextmanager
-    async def hold(self, record_id: str) -> AsyncIterator[None]:
-        key = (id(self), record_id)
+    def hold(self, record_id: str) -> _Hold:
+        """``async with locks.hold(id):`` -- the record's writers one at a time (re-entrant)."""
+        return _Hold(self, record_id)
+
+
+class _Hold:
+    """One ``async with`` of ``_RecordLocks.hold``: a plain class rather than a generator-based
+    context manager, because every update and delete takes it (~5 us saved per write)."""
+
+    __slots__ = ("locks", "record_id", "lock", "token")
+
+    def __init__(self, locks: _RecordLocks, record_id: str) -> None:
+        self.locks = locks
+        self.record_id = record_id
+        self.lock: asyncio.Lock | None = None  # None: re-entered, nothing to release
+        self.token: Token[frozenset[tuple[int, str]]] | None = None
+
+    async def __aenter__(self) -> None:
+        key = (id(self.locks), self.record_id)
         held = _held.get()
         if key in held:
-            yield
             return
-        lock, users = self._locks.get(record_id) or (asyncio.Lock(), 0)
-        self._locks[record_id] = (lock, users + 1)
+        table = self.locks._locks
+        lock, users = table.get(self.record_id) or (asyncio.Lock(), 0)
+        table[self.record_id] = (lock, users + 1)
         try:
-            async with lock:
-                token = _held.set(held | {key})
-                try:
-                    yield
-                finally:
-                    _held.reset(token)
-        finally:
-            lock, users = self._locks[record_id]
-            if users == 1:
-                del self._locks[record_id]
-                self._committed.pop(record_id, None)
-            else:
-                self._locks[record_id] = (lock, users - 1)
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+        self.lock = lock
+        self.token = _held.set(held | {key})
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock = self.lock
+        if lock is None:
+            return
+        assert self.token is not None
+        _held.reset(self.token)
+        lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        locks, record_id = self.locks, self.record_id
+        lock, users = locks._locks[record_id]
+        if users == 1:
+            del locks._locks[record_id]
+            locks._committed.pop(record_id, None)
+        else:
+            locks._locks[record_id] = (lock, users - 1)
 
 
 @dataclass(slots=True)
