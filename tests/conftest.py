@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from s3server import S3Server, start_s3_server
@@ -42,6 +42,15 @@ def storage_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"file://{tmp_path / 'store'}"
     server: S3Server = request.getfixturevalue("s3_server")
     return server.url(f"test-{unique}")
+
+
+@pytest.fixture
+async def db(storage_url: str) -> AsyncIterator[Database]:
+    """A connected Database on each storage client (``storage_url``), disconnected after."""
+    database = Database(storage_url)
+    await database.connect()
+    yield database
+    await database.disconnect()
 
 
 @pytest.fixture(params=["memory", "s3"])

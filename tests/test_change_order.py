@@ -5,17 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
-from s3db_core import Database, hookimpl
-
-
-@pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
+from s3db_core import hookimpl
 
 
 async def test_concurrent_updates_moving_partitions_are_announced_in_commit_order(db):

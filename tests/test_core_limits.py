@@ -9,14 +9,6 @@ from s3db_core import ConflictError, Database, ValidationError, hookimpl
 
 
 @pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
-
-
-@pytest.fixture
 async def people(db):
     return await db.create_resource(
         "people",

@@ -14,14 +14,6 @@ WRITERS = 60
 
 
 @pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
-
-
-@pytest.fixture
 async def counter(db):
     counters = await db.create_resource("counters", {"n": "number", "owner": "string|optional"})
     return counters, await counters.insert({"n": 0})

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from s3db_core import ConflictError, Database, ValidationError, hookimpl
-
-
-@pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
+from s3db_core import ConflictError, ValidationError, hookimpl
 
 
 class Recorder:

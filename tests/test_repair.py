@@ -21,14 +21,6 @@ PEOPLE = {"name": "string", "room": "string"}
 PARTS = {"byRoom": {"fields": {"room": "string"}}}
 
 
-@pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
-
-
 async def _ids(resource, **filter) -> list[str]:
     return sorted(r["id"] for r in await resource.query(filter or None))
 

@@ -19,14 +19,6 @@ MESSAGE = {
 
 
 @pytest.fixture
-async def db(storage_url):
-    database = Database(storage_url)
-    await database.connect()
-    yield database
-    await database.disconnect()
-
-
-@pytest.fixture
 async def messages(db):
     return await db.create_resource(
         "chat_messages", MESSAGE, timestamps=True, partitions={"byRoom": {"fields": {"roomId": "string"}}}
