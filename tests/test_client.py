@@ -253,10 +253,12 @@ async def test_subscribe_errors_are_typed(s3db_client):
 
 
 async def test_iterator_raises_when_a_static_token_expires(s3db_connect, s3db_token):
-    client = await s3db_connect(token=s3db_token(ttl=1))
+    # 3 s, not 1: on a loaded 2-core CI machine connecting and subscribing once took longer than a
+    # 1 s token lived, and the test failed before it reached the iterator.
+    client = await s3db_connect(token=s3db_token(ttl=3))
     sub = await client.subscribe("notes")
     with pytest.raises(Unauthorized, match="expired"):
-        async with asyncio.timeout(4):
+        async with asyncio.timeout(20):
             async for _ in sub:
                 pass
     with pytest.raises(Unauthorized):
