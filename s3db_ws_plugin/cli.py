@@ -28,7 +28,7 @@ import orjson
 import structlog
 import structlog.tracebacks
 
-from s3db_core.redact import redact
+from s3db_core.redact import Verbatim, redact
 
 from .startup import StartupProblem, report
 
@@ -250,7 +250,7 @@ async def tail(
     except ClientError as exc:
         fields = {"code": exc.code, "error": exc.message}
         if exc.code == "UNAUTHORIZED" and not token and not api_key:
-            fields["hint"] = "pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)"
+            fields["hint"] = Verbatim("pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)")
         log.error("cannot subscribe", url=client.safe_url, **fields)
         await client.close()
         return 1
