@@ -1,6 +1,6 @@
 """The ``s3db`` command line.
 
-    s3db serve myapp:make_db [--log-format json|console]
+    s3db serve myapp:make_db [--log-format json|console] [--trusted-proxies 127.0.0.1]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
     s3db repair STORE_URL [--grace SECONDS] [--dry-run]
 
@@ -182,7 +182,24 @@ def _listening(db: Any) -> list[str]:
     return [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
 
 
-async def serve(target: str, debug: bool = False) -> int:
+def _trust_proxies(db: Any, proxies: str | None, header: str) -> None:
+    """``--trusted-proxies``: every WebSocket plugin of ``db`` reads the client's address from
+    these proxies' ``header`` (it replaces what the app configured)."""
+    from .connection import TrustedProxies
+    from .plugin import WebSocketPlugin
+
+    if proxies:
+        for plugin in db.pm.get_plugins():
+            if isinstance(plugin, WebSocketPlugin):
+                plugin.trusted_proxies = TrustedProxies(proxies, header)
+
+
+async def serve(
+    target: str,
+    debug: bool = False,
+    trusted_proxies: str | None = None,
+    proxy_header: str = "X-Forwarded-For",
+) -> int:
     stop = _stop_event()
     try:
         factory = load_target(target)
@@ -191,6 +208,7 @@ async def serve(target: str, debug: bool = False) -> int:
         return 2
     try:
         db = await resolve_database(factory)
+        _trust_proxies(db, trusted_proxies, proxy_header)
         if not db.connected:
             await db.connect()
     except Exception as exc:
@@ -326,6 +344,16 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+def _proxy_list(text: str) -> str:
+    from .connection import TrustedProxies
+
+    try:
+        TrustedProxies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -384,6 +412,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
     )
+    serve_cmd.add_argument(
+        "--trusted-proxies",
+        type=_proxy_list,
+        default=os.environ.get("S3DB_TRUSTED_PROXIES"),
+        metavar="ADDRESSES",
+        help="reverse proxies (comma-separated addresses or networks, e.g. 127.0.0.1,10.0.0.0/8) "
+        "whose forwarding header gives the client's address (default: $S3DB_TRUSTED_PROXIES)",
+    )
+    serve_cmd.add_argument(
+        "--proxy-header",
+        choices=("X-Forwarded-For", "Forwarded"),
+        default=os.environ.get("S3DB_PROXY_HEADER", "X-Forwarded-For"),
+        help="the header those proxies set (default X-Forwarded-For)",
+    )
 
     tail_cmd = commands.add_parser("tail", help="print live events as JSON lines")
     tail_cmd.add_argument("url", help="the server's ws:// or wss:// address")
@@ -439,9 +481,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = ["--log-format", args.log_format, "--log-level", args.log_level]
         if args.debug:
             options.append("--debug")
+        if args.trusted_proxies:  # the workers read them from their environment
+            os.environ["S3DB_TRUSTED_PROXIES"] = args.trusted_proxies
+            os.environ["S3DB_PROXY_HEADER"] = args.proxy_header
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
-        coro = serve(args.target, debug=args.debug)
+        coro = serve(args.target, args.debug, args.trusted_proxies, args.proxy_header)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run)
     else:
