@@ -2,7 +2,7 @@
 
     s3db serve myapp:make_db [--log-format json|console] [--trusted-proxies 127.0.0.1]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
-    s3db repair STORE_URL [--grace SECONDS] [--dry-run]
+    s3db repair STORE_URL [--grace SECONDS] [--dry-run] [--progress-every KEYS]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -354,6 +354,16 @@ def _proxy_list(text: str) -> str:
     return text
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("a positive whole number")
+    return value
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -366,9 +376,12 @@ def _worker_count(text: str) -> int:
     return count
 
 
-async def repair(store: str, grace: float, dry_run: bool) -> int:
-    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
+async def repair(store: str, grace: float, dry_run: bool, progress_every: int = 10_000) -> int:
+    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON) on
+    stdout; its progress goes to stderr (``repair_progress``)."""
     from s3db_core import Database, S3dbError
+
+    from .repair_progress import progress_for
 
     try:
         db = Database(store)
@@ -377,7 +390,9 @@ async def repair(store: str, grace: float, dry_run: bool) -> int:
         log.error("cannot open the store", error=str(exc))
         return 1
     try:
-        report = await db.repair(grace=grace, dry_run=dry_run)
+        report = await db.repair(
+            grace=grace, dry_run=dry_run, progress=progress_for(sys.stderr, progress_every)
+        )
     finally:
         await db.disconnect()
     sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -463,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
     )
     repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    repair_cmd.add_argument(
+        "--progress-every",
+        type=_positive,
+        default=10_000,
+        metavar="KEYS",
+        help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "
+        "default 10000",
+    )
     for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
@@ -488,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "serve":
         coro = serve(args.target, args.debug, args.trusted_proxies, args.proxy_header)
     elif args.command == "repair":
-        coro = repair(args.store, args.grace, args.dry_run)
+        coro = repair(args.store, args.grace, args.dry_run, args.progress_every)
     else:
         coro = tail(
             args.url,
