@@ -37,10 +37,11 @@ test: venv lint browser seed-clients services
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
-# Debian's redis-server for the Redis broker and rate-limiter tests (started by the tests, never as a
-# system service).
+# Debian's redis-server for the Redis broker and rate-limiter tests, and nginx for the reverse-proxy
+# tests (both started by the tests, never as system services).
 services:
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx; }
 
 # React 18 (UMD builds) for the seed's ChatRoom component in tests/test_seed_clients.py, pinned by
 # tests/seed_clients/package-lock.json, installed into the gitignored tests/seed_clients/node_modules.

@@ -59,6 +59,7 @@ class Options:
     # only when the operator set no JWT_SECRET.
     dev: bool = False
     broker: str = "local"  # the Database's broker URL (--broker)
+    trusted_proxies: str | None = None  # reverse proxies whose X-Forwarded-For is believed
 
 
 def parse_options(name: str, argv: list[str] | None = None, *, default_db: str = "memory://", port: int = 3001) -> Options:
@@ -74,6 +75,12 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--db", default=default_db, help=f"connection string (default {default_db})")
+    parser.add_argument(
+        "--trusted-proxies",
+        metavar="ADDRESSES",
+        help="reverse proxies (e.g. 127.0.0.1,10.0.0.0/8) whose X-Forwarded-For gives the "
+        "client's address for the per-address limits and logs",
+    )
     parser.add_argument(
         "--dev",
         action="store_true",
@@ -95,7 +102,7 @@ def parse_options(name: str, argv: list[str] | None = None, *, default_db: str =
     assert secret
     configure_logging(args.log_format, args.log_level)
     report_startup_errors(debug=args.debug, port_option="--port")
-    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev, broker=args.broker)
+    return Options(port=args.port, host=args.host, db=args.db, jwt_secret=secret, dev=args.dev, broker=args.broker, trusted_proxies=args.trusted_proxies)
 
 
 def make_token(secret: str, sub: str, *, ttl: float = 3600, **claims: Any) -> str:
@@ -160,6 +167,8 @@ async def start_app(
         for extra in before(db):
             await db.use_plugin(extra)
         plugin = await make_plugin(db)
+        if options.trusted_proxies:
+            plugin.trusted_proxies = options.trusted_proxies
         await db.use_plugin(plugin)
         for extra in after(db, plugin):
             await db.use_plugin(extra)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -20,7 +20,7 @@ from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource, Stats
 
 if TYPE_CHECKING:
-    from .repair import RepairReport
+    from .repair import RepairProgress, RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
 
 log = get_logger("s3db.core")
@@ -174,14 +174,21 @@ class Database:
         await self._call_hook("s3db_resource_created", db=self, resource=resource)
         return resource
 
-    async def repair(self, *, grace: float = 120.0, dry_run: bool = False) -> RepairReport:
+    async def repair(
+        self,
+        *,
+        grace: float = 120.0,
+        dry_run: bool = False,
+        progress: Callable[[RepairProgress], Any] | None = None,
+    ) -> RepairReport:
         """Find and fix damage in the store (records missing from partition listings, stale
         partition references, temp files of killed writers) and report it, damaged records
         included. References and temp files younger than ``grace`` seconds are left alone (a
-        write may be in flight). See ``s3db_core.repair``."""
+        write may be in flight). ``progress(RepairProgress)`` is called as it goes (keys read,
+        what was found so far). See ``s3db_core.repair``."""
         from .repair import repair
 
-        return await repair(self, grace=grace, dry_run=dry_run)
+        return await repair(self, grace=grace, dry_run=dry_run, progress=progress)
 
     # -- plugins ----------------------------------------------------------------------------
     async def use_plugin(self, plugin: object, name: str | None = None) -> object:

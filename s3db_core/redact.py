@@ -7,6 +7,9 @@
   S3 presigned ``X-Amz-Signature``...);
 * each of ``secrets`` where it appears as a whole credential, never inside a longer word: with
   an access key ``k``, "bucket" stays "bucket" while "key k" becomes "key ***".
+
+Text the program wrote itself (a hint whose example is ``s3://KEY:SECRET@bucket/prefix``) is
+marked ``Verbatim`` and left as written: its placeholders are not secrets.
 """
 
 from __future__ import annotations
@@ -54,8 +57,18 @@ def _whole(secret: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![{_CREDENTIAL_CHARS}])(?:{alternatives})(?![{_CREDENTIAL_CHARS}])")
 
 
+class Verbatim(str):
+    """Literal text written by the program (a hint, an example with placeholders), which
+    ``redact`` returns unchanged. Never wrap text that holds user input: anything built from a
+    ``Verbatim`` (formatting, concatenation) is a plain ``str`` again and is redacted."""
+
+    __slots__ = ()
+
+
 def redact_urls(text: str) -> str:
     """``text`` with URL user-info and credential query parameters masked."""
+    if isinstance(text, Verbatim):
+        return text
     if "://" in text:
         text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
     if "=" in text:
@@ -65,7 +78,10 @@ def redact_urls(text: str) -> str:
 
 def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     """``text`` with URL credentials masked and every one of ``secrets`` masked where it
-    stands as a whole credential (not as a substring of a longer word)."""
+    stands as a whole credential (not as a substring of a longer word). ``Verbatim`` text is
+    returned as is."""
+    if isinstance(text, Verbatim):
+        return text
     text = redact_urls(text)
     for secret in secrets:
         if secret:

@@ -12,12 +12,15 @@ in ``s3db.json``):
 - temp files a killed writer left in a ``file://`` store: removed when older than ``grace``.
 
 It reports what it found and did (``RepairReport``); ``dry_run=True`` only reports.
+``progress`` (a function) is called as it goes with a ``RepairProgress``: the library prints
+nothing, ``s3db repair`` renders it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +72,60 @@ class RepairReport:
         }
 
 
+@dataclass
+class RepairProgress:
+    """Where a repair is, handed to ``repair(progress=...)`` after every object it reads and at
+    each phase: the same object each time, updated in place (copy what you keep). Counts are
+    totals since the start, over every resource so far. ``phase`` is ``records`` (reading every
+    record), ``references`` (partition references), ``temp files``, then ``done``."""
+
+    resource: str = ""
+    phase: str = "records"
+    keys: int = 0  # objects read or listed
+    records: int = 0
+    damaged: int = 0
+    references_missing: int = 0  # added, unless dry_run
+    references_stale: int = 0  # removed, unless dry_run
+    temp_files_removed: int = 0
+    dry_run: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+class _Progress:
+    """Keeps a ``RepairProgress`` up to date from each resource's ``ResourceRepair`` and calls
+    the user's function with it (nothing at all without one)."""
+
+    def __init__(self, callback: Callable[[RepairProgress], Any] | None, dry_run: bool) -> None:
+        self.callback = callback
+        self.state = RepairProgress(dry_run=dry_run)
+        self.before = ResourceRepair()  # totals of the resources already done
+
+    def __call__(self, out: ResourceRepair, keys: int = 0, phase: str | None = None) -> None:
+        if self.callback is None:
+            return
+        state, before = self.state, self.before
+        state.keys += keys
+        if phase is not None:
+            state.phase = phase
+        state.records = before.records + out.records
+        state.damaged = len(before.damaged) + len(out.damaged)
+        state.references_missing = len(before.references_added) + len(out.references_added)
+        state.references_stale = len(before.references_removed) + len(out.references_removed)
+        self.callback(state)
+
+    def resource(self, name: str, done: ResourceRepair | None = None) -> None:
+        if done is not None:
+            self.before.records += done.records
+            self.before.damaged += done.damaged
+            self.before.references_added += done.references_added
+            self.before.references_removed += done.references_removed
+        self.state.resource = name
+
+
 def _known_resources(db: Database) -> list[Resource]:
     found = [db.resources[name] for name in db.resources]
     for name, definition in db._saved_definitions.items():
@@ -86,18 +143,37 @@ def _known_resources(db: Database) -> list[Resource]:
     return found
 
 
-async def repair(db: Database, *, grace: float = DEFAULT_GRACE, dry_run: bool = False) -> RepairReport:
+async def repair(
+    db: Database,
+    *,
+    grace: float = DEFAULT_GRACE,
+    dry_run: bool = False,
+    progress: Callable[[RepairProgress], Any] | None = None,
+) -> RepairReport:
     report = RepairReport(dry_run=dry_run)
+    tick = _Progress(progress, dry_run)
     for resource in _known_resources(db):
-        report.resources[resource.name] = await _repair_resource(resource, grace, dry_run)
+        tick.resource(resource.name)
+        done = report.resources[resource.name] = await _repair_resource(
+            resource, grace, dry_run, tick
+        )
+        tick.resource("", done)
     cleanup = getattr(db.storage, "remove_temp_files", None)
+    empty = ResourceRepair()
     if cleanup is not None:
+        tick(empty, phase="temp files")
         report.temp_files_removed = await cleanup(grace, dry_run=dry_run)
+        tick.state.temp_files_removed = report.temp_files_removed
+    tick(empty, phase="done")
     return report
 
 
-async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> ResourceRepair:
+async def _repair_resource(
+    resource: Resource, grace: float, dry_run: bool, tick: _Progress | None = None
+) -> ResourceRepair:
     out = ResourceRepair()
+    tick = tick or _Progress(None, dry_run)
+    tick(out, phase="records")
     storage = resource.storage
     sem = asyncio.Semaphore(CONCURRENCY)
     expected: set[str] = set()
@@ -108,10 +184,12 @@ async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> R
                 found = await resource.get_versioned(id)
             except DamagedRecordError as error:
                 out.damaged.append(error.key)
+                tick(out, 1)
                 return
         if found is not None:
             out.records += 1
             expected.update(resource._partition_keys(found.record).values())
+        tick(out, 1)
 
     async for ids, _ in resource._ids(resource._data_prefix, None, 1000):
         await asyncio.gather(*(inspect(i) for i in ids))
@@ -120,9 +198,11 @@ async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> R
     existing: set[str] = set()
     prefix = f"{resource._base}partition="
     after: str | None = None
+    tick(out, phase="references")
     while True:
         page = await storage.list(prefix, start_after=after, max_keys=1000)
         existing.update(page.keys)
+        tick(out, len(page.keys))
         if page.next_start_after is None:
             break
         after = page.next_start_after
@@ -130,6 +210,7 @@ async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> R
         out.references_added.append(key)
         if not dry_run:
             await storage.put(key, resource._ref_body(), {})
+        tick(out)
     now_ms = time.time() * 1000
 
     async def maybe_remove(key: str) -> None:
@@ -152,6 +233,12 @@ async def _repair_resource(resource: Resource, grace: float, dry_run: bool) -> R
             if not dry_run:
                 await storage.delete(key)
 
-    await asyncio.gather(*(maybe_remove(k) for k in sorted(existing - expected)))
+    async def checked(key: str) -> None:
+        try:
+            await maybe_remove(key)
+        finally:
+            tick(out, 1)
+
+    await asyncio.gather(*(checked(k) for k in sorted(existing - expected)))
     out.references_removed.sort()
     return out

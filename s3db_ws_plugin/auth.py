@@ -54,7 +54,7 @@ class SessionAuth:
     async def open(self, conn: Connection, request: web.Request) -> bool:
         """Authenticate from the upgrade request's credentials; False when rejected (the
         socket is closing). An anonymous connection is accepted now unless auth is required."""
-        creds = Credentials.from_request(request.headers, request.query, request.remote)
+        creds = Credentials.from_request(request.headers, request.query, conn.remote)
         try:
             user = await self.chain.authenticate(creds)
         except AuthError as exc:

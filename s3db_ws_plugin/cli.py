@@ -1,8 +1,8 @@
 """The ``s3db`` command line.
 
-    s3db serve myapp:make_db [--log-format json|console]
+    s3db serve myapp:make_db [--log-format json|console] [--trusted-proxies 127.0.0.1]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
-    s3db repair STORE_URL [--grace SECONDS] [--dry-run]
+    s3db repair STORE_URL [--grace SECONDS] [--dry-run] [--progress-every KEYS]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -28,7 +28,7 @@ import orjson
 import structlog
 import structlog.tracebacks
 
-from s3db_core.redact import redact
+from s3db_core.redact import Verbatim, redact
 
 from .startup import StartupProblem, report
 
@@ -182,7 +182,24 @@ def _listening(db: Any) -> list[str]:
     return [p.url for p in db.pm.get_plugins() if isinstance(getattr(p, "url", None), str)]
 
 
-async def serve(target: str, debug: bool = False) -> int:
+def _trust_proxies(db: Any, proxies: str | None, header: str) -> None:
+    """``--trusted-proxies``: every WebSocket plugin of ``db`` reads the client's address from
+    these proxies' ``header`` (it replaces what the app configured)."""
+    from .connection import TrustedProxies
+    from .plugin import WebSocketPlugin
+
+    if proxies:
+        for plugin in db.pm.get_plugins():
+            if isinstance(plugin, WebSocketPlugin):
+                plugin.trusted_proxies = TrustedProxies(proxies, header)
+
+
+async def serve(
+    target: str,
+    debug: bool = False,
+    trusted_proxies: str | None = None,
+    proxy_header: str = "X-Forwarded-For",
+) -> int:
     stop = _stop_event()
     try:
         factory = load_target(target)
@@ -191,6 +208,7 @@ async def serve(target: str, debug: bool = False) -> int:
         return 2
     try:
         db = await resolve_database(factory)
+        _trust_proxies(db, trusted_proxies, proxy_header)
         if not db.connected:
             await db.connect()
     except Exception as exc:
@@ -250,7 +268,7 @@ async def tail(
     except ClientError as exc:
         fields = {"code": exc.code, "error": exc.message}
         if exc.code == "UNAUTHORIZED" and not token and not api_key:
-            fields["hint"] = "pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)"
+            fields["hint"] = Verbatim("pass --token (or set S3DB_TOKEN), or --api-key (S3DB_API_KEY)")
         log.error("cannot subscribe", url=client.safe_url, **fields)
         await client.close()
         return 1
@@ -326,6 +344,26 @@ def _event_list(text: str) -> list[str]:
     return kinds
 
 
+def _proxy_list(text: str) -> str:
+    from .connection import TrustedProxies
+
+    try:
+        TrustedProxies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("a positive whole number")
+    return value
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -338,9 +376,12 @@ def _worker_count(text: str) -> int:
     return count
 
 
-async def repair(store: str, grace: float, dry_run: bool) -> int:
-    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON)."""
+async def repair(store: str, grace: float, dry_run: bool, progress_every: int = 10_000) -> int:
+    """``s3db repair``: run ``Database.repair`` on a store and print its report (JSON) on
+    stdout; its progress goes to stderr (``repair_progress``)."""
     from s3db_core import Database, S3dbError
+
+    from .repair_progress import progress_for
 
     try:
         db = Database(store)
@@ -349,7 +390,9 @@ async def repair(store: str, grace: float, dry_run: bool) -> int:
         log.error("cannot open the store", error=str(exc))
         return 1
     try:
-        report = await db.repair(grace=grace, dry_run=dry_run)
+        report = await db.repair(
+            grace=grace, dry_run=dry_run, progress=progress_for(sys.stderr, progress_every)
+        )
     finally:
         await db.disconnect()
     sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
@@ -383,6 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=_worker_count,
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
+    )
+    serve_cmd.add_argument(
+        "--trusted-proxies",
+        type=_proxy_list,
+        default=os.environ.get("S3DB_TRUSTED_PROXIES"),
+        metavar="ADDRESSES",
+        help="reverse proxies (comma-separated addresses or networks, e.g. 127.0.0.1,10.0.0.0/8) "
+        "whose forwarding header gives the client's address (default: $S3DB_TRUSTED_PROXIES)",
+    )
+    serve_cmd.add_argument(
+        "--proxy-header",
+        choices=("X-Forwarded-For", "Forwarded"),
+        default=os.environ.get("S3DB_PROXY_HEADER", "X-Forwarded-For"),
+        help="the header those proxies set (default X-Forwarded-For)",
     )
 
     tail_cmd = commands.add_parser("tail", help="print live events as JSON lines")
@@ -421,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
     )
     repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
+    repair_cmd.add_argument(
+        "--progress-every",
+        type=_positive,
+        default=10_000,
+        metavar="KEYS",
+        help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "
+        "default 10000",
+    )
     for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
@@ -439,11 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = ["--log-format", args.log_format, "--log-level", args.log_level]
         if args.debug:
             options.append("--debug")
+        if args.trusted_proxies:  # the workers read them from their environment
+            os.environ["S3DB_TRUSTED_PROXIES"] = args.trusted_proxies
+            os.environ["S3DB_PROXY_HEADER"] = args.proxy_header
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
-        coro = serve(args.target, debug=args.debug)
+        coro = serve(args.target, args.debug, args.trusted_proxies, args.proxy_header)
     elif args.command == "repair":
-        coro = repair(args.store, args.grace, args.dry_run)
+        coro = repair(args.store, args.grace, args.dry_run, args.progress_every)
     else:
         coro = tail(
             args.url,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import ipaddress
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -127,6 +128,96 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts.pop(key, None)
 
 
+# -- the client's address ------------------------------------------------------------------------
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded")
+
+
+class TrustedProxies:
+    """The reverse proxies whose forwarding header names the client (``trusted_proxies``):
+    addresses and networks (``"10.0.0.5"``, ``"10.0.0.0/8"``, ``"::1"``), and the one header
+    they set, ``X-Forwarded-For`` (default) or ``Forwarded`` (RFC 7239).
+
+    Only one header is read: a proxy that sets ``X-Forwarded-For`` passes a client's own
+    ``Forwarded`` header through untouched, so reading both would let any client choose its
+    address.
+    """
+
+    def __init__(self, proxies: Iterable[str] | str | None, header: str = "X-Forwarded-For") -> None:
+        if isinstance(proxies, str):
+            proxies = [p for p in proxies.split(",") if p.strip()]
+        networks = []
+        for proxy in proxies or ():
+            try:
+                networks.append(ipaddress.ip_network(str(proxy).strip(), strict=False))
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or network "
+                    "(e.g. 10.0.0.5, 10.0.0.0/8, ::1)"
+                ) from None
+        self.networks = tuple(networks)
+        canonical = {h.lower(): h for h in PROXY_HEADERS}
+        if not isinstance(header, str) or header.lower() not in canonical:
+            raise ValueError(f"proxy_header must be one of {PROXY_HEADERS}")
+        self.header = canonical[header.lower()]
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def trusts(self, address: IPAddress) -> bool:
+        return any(address in network for network in self.networks)
+
+    def hops(self, request: web.BaseRequest) -> list[str]:
+        """The addresses the forwarding header lists, client first, nearest proxy last."""
+        if self.header == "Forwarded":
+            return [element.get("for", "") for element in request.forwarded]
+        return [
+            hop for line in request.headers.getall("X-Forwarded-For", ()) for hop in line.split(",")
+        ]
+
+
+def _parse_address(text: str) -> IPAddress | None:
+    """An address from a header's hop (``1.2.3.4``, ``1.2.3.4:80``, ``[::1]:80``, ``"::1"``);
+    None for anything else (``unknown``, an obfuscated ``_name``, garbage)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(request: web.BaseRequest, trusted: TrustedProxies | None = None) -> str:
+    """The client's address for this request: what per-address caps, rate-limit keys and logs
+    count (a socket keeps it as ``Connection.remote``).
+
+    The peer's address, unless the peer is one of the ``trusted`` proxies: then the rightmost
+    address of their forwarding header that is not itself a trusted proxy (what uvicorn's
+    ``forwarded_allow_ips`` and aiohttp-remotes do). Hops to the left of it were written by
+    the client and are never read; a header from any other peer is ignored.
+    """
+    peer = request.remote or ""
+    if not trusted:
+        return peer
+    address = _parse_address(peer)
+    if address is None or not trusted.trusts(address):
+        return peer
+    for hop in reversed(trusted.hops(request)):
+        found = _parse_address(hop)
+        if found is None:  # the nearest proxy could not say: the last known hop is the client
+            break
+        address = found
+        if not trusted.trusts(found):
+            break
+    return str(address)
+
+
 class _Started:
     """Awaitable that continues a coroutine already advanced to its first wait by
     ``coro.send(None)``: it hands the future the coroutine waits on to the task running it,
@@ -187,12 +278,14 @@ class Connection:
         max_queue_bytes: int,
         compress: bool,
         registry: SubscriptionRegistry,
+        remote: str | None = None,
     ) -> None:
         self.ws = ws
         self.transport = request.transport
         limit_read_size(self.transport)
         self.client_id = client_id
-        self.remote = request.remote
+        # The client's address (``client_address``: behind trusted proxies, the forwarded one).
+        self.remote = request.remote if remote is None else remote
         self.user: User | None = None
         self.authenticated = False
         self._registry = registry

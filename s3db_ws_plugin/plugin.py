@@ -25,7 +25,14 @@ from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
 
 from .auth import SessionAuth
-from .connection import CLOSE_TIMEOUT, Connection, PerIpLimits, text_frame
+from .connection import (
+    CLOSE_TIMEOUT,
+    Connection,
+    PerIpLimits,
+    TrustedProxies,
+    client_address,
+    text_frame,
+)
 from .guards import ResourcePolicy
 from .handlers import Handlers
 from .internals import structlog_var
@@ -77,6 +84,8 @@ SEED_KEYWORDS = {
     "maxConnectionsPerIp": "max_connections_per_ip",
     "maxUnauthenticatedPerIp": "max_unauthenticated_per_ip",
     "maxConcurrentRequests": "max_concurrent_requests",
+    "trustedProxies": "trusted_proxies",
+    "proxyHeader": "proxy_header",
 }
 # Frames answered by the reader itself, at once (never behind a slow request).
 _INLINE = frozenset({"ping"})
@@ -167,6 +176,9 @@ class WebSocketPlugin:
     on the same port; a GET route at the socket's own ``path`` answers plain GETs there (an
     app's page at ``/``) while WebSocket upgrades still reach the socket. ``WebSocketPlugin.from_seed(rateLimit=..., ...)``
     takes the keyword names spelled the JavaScript way (``SEED_KEYWORDS``).
+    Behind a reverse proxy, ``trusted_proxies`` (addresses/networks) and ``proxy_header``
+    (``X-Forwarded-For`` or ``Forwarded``) make the address the proxy forwards the client's
+    (``client_address``) for the per-address caps, rate-limit keys and logs.
     """
 
     # The database served, set by ``start`` (pluggy reads every attribute of a plugin when it
@@ -197,6 +209,8 @@ class WebSocketPlugin:
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
+        trusted_proxies: Iterable[str] | str | None = None,
+        proxy_header: str = "X-Forwarded-For",
     ) -> None:
         self.host = host
         self.port = port
@@ -216,6 +230,8 @@ class WebSocketPlugin:
         self.per_ip = PerIpLimits(
             max_connections_per_ip, max_unauthenticated_per_ip
         )
+        # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
+        self._proxies = TrustedProxies(trusted_proxies, proxy_header)
         concurrency = max_concurrent_requests
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError("max_concurrent_requests must be a positive integer")
@@ -262,6 +278,18 @@ class WebSocketPlugin:
                 raise TypeError(f"WebSocketPlugin.from_seed() got {name!r} twice (as {key!r})")
             kwargs[name] = value
         return cls(**kwargs)
+
+    @property
+    def trusted_proxies(self) -> TrustedProxies:
+        """The reverse proxies whose forwarding header gives the client's address; assign a
+        list of addresses/networks (or a comma-separated string) to change them."""
+        return self._proxies
+
+    @trusted_proxies.setter
+    def trusted_proxies(self, proxies: TrustedProxies | Iterable[str] | str | None) -> None:
+        if not isinstance(proxies, TrustedProxies):
+            proxies = TrustedProxies(proxies, self._proxies.header)
+        self._proxies = proxies
 
     @property
     def url(self) -> str:
@@ -463,7 +491,7 @@ class WebSocketPlugin:
             if self._page is not None:
                 return await self._page(request)
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
-        ip = request.remote or ""
+        ip = client_address(request, self._proxies)
         # A socket without credentials in its upgrade request waits for an auth frame: those
         # are capped separately (the ones with credentials are signed in or rejected at once).
         pending = self.session_auth.required and not Credentials.from_request(
@@ -485,6 +513,7 @@ class WebSocketPlugin:
                 max_queue_bytes=self.max_queue_bytes,
                 compress=self.compression,
                 registry=self.registry,
+                remote=ip,
             )
             task = asyncio.current_task()
             assert task is not None
@@ -493,7 +522,7 @@ class WebSocketPlugin:
             # Bound in this handler task's own context (not with ``bound_contextvars``, whose
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)
-            log.debug("connection opened", remote=conn.remote)
+            log.debug("connection opened", remote=conn.remote, peer=request.remote)
             try:
                 if await self._auth_phase(conn, request):
                     if pending:

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from s3db_core.errors import StorageError
+from s3db_core.redact import Verbatim
 
 # user:password@ (or key:secret@) in any URL-looking text, and token/apiKey query values.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
@@ -113,8 +114,8 @@ def report(
             traceback.print_exception(exc)
         return
     fields: dict[str, Any] = {"error": message}
-    if hint:
-        fields["hint"] = hint
+    if hint:  # written here, never from user input: its placeholders are not redacted
+        fields["hint"] = Verbatim(hint)
     if debug:
         fields["exc_info"] = exc
     structlog.get_logger("s3db.cli").error(what, **fields)

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from s3db_core.redact import redact
+from s3db_core.redact import Verbatim, redact
 from s3db_core.storage.s3 import S3Storage
 
 
@@ -53,3 +53,14 @@ def test_s3_error_keeps_the_bucket_name_when_the_key_is_a_substring_of_it():
     assert "buc***et" not in message
     assert "bucket/keys" in message and "'keys/rec'" in message
     assert message.endswith(f"Connect call failed to {store.endpoint}/bucket, key ***")
+
+
+def test_verbatim_text_is_left_as_written_and_what_is_built_from_it_is_not() -> None:
+    hint = Verbatim("use s3://KEY:SECRET@bucket/prefix or ws://h/?token=T")
+    assert redact(hint) == hint and redact(hint, ("SECRET",)) == hint
+    # Formatting user input into it makes a plain str again: the user's URL is redacted.
+    built = f"{hint} (you gave s3://AKID:hunter2@real-bucket/x)"
+    assert type(built) is str
+    assert redact(built) == (
+        "use s3://***@bucket/prefix or ws://h/?token=*** (you gave s3://***@real-bucket/x)"
+    )

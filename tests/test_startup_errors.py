@@ -93,6 +93,20 @@ def test_serve_unknown_scheme() -> None:
     record = one_json_line(done)
     assert "unknown storage scheme 'ftp'" in record["error"]
     assert "memory://" in record["hint"] and SECRET not in done.stderr
+    # The hint's example is printed as written (placeholders are not secrets); the user's URL
+    # stays redacted.
+    assert "s3://KEY:SECRET@bucket/prefix" in record["hint"], record["hint"]
+    assert "http(s)://KEY:SECRET@host:port/bucket/prefix" in record["hint"]
+    assert "***" not in record["hint"]
+
+
+def test_serve_unknown_scheme_console_hint_keeps_its_example() -> None:
+    store = f"ftp://user:{SECRET}@example.com/bucket"
+    env = {"S3DB_APP_STORE": store}
+    done = run(S3DB, "--log-format", "console", "serve", "tests.startup_app:make_db", env=env)
+    assert done.returncode == 1
+    assert "s3://KEY:SECRET@bucket/prefix" in done.stderr and "***@bucket" not in done.stderr
+    assert SECRET not in done.stderr
 
 
 @pytest.mark.parametrize(
