@@ -36,6 +36,7 @@ from .schema import Schema
 from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_key_problem
 
 if TYPE_CHECKING:
+    from .cache import RecordCache
     from .database import Database
 
 log = get_logger("s3db.core")
@@ -178,9 +179,23 @@ class Stats:
     times a listing skipped a record it could not read."""
 
     damaged_records: int = 0
+    # The record cache (``Database(cache=...)``): reads answered from it, reads that went to
+    # the store, fills dropped because a change raced them, flushes, and bytes held.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_fills_dropped: int = 0
+    cache_flushes: int = 0
+    cache_bytes: int = 0
 
     def snapshot(self) -> dict[str, int]:
-        return {"damaged_records": self.damaged_records}
+        return {
+            "damaged_records": self.damaged_records,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_fills_dropped": self.cache_fills_dropped,
+            "cache_flushes": self.cache_flushes,
+            "cache_bytes": self.cache_bytes,
+        }
 
 
 @dataclass(slots=True)
@@ -373,22 +388,44 @@ class Resource:
         found = await self._read(id)
         return found[0] if found else None
 
-    async def get_or_none(self, id: str) -> dict[str, Any] | None:
+    async def get_or_none(self, id: str, *, consistency: str = "cache") -> dict[str, Any] | None:
+        """The record, or None. With the record cache on, a hot read costs no request;
+        ``consistency="store"`` reads the store whatever the cache holds."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency != "store":
+            hit, record = cache.lookup(self.name, id)
+            if hit:
+                return record
+            begun = cache.begin()
+            found = await self._read(id)
+            if found is None:
+                cache.fill(self.name, id, None, None, 0, begun)
+                return None
+            versioned, obj = found
+            cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
+                       _stored_size(obj))  # fmt: skip
+            return versioned.record
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:
             return None
         return self._from_stored(id, obj.metadata, obj.body)
 
-    async def get(self, id: str) -> dict[str, Any]:
-        record = await self.get_or_none(id)
+    async def get(self, id: str, *, consistency: str = "cache") -> dict[str, Any]:
+        """The record (``NotFoundError`` if none); ``consistency`` as in ``get_or_none``."""
+        record = await self.get_or_none(id, consistency=consistency)
         if record is None:
             raise NotFoundError(f"{self.name} {id!r} not found")
         return record
 
     async def exists(self, id: str) -> bool:
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None:
+            hit, record = cache.lookup(self.name, id)
+            if hit:
+                return record is not None
         try:
             await self.storage.head(self._key(id))
         except ObjectNotFound:
@@ -651,6 +688,38 @@ class Resource:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
         each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
         receives the stored size of each object read (body and metadata), by id."""
+        cache = self.db.cache
+        if cache is not None and cache.serving:
+            return await self._fetch_cached(cache, ids, sizes)
+        return await self._fetch_store(ids, sizes)
+
+    async def _fetch_cached(
+        self, cache: RecordCache, ids: list[str], sizes: dict[str, int] | None
+    ) -> list[dict[str, Any] | None]:
+        """``_fetch`` through the record cache: hits cost nothing, misses are read and kept."""
+        out: list[dict[str, Any] | None] = []
+        missing: list[int] = []
+        for pos, id in enumerate(ids):
+            hit, record = cache.lookup(self.name, id)
+            if not hit:
+                missing.append(pos)
+            elif record is not None and sizes is not None:
+                entry = cache.lookup_entry(self.name, id)
+                sizes[id] = entry.size if entry is not None else 0
+            out.append(record)
+        if missing:
+            begun = cache.begin()
+            read = await self._fetch_store([ids[p] for p in missing], sizes, (cache, begun))
+            for pos, record in zip(missing, read, strict=True):
+                out[pos] = record
+        return out
+
+    async def _fetch_store(
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        fill: tuple[RecordCache, int] | None = None,
+    ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
         if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
@@ -662,6 +731,9 @@ class Resource:
                     sizes[id] = _stored_size(obj)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
+                    if fill is not None and obj is not None:
+                        fill[0].fill(self.name, id, out[-1], obj.etag,
+                                     _stored_version(obj.metadata), fill[1], _stored_size(obj))  # fmt: skip
                 except DamagedRecordError as error:
                     self._skip_damaged(error)
                     out.append(None)
@@ -677,7 +749,11 @@ class Resource:
                         obj = await storage.get(self._key(id))
                 if sizes is not None:
                     sizes[id] = _stored_size(obj)
-                return self._from_stored(id, obj.metadata, obj.body)
+                record = self._from_stored(id, obj.metadata, obj.body)
+                if fill is not None:
+                    fill[0].fill(self.name, id, record, obj.etag, _stored_version(obj.metadata),
+                                 fill[1], _stored_size(obj))  # fmt: skip
+                return record
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
             except DamagedRecordError as error:
@@ -688,6 +764,16 @@ class Resource:
 
     async def _ids(self, prefix: str, start_after: str | None, page_size: int):
         """Yield (ids of one LIST page, more_after_this_page)."""
+        cache = self.db.cache
+        if cache is not None:
+            cached = await cache.ids(self, prefix)
+            if cached is not None:  # the id-set kept by the stream: no LIST
+                while True:
+                    ids, more = cache.page(cached, start_after, page_size)
+                    yield ids, more
+                    if not more or not ids:
+                        return
+                    start_after = ids[-1]
         after = f"{prefix}id={start_after}" if start_after is not None else None
         while True:
             page = await self.storage.list(prefix, start_after=after, max_keys=page_size)

@@ -30,6 +30,8 @@ class _Ring:
 class LocalBroker:
     """In-process broker with a bounded in-memory history per resource."""
 
+    contiguous_offsets = True
+
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()

@@ -166,6 +166,7 @@ class NatsBroker(StreamBroker):
             break
         else:
             return
+        self._continuity_event("lost")
         old, self._subscription = self._subscription, None
         if old is not None:
             try:
@@ -193,6 +194,7 @@ class NatsBroker(StreamBroker):
             try:
                 async with asyncio.timeout(self.options.connect_timeout):
                     await self._connect()
+                self._continuity_event("up")
                 log.info("broker_connected", broker=self.name)
                 self._start_retry()
             except asyncio.CancelledError:
@@ -207,14 +209,22 @@ class NatsBroker(StreamBroker):
 
     async def _on_disconnected(self) -> None:
         if self._started:
+            self._continuity_event("down")
             log.warning("nats_disconnected")
 
     async def _on_reconnected(self) -> None:
         self._heads.clear()  # re-read heads: the server may have lost or kept anything
         log.info("nats_reconnected")
-        task = asyncio.get_running_loop().create_task(self._recover_stream())
+        task = asyncio.get_running_loop().create_task(self._recover_then_resume())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _recover_then_resume(self) -> None:
+        try:
+            await self._recover_stream()
+        finally:
+            if self._started:
+                self._continuity_event("up")
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}

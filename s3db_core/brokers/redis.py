@@ -122,6 +122,7 @@ class RedisBroker(StreamBroker):
     """Changes shared through Redis streams, one per resource."""
 
     name = "redis"
+    contiguous_offsets = True  # a jump in a resource's offsets is a gap
     block_ms = 5000  # one XREAD waits at most this long before it is issued again
 
     def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
@@ -228,6 +229,9 @@ class RedisBroker(StreamBroker):
             try:
                 if not self._cursors:  # Redis was down at start: read from the start time
                     await self._load_cursors(self._started_ms)
+                if not self.reading:  # back after an error: say so before reading on
+                    await self._reader.ping()
+                    self._continuity_event("up")
                 reply: Any = await self._reader.xread(
                     self._cursors, count=1000, block=self.block_ms
                 )
@@ -237,6 +241,7 @@ class RedisBroker(StreamBroker):
             except Exception as exc:
                 if not self._started:
                     return
+                self._continuity_event("down")
                 log.warning("reader_retry", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
