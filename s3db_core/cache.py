@@ -440,7 +440,8 @@ class RecordCache:
             return ids
         if prefix in stream.building:
             return None  # another listing is building it
-        stream.building[prefix] = met = []
+        met: list[Change] = []
+        stream.building[prefix] = met
         floor = self._floor
         listed: list[str] = []
         try:
@@ -524,10 +525,10 @@ class RecordCache:
                 self._drop_ids(stream)
                 self._account()
         for id in gone:
-            entry = self._entries.get((name, id))
-            if entry is not None and entry.tick <= begun:
+            found = self._entries.get((name, id))
+            if found is not None and found.tick <= begun:
                 self._tick += 1
-                self._store((name, id), _Entry(None, entry.version, None, self._tick, self._tick, 0))
+                self._store((name, id), _Entry(None, found.version, None, self._tick, self._tick, 0))
         sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
         async def reread(id: str) -> None:

@@ -259,6 +259,7 @@ class WebSocketPlugin:
             lambda: len(self.connections),
             lambda: len(self.registry),
             lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
+            lambda: self.db.stats.snapshot() if hasattr(self, "db") else {},
         )
         self._runner: web.AppRunner | None = None
         # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
