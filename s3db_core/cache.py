@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -59,6 +60,7 @@ ENTRY_OVERHEAD = 160  # bytes counted per cached record or tombstone beyond its 
 ID_OVERHEAD = 64  # bytes counted per id held in an id-set
 SWEEP_CONCURRENCY = 16
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_RECOVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +69,14 @@ class CacheOptions:
     (keep id-sets so hot listings cost no request, default True), ``max_stale`` (seconds between
     sweeps that catch writes made outside the stream; None: no sweep), ``single_writer`` (this
     process is the only one writing the store: allows the local broker on a shared store
-    without ``max_stale``)."""
+    without ``max_stale``), ``recovery`` (seconds after a broker outage during which records
+    are trusted only as read from the store, while writers publish what they held)."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     lists: bool = True
     max_stale: float | None = None
     single_writer: bool = False
+    recovery: float = DEFAULT_RECOVERY
 
     @classmethod
     def parse(cls, value: Mapping[str, Any] | bool, store_url: str, broker: str) -> CacheOptions:
@@ -80,7 +84,7 @@ class CacheOptions:
             value = {}
         if not isinstance(value, Mapping):
             raise ValueError("cache must be a dict of options (or True for the defaults)")
-        known = {"max_bytes", "lists", "max_stale", "single_writer"}
+        known = {"max_bytes", "lists", "max_stale", "single_writer", "recovery"}
         unknown = sorted(set(value) - known)
         if unknown:
             raise ValueError(f"unknown cache option(s) {unknown}; known: {sorted(known)}")
@@ -101,6 +105,11 @@ class CacheOptions:
             ):
                 raise ValueError("cache option 'max_stale' must be seconds from 0.05 to 86400")
             max_stale = float(max_stale)
+        recovery = value.get("recovery", DEFAULT_RECOVERY)
+        if isinstance(recovery, bool) or not isinstance(recovery, int | float) or not (
+            0 <= recovery <= 3600
+        ):
+            raise ValueError("cache option 'recovery' must be seconds from 0 to 3600")
         local = broker.split("://", 1)[0].split("?", 1)[0] in ("local", "")
         if local and not store_url.startswith("memory://") and max_stale is None and not single:
             raise ValueError(
@@ -109,11 +118,11 @@ class CacheOptions:
                 "use a shared broker (redis://, nats://), or say cache={'single_writer': True} "
                 "if this process is the only writer"
             )
-        return cls(max_bytes, lists, max_stale, single)
+        return cls(max_bytes, lists, max_stale, single, float(recovery))
 
 
 class _Entry:
-    __slots__ = ("changed", "data", "etag", "pending", "size", "tick", "version")
+    __slots__ = ("changed", "data", "doubt", "etag", "filled", "pending", "size", "tick", "version")
 
     def __init__(
         self, data: bytes | None, version: int, etag: str | None, tick: int, changed: int, size: int
@@ -125,6 +134,8 @@ class _Entry:
         self.changed = changed
         self.size = size  # the stored size reported to byte budgets of listings
         self.pending: tuple[str, int, int] | None = None  # own write not yet back on the stream
+        self.filled = False  # the state came from a store read, not from a change
+        self.doubt = False  # state unknown (the stream may be behind the store): a miss
 
     @property
     def cost(self) -> int:
@@ -163,6 +174,8 @@ class RecordCache:
         self._running = False
         self._checks = 0  # bumped by every "down": a history check it overtook does not resume
         self._tasks: set[asyncio.Task[None]] = set()
+        self._first_positions: dict[str, Position] = {}
+        self._recovering_until = 0.0
         self._sweeper: asyncio.Task[None] | None = None
         self._contiguous = bool(getattr(db.broker, "contiguous_offsets", False))
         watch = getattr(db.broker, "watch_continuity", None)
@@ -205,8 +218,14 @@ class RecordCache:
     # -- continuity -----------------------------------------------------------------------------
     def _on_continuity(self, state: str) -> None:
         if state == "down":
+            # Writers hold their changes through the outage and publish them late, so the store
+            # moves ahead of the stream: what this process held, or reads meanwhile, cannot be
+            # put in stream order with what arrives after. Start over, and trust only store
+            # reads for ``recovery`` seconds after the reader is back.
             self._checks += 1
             self._connected = False
+            self._recovering_until = float("inf")
+            self._forget_records()
             log.info("cache_paused", reason="stream reader disconnected")
         elif state == "lost":
             self.flush()
@@ -239,6 +258,7 @@ class RecordCache:
                 self.on_change(change)
         if check == self._checks:
             self._connected = True
+            self._recovering_until = time.monotonic() + self.options.recovery
             log.info("cache_resumed")
 
     # -- flush ------------------------------------------------------------------------------------
@@ -249,6 +269,7 @@ class RecordCache:
         if resource is None:
             self._entries.clear()
             self._streams.clear()
+            self._first_positions.clear()
             self.bytes = self.id_bytes = 0
         else:
             for key in [k for k in self._entries if k[0] == resource]:
@@ -259,6 +280,22 @@ class RecordCache:
         if count:
             self._stats.cache_flushes += 1
         self._account()
+
+    def _forget_records(self) -> None:
+        """Every record and id-set goes; stream positions stay (history is checked from them)."""
+        self._tick += 1
+        self._floor = self._tick
+        self._entries.clear()
+        self.bytes = 0
+        for stream in self._streams.values():
+            self._drop_ids(stream)
+        self._stats.cache_flushes += 1
+        self._account()
+
+    @property
+    def recovering(self) -> bool:
+        """After an outage: records are trusted only as read from the store."""
+        return time.monotonic() < self._recovering_until
 
     def _drop_ids(self, stream: _Stream) -> None:
         for ids in stream.ids.values():
@@ -299,12 +336,38 @@ class RecordCache:
                     return True, None
             stats.cache_misses += 1
             return False, None
+        if entry.doubt:
+            stats.cache_misses += 1
+            return False, None
         self._entries.move_to_end((resource, id))
         stats.cache_hits += 1
         return True, (None if entry.data is None else orjson.loads(entry.data))
 
     def lookup_entry(self, resource: str, id: str) -> _Entry | None:
+        """The entry behind a hit (its stored size), or None."""
         return self._entries.get((resource, id)) if self.serving else None
+
+    async def settled(self, resource: str) -> bool:
+        """True when this cache has applied every change the broker holds for ``resource``, so
+        what a store read found cannot be older than a change still on its way here (a fill
+        ahead of the stream would be overwritten by an older change). The local broker delivers
+        before ``publish`` returns: always settled. Otherwise one bounded position request;
+        a resource this cache has heard nothing of is settled once its position is unchanged
+        since the first time it was asked."""
+        if not self._watched:
+            return True
+        try:
+            async with asyncio.timeout(1.0):
+                position = await self.db.broker.position(resource)
+        except Exception:
+            return False
+        stream = self._streams.get(resource)
+        if stream is None or stream.epoch is None:
+            first = self._first_positions.setdefault(resource, position)
+            return first == position and self.serving
+        return (
+            position.epoch == stream.epoch and position.offset <= stream.offset and self.serving
+        )
 
     def begin(self) -> int:
         """The counter before a store read whose result may be kept with ``fill``."""
@@ -332,27 +395,49 @@ class RecordCache:
         data = None if record is None else orjson.dumps(record)
         changed = entry.changed if entry is not None else 0
         stored = size if size is not None else (len(data) if data is not None else 0)
-        self._store(key, _Entry(data, version, etag, self._tick, changed, stored))
+        new = _Entry(data, version, etag, self._tick, changed, stored)
+        new.filled = True
+        self._store(key, new)
 
-    def _apply_record(self, change: Change, own: bool) -> None:
+    def _apply_record(self, change: Change, own: bool) -> bool:
+        """Apply one change to its record's entry; True when the entry was ahead of the stream
+        (its state came from a store read), so the change may be older than what was read."""
         record_id = change.record.get("id")
         if not isinstance(record_id, str):
-            return
+            return False
         key = (change.resource, record_id)
         entry = self._entries.get(key)
         mark = (change.event, change.version, change.timestamp)
         if entry is not None and entry.pending is not None and not own:
             if entry.pending == mark:
                 entry.pending = None  # our own write came back: already applied
-            return  # else older than our own write (stream-before it): skip
-        if (
+            return False  # else older than our own write (stream-before it): skip
+        if not own and entry is None and self.recovering:
+            self._doubt(change.resource, record_id)  # maybe older than the store: ask it
+            return True
+        if not own and entry is not None and entry.doubt:
+            self._tick += 1
+            entry.changed = self._tick  # a fill racing this change is dropped
+            return True
+        if not own and entry is not None and entry.filled:
+            # What a store read found may be ahead of the stream (a writer still holding its
+            # changes through a broker outage): never step back from it.
+            event, live = change.event, entry.data is not None
+            if event == "update" and (not live or entry.version >= change.version):
+                return True  # older than what was read
+            if event == "insert" and live:
+                return True  # this incarnation's insert, or an older one's
+            if (event == "delete" and live) or (event == "insert" and not live):
+                self._doubt(change.resource, record_id)  # older or newer: ask the store
+                return True
+        elif (
             not own
             and change.event == "update"
             and entry is not None
             and entry.data is not None
             and entry.version >= change.version
         ):
-            return  # an update older than what is cached (a fill ahead of the stream)
+            return False  # an update older than what is cached (publishers racing)
         self._tick += 1
         data = None if change.event == "delete" else orjson.dumps(change.record)
         new = _Entry(data, change.version, None, self._tick, self._tick, len(data or b""))
@@ -362,12 +447,27 @@ class RecordCache:
             self.bytes -= entry.cost
             del self._entries[key]
         self._store(key, new)
+        return False
+
+    def _doubt(self, resource: str, id: str) -> None:
+        """The record's state is unknown here: it is read from the store until a fill that no
+        change raced settles it (changes meanwhile are not applied: they may be older)."""
+        self._tick += 1
+        marker = _Entry(None, 0, None, self._tick, self._tick, 0)
+        marker.filled = marker.doubt = True
+        self._store((resource, id), marker)
+
+    def read_outside(self, resource: str, id: str) -> None:
+        """A store read while the cache is not serving: what it found may be newer than the
+        entry, so the entry goes (a later hit must not be older than this read)."""
+        if not self.serving and self._running:
+            self._doubt(resource, id)
 
     # -- changes ----------------------------------------------------------------------------------
     def apply_own(self, change: Change) -> None:
         """The writing process's own change, before the write returns (read your writes)."""
         self._apply_record(change, own=True)
-        self._apply_ids(change)
+        self._apply_ids(change, False)
 
     def on_change(self, change: Change) -> None:
         """A change from the stream (every process's, in stream order per resource)."""
@@ -385,8 +485,8 @@ class RecordCache:
                     log.info("cache_flushed", resource=change.resource, reason="gap")
                     self.flush(change.resource)
             stream.epoch, stream.offset = change.epoch, change.offset
-        self._apply_record(change, own=False)
-        self._apply_ids(change)
+        ahead = self._apply_record(change, own=False)
+        self._apply_ids(change, ahead)
 
     # -- id-sets ----------------------------------------------------------------------------------
     def _prefixes(self, resource: Resource, record: dict[str, Any] | None) -> set[str]:
@@ -397,20 +497,23 @@ class RecordCache:
         except Exception:
             return set()
 
-    def _apply_ids(self, change: Change) -> None:
+    def _apply_ids(self, change: Change, ahead: bool) -> None:
         stream = self._streams.get(change.resource)
         if stream is None or not (stream.ids or stream.building):
             return
         for pending in stream.building.values():
             pending.append(change)
         for prefix, ids in stream.ids.items():
-            self._apply_to(change, prefix, ids)
+            self._apply_to(change, prefix, ids, ahead)
         if self.id_bytes > self.options.max_bytes // 2:
             log.info("cache_id_sets_dropped", resource=change.resource, reason="max_bytes")
             self._drop_ids(stream)
             self._account()
 
-    def _apply_to(self, change: Change, prefix: str, ids: list[str]) -> None:
+    def _apply_to(self, change: Change, prefix: str, ids: list[str], ahead: bool = False) -> None:
+        """Membership of one id-set after ``change``. When the record's entry was ahead of the
+        stream a removal is not made (the change may be older): listing it reads its entry,
+        which answers (or reads the store)."""
         resource = self.db.resources.get(change.resource)
         record_id = change.record.get("id")
         if resource is None or not isinstance(record_id, str):
@@ -424,13 +527,13 @@ class RecordCache:
         if present and not there:
             ids.insert(i, record_id)
             self.id_bytes += len(record_id) + ID_OVERHEAD
-        elif there and not present:
+        elif there and not present and not ahead:
             del ids[i]
             self.id_bytes -= len(record_id) + ID_OVERHEAD
 
     async def ids(self, resource: Resource, prefix: str) -> list[str] | None:
         """The sorted id-set of ``prefix`` (built now if needed), or None (list the store)."""
-        if not (self.options.lists and self.serving):
+        if not (self.options.lists and self.serving) or self.recovering:
             return None
         stream = self._streams.get(resource.name)
         if stream is None:
@@ -458,6 +561,8 @@ class RecordCache:
         if not self.serving or self._floor != floor or self._streams.get(resource.name) is not stream:
             return None  # flushed meanwhile: this listing cannot be trusted
         listed.sort()
+        if not await self.settled(resource.name):
+            return None  # the listing may be ahead of the stream: answer from the store
         for change in met:
             self._apply_to(change, prefix, listed)
         cost = sum(len(i) + ID_OVERHEAD for i in listed)
@@ -505,8 +610,8 @@ class RecordCache:
             if page.next_start_after is None:
                 break
             after = page.next_start_after
-        if not self.serving:
-            return 0
+        if not self.serving or not await self.settled(name):
+            return 0  # changes still on their way here: the next sweep looks again
         stale: list[str] = []
         gone: list[str] = []
         for (res, id), entry in list(self._entries.items()):
@@ -528,7 +633,9 @@ class RecordCache:
             found = self._entries.get((name, id))
             if found is not None and found.tick <= begun:
                 self._tick += 1
-                self._store((name, id), _Entry(None, found.version, None, self._tick, self._tick, 0))
+                tomb = _Entry(None, found.version, None, self._tick, self._tick, 0)
+                tomb.filled = True
+                self._store((name, id), tomb)
         sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
 
         async def reread(id: str) -> None:
@@ -543,7 +650,7 @@ class RecordCache:
                         self._force(name, id, versioned.record, obj.etag, versioned.version, start)
 
         if stale:
-            await asyncio.gather(*(reread(i) for i in stale))
+            await asyncio.gather(*(reread(i) for i in stale))  # kept as filled entries
         if stale or gone:
             log.info("cache_swept", resource=name, reread=len(stale), gone=len(gone))
         return len(stale) + len(gone)
@@ -558,6 +665,6 @@ class RecordCache:
             return
         self._tick += 1
         data = None if record is None else orjson.dumps(record)
-        self._store(
-            (resource, id), _Entry(data, version, etag, self._tick, self._tick, len(data or b""))
-        )
+        new = _Entry(data, version, etag, self._tick, self._tick, len(data or b""))
+        new.filled = True
+        self._store((resource, id), new)

@@ -399,12 +399,16 @@ class Resource:
                 return record
             begun = cache.begin()
             found = await self._read(id)
+            cache.read_outside(self.name, id)
+            settled = await cache.settled(self.name)  # else what was read may be ahead
             if found is None:
-                cache.fill(self.name, id, None, None, 0, begun)
+                if settled:
+                    cache.fill(self.name, id, None, None, 0, begun)
                 return None
             versioned, obj = found
-            cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
-                       _stored_size(obj))  # fmt: skip
+            if settled:
+                cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
+                           _stored_size(obj))  # fmt: skip
             return versioned.record
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
@@ -691,7 +695,11 @@ class Resource:
         cache = self.db.cache
         if cache is not None and cache.serving:
             return await self._fetch_cached(cache, ids, sizes)
-        return await self._fetch_store(ids, sizes)
+        records = await self._fetch_store(ids, sizes)
+        if cache is not None:
+            for id in ids:
+                cache.read_outside(self.name, id)
+        return records
 
     async def _fetch_cached(
         self, cache: RecordCache, ids: list[str], sizes: dict[str, int] | None
@@ -709,16 +717,20 @@ class Resource:
             out.append(record)
         if missing:
             begun = cache.begin()
-            read = await self._fetch_store([ids[p] for p in missing], sizes, (cache, begun))
+            found: list[tuple[str, dict[str, Any], str, int, int]] = []
+            read = await self._fetch_store([ids[p] for p in missing], sizes, found)
             for pos, record in zip(missing, read, strict=True):
                 out[pos] = record
+            if found and await cache.settled(self.name):
+                for id, record, etag, version, size in found:
+                    cache.fill(self.name, id, record, etag, version, begun, size)
         return out
 
     async def _fetch_store(
         self,
         ids: list[str],
         sizes: dict[str, int] | None = None,
-        fill: tuple[RecordCache, int] | None = None,
+        fill: list[tuple[str, dict[str, Any], str, int, int]] | None = None,
     ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
@@ -731,9 +743,9 @@ class Resource:
                     sizes[id] = _stored_size(obj)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
-                    if fill is not None and obj is not None:
-                        fill[0].fill(self.name, id, out[-1], obj.etag,
-                                     _stored_version(obj.metadata), fill[1], _stored_size(obj))  # fmt: skip
+                    if fill is not None and obj is not None:  # kept by the caller's cache
+                        fill.append((id, out[-1], obj.etag,  # type: ignore[arg-type]
+                                     _stored_version(obj.metadata), _stored_size(obj)))  # fmt: skip
                 except DamagedRecordError as error:
                     self._skip_damaged(error)
                     out.append(None)
@@ -751,8 +763,8 @@ class Resource:
                     sizes[id] = _stored_size(obj)
                 record = self._from_stored(id, obj.metadata, obj.body)
                 if fill is not None:
-                    fill[0].fill(self.name, id, record, obj.etag, _stored_version(obj.metadata),
-                                 fill[1], _stored_size(obj))  # fmt: skip
+                    fill.append((id, record, obj.etag, _stored_version(obj.metadata),
+                                 _stored_size(obj)))  # fmt: skip
                 return record
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
