@@ -122,7 +122,8 @@ class CacheOptions:
 
 
 class _Entry:
-    __slots__ = ("changed", "data", "doubt", "etag", "filled", "pending", "size", "tick", "version")
+    __slots__ = ("changed", "data", "doubt", "etag", "filled", "pending", "read_ms", "size", "tick",
+                 "version")  # fmt: skip
 
     def __init__(
         self, data: bytes | None, version: int, etag: str | None, tick: int, changed: int, size: int
@@ -136,6 +137,7 @@ class _Entry:
         self.pending: tuple[str, int, int] | None = None  # own write not yet back on the stream
         self.filled = False  # the state came from a store read, not from a change
         self.doubt = False  # state unknown (the stream may be behind the store): a miss
+        self.read_ms = 0  # filled: wall clock (ms) when the store read began
 
     @property
     def cost(self) -> int:
@@ -369,9 +371,10 @@ class RecordCache:
             position.epoch == stream.epoch and position.offset <= stream.offset and self.serving
         )
 
-    def begin(self) -> int:
-        """The counter before a store read whose result may be kept with ``fill``."""
-        return self._tick
+    def begin(self) -> tuple[int, int]:
+        """Taken before a store read whose result may be kept with ``fill``: the counter, and
+        the wall clock in ms (changes stamped before it are not newer than what is read)."""
+        return self._tick, int(time.time() * 1000)
 
     def fill(
         self,
@@ -380,7 +383,7 @@ class RecordCache:
         record: dict[str, Any] | None,
         etag: str | None,
         version: int,
-        begun: int,
+        begun: tuple[int, int],
         size: int | None = None,
     ) -> None:
         """Keep what a read found, unless a change to that record arrived while it read."""
@@ -388,8 +391,11 @@ class RecordCache:
             return
         key = (resource, id)
         entry = self._entries.get(key)
-        if (entry.changed if entry is not None else self._floor) > begun:
+        if (entry.changed if entry is not None else self._floor) > begun[0]:
+            # The change may be older than what was read (a writer publishing late): neither
+            # is kept, the next read asks the store.
             self._stats.cache_fills_dropped += 1
+            self._doubt(resource, id)
             return
         self._tick += 1
         data = None if record is None else orjson.dumps(record)
@@ -397,7 +403,20 @@ class RecordCache:
         stored = size if size is not None else (len(data) if data is not None else 0)
         new = _Entry(data, version, etag, self._tick, changed, stored)
         new.filled = True
+        new.read_ms = begun[1]
         self._store(key, new)
+        self._fill_ids(resource, id, record)
+
+    def _fill_ids(self, resource: str, id: str, record: dict[str, Any] | None) -> None:
+        """What a store read found joins (or leaves) the id-sets, which may lag behind it."""
+        stream = self._streams.get(resource)
+        defined = self.db.resources.get(resource)
+        if stream is None or defined is None or not stream.ids:
+            return
+        change = Change(resource, "delete" if record is None else "insert", record or {"id": id},
+                        None, 0)  # fmt: skip
+        for prefix, ids in stream.ids.items():
+            self._apply_to(change, prefix, ids)
 
     def _apply_record(self, change: Change, own: bool) -> bool:
         """Apply one change to its record's entry; True when the entry was ahead of the stream
@@ -419,17 +438,10 @@ class RecordCache:
             self._tick += 1
             entry.changed = self._tick  # a fill racing this change is dropped
             return True
-        if not own and entry is not None and entry.filled:
-            # What a store read found may be ahead of the stream (a writer still holding its
-            # changes through a broker outage): never step back from it.
-            event, live = change.event, entry.data is not None
-            if event == "update" and (not live or entry.version >= change.version):
-                return True  # older than what was read
-            if event == "insert" and live:
-                return True  # this incarnation's insert, or an older one's
-            if (event == "delete" and live) or (event == "insert" and not live):
-                self._doubt(change.resource, record_id)  # older or newer: ask the store
-                return True
+        if not own and entry is not None and entry.filled and change.timestamp <= entry.read_ms:
+            # Committed before the store read began (a writer publishing late): what was read
+            # is at least as new, so never step back to it.
+            return True
         elif (
             not own
             and change.event == "update"
@@ -456,6 +468,13 @@ class RecordCache:
         marker = _Entry(None, 0, None, self._tick, self._tick, 0)
         marker.filled = marker.doubt = True
         self._store((resource, id), marker)
+
+    def unsettled(self, resource: str, id: str) -> None:
+        """A store read that could not be kept (the stream had not caught up): changes that
+        arrive for the record may be older than it, so none is applied until a read is kept."""
+        if self.serving:
+            self._stats.cache_fills_dropped += 1
+            self._doubt(resource, id)
 
     def read_outside(self, resource: str, id: str) -> None:
         """A store read while the cache is not serving: what it found may be newer than the
@@ -573,6 +592,33 @@ class RecordCache:
         self._account()
         return listed
 
+    def listed(
+        self, resource: Resource, prefix: str, after: str | None, ids: list[str], complete: bool
+    ) -> None:
+        """A store listing (no id-set) of ``ids`` after ``after``: a record it contradicts (held
+        live but not listed in the range it covers, or held as gone but listed) may be older
+        than the store (a writer publishing late), so it is read from the store next time. A
+        walk over the entries held: only listings that go to the store pay it."""
+        if not self.serving or not self._entries:
+            return
+        name = resource.name
+        seen = set(ids)
+        last = ids[-1] if ids and not complete else None
+        data = prefix == resource._data_prefix
+        doubtful = []
+        for (res, id), entry in self._entries.items():
+            if res != name or entry.doubt or (after is not None and id <= after):
+                continue
+            if last is not None and id > last:
+                continue
+            if entry.data is None:
+                if id in seen:
+                    doubtful.append(id)
+            elif id not in seen and (data or prefix in self._prefixes(resource, orjson.loads(entry.data))):
+                doubtful.append(id)
+        for id in doubtful:
+            self._doubt(name, id)
+
     @staticmethod
     def page(ids: list[str], start_after: str | None, size: int) -> tuple[list[str], bool]:
         i = bisect_right(ids, start_after) if start_after is not None else 0
@@ -599,7 +645,7 @@ class RecordCache:
         return fixed
 
     async def _sweep_one(self, name: str, resource: Resource) -> int:
-        begun = self.begin()
+        begun, _ = self.begin()
         listed: dict[str, str | None] = {}
         after: str | None = None
         while True:
@@ -657,14 +703,15 @@ class RecordCache:
 
     def _force(
         self, resource: str, id: str, record: dict[str, Any] | None, etag: str | None,
-        version: int, begun: int,
+        version: int, begun: tuple[int, int],
     ) -> None:
         """A sweep's re-read replaces the entry (as a change would), unless a change arrived."""
         entry = self._entries.get((resource, id))
-        if not self.serving or (entry.changed if entry is not None else self._floor) > begun:
+        if not self.serving or (entry.changed if entry is not None else self._floor) > begun[0]:
             return
         self._tick += 1
         data = None if record is None else orjson.dumps(record)
         new = _Entry(data, version, etag, self._tick, self._tick, len(data or b""))
         new.filled = True
+        new.read_ms = begun[1]
         self._store((resource, id), new)

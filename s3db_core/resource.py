@@ -401,15 +401,15 @@ class Resource:
             found = await self._read(id)
             cache.read_outside(self.name, id)
             settled = await cache.settled(self.name)  # else what was read may be ahead
-            if found is None:
-                if settled:
-                    cache.fill(self.name, id, None, None, 0, begun)
-                return None
-            versioned, obj = found
-            if settled:
+            if not settled:
+                cache.unsettled(self.name, id)
+            elif found is None:
+                cache.fill(self.name, id, None, None, 0, begun)
+            else:
+                versioned, obj = found
                 cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
                            _stored_size(obj))  # fmt: skip
-            return versioned.record
+            return found[0].record if found is not None else None
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:
@@ -724,6 +724,9 @@ class Resource:
             if found and await cache.settled(self.name):
                 for id, record, etag, version, size in found:
                     cache.fill(self.name, id, record, etag, version, begun, size)
+            else:
+                for id, *_ in found:
+                    cache.unsettled(self.name, id)
         return out
 
     async def _fetch_store(
@@ -790,6 +793,9 @@ class Resource:
         while True:
             page = await self.storage.list(prefix, start_after=after, max_keys=page_size)
             ids = [k.rsplit("/id=", 1)[1] for k in page.keys]
+            if cache is not None:  # what the store lists outranks what the cache holds
+                cache.listed(self, prefix, start_after, ids, page.next_start_after is None)
+                start_after = ids[-1] if ids else start_after
             yield ids, page.next_start_after is not None
             if page.next_start_after is None:
                 return

@@ -93,8 +93,8 @@ async def report(db: Database, seeds: list[int]) -> dict[str, Any]:
                 break
             after = page.next_start_after
         for (name, id), entry in list(cache._entries.items()):
-            if name != res.name:
-                continue
+            if name != res.name or entry.doubt:
+                continue  # a doubt marker holds nothing: the next read asks the store
             cached = None if entry.data is None else json.loads(entry.data)
             stored = await res.get_or_none(id, consistency="store")
             if cached != stored:
