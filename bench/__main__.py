@@ -28,6 +28,7 @@ BENCHMARKS = (
     "latency",
     "broker_memory",
     "scaleout",
+    "cache",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 
