@@ -593,16 +593,28 @@ class RecordCache:
         return listed
 
     def listed(
-        self, resource: Resource, prefix: str, after: str | None, ids: list[str], complete: bool
+        self,
+        resource: Resource,
+        prefix: str,
+        after: str | None,
+        ids: list[str],
+        complete: bool,
+        etags: list[str] | None = None,
     ) -> None:
         """A store listing (no id-set) of ``ids`` after ``after``: a record it contradicts (held
-        live but not listed in the range it covers, or held as gone but listed) may be older
-        than the store (a writer publishing late), so it is read from the store next time. A
-        walk over the entries held: only listings that go to the store pay it."""
+        live but not listed in the range it covers, held as gone but listed, or listed with
+        another ETag than the one held: the validated list) may be older than the store, so it
+        is read from the store next time. A walk over the entries held: only listings that go
+        to the store pay it."""
         if not self.serving or not self._entries:
             return
         name = resource.name
         seen = set(ids)
+        listed_etags = (
+            dict(zip(ids, etags, strict=True))
+            if etags is not None and prefix == resource._data_prefix
+            else {}
+        )
         last = ids[-1] if ids and not complete else None
         data = prefix == resource._data_prefix
         doubtful = []
@@ -614,6 +626,8 @@ class RecordCache:
             if entry.data is None:
                 if id in seen:
                     doubtful.append(id)
+            elif entry.etag is not None and id in listed_etags and listed_etags[id] != entry.etag:
+                doubtful.append(id)  # changed in the store since it was read
             elif id not in seen and (data or prefix in self._prefixes(resource, orjson.loads(entry.data))):
                 doubtful.append(id)
         for id in doubtful:

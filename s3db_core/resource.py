@@ -794,7 +794,8 @@ class Resource:
             page = await self.storage.list(prefix, start_after=after, max_keys=page_size)
             ids = [k.rsplit("/id=", 1)[1] for k in page.keys]
             if cache is not None:  # what the store lists outranks what the cache holds
-                cache.listed(self, prefix, start_after, ids, page.next_start_after is None)
+                cache.listed(self, prefix, start_after, ids, page.next_start_after is None,
+                             page.etags)  # fmt: skip
                 start_after = ids[-1] if ids else start_after
             yield ids, page.next_start_after is not None
             if page.next_start_after is None:

@@ -298,3 +298,23 @@ async def test_websocket_list_and_snapshot_use_the_cache_and_metrics_export_it()
         assert "s3db_cache_bytes " in text and "s3db_cache_flushes_total 0.0" in text
     finally:
         await db.disconnect()
+
+
+async def test_without_id_sets_a_hot_list_is_one_list_validated_by_etags(s3_server):
+    store = s3_server.url(f"cache-{uuid.uuid4().hex[:12]}")
+    raw = Database(store)  # writes without the broker
+    await raw.connect()
+    outside = await raw.create_resource("things", ITEM, partitions={"byRoom": {"fields": {"room": "string"}}})
+    made = [await outside.insert({"n": i}) for i in range(20)]
+    db = await open_cached(store, max_stale=3600, lists=False)
+    things = db.resources.things
+    assert len((await things.list(limit=100)).items) == 20  # fills every record (with its ETag)
+    db.storage.requests.reset()
+    assert len((await things.list(limit=100)).items) == 20
+    assert counts(db) == {"LIST": 1}  # hot: one LIST, no GET
+    await outside.update(made[3]["id"], {"n": 33})  # bypasses the stream
+    db.storage.requests.reset()
+    page = await things.list(limit=100)
+    assert page.items[3]["n"] == 33 and counts(db) == {"LIST": 1, "GET": 1}  # only what changed
+    await raw.disconnect()
+    await db.disconnect()
