@@ -103,6 +103,7 @@ class Database:
         self.cache: RecordCache | None = None
         if cache is not None and cache is not False:
             self.cache = RecordCache(self, CacheOptions.parse(cache, connection_string, broker))
+            self.stats.cache_on = True
             self.broker.subscribe(self.cache.on_change)
         self.broker.subscribe(self._dispatch_change)
         self.connected = False

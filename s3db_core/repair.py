@@ -191,7 +191,7 @@ async def _repair_resource(
             expected.update(resource._partition_keys(found.record).values())
         tick(out, 1)
 
-    async for ids, _ in resource._ids(resource._data_prefix, None, 1000):
+    async for ids, _ in resource._ids(resource._data_prefix, None, 1000, cached=False):
         await asyncio.gather(*(inspect(i) for i in ids))
     if not resource.partitions:
         return out

@@ -186,8 +186,11 @@ class Stats:
     cache_fills_dropped: int = 0
     cache_flushes: int = 0
     cache_bytes: int = 0
+    cache_on: bool = False  # the cache counters are reported only when the cache is on
 
     def snapshot(self) -> dict[str, int]:
+        if not self.cache_on:
+            return {"damaged_records": self.damaged_records}
         return {
             "damaged_records": self.damaged_records,
             "cache_hits": self.cache_hits,
@@ -777,14 +780,15 @@ class Resource:
 
         return list(await asyncio.gather(*(one(i) for i in ids)))
 
-    async def _ids(self, prefix: str, start_after: str | None, page_size: int):
-        """Yield (ids of one LIST page, more_after_this_page)."""
-        cache = self.db.cache
+    async def _ids(self, prefix: str, start_after: str | None, page_size: int, *, cached: bool = True):
+        """Yield (ids of one LIST page, more_after_this_page); ``cached=False``: the store's
+        own listing whatever the record cache holds (repair)."""
+        cache = self.db.cache if cached else None
         if cache is not None:
-            cached = await cache.ids(self, prefix)
-            if cached is not None:  # the id-set kept by the stream: no LIST
+            kept = await cache.ids(self, prefix)
+            if kept is not None:  # the id-set kept by the stream: no LIST
                 while True:
-                    ids, more = cache.page(cached, start_after, page_size)
+                    ids, more = cache.page(kept, start_after, page_size)
                     yield ids, more
                     if not more or not ids:
                         return
