@@ -318,3 +318,19 @@ async def test_without_id_sets_a_hot_list_is_one_list_validated_by_etags(s3_serv
     assert page.items[3]["n"] == 33 and counts(db) == {"LIST": 1, "GET": 1}  # only what changed
     await raw.disconnect()
     await db.disconnect()
+
+
+async def test_a_database_restarted_in_the_process_starts_with_an_empty_cache(redis_url):
+    store = memory_url()
+    broker = f"{redis_url}?prefix=c{uuid.uuid4().hex[:8]}"
+    a = await open_cached(store, broker)
+    rec = await a.resources.things.insert({"n": 1})
+    await a.disconnect()
+    assert a.stats.cache_bytes == 0
+    await a.connect()
+    a.storage.requests.reset()
+    assert await a.resources.things.get(rec["id"]) == rec and counts(a) == {"GET": 1}
+    await a.resources.things.update(rec["id"], {"n": 2})
+    a.storage.requests.reset()
+    assert (await a.resources.things.get(rec["id"]))["n"] == 2 and counts(a) == {}
+    await a.disconnect()
