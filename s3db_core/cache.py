@@ -323,8 +323,15 @@ class RecordCache:
 
     def lookup(self, resource: str, id: str) -> tuple[bool, dict[str, Any] | None]:
         """(hit, record or None when known not to exist). A miss is (False, None)."""
+        hit, record, _, _ = self.lookup_versioned(resource, id)
+        return hit, record
+
+    def lookup_versioned(
+        self, resource: str, id: str
+    ) -> tuple[bool, dict[str, Any] | None, int, str | None]:
+        """``lookup`` with the record's system version and ETag (None when not known)."""
         if not self.serving:
-            return False, None
+            return False, None, 0, None
         entry = self._entries.get((resource, id))
         stats = self._stats
         if entry is None:
@@ -335,15 +342,16 @@ class RecordCache:
                 i = bisect_left(ids, id)
                 if i == len(ids) or ids[i] != id:  # the id-set says it does not exist
                     stats.cache_hits += 1
-                    return True, None
+                    return True, None, 0, None
             stats.cache_misses += 1
-            return False, None
+            return False, None, 0, None
         if entry.doubt:
             stats.cache_misses += 1
-            return False, None
+            return False, None, 0, None
         self._entries.move_to_end((resource, id))
         stats.cache_hits += 1
-        return True, (None if entry.data is None else orjson.loads(entry.data))
+        record = None if entry.data is None else orjson.loads(entry.data)
+        return True, record, entry.version, entry.etag
 
     def lookup_entry(self, resource: str, id: str) -> _Entry | None:
         """The entry behind a hit (its stored size), or None."""

@@ -384,12 +384,38 @@ class Resource:
         )
 
     # -- reads ------------------------------------------------------------------------------
-    async def get_versioned(self, id: str) -> Versioned | None:
+    async def get_versioned(self, id: str, *, consistency: str = "store") -> Versioned | None:
         """The stored record with its ETag and system version (1 GET), or None if it does not
-        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version."""
+        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version. With
+        ``consistency="cache"`` and the record cache on, a hot read costs nothing; its ETag is
+        "" where the cache does not know it, so such a result is for reading only (never pass
+        it to ``update``/``delete`` as ``current``)."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency == "cache":
+            return await self._read_cached(cache, id)
         found = await self._read(id)
         return found[0] if found else None
+
+    async def _read_cached(self, cache: RecordCache, id: str) -> Versioned | None:
+        """A read through the record cache: a hit costs nothing; a miss reads the store and
+        keeps what it found when no change raced it and the stream has caught up."""
+        hit, record, version, etag = cache.lookup_versioned(self.name, id)
+        if hit:
+            return None if record is None else Versioned(record, etag or "", version)
+        begun = cache.begin()
+        found = await self._read(id)
+        cache.read_outside(self.name, id)
+        settled = await cache.settled(self.name)  # else what was read may be ahead
+        if not settled:
+            cache.unsettled(self.name, id)
+        elif found is None:
+            cache.fill(self.name, id, None, None, 0, begun)
+        else:
+            versioned, obj = found
+            cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
+                       _stored_size(obj))  # fmt: skip
+        return found[0] if found is not None else None
 
     async def get_or_none(self, id: str, *, consistency: str = "cache") -> dict[str, Any] | None:
         """The record, or None. With the record cache on, a hot read costs no request;
@@ -397,22 +423,8 @@ class Resource:
         validate_id(id)
         cache = self.db.cache
         if cache is not None and consistency != "store":
-            hit, record = cache.lookup(self.name, id)
-            if hit:
-                return record
-            begun = cache.begin()
-            found = await self._read(id)
-            cache.read_outside(self.name, id)
-            settled = await cache.settled(self.name)  # else what was read may be ahead
-            if not settled:
-                cache.unsettled(self.name, id)
-            elif found is None:
-                cache.fill(self.name, id, None, None, 0, begun)
-            else:
-                versioned, obj = found
-                cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
-                           _stored_size(obj))  # fmt: skip
-            return found[0].record if found is not None else None
+            found = await self._read_cached(cache, id)
+            return found.record if found is not None else None
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:

@@ -288,7 +288,7 @@ class Handlers:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
         read = policy.readable(conn.user)  # the read rule, bound once for this frame
-        found = _readable(read, await resource.get_versioned(id))
+        found = _readable(read, await resource.get_versioned(id, consistency="cache"))
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))

@@ -288,7 +288,10 @@ async def test_websocket_list_and_snapshot_use_the_cache_and_metrics_export_it()
             assert page["data"] == first["data"] and all("password" not in r for r in page["data"])
             sub = await client.call("subscribe", resource="notes", snapshot=True)
             assert len(sub["data"]) == 20
-            assert counts(db) == {}  # list and snapshot: no store request
+            got = await client.call("get", resource="notes", id=made[5]["id"])
+            assert got["data"]["title"] == "n5" and "password" not in got["data"]
+            assert got["version"] == 1
+            assert counts(db) == {}  # list, snapshot and get: no store request
             assert (await notes.get(made[0]["id"]))["password"] == "secret"  # cache not filtered
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{plugin.http_url}/metrics") as resp:
