@@ -33,6 +33,8 @@ from ..plugins import await_me_maybe
 log = get_logger("s3db.broker")
 
 Listener = Callable[[Change], Awaitable[None] | None]
+# Gets each payload of the database's ephemeral pub/sub (``ephemeral_publish``), every process's.
+EphemeralHandler = Callable[[bytes], Awaitable[None] | None]
 UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
 
 
@@ -79,6 +81,11 @@ class Broker(Protocol):
         """The changes after ``since``, in order; None when ``since`` is not recoverable (another
         epoch, or it has left the bounded history)."""
         ...
+
+    # Ephemeral pub/sub (the WebSocket plugin's channels): payloads every process of the
+    # database gets, at most once, never stored, lost while the server is unreachable.
+    # ``ephemeral_subscribe(handler)`` / ``ephemeral_unsubscribe(handler)`` (sync or async) and
+    # ``async ephemeral_publish(payload: bytes)``; engines without them serve one process.
 
 
 # -- options -------------------------------------------------------------------------------------

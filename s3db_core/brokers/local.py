@@ -16,7 +16,7 @@ from typing import Any
 
 from ..change import Change
 from ..plugins import await_me_maybe
-from .base import BrokerOptions, Listener, Position, new_epoch
+from .base import BrokerOptions, EphemeralHandler, Listener, Position, new_epoch
 
 
 class _Ring:
@@ -36,6 +36,7 @@ class LocalBroker:
         self._listeners: list[Listener] = []
         self._rings: dict[str, _Ring] = {}
         self._ttl_ms = int(self.options.history_ttl * 1000)
+        self._ephemeral: list[EphemeralHandler] = []
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -92,3 +93,15 @@ class LocalBroker:
         if since.offset + 1 < first:  # part of what followed has left the ring
             return None
         return list(islice(changes, since.offset + 1 - first, None))
+
+    # -- ephemeral pub/sub (channels): in this process only, never stored -------------------------
+    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        self._ephemeral.append(handler)
+
+    def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        for handler in list(self._ephemeral):
+            await await_me_maybe(handler(payload))

@@ -40,7 +40,16 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from s3db_core.log import get_logger
 
 from ..change import Change
-from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+from ..plugins import await_me_maybe
+from .base import (
+    EphemeralHandler,
+    Position,
+    StreamBroker,
+    decode_change,
+    encode_change,
+    new_epoch,
+    server_url,
+)
 
 log = get_logger("s3db.broker.nats")
 
@@ -71,6 +80,11 @@ class NatsBroker(StreamBroker):
         self._subscription: Any = None
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Ephemeral pub/sub (channels): a core NATS subject outside the JetStream stream's.
+        self._ephemeral_subject = f"s3dbch.{self.options.prefix}"
+        self._ephemeral: list[EphemeralHandler] = []
+        self._ephemeral_task: asyncio.Task[None] | None = None
+        self._ephemeral_sub: Any = None
 
     def subject(self, resource: str) -> str:
         return self._subject_prefix + resource.replace(".", "~")
@@ -323,3 +337,46 @@ class NatsBroker(StreamBroker):
             if len(changes) > self.options.history_size:
                 return None
         return changes
+
+    # -- ephemeral pub/sub (channels): core NATS, never stored -------------------------------------
+    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        self._ephemeral.append(handler)
+        if self._ephemeral_task is None:
+            loop = asyncio.get_running_loop()
+            self._ephemeral_task = loop.create_task(self._ephemeral_attach())
+
+    async def _ephemeral_attach(self) -> None:
+        """Subscribe once connected (``start`` may have left the connecting to the reader
+        task); nats-py renews the subscription after a reconnect by itself."""
+        while self._nc is None:
+            await asyncio.sleep(0.1)
+        self._ephemeral_sub = await self._nc.subscribe(self._ephemeral_subject, cb=self._on_ephemeral)
+
+    async def _on_ephemeral(self, msg: Msg) -> None:
+        for handler in list(self._ephemeral):
+            try:
+                await await_me_maybe(handler(msg.data))
+            except Exception:
+                log.exception("ephemeral_handler_failed")
+
+    async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+        if self._ephemeral:
+            return
+        task, self._ephemeral_task = self._ephemeral_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        sub, self._ephemeral_sub = self._ephemeral_sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return  # not connected: lost, as ephemeral payloads are
+        await nc.publish(self._ephemeral_subject, payload)

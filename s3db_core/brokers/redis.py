@@ -34,7 +34,16 @@ from redis.backoff import NoBackoff
 from s3db_core.log import get_logger
 
 from ..change import Change
-from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+from ..plugins import await_me_maybe
+from .base import (
+    EphemeralHandler,
+    Position,
+    StreamBroker,
+    decode_change,
+    encode_change,
+    new_epoch,
+    server_url,
+)
 
 log = get_logger("s3db.broker.redis")
 
@@ -151,6 +160,11 @@ class RedisBroker(StreamBroker):
         self._cursors: dict[Any, Any] = {}  # stream key -> last id read (bytes)
         self._ttl_ms = int(self.options.history_ttl * 1000)
         self._started_ms = 0
+        # Ephemeral pub/sub (channels): PUBLISH/SUBSCRIBE on one key, read by its own task.
+        self._target = target
+        self._ephemeral_key = f"{p}:channels"
+        self._ephemeral: list[EphemeralHandler] = []
+        self._ephemeral_task: asyncio.Task[None] | None = None
 
     def stream_key(self, resource: str) -> str:
         return f"{self._key_prefix}{resource}{self._key_suffix}"
@@ -258,3 +272,61 @@ class RedisBroker(StreamBroker):
                         log.exception("undecodable_entry", stream=key, id=entry_id)
                         continue
                     await self.listeners.dispatch(change)
+
+    # -- ephemeral pub/sub (channels): Redis PUBLISH/SUBSCRIBE, never stored ---------------------
+    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        self._ephemeral.append(handler)
+        if self._ephemeral_task is None:
+            loop = asyncio.get_running_loop()
+            self._ephemeral_task = loop.create_task(self._ephemeral_reader())
+
+    async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+        task = self._ephemeral_task
+        if not self._ephemeral and task is not None:
+            self._ephemeral_task = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        async with asyncio.timeout(self.options.publish_timeout):
+            await self._client.publish(self._ephemeral_key, payload)
+
+    async def _ephemeral_reader(self) -> None:
+        """Subscribe and hand every payload to the handlers; resubscribe after an error
+        (what was published meanwhile is lost: ephemeral)."""
+        timeout = self.options.publish_timeout
+        client = aioredis.Redis.from_url(
+            self._target, socket_timeout=10.0, socket_connect_timeout=timeout,
+            health_check_interval=5, retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        delay = 0.05
+        try:
+            while True:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(self._ephemeral_key)
+                    delay = 0.05
+                    while True:
+                        message = await pubsub.get_message(timeout=5.0)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        for handler in list(self._ephemeral):
+                            try:
+                                await await_me_maybe(handler(message["data"]))
+                            except Exception:
+                                log.exception("ephemeral_handler_failed")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("ephemeral_reader_retry", error=repr(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                finally:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:
+                        pass
+        finally:
+            await client.aclose()
