@@ -27,6 +27,8 @@ from s3db_core.log import get_logger
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
 from s3db_core.resource import Versioned, page_cursor
 
+from . import hookspecs
+from .channels import ChannelFrames
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
 from .limits import clip, filter_fields, limit_error
 from .protocol import (
@@ -70,19 +72,21 @@ def _name(value: str) -> str:
     return value if len(value) <= 100 else value[:100] + "..."
 
 
-class Handlers:
-    """The frame handlers of one plugin."""
+class Handlers(ChannelFrames):
+    """The frame handlers of one plugin (the channel frames are inherited from
+    ``channels.ChannelFrames``)."""
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
         # Built from the @message declarations below: type -> declaration, type -> handler.
         self.messages: dict[str, Message] = {}
         self.table: dict[str, Handler] = {}
-        for attr in vars(type(self)).values():
-            declared: Message | None = getattr(attr, "message", None)
-            if isinstance(declared, Message):
-                self.messages[declared.type] = declared
-                self.table[declared.type] = getattr(self, attr.__name__)
+        for klass in reversed(type(self).__mro__):
+            for attr in vars(klass).values():
+                declared: Message | None = getattr(attr, "message", None)
+                if isinstance(declared, Message):
+                    self.messages[declared.type] = declared
+                    self.table[declared.type] = getattr(self, attr.__name__)
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
@@ -165,6 +169,22 @@ class Handlers:
 
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
+
+    async def custom(self, conn: Connection, req: Request) -> Frame:
+        """A custom message type (see ``protocol.parse``): the first ``s3db_ws_message``
+        implementation that answers it; ``UNKNOWN_MESSAGE_TYPE`` when none does."""
+        answer = await hookspecs.answer(self.plugin.db.pm, conn, req.fields["message"])
+        if answer is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE_TYPE,
+                f"unknown message type {req.type[:64]!r}",
+                {"type": req.type[:64], "known": sorted(self.messages)},
+            )
+        if not isinstance(answer, dict) or not isinstance(answer.get("type"), str):
+            raise RuntimeError(f"s3db_ws_message answered {req.type[:64]!r} with {type(answer).__name__}, not a frame")
+        if req.request_id is not None:
+            answer = {**answer, "requestId": req.request_id}
+        return answer
 
     # -- frames -------------------------------------------------------------------------------
     @message("ping", before_auth=True)

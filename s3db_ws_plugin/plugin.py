@@ -23,8 +23,11 @@ from aiohttp import WSMsgType, web
 from s3db_auth_drivers import Credentials
 from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
+from s3db_core.plugins import call_each_isolated
 
+from . import hookspecs
 from .auth import SessionAuth
+from .channels import DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_PRESENCE_TIMEOUT, Channels
 from .connection import (
     CLOSE_TIMEOUT,
     Connection,
@@ -92,7 +95,7 @@ _INLINE = frozenset({"ping"})
 # Frames that change what the session is (who, which subscriptions): every later frame of the
 # connection starts only once such a frame is done (a `list` after a `subscribe` sees the
 # subscription in place, so no change falls between the history and the live stream).
-_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe"})
+_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe", "join", "leave"})
 
 
 def _positive_seconds(name: str, value: Any) -> float:
@@ -211,6 +214,10 @@ class WebSocketPlugin:
         metrics: bool | Mapping[str, Any] = False,
         trusted_proxies: Iterable[str] | str | None = None,
         proxy_header: str = "X-Forwarded-For",
+        channels: Mapping[str, Any] | None = None,
+        max_channels_per_connection: int = DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+        presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT,
+        channel_rate_limit: Mapping[str, int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -221,6 +228,8 @@ class WebSocketPlugin:
             for name, config in (resources or {}).items()
         }
         rate = rate_limit
+        # The frame limiter's settings (its engine and key), which the channel limiters reuse.
+        self.rate_limit_config = dict(rate) if rate and rate.get("enabled", True) else None
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
         self.heartbeat_interval = heartbeat_interval
         self.max_message_size = int(max_message_size)
@@ -255,6 +264,14 @@ class WebSocketPlugin:
         self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
+        # Ephemeral channels (channels.py): broadcast and presence, never stored.
+        self.channels = Channels(
+            self,
+            channels,
+            max_per_connection=max_channels_per_connection,
+            presence_timeout=presence_timeout,
+            rates=channel_rate_limit,
+        )
         self.metrics = Metrics(
             lambda: len(self.connections),
             lambda: len(self.registry),
@@ -383,6 +400,7 @@ class WebSocketPlugin:
         if self.workers is not None:
             self.workers.check_broker(db)
         self.db = db
+        hookspecs.add_hookspecs(db.pm)
         app = web.Application()
         app.router.add_get("/health", self._health)
         if self.metrics_enabled:  # never on the public listener unless asked for
@@ -407,6 +425,7 @@ class WebSocketPlugin:
             raise
         self.port = runner.addresses[0][1]
         self._runner = runner
+        await self.channels.start(db)
         self._started = time.monotonic()
         pages = [
             f"{self.http_url}{r.path}"
@@ -429,6 +448,7 @@ class WebSocketPlugin:
             self.metrics.closes.labels(str(CloseCode.GOING_AWAY)).inc()
         if self._handler_tasks:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
+        await self.channels.stop()
         await runner.cleanup()
         close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
         if close is not None:  # a shared limiter's connections (redis) end with the server
@@ -523,17 +543,27 @@ class WebSocketPlugin:
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)
             log.debug("connection opened", remote=conn.remote, peer=request.remote)
+            announced = False
             try:
                 if await self._auth_phase(conn, request):
                     if pending:
                         self.per_ip.authenticated(ip)
                         pending = False
+                    announced = True
+                    await call_each_isolated(self.db.pm.hook.s3db_ws_connected, connection=conn)
                     await self._session(conn)
             finally:
                 self.resumer.release(conn)
                 self.registry.remove_connection(conn)
                 self.connections.discard(conn)
                 await conn.finish()
+                self.channels.drop_connection(conn)  # after finish: no join is still running
+                if announced:
+                    await call_each_isolated(
+                        self.db.pm.hook.s3db_ws_disconnected,
+                        connection=conn,
+                        code=ws.close_code,
+                    )
                 if conn.overflowed:
                     self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
                 self._handler_tasks.discard(task)
@@ -614,7 +644,7 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg, self.handlers.messages)
+            req = parse(msg, self.handlers.messages, custom=True)
             if inline or req.type in _INLINE:
                 await self._run(conn, req, msg)
                 return
@@ -630,10 +660,11 @@ class WebSocketPlugin:
         """Execute one parsed frame and send its answer (or its error)."""
         try:
             handlers = self.handlers
-            if not conn.authenticated and not handlers.messages[req.type].before_auth:
+            declared = handlers.messages.get(req.type)
+            if not conn.authenticated and (declared is None or not declared.before_auth):
                 self.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
                 return
-            answer = await handlers.table[req.type](conn, req)
+            answer = await handlers.table.get(req.type, handlers.custom)(conn, req)
             if answer is not None:
                 self.send(conn, answer)
         except Exception as exc:
@@ -664,6 +695,18 @@ class WebSocketPlugin:
         """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
         self.metrics.error(error.code).inc()
         self.send(conn, error_frame(error, request_id))
+
+    # -- channels -----------------------------------------------------------------------------
+    async def broadcast(self, channel: str, event: str, data: Any) -> None:
+        """Send ``event`` with ``data`` to every member of ``channel`` on every process (the
+        frame's ``from`` is ``{clientId: None, userId: None}``). ValueError when no
+        ``channels`` pattern matches the name."""
+        await self.channels.broadcast(channel, event, data)
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """The members of ``channel`` across processes: ``[{clientId, userId, info,
+        joinedAt}]`` (empty for a channel without ``presence``)."""
+        return await self.channels.presence(channel)
 
     # -- revocation ---------------------------------------------------------------------------
     def recheck(
