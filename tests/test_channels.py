@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import re
+import uuid
 from pathlib import Path
 
 import pytest
 from ws_helpers import JWT_AUTH, connect, make_token, serve
 
-from s3db_core import ForbiddenError, hookimpl
+from s3db_core import Database, ForbiddenError, hookimpl
 from s3db_ws_plugin import WebSocketPlugin, hookspecs
+from s3db_ws_plugin.client import Backoff, Client, Forbidden, InvalidMessage
 
 ROOM = {"room:*": {"presence": True, "events": ["message", "typing"]}}
 
@@ -409,3 +411,88 @@ def test_every_websocket_hookspec_is_documented_with_its_signature():
         signature = f"{name}({', '.join(inspect.signature(func).parameters)})"
         assert signature in docs, f"document {signature} in docs/"
     assert re.search(r"s3db_ws_message", docs)
+
+
+# -- the Python client -------------------------------------------------------------------------------
+FAST = Backoff(initial=0.05, maximum=0.3, jitter=0.0)
+
+
+async def test_python_client_join_members_send_update_and_iterate():
+    async with serve(auth=JWT_AUTH, channels=ROOM) as (_, plugin):
+        async with (
+            Client(plugin.url, token=make_token("alice")) as alice,
+            Client(plugin.url, token=make_token("bob")) as bob,
+        ):
+            async with alice.join("room:1", info={"name": "Alice"}) as a_room:
+                assert [m["userId"] for m in a_room.members.values()] == ["alice"]
+                b_room = await bob.join("room:1", info={"name": "Bob"})
+                assert {m["userId"] for m in b_room.members.values()} == {"alice", "bob"}
+                added = await a_room.next(timeout=5)
+                assert added.is_presence and added.event == "member_added"
+                assert added.data["userId"] == "bob" and bob.client_id in a_room.members
+
+                await b_room.send("typing", {"on": True})
+                typing = await a_room.next(timeout=5)
+                assert (typing.event, typing.data) == ("typing", {"on": True})
+                assert typing.sender == {"clientId": bob.client_id, "userId": "bob"}
+
+                member = await b_room.update({"name": "Bobby"})
+                assert member["info"] == {"name": "Bobby"}
+                updated = await a_room.next(timeout=5)
+                assert updated.event == "member_updated"
+                assert a_room.members[bob.client_id]["info"] == {"name": "Bobby"}
+
+                with pytest.raises(InvalidMessage):
+                    await b_room.send("typing", "x" * 20000)
+                await b_room.leave()
+                removed = await a_room.next(timeout=5)
+                assert removed.event == "member_removed" and bob.client_id not in a_room.members
+                with pytest.raises(StopAsyncIteration):
+                    await b_room.__anext__()
+            with pytest.raises(Forbidden):
+                await alice.join("secret:1")
+            assert plugin.channels.channels == {}
+
+
+async def test_python_client_rejoins_after_a_reconnect():
+    name = f"memory://rejoin-{uuid.uuid4().hex}"
+    db = Database(name)
+    await db.connect()
+    options = {"auth": JWT_AUTH, "channels": ROOM, "heartbeat_interval": None}
+    plugin = WebSocketPlugin(port=0, **options)
+    await db.use_plugin(plugin)
+    reconnected = asyncio.Event()
+    try:
+        async with (
+            Client(plugin.url, token=make_token("alice"), backoff=FAST, request_timeout=2,
+                   on_reconnect=lambda c: reconnected.set()) as alice,
+            Client(plugin.url, token=make_token("bob"), backoff=FAST, request_timeout=2) as bob,
+        ):  # fmt: skip
+            room = await alice.join("room:1", info={"name": "Alice"})
+            await bob.join("room:1")
+            assert (await room.next(timeout=5)).event == "member_added"
+            old_bob, old_alice = bob.client_id, alice.client_id
+            await db.disconnect()  # every socket closes with 1001
+            db = Database(name)
+            await db.connect()
+            plugin = WebSocketPlugin(port=plugin.port, **options)
+            await db.use_plugin(plugin)
+            await asyncio.wait_for(reconnected.wait(), 10)
+            # both clients joined again by themselves; bob under a new client id
+            for _ in range(200):
+                if len(await plugin.presence("room:1")) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert {m["userId"] for m in await plugin.presence("room:1")} == {"alice", "bob"}
+            seen = []
+            while {("member_removed", old_bob), ("member_added", bob.client_id)} - set(seen):
+                message = await room.next(timeout=5)
+                seen.append((message.event, message.data["clientId"]))
+            assert set(room.members) == {alice.client_id, bob.client_id}
+            assert ("member_removed", old_alice) not in seen  # its own old id is no news
+            await plugin.broadcast("room:1", "hello", 1)
+            while (message := await room.next(timeout=5)).event != "hello":
+                pass
+            assert message.data == 1
+    finally:
+        await db.disconnect()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import random
 import re
@@ -49,6 +50,7 @@ from s3db_core.query import matches
 
 from ..internals import client_transport, limit_read_size
 from ..protocol import CloseCode
+from .channel import Channel, JoinCall
 from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
 from .subscription import (
     EVENT_KINDS,
@@ -181,6 +183,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._streams: dict[tuple[str, bytes], Stream] = {}
+        self._channels: dict[str, Channel] = {}  # joined channels, rejoined after a reconnect
         self._ready = asyncio.Event()
         self._closed = False
         self._failure: ClientError | None = None
@@ -238,6 +241,9 @@ class Client:
             for sub in stream.subs:
                 sub._end()
         self._streams.clear()
+        for channel in self._channels.values():
+            channel._end()
+        self._channels.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -351,6 +357,62 @@ class Client:
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
         return await self._request(frame)
+
+    # -- channels ---------------------------------------------------------------------------
+    def join(
+        self,
+        channel: str,
+        info: Mapping[str, Any] | None = None,
+        *,
+        receive_own: bool = False,
+        max_pending: int | None = None,
+    ) -> JoinCall:
+        """Join a channel: ``room = await client.join(...)`` or ``async with client.join(...)
+        as room`` (leaves at the end). ``info`` is this member's presence data (an object of
+        at most 1 KiB); ``receive_own`` asks for this client's own messages too. The client
+        joins again after a reconnect."""
+        pending = self.max_pending if max_pending is None else max_pending
+        if pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        return JoinCall(self._join(Channel(self, channel, info, receive_own, pending)))
+
+    async def _join(self, channel: Channel) -> Channel:
+        if channel.name in self._channels:
+            raise ValueError(f"this client has already joined {channel.name!r}")
+        self._channels[channel.name] = channel  # before the request: events may follow the reply
+        try:
+            await self._request(
+                channel.frame(), on_reply=lambda reply: channel.joined(reply, again=False)
+            )
+        except BaseException:
+            if self._channels.get(channel.name) is channel:
+                del self._channels[channel.name]
+            raise
+        return channel
+
+    async def leave_channel(self, channel: Channel) -> None:
+        """Leave ``channel`` (what ``Channel.leave`` calls)."""
+        if self._channels.get(channel.name) is not channel:
+            return
+        del self._channels[channel.name]
+        if self.connected:
+            with contextlib.suppress(ClientError):
+                await self._request({"type": "leave", "channel": channel.name})
+
+    async def _rejoin(self) -> None:
+        for name, channel in list(self._channels.items()):
+            try:
+                await self._request(
+                    channel.frame(),
+                    wait_ready=False,
+                    on_reply=functools.partial(channel.joined, again=True),
+                )
+            except (ConnectionLost, RequestTimeout):
+                raise
+            except ClientError as exc:
+                log.warning("rejoin refused", channel=name, code=exc.code)
+                channel._end(exc)
+                self._channels.pop(name, None)
 
     # -- internals: requests ---------------------------------------------------------------
     async def _request(
@@ -695,7 +757,12 @@ class Client:
                 continue
             kind = frame.get("type")
             if kind == "event":
-                self._dispatch(frame)
+                if "channel" in frame:
+                    joined = self._channels.get(frame["channel"])
+                    if joined is not None:
+                        joined.dispatch(frame)
+                else:
+                    self._dispatch(frame)
                 continue
             if kind == "error" and frame.get("code") == Unauthorized.code:
                 last_error = error_from_frame(frame)  # a 4401 close follows
@@ -736,6 +803,7 @@ class Client:
                 if not first:
                     try:
                         await self._resubscribe()
+                        await self._rejoin()
                     except (ConnectionLost, RequestTimeout):
                         await ws.close()  # dropped again or stuck: the reader ends, reconnect
                     else:
@@ -804,6 +872,9 @@ class Client:
             for sub in stream.subs:
                 sub._end(error)
         self._streams.clear()
+        for channel in self._channels.values():
+            channel._end(error)
+        self._channels.clear()
 
     # -- internals: token refresh -----------------------------------------------------------
     def _schedule_refresh(self) -> None:
