@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from s3db_core import await_me_maybe
+from s3db_core.brokers.local import LocalBroker
 from s3db_core.log import get_logger
 
 from .connection import text_frame
@@ -80,6 +81,7 @@ DEFAULT_MAX_CHANNELS_PER_CONNECTION = 100
 DEFAULT_PRESENCE_TIMEOUT = 30.0
 DEFAULT_CHANNEL_RATES = {"messages": 20, "updates": 5}  # per second per connection
 STATE_INTERVAL = 1.0  # a node answers at most one state request per this many seconds
+STATE_PART_BYTES = 256 * 1024  # a node's state goes out in parts of about this size (NATS: 1 MiB max)
 POLICY_KEYS = frozenset(
     {"join", "publish", "presence", "events", "history", "max_members", "max_message_bytes",
      "anonymous"}
@@ -401,6 +403,7 @@ class Channels:
         self._outbox: asyncio.Queue[bytes] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._last_state = 0.0
+        self._parts: dict[str, tuple[str, list[Any]]] = {}  # node -> a state arriving in parts
 
     def __bool__(self) -> bool:
         return bool(self.policies)
@@ -442,8 +445,8 @@ class Channels:
         if not self.policies or self._tasks:
             return
         broker: Any = db.broker
-        if not hasattr(broker, "ephemeral_publish"):
-            return
+        if isinstance(broker, LocalBroker) or not hasattr(broker, "ephemeral_publish"):
+            return  # one process: nothing to tell anyone
         self._broker = broker
         self._outbox = asyncio.Queue()
         await await_me_maybe(broker.ephemeral_subscribe(self._on_bus))
@@ -479,6 +482,7 @@ class Channels:
             log.exception("channel bus unsubscribe failed")
         self._broker = None
         self._views.clear()
+        self._parts.clear()
         for channel in self.channels.values():
             channel.members = {k: m for k, m in channel.members.items() if m.node == self.node}
 
@@ -513,6 +517,7 @@ class Channels:
             if view.seen < horizon:
                 log.info("channel node expired", node=node, members=len(view.members))
                 del self._views[node]
+                self._parts.pop(node, None)
                 self._replace(node, view, {})
 
     # -- the bus ------------------------------------------------------------------------------
@@ -566,25 +571,43 @@ class Channels:
                 now = time.monotonic()
                 if message.get("to") == "*" or now - self._last_state >= STATE_INTERVAL:
                     self._last_state = now
-                    self._emit({"k": "state", "s": self._state()})
+                    self._send_state()
         elif kind == "state":
             view = self._view(node)
+            parts = self._parts.get(node)
+            if parts is None or parts[0] != message["id"]:
+                parts = self._parts[node] = (message["id"], [])
+            parts[1].append(message["s"])
+            if len(parts[1]) < message["of"]:
+                return
+            del self._parts[node]
             members = {
-                (name, str(m["clientId"])): Member.from_dict(m, node)
-                for name, listed in message["s"].items()
-                for m in listed
+                (name, str(m[0])): Member(str(m[0]), m[1], m[2], m[3], node)
+                for part in parts[1]
+                for name, m in part
             }
             self._replace(node, view, members)
         elif kind == "bye":
+            self._parts.pop(node, None)
             left = self._views.pop(node, None)
             if left is not None:
                 self._replace(node, left, {})
 
-    def _state(self) -> dict[str, list[dict[str, Any]]]:
-        state: dict[str, list[dict[str, Any]]] = {}
-        for (name, _), member in self._local_view.members.items():
-            state.setdefault(name, []).append(member.to_dict())
-        return state
+    def _send_state(self) -> None:
+        """This node's members, in parts of about ``STATE_PART_BYTES`` (a part that went
+        missing leaves the state incomplete: the next heartbeat's digest asks again)."""
+        parts: list[list[Any]] = [[]]
+        size = 0
+        for (name, _), m in self._local_view.members.items():
+            entry = [name, [m.client_id, m.user_id, m.info, m.joined_at]]
+            size += len(orjson.dumps(entry, default=str))
+            if size > STATE_PART_BYTES and parts[-1]:
+                parts.append([])
+                size = 0
+            parts[-1].append(entry)
+        state_id = secrets.token_hex(4)
+        for part in parts:
+            self._emit({"k": "state", "id": state_id, "of": len(parts), "s": part})
 
     def _replace(self, node: str, view: _NodeView, members: dict[tuple[str, str], Member]) -> None:
         """Make ``view`` (node's members) ``members``, telling local members what changed."""

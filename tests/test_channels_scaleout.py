@@ -13,12 +13,16 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from ws_helpers import JWT_AUTH, connect, make_token, serve
+
+from s3db_core import Database
+from s3db_ws_plugin import WebSocketPlugin
+from s3db_ws_plugin import channels as channels_module
 
 TESTS = Path(__file__).resolve().parent
 S3DB = str(Path(sys.executable).parent / "s3db")
@@ -243,8 +247,6 @@ def snapshot(root: Path) -> list[tuple[str, int]]:
 async def test_channel_traffic_never_touches_the_store(redis_url, tmp_path):
     store = tmp_path / "store"
     broker = f"{redis_url}?prefix=t{os.urandom(6).hex()}"
-    from s3db_core import Database
-    from s3db_ws_plugin import WebSocketPlugin
 
     db = Database(f"file://{store}", broker=broker)
     await db.connect()
@@ -263,5 +265,49 @@ async def test_channel_traffic_never_touches_the_store(redis_url, tmp_path):
                 await a.call("channel:message", channel="room:1", event="typing", data=n)
             await b.call("channel:update", channel="room:1", info={"t": 1})
         assert snapshot(store) == before
+    finally:
+        await db.disconnect()
+
+
+async def test_a_big_member_list_reaches_a_late_process_in_parts(shared_broker_url, monkeypatch):
+    """Two servers in this process on one broker: the second one starts after 60 members with
+    ~600 bytes of info each joined the first, and learns them all from a state sent in parts."""
+    monkeypatch.setattr(channels_module, "STATE_PART_BYTES", 4096)
+    options = {"auth": JWT_AUTH, "channels": {"room:*": {"presence": True}}}
+    key = lambda m: m["clientId"]  # noqa: E731
+    async with AsyncExitStack() as stack:
+        one = await stack.enter_async_context(served(shared_broker_url, options))
+        for n in range(60):
+            # (max_queue=None: these clients read nothing, so nothing may hold up their close)
+            client = await stack.enter_async_context(
+                connect(one.url, token=make_token(f"u{n}"), max_queue=None)
+            )
+            answer = await client.call("join", channel="room:big", info={"bio": "x" * 600, "n": n})
+            assert answer["type"] == "channel:joined", answer
+        async with served(shared_broker_url, options) as two:
+
+            async def complete() -> bool:
+                return len(await two.presence("room:big")) == 60
+
+            await eventually(complete, "the late process lists all 60 members")
+            assert sorted(await two.presence("room:big"), key=key) == sorted(
+                await one.presence("room:big"), key=key
+            )
+            await stack.aclose()  # every member's socket closes
+
+            async def empty() -> bool:
+                return await two.presence("room:big") == []
+
+            await eventually(empty, "everyone left, on the other process too")
+
+
+@asynccontextmanager
+async def served(broker: str, options: dict[str, Any]) -> AsyncIterator[WebSocketPlugin]:
+    db = Database(f"memory://{os.urandom(6).hex()}", broker=broker)
+    await db.connect()
+    try:
+        plugin = WebSocketPlugin(port=0, heartbeat_interval=None, **options)
+        await db.use_plugin(plugin)
+        yield plugin
     finally:
         await db.disconnect()

@@ -339,18 +339,33 @@ class NatsBroker(StreamBroker):
         return changes
 
     # -- ephemeral pub/sub (channels): core NATS, never stored -------------------------------------
-    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+    async def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        """Add ``handler``; returns once the server has the subscription (or after
+        ``connect_timeout`` while NATS is unreachable: it is made once connected)."""
         self._ephemeral.append(handler)
         if self._ephemeral_task is None:
             loop = asyncio.get_running_loop()
             self._ephemeral_task = loop.create_task(self._ephemeral_attach())
+        await asyncio.wait({self._ephemeral_task}, timeout=self.options.connect_timeout)
 
     async def _ephemeral_attach(self) -> None:
         """Subscribe once connected (``start`` may have left the connecting to the reader
         task); nats-py renews the subscription after a reconnect by itself."""
-        while self._nc is None:
-            await asyncio.sleep(0.1)
-        self._ephemeral_sub = await self._nc.subscribe(self._ephemeral_subject, cb=self._on_ephemeral)
+        while True:
+            nc = self._nc
+            if nc is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                if self._ephemeral_sub is None:
+                    self._ephemeral_sub = await nc.subscribe(
+                        self._ephemeral_subject, cb=self._on_ephemeral
+                    )
+                await nc.flush(timeout=max(1, int(self.options.connect_timeout)))  # it has it
+                return
+            except Exception as exc:  # disconnected meanwhile: nats-py resubscribes by itself
+                log.warning("ephemeral_subscribe_retry", error=repr(exc))
+                await asyncio.sleep(0.2)
 
     async def _on_ephemeral(self, msg: Msg) -> None:
         for handler in list(self._ephemeral):

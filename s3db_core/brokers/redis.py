@@ -165,6 +165,7 @@ class RedisBroker(StreamBroker):
         self._ephemeral_key = f"{p}:channels"
         self._ephemeral: list[EphemeralHandler] = []
         self._ephemeral_task: asyncio.Task[None] | None = None
+        self._ephemeral_ready = asyncio.Event()
 
     def stream_key(self, resource: str) -> str:
         return f"{self._key_prefix}{resource}{self._key_suffix}"
@@ -274,11 +275,19 @@ class RedisBroker(StreamBroker):
                     await self.listeners.dispatch(change)
 
     # -- ephemeral pub/sub (channels): Redis PUBLISH/SUBSCRIBE, never stored ---------------------
-    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+    async def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        """Add ``handler``; returns once Redis has confirmed the subscription (or after
+        ``connect_timeout`` while Redis is unreachable: the reader keeps trying)."""
         self._ephemeral.append(handler)
         if self._ephemeral_task is None:
+            self._ephemeral_ready = asyncio.Event()
             loop = asyncio.get_running_loop()
             self._ephemeral_task = loop.create_task(self._ephemeral_reader())
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self._ephemeral_ready.wait()
+        except TimeoutError:
+            log.warning("ephemeral_subscribe_pending", broker=self.name)
 
     async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
         if handler in self._ephemeral:
@@ -304,9 +313,14 @@ class RedisBroker(StreamBroker):
         delay = 0.05
         try:
             while True:
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub = client.pubsub()
                 try:
                     await pubsub.subscribe(self._ephemeral_key)
+                    while True:  # the confirmation: from here on nothing published is missed
+                        confirmed = await pubsub.get_message(timeout=5.0)
+                        if confirmed is not None and confirmed.get("type") == "subscribe":
+                            break
+                    self._ephemeral_ready.set()
                     delay = 0.05
                     while True:
                         message = await pubsub.get_message(timeout=5.0)
