@@ -248,7 +248,7 @@ async def test_message_and_update_rates_per_connection():
 
 async def test_join_leave_storm_is_bounded_and_leaves_nothing_behind():
     async with (
-        serve(auth=JWT_AUTH, channels=ROOM, channel_rate_limit={"updates": 50}) as (_, plugin),
+        serve(auth=JWT_AUTH, channels=ROOM, channel_rate_limit={"updates": 20}) as (_, plugin),
         connect(plugin.url, token=make_token("watcher")) as w,
     ):
         await joined(w, "room:1")
