@@ -678,18 +678,15 @@ class Channels:
         if policy is None:
             raise _forbidden(f"join {name!r} is not allowed")
         user = conn.user
-        if user is None and not policy.anonymous:
-            raise _forbidden(f"join {name!r} requires a signed-in user")
+        if user is None and not policy.anonymous:  # the answer of a channel that does not exist
+            raise _forbidden(f"join {name!r} is not allowed")
         info = info or {}
         _sized("info", info, MAX_INFO_BYTES)
         joined = self.of_connection.get(conn)
         channel = self.channels.get(name)
         again = channel is not None and conn.client_id in channel.local
-        if not again:
-            if joined is not None and len(joined) >= self.max_per_connection:
-                raise _forbidden(f"too many channels on this connection (limit {self.max_per_connection})")
-            if channel is not None and channel.size() >= policy.max_members:
-                raise _forbidden(f"{name!r} is full (limit {policy.max_members} members)")
+        if not again and joined is not None and len(joined) >= self.max_per_connection:
+            raise _forbidden(f"too many channels on this connection (limit {self.max_per_connection})")
         await self._rate(conn, "updates")
         if policy.join is not None:
             ctx = ChannelContext(channel=name, user=user, db=self.plugin.db, info=info)
@@ -699,7 +696,8 @@ class Channels:
             raise _forbidden("the connection is closing")
         channel = self._channel(name)
         assert channel is not None
-        if not again and channel.size() >= policy.max_members:  # filled while the guard ran
+        # Only once the guard allowed: whether a channel is full is no outsider's business.
+        if not again and channel.size() >= policy.max_members:
             raise _forbidden(f"{name!r} is full (limit {policy.max_members} members)")
         channel.local[conn.client_id] = _Local(conn, receive_own)
         self.of_connection.setdefault(conn, set()).add(name)

@@ -138,7 +138,7 @@ async def test_names_patterns_and_event_names():
 
 
 async def test_join_guard_refusal_is_no_member_list_across_tenants():
-    channels = {"tenant:*": {"presence": True, "join": tenant_guard}}
+    channels = {"tenant:*": {"presence": True, "join": tenant_guard, "max_members": 1}}
     async with (
         serve(auth=JWT_AUTH, channels=channels) as (_, plugin),
         connect(plugin.url, token=make_token("alice", tenantId="t1")) as a,
@@ -148,9 +148,10 @@ async def test_join_guard_refusal_is_no_member_list_across_tenants():
         refused = await e.call("join", channel="tenant:t1")
         assert refused["type"] == "error" and refused["code"] == "FORBIDDEN"
         assert "members" not in refused and "alice" not in str(refused)
-        # the same answer as a channel that does not exist: no oracle
+        # the same answer as a channel that does not exist (not even "full"): no oracle
         unknown = await e.call("join", channel="nothing:t1")
         assert unknown["code"] == refused["code"]
+        assert refused["message"].replace("tenant:t1", "?") == unknown["message"].replace("nothing:t1", "?")
         # not a member: sending and updating are refused, and no event reaches eve
         assert (await e.call("channel:message", channel="tenant:t1", data=1))["code"] == "FORBIDDEN"
         assert (await e.call("channel:update", channel="tenant:t1", info={}))["code"] == "FORBIDDEN"
@@ -158,6 +159,9 @@ async def test_join_guard_refusal_is_no_member_list_across_tenants():
         assert not [f for f in await e.sync() if f["type"] == "event"]
         await joined(e, "tenant:t2")
         assert [m["userId"] for m in await plugin.presence("tenant:t1")] == ["alice"]
+        async with connect(plugin.url, token=make_token("ann", tenantId="t1")) as ann:
+            full = await ann.call("join", channel="tenant:t1")  # allowed in, but no room left
+            assert full["code"] == "FORBIDDEN" and "full" in full["message"]
 
 
 async def test_publish_guard_and_its_context():
@@ -186,7 +190,10 @@ async def test_anonymous_joins_only_where_a_pattern_allows_them():
         serve(channels=channels) as (_, plugin),
         connect(plugin.url) as anon,
     ):
-        assert (await anon.call("join", channel="room:1"))["code"] == "FORBIDDEN"
+        refused = await anon.call("join", channel="room:1")
+        assert refused["code"] == "FORBIDDEN"
+        unknown = await anon.call("join", channel="none:1")
+        assert refused["message"].replace("room", "none") == unknown["message"]
         answer = await joined(anon, "lobby:1")
         assert answer["members"][0]["userId"] is None
 
