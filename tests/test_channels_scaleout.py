@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+from services import start_nats, start_redis
 from ws_helpers import JWT_AUTH, connect, make_token, serve
 
 from s3db_core import Database
@@ -311,3 +313,43 @@ async def served(broker: str, options: dict[str, Any]) -> AsyncIterator[WebSocke
         yield plugin
     finally:
         await db.disconnect()
+
+
+@pytest.mark.parametrize("engine", ["redis", "nats"])
+async def test_messages_and_presence_recover_after_the_broker_restarts(engine):
+    """A private Redis or NATS is killed and started again under two servers: messages flow
+    again and both list the same members, by themselves."""
+    service = start_redis() if engine == "redis" else start_nats()
+    try:
+        url = f"{service.url}?prefix=ch{os.urandom(4).hex()}&publish_timeout=0.3"
+        options = {"auth": JWT_AUTH, "channels": {"room:*": {"presence": True}},
+                   "presence_timeout": 1.5}  # fmt: skip
+        async with (
+            served(url, options) as one,
+            served(url, options) as two,
+            connect(one.url, token=make_token("alice")) as alice,
+            connect(two.url, token=make_token("bob")) as bob,
+        ):
+            await alice.call("join", channel="room:1")
+            await bob.call("join", channel="room:1")
+            key = lambda m: m["clientId"]  # noqa: E731
+
+            async def same() -> bool:
+                a, b = await one.presence("room:1"), await two.presence("room:1")
+                return users(a) == {"alice", "bob"} and sorted(a, key=key) == sorted(b, key=key)
+
+            await eventually(same, "both list alice and bob")
+            service.restart()
+
+            async def flows() -> bool:
+                await alice.call("channel:message", channel="room:1", event="ping", data=1)
+                try:
+                    await next_frame(bob, channel_event("room:1", "ping"), timeout=0.5)
+                except TimeoutError:
+                    return False
+                return True
+
+            await eventually(flows, "messages flow again after the restart")
+            await eventually(same, "both list alice and bob again")
+    finally:
+        service.stop()
