@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from prometheus_client import CollectorRegistry, Gauge
 
 from s3db_core import await_me_maybe
 from s3db_core.brokers.local import LocalBroker
@@ -407,6 +408,16 @@ class Channels:
 
     def __bool__(self) -> bool:
         return bool(self.policies)
+
+    def register_metrics(self, registry: CollectorRegistry) -> None:
+        """Gauges read at scrape time: channels known here, and members in them (every
+        process's, with presence; this process's connections otherwise)."""
+        Gauge("s3db_ws_channels", "Channels with members", registry=registry).set_function(
+            lambda: len(self.channels)
+        )
+        Gauge("s3db_ws_channel_members", "Channel members", registry=registry).set_function(
+            lambda: sum(c.size() for c in self.channels.values())
+        )
 
     # -- configuration ------------------------------------------------------------------------
     def policy_for(self, name: str) -> ChannelPolicy | None:

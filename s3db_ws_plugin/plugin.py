@@ -277,6 +277,7 @@ class WebSocketPlugin:
             lambda: len(self.registry),
             lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
         )
+        self.channels.register_metrics(self.metrics.registry)
         self._runner: web.AppRunner | None = None
         # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
         self.workers = WorkerSettings.from_env()

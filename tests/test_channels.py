@@ -306,6 +306,8 @@ async def test_server_side_broadcast_and_presence():
         assert got["from"] == {"clientId": None, "userId": None}
         await plugin.broadcast("room:2", "notice", 1)  # nobody there: nothing kept
         assert set(plugin.channels.channels) == {"room:1"}
+        text = plugin.metrics.render().decode()
+        assert "s3db_ws_channels 1.0" in text and "s3db_ws_channel_members 1.0" in text
         with pytest.raises(ValueError, match="no channels pattern"):
             await plugin.broadcast("other:1", "x", 1)
         with pytest.raises(ValueError, match="not a channel name"):
