@@ -505,3 +505,37 @@ async def test_python_client_rejoins_after_a_reconnect():
             assert message.data == 1
     finally:
         await db.disconnect()
+
+
+async def test_python_client_rejoin_refused_ends_the_iterator_with_the_error():
+    name = f"memory://refused-{uuid.uuid4().hex}"
+    allowed = {"alice"}
+
+    def may_join(user, ctx):
+        return user.id in allowed
+
+    options = {"auth": JWT_AUTH, "heartbeat_interval": None,
+               "channels": {"room:*": {"presence": True, "join": may_join}}}  # fmt: skip
+    db = Database(name)
+    await db.connect()
+    plugin = WebSocketPlugin(port=0, **options)
+    await db.use_plugin(plugin)
+    reconnected = asyncio.Event()
+    try:
+        async with Client(plugin.url, token=make_token("alice"), backoff=FAST, request_timeout=2,
+                          on_reconnect=lambda c: reconnected.set()) as alice:  # fmt: skip
+            room = await alice.join("room:1")
+            with pytest.raises(ValueError, match="already joined"):
+                await alice.join("room:1")
+            allowed.clear()  # alice loses access while the server restarts
+            await db.disconnect()
+            db = Database(name)
+            await db.connect()
+            plugin = WebSocketPlugin(port=plugin.port, **options)
+            await db.use_plugin(plugin)
+            await asyncio.wait_for(reconnected.wait(), 10)
+            with pytest.raises(Forbidden):
+                await room.next(timeout=5)
+            assert await plugin.presence("room:1") == []
+    finally:
+        await db.disconnect()
