@@ -82,6 +82,7 @@ DEFAULT_MAX_CHANNELS_PER_CONNECTION = 100
 DEFAULT_PRESENCE_TIMEOUT = 30.0
 DEFAULT_CHANNEL_RATES = {"messages": 20, "updates": 5}  # per second per connection
 STATE_INTERVAL = 1.0  # a node answers at most one state request per this many seconds
+OUTBOX_BYTES = 16 << 20  # bytes waiting for the broker before new messages are dropped
 STATE_PART_BYTES = 256 * 1024  # a node's state goes out in parts of about this size (NATS: 1 MiB max)
 POLICY_KEYS = frozenset(
     {"join", "publish", "presence", "events", "history", "max_members", "max_message_bytes",
@@ -402,6 +403,8 @@ class Channels:
         self._views: dict[str, _NodeView] = {}  # other nodes
         self._broker: Any = None
         self._outbox: asyncio.Queue[bytes] | None = None
+        self._outbox_bytes = 0
+        self.dropped = 0  # messages dropped since the outbox was last full (see _emit)
         self._tasks: list[asyncio.Task[None]] = []
         self._last_state = 0.0
         self._parts: dict[str, tuple[str, list[Any]]] = {}  # node -> a state arriving in parts
@@ -460,6 +463,7 @@ class Channels:
             return  # one process: nothing to tell anyone
         self._broker = broker
         self._outbox = asyncio.Queue()
+        self._outbox_bytes = 0
         await await_me_maybe(broker.ephemeral_subscribe(self._on_bus))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._send_loop()), loop.create_task(self._beat_loop())]
@@ -498,9 +502,23 @@ class Channels:
             channel.members = {k: m for k, m in channel.members.items() if m.node == self.node}
 
     def _emit(self, message: dict[str, Any]) -> None:
-        if self._outbox is not None:
-            message["n"] = self.node
-            self._outbox.put_nowait(orjson.dumps(message, default=str))
+        """Queue ``message`` for the other processes; dropped (and counted) while
+        ``OUTBOX_BYTES`` are already waiting (the broker is slow or down: what is ephemeral
+        is lost, and the heartbeat digests repair presence afterwards)."""
+        if self._outbox is None:
+            return
+        message["n"] = self.node
+        payload = orjson.dumps(message, default=str)
+        if self._outbox_bytes + len(payload) > OUTBOX_BYTES:
+            if not self.dropped:
+                log.warning("channel outbox full, dropping", limit_bytes=OUTBOX_BYTES)
+            self.dropped += 1
+            return
+        if self.dropped:
+            log.warning("channel outbox drained", dropped=self.dropped)
+            self.dropped = 0
+        self._outbox_bytes += len(payload)
+        self._outbox.put_nowait(payload)
 
     async def _send_loop(self) -> None:
         """Publish in order (one at a time, so a join never overtakes its leave)."""
@@ -508,6 +526,7 @@ class Channels:
         outbox = self._outbox
         while True:
             payload = await outbox.get()
+            self._outbox_bytes -= len(payload)
             try:
                 await self._broker.ephemeral_publish(payload)
             except Exception as exc:  # ephemeral: the heartbeat digest repairs presence

@@ -353,3 +353,49 @@ async def test_messages_and_presence_recover_after_the_broker_restarts(engine):
             await eventually(same, "both list alice and bob again")
     finally:
         service.stop()
+
+
+async def test_a_hanging_broker_bounds_what_waits_for_it(monkeypatch):
+    """Redis stops answering (SIGSTOP) while members keep sending: what waits for it stays
+    within the outbox bound (the rest is dropped and counted), members on this process still
+    get every message, and the other process hears again once Redis answers."""
+    monkeypatch.setattr(channels_module, "OUTBOX_BYTES", 8192)
+    service = start_redis()
+    try:
+        url = f"{service.url}?prefix=ch{os.urandom(4).hex()}&publish_timeout=0.3"
+        options = {"auth": JWT_AUTH, "channels": {"room:*": True},
+                   "channel_rate_limit": {"messages": 1000}}  # fmt: skip
+        async with (
+            served(url, options) as one,
+            served(url, options) as two,
+            connect(one.url, token=make_token("alice")) as alice,
+            connect(one.url, token=make_token("bob")) as bob,
+            connect(two.url, token=make_token("carol")) as carol,
+        ):
+            for client in (alice, bob, carol):
+                await client.call("join", channel="room:1")
+            assert service.process is not None
+            os.kill(service.process.pid, signal.SIGSTOP)
+            try:
+                for _ in range(200):
+                    answer = await alice.call("channel:message", channel="room:1", data="x" * 200)
+                    assert answer["type"] == "channel:sent"
+                channels = one.channels
+                assert channels.dropped > 0
+                assert channels._outbox_bytes <= 8192
+                got = [f for f in await bob.sync() if f.get("type") == "event"]
+                assert len(got) == 200  # this process's members miss nothing
+            finally:
+                os.kill(service.process.pid, signal.SIGCONT)
+
+            async def flows() -> bool:
+                await alice.call("channel:message", channel="room:1", event="after", data=1)
+                try:
+                    await next_frame(carol, channel_event("room:1", "after"), timeout=0.5)
+                except TimeoutError:
+                    return False
+                return True
+
+            await eventually(flows, "the other process hears again")
+    finally:
+        service.stop()
