@@ -9,7 +9,12 @@ raise ``ForbiddenError`` or ``NotFoundError`` to answer with that code, or s3db'
 ``ValidationError`` to reject the data with ``VALIDATION_ERROR`` and its per-field ``details``
 (for rules a schema cannot say, like the collab example's operation shapes); any other exception
 becomes ``INTERNAL_ERROR`` (logged with an error id, never sent). The role list (``auth``) is
-checked before any guard.
+checked before any guard; for get/update/delete the read rule comes between the two, so a guard
+is never handed a record the caller may not read (such a record is ``NOT_FOUND``, like a
+missing one).
+
+Every key a ``subscribe`` guard returns is the access part of the subscription, including keys
+it copied from the client's filter; the client's keys it did not return are the selection.
 
 Two more options decide what a connection may see and write, whatever it asks for:
 
@@ -197,7 +202,7 @@ def _check_template(template: Any, resource: str) -> None:
             if _is_claim(value) or (isinstance(value, list) and any(map(_is_claim, value))):
                 raise ValueError(
                     f"resource {resource!r}: 'read' uses a claim as a filter under {key!r}; "
-                    "a claim stands for a value (write {\"field\": \"$user.<claim>\"})"
+                    'a claim stands for a value (write {"field": "$user.<claim>"})'
                 )
             if isinstance(value, list):
                 stack.extend(value)
