@@ -38,6 +38,7 @@ from .limits import (
     check_frame,
     clip,
     positive_int,
+    recover_request_id,
 )
 from .metrics import Metrics
 from .protocol import (
@@ -564,13 +565,18 @@ class WebSocketPlugin:
         """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
         request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
+        rid = None
         try:
-            check_frame(raw, self.max_frame_values)
+            try:
+                check_frame(raw, self.max_frame_values)
+            except ProtocolError:  # refused unparsed: its requestId from the raw text
+                rid = recover_request_id(raw)
+                raise
             msg: Any = decode(raw)
             bad_json = None
+            rid = request_id_of(msg)
         except ProtocolError as exc:
             msg, bad_json = None, exc
-        rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see internals.structlog_var); a request task
         # copies this context when it is created.
         token = _REQUEST_ID.set(clip(rid))
