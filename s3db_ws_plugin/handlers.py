@@ -208,6 +208,8 @@ class Handlers:
                 f"too many subscriptions on this connection (limit {limit})",
                 {"limit": limit},
             )
+        # What it holds counts against its address's and user's budgets (FORBIDDEN over one).
+        hold = await self.plugin.holdings.reserve(conn, len(encode(effective)))
         sub = Subscription(
             conn,
             name,
@@ -218,6 +220,7 @@ class Handlers:
             access=access,
             read=policy.readable(conn.user),
         )
+        sub.hold = hold
         registry.add(sub)
         answer = functools.partial(
             reply,

@@ -25,6 +25,14 @@ from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
 
 from .auth import SessionAuth
+from .budgets import (
+    DEFAULT_MAX_FILTER_BYTES_PER_IP,
+    DEFAULT_MAX_FILTER_BYTES_PER_USER,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+    Holdings,
+    RedisHoldings,
+)
 from .connection import CLOSE_TIMEOUT, Connection, PerIpLimits, text_frame
 from .guards import ResourcePolicy
 from .handlers import Handlers
@@ -198,6 +206,10 @@ class WebSocketPlugin:
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
+        max_subscriptions_per_ip: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+        max_filter_bytes_per_ip: int | None = DEFAULT_MAX_FILTER_BYTES_PER_IP,
+        max_subscriptions_per_user: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+        max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
     ) -> None:
         self.host = host
         self.port = port
@@ -235,8 +247,18 @@ class WebSocketPlugin:
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
+        # What one address and one user may hold in subscriptions (budgets.py), shared
+        # across processes when the rate limiter is the Redis one.
+        self.holdings = Holdings(
+            max_subscriptions_per_ip=max_subscriptions_per_ip,
+            max_filter_bytes_per_ip=max_filter_bytes_per_ip,
+            max_subscriptions_per_user=max_subscriptions_per_user,
+            max_filter_bytes_per_user=max_filter_bytes_per_user,
+            shared=RedisHoldings.from_rate_limit(rate) if self.rate_limit else None,
+        )
+
         self.connections: set[Connection] = set()
-        self.registry = SubscriptionRegistry()
+        self.registry = SubscriptionRegistry(release=self.holdings.release)
         self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
@@ -379,6 +401,7 @@ class WebSocketPlugin:
             await runner.cleanup()
             raise
         self.port = runner.addresses[0][1]
+        await self.holdings.start()
         self._runner = runner
         self._started = time.monotonic()
         pages = [
@@ -403,6 +426,7 @@ class WebSocketPlugin:
         if self._handler_tasks:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
         await runner.cleanup()
+        await self.holdings.close()
         close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
         if close is not None:  # a shared limiter's connections (redis) end with the server
             await await_me_maybe(close())
