@@ -150,12 +150,12 @@ class Holdings:
                 self.shared.publish(key, *self.held(key))
 
     def totals(self) -> dict[str, tuple[int, int]]:
-        """Every key this process holds something under, for the shared refresh."""
+        """(subscriptions, filter bytes) under every key this process holds something under."""
         return {key: (counts[0], counts[1]) for key, counts in self._held.items()}
 
     async def start(self) -> None:
         if self.shared is not None:
-            self.shared.start(self.totals)  # the refresh reads the totals of the moment
+            self.shared.start(self)
 
     async def close(self) -> None:
         if self.shared is not None:
@@ -261,13 +261,18 @@ class RedisHoldings:
             key = key[:5] + hashlib.sha256(key.encode()).hexdigest()
         return self._prefix + key
 
-    async def _run(self, key: str, subs: int, size: int, budget: Budget | None) -> int:
+    def _next(self) -> int:
+        """The sequence number of a state, taken when the state is read (never after an await),
+        so that Redis keeps the newest state whatever order the writes arrive in."""
+        self._seq += 1
+        return self._seq
+
+    async def _run(self, seq: int, key: str, subs: int, size: int, budget: Budget | None) -> int:
         if self._script is None:
             return 1  # not started (or closed): the local budgets hold
-        self._seq += 1
         args = [
             self._me,
-            self._seq,
+            seq,
             subs,
             size,
             -1 if budget is None or budget.subscriptions is None else budget.subscriptions,
@@ -286,21 +291,23 @@ class RedisHoldings:
         """Record this process's new totals under ``key``; the limit passed (``"subscriptions"``
         or ``"filter_bytes"``) when the sum over every live process would pass ``budget``
         (then nothing is recorded), else None."""
-        answer = await self._run(key, subs, size, budget)
+        answer = await self._run(self._next(), key, subs, size, budget)
         return {0: "subscriptions", 2: "filter_bytes"}.get(answer)
 
     def publish(self, key: str, subs: int, size: int) -> None:
         """Record lower totals (a subscription was removed), in the background."""
         try:
-            task = asyncio.get_running_loop().create_task(self._run(key, subs, size, None))
+            task = asyncio.get_running_loop().create_task(
+                self._run(self._next(), key, subs, size, None)
+            )
         except RuntimeError:  # no loop: the process is going away, its entries go stale
             return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def start(self, totals: Any) -> None:
-        """Connect, and refresh this process's totals every ``REFRESH_SECONDS`` (``totals()``
-        gives them), so that they stay counted while they are held."""
+    def start(self, holdings: Holdings) -> None:
+        """Connect, and refresh this process's totals (``holdings``) every ``REFRESH_SECONDS``,
+        so that they stay counted while they are held."""
         import redis.asyncio as aioredis  # the `redis` extra, as for the shared rate limiter
 
         if self._client is None:
@@ -313,8 +320,9 @@ class RedisHoldings:
         async def refresh() -> None:
             while True:
                 await asyncio.sleep(REFRESH_SECONDS)
-                for key, (subs, size) in list(totals().items()):
-                    await self._run(key, subs, size, None)
+                for key in list(holdings.totals()):
+                    subs, size = holdings.held(key)  # as of now, with its sequence number
+                    await self._run(self._next(), key, subs, size, None)
 
         if self._refresher is None:
             self._refresher = asyncio.get_running_loop().create_task(refresh())

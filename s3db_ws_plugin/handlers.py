@@ -208,8 +208,6 @@ class Handlers:
                 f"too many subscriptions on this connection (limit {limit})",
                 {"limit": limit},
             )
-        # What it holds counts against its address's and user's budgets (FORBIDDEN over one).
-        hold = await self.plugin.holdings.reserve(conn, len(encode(effective)))
         sub = Subscription(
             conn,
             name,
@@ -220,7 +218,9 @@ class Handlers:
             access=access,
             read=policy.readable(conn.user),
         )
-        sub.hold = hold
+        # What it holds counts against its address's and user's budgets (FORBIDDEN over one);
+        # the registry releases it when the subscription goes.
+        sub.hold = await self.plugin.holdings.reserve(conn, len(encode(effective)))
         registry.add(sub)
         answer = functools.partial(
             reply,
