@@ -128,12 +128,15 @@ class Holdings:
         hold = Hold(tuple(key for key, _ in keys), size)
         shared = self.shared
         if shared is not None:
-            for key, budget in keys:
-                subs, held = self.held(key)
-                refused = await shared.claim(key, subs, held, budget)
-                if refused is not None:
-                    self.release(hold)  # and the totals already recorded go back down
-                    raise _refusal(budget, refused, shared=True)
+            try:
+                for key, budget in keys:
+                    subs, held = self.held(key)
+                    refused = await shared.claim(key, subs, held, budget)
+                    if refused is not None:
+                        raise _refusal(budget, refused, shared=True)
+            except BaseException:  # refused, or cancelled: nothing stays counted
+                self.release(hold)  # (and the totals already recorded go back down)
+                raise
         return hold
 
     def release(self, hold: Hold, *, publish: bool = True) -> None:

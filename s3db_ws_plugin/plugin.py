@@ -530,6 +530,9 @@ class WebSocketPlugin:
                 self.registry.remove_connection(conn)
                 self.connections.discard(conn)
                 await conn.finish()
+                # A subscribe that was in flight when the socket closed may have added its
+                # subscription after the first removal: forget it too (and what it held).
+                self.registry.remove_connection(conn)
                 if conn.overflowed:
                     self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
                 self._handler_tasks.discard(task)

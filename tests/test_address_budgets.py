@@ -170,3 +170,26 @@ async def test_a_users_budget_holds_across_servers_sharing_the_redis_limiter(red
                 assert asyncio.get_running_loop().time() < deadline, answer
                 await asyncio.sleep(0.05)
             assert (await subscribe(a, 10))["code"] == "FORBIDDEN"
+
+
+async def test_a_subscribe_in_flight_when_its_socket_closes_holds_nothing_afterwards():
+    """A socket closed while its subscribe waits on a slow guard: the subscription the guard
+    then allows must not outlive the socket, nor keep counting against the address."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(user, filter):
+        entered.set()
+        await release.wait()
+        return True
+
+    resources = {"notes": {"guard": {"subscribe": slow}}}
+    async with serve(notes_resource, resources=resources) as (_, plugin):
+        async with connect(plugin.url) as client:
+            await client.send({"type": "subscribe", "resource": "notes", "requestId": 1})
+            await asyncio.wait_for(entered.wait(), 5)
+            [conn] = plugin.connections
+        await eventually(lambda: not plugin.connections, "the socket closed on the server")
+        release.set()
+        await eventually(lambda: conn.requests_in_flight == 0, "the subscribe to end")
+        await eventually(lambda: not conn.subscriptions, "its subscriptions forgotten")
+        assert len(plugin.registry) == 0 and plugin.holdings.held("ip:127.0.0.1") == (0, 0)
