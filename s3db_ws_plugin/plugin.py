@@ -25,6 +25,14 @@ from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
 
 from .auth import SessionAuth
+from .budgets import (
+    DEFAULT_MAX_FILTER_BYTES_PER_IP,
+    DEFAULT_MAX_FILTER_BYTES_PER_USER,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+    Holdings,
+    RedisHoldings,
+)
 from .connection import (
     CLOSE_TIMEOUT,
     Connection,
@@ -45,6 +53,7 @@ from .limits import (
     check_frame,
     clip,
     positive_int,
+    recover_request_id,
 )
 from .metrics import Metrics
 from .protocol import (
@@ -211,6 +220,10 @@ class WebSocketPlugin:
         metrics: bool | Mapping[str, Any] = False,
         trusted_proxies: Iterable[str] | str | None = None,
         proxy_header: str = "X-Forwarded-For",
+        max_subscriptions_per_ip: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+        max_filter_bytes_per_ip: int | None = DEFAULT_MAX_FILTER_BYTES_PER_IP,
+        max_subscriptions_per_user: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+        max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
     ) -> None:
         self.host = host
         self.port = port
@@ -250,8 +263,18 @@ class WebSocketPlugin:
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
+        # What one address and one user may hold in subscriptions (budgets.py), shared
+        # across processes when the rate limiter is the Redis one.
+        self.holdings = Holdings(
+            max_subscriptions_per_ip=max_subscriptions_per_ip,
+            max_filter_bytes_per_ip=max_filter_bytes_per_ip,
+            max_subscriptions_per_user=max_subscriptions_per_user,
+            max_filter_bytes_per_user=max_filter_bytes_per_user,
+            shared=RedisHoldings.from_rate_limit(rate) if self.rate_limit else None,
+        )
+
         self.connections: set[Connection] = set()
-        self.registry = SubscriptionRegistry()
+        self.registry = SubscriptionRegistry(release=self.holdings.release)
         self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
@@ -406,6 +429,7 @@ class WebSocketPlugin:
             await runner.cleanup()
             raise
         self.port = runner.addresses[0][1]
+        await self.holdings.start()
         self._runner = runner
         self._started = time.monotonic()
         pages = [
@@ -430,6 +454,7 @@ class WebSocketPlugin:
         if self._handler_tasks:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
         await runner.cleanup()
+        await self.holdings.close()
         close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
         if close is not None:  # a shared limiter's connections (redis) end with the server
             await await_me_maybe(close())
@@ -534,6 +559,9 @@ class WebSocketPlugin:
                 self.registry.remove_connection(conn)
                 self.connections.discard(conn)
                 await conn.finish()
+                # A subscribe that was in flight when the socket closed may have added its
+                # subscription after the first removal: forget it too (and what it held).
+                self.registry.remove_connection(conn)
                 if conn.overflowed:
                     self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
                 self._handler_tasks.discard(task)
@@ -593,13 +621,18 @@ class WebSocketPlugin:
         """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
         request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
+        rid = None
         try:
-            check_frame(raw, self.max_frame_values)
+            try:
+                check_frame(raw, self.max_frame_values)
+            except ProtocolError:  # refused unparsed: its requestId from the raw text
+                rid = recover_request_id(raw)
+                raise
             msg: Any = decode(raw)
             bad_json = None
+            rid = request_id_of(msg)
         except ProtocolError as exc:
             msg, bad_json = None, exc
-        rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see internals.structlog_var); a request task
         # copies this context when it is created.
         token = _REQUEST_ID.set(clip(rid))

@@ -64,6 +64,7 @@ class Subscription:
         "term",
         "access",
         "read",
+        "hold",
     )
 
     def __init__(
@@ -90,6 +91,8 @@ class Subscription:
         self.read = read
         # (field, index key) under which the subscription is indexed; None = residual.
         self.term: tuple[str, Hashable] | None = None
+        # What it counts against its address's and user's budgets (budgets.py); None: nothing.
+        self.hold: Any = None
 
     def matches(self, record: dict[str, Any] | None) -> bool:
         """Whether ``record`` passes the effective filter and the read rule."""
@@ -181,11 +184,13 @@ class SubscriptionRegistry:
 
     The one owner of the subscription bookkeeping: handlers, re-checks and the connection
     lifecycle change it only through ``add``, ``remove``, ``remove_connection`` and
-    ``reindex``; ``of(conn)`` (also ``conn.subscriptions``) reads a connection's."""
+    ``reindex``; ``of(conn)`` (also ``conn.subscriptions``) reads a connection's. ``release``
+    is called with each removed subscription that holds a budget (``sub.hold``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: Callable[[Any], None] | None = None) -> None:
         self._by_resource: dict[str, ResourceSubscriptions] = {}
         self._by_connection: dict[Connection, list[Subscription]] = {}
+        self._release = release
 
     def __len__(self) -> int:
         return sum(subs.count for subs in self._by_resource.values())
@@ -212,11 +217,18 @@ class SubscriptionRegistry:
         if not subs:
             del self._by_connection[sub.connection]
         self._unindex(sub)
+        self._released(sub)
 
     def remove_connection(self, conn: Connection) -> None:
         """Forget every subscription of ``conn`` (its socket closed)."""
         for sub in self._by_connection.pop(conn, ()):
             self._unindex(sub)
+            self._released(sub)
+
+    def _released(self, sub: Subscription) -> None:
+        hold, sub.hold = sub.hold, None
+        if hold is not None and self._release is not None:
+            self._release(hold)
 
     def reindex(
         self,
