@@ -211,7 +211,12 @@ class ReplayGuard:
 class Resumer:
     """The plugin's resume machinery: version gate, positions, holds, replay and snapshot."""
 
-    def __init__(self, registry: SubscriptionRegistry, max_hold_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: SubscriptionRegistry,
+        max_hold_bytes: int,
+        replay_max_bytes: int = 1 << 20,
+    ) -> None:
         self.registry = registry
         self.gate = VersionGate()
         self.positions = Positions()
@@ -220,6 +225,8 @@ class Resumer:
         # Connections whose live frames are checked against a recent replay or snapshot.
         self.guards: dict[Connection, list[ReplayGuard | SnapshotGuard]] = {}
         self.max_hold_bytes = max_hold_bytes
+        # Bytes of events one replay may send; beyond, the reply says ``recovered: false``.
+        self.replay_max_bytes = replay_max_bytes
         self.guard_ttl = GUARD_TTL
         # Broker reads made for subscribes: at most BROKER_READS at once (the broker's client
         # has a bounded pool that the writes need too), positions coalesced per resource.
@@ -302,23 +309,91 @@ class Resumer:
         changes: Iterable[Change],
         after: int,
         encode: Callable[[dict[str, Any]], bytes],
-    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        max_bytes: int,
+    ) -> tuple[list[tuple[int, bytes]] | None, int | None]:
         """The frames ``sub`` gets from ``changes`` (in stream order) past offset ``after``, with
-        their offsets, and the offset of the last change looked at. Changes at or before ``after`` only seed the
-        stale-version check (a record the client saw at version 5 must not go back to 4)."""
+        their offsets, and the offset of the last change looked at; None instead of the frames
+        when they would exceed ``max_bytes`` (the client reloads instead).
+
+        A replay carries **net changes**: per record changed after ``after``, only its latest
+        state (``insert`` if it did not exist at ``after``, else ``update``) or its removal
+        (``delete``, or ``leave`` when it left what the connection may see, with ``{id}``
+        only), in the order of each record's latest change, through the live delivery rule
+        applied to the record as it was at ``after`` and as it is now. No intermediate state
+        (a deleted record's content, the text before an edit) is ever replayed. Changes at or
+        before ``after`` only seed the stale-version check (a record the client saw at version
+        5 must not go back to 4)."""
         seen: OrderedDict[tuple[str, Any], int] = OrderedDict()
-        frames: list[tuple[int, bytes]] = []
+        # record id -> (existed at ``after``, its state then, its latest change); re-inserted on
+        # every change so the dict's order is the order of each record's latest change.
+        net: dict[Any, tuple[bool, dict[str, Any] | None, Change]] = {}
         last: int | None = None
         for change in changes:
             fresh = admit(seen, change, VERSION_GATE_SIZE)
             if change.offset is None or change.offset <= after:
                 continue
             last = change.offset
-            outcome = delivers(sub, change, policy) if fresh else NOTHING
-            if outcome != NOTHING:
-                frame = event_frame(change, policy, leave=outcome == LEAVE)
-                frames.append((change.offset, encode(frame)))
+            record_id = change.record.get("id") if isinstance(change.record, dict) else None
+            if not fresh or record_id is None or not isinstance(record_id, str | int):
+                continue
+            first = net.pop(record_id, None)
+            if first is None:
+                existed = change.event != "insert"
+                net[record_id] = (existed, change.previous if existed else None, change)
+            else:
+                net[record_id] = (first[0], first[1], change)
+        frames: list[tuple[int, bytes]] = []
+        size = 0
+        for existed, before, latest in net.values():
+            frame = net_frame(sub, policy, existed, before, latest)
+            if frame is None:
+                continue
+            payload = encode(frame)
+            size += len(payload)
+            if size > max_bytes:
+                return None, last
+            frames.append((latest.offset or 0, payload))
         return frames, last
+
+
+def net_frame(
+    sub: Subscription,
+    policy: ResourcePolicy,
+    existed: bool,
+    before: dict[str, Any] | None,
+    latest: Change,
+) -> dict[str, Any] | None:
+    """The frame of one record's net change for ``sub`` (None: nothing to send): the record
+    was ``before`` at the resume position (``existed``) and ``latest`` is its latest change."""
+    if latest.event == "delete":
+        if not existed:
+            return None  # born and gone after the position: the client never held it
+        event, after = "delete", None
+    else:
+        event, after = ("update" if existed else "insert"), latest.record
+    if event not in policy.events or event not in sub.events:
+        return None
+    if policy.requires_user and not policy.role_allows(sub.connection.user):
+        return None
+    try:
+        outcome = sub.delivery(event, after, before)
+    except Exception:
+        log.exception("subscription check failed", resource=sub.resource)
+        return None
+    if outcome == NOTHING:
+        return None
+    record_id = latest.record.get("id")
+    leave = outcome == LEAVE
+    return {
+        "type": "event",
+        "resource": latest.resource,
+        "event": "leave" if leave else event,
+        "data": {"id": record_id} if leave or after is None else policy.protected.strip(after),
+        "timestamp": latest.timestamp,
+        "version": latest.version,
+        "offset": latest.offset,
+        "epoch": latest.epoch,
+    }
 
 
 class SnapshotGuard:
@@ -485,13 +560,25 @@ async def _replay(
             changes = await history(name, Position(seed, epoch))
             if changes is None and seed < offset:  # the seed left history, not the position
                 changes = await history(name, Position(offset, epoch))
-    if changes is None:
+    last: int | None = None
+    if changes is not None:
+        # More than the replay budget: as if history no longer reached back (the client reloads).
+        replayed, last = resumer.replay_frames(
+            sub, policy, changes, offset, encode, resumer.replay_max_bytes
+        )
+        del changes
+        if replayed is None:
+            log.info("replay over its byte budget", resource=name, max_bytes=resumer.replay_max_bytes)
+        frames = replayed or []
+        changes_ok = replayed is not None
+    else:
+        changes_ok = False
+    if not changes_ok:
         plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
         cut, cut_epoch = current.offset, current.epoch
     else:
-        frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
         plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
         cut, cut_epoch = (last if last is not None else offset), epoch
     guard = ReplayGuard(sub, cut_epoch, cut, resumer.positions, resumer.guard_ttl)
