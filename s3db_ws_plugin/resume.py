@@ -503,10 +503,13 @@ async def subscribe_from(
     policy: ResourcePolicy,
     fields: dict[str, Any],
     reply: Callable[..., dict[str, Any]],
+    listed: dict[str, Any] | None = None,
 ) -> None:
     """Answer a ``subscribe`` with ``since`` or ``snapshot`` (``sub`` is registered already),
     replay or list, then flush the live frames held meanwhile. ``reply(**fields)`` builds the
-    ``subscribed`` frame; this sends it itself, before the replayed events."""
+    ``subscribed`` frame; this sends it itself, before the replayed events. ``listed`` is the
+    effective filter a ``list`` by the same connection would use (the snapshot's records pass
+    it as well as the subscription's own filter)."""
     resumer: Resumer = plugin.resumer
     resumer.hold(conn)  # before any await: every live frame from now on is held
     name = sub.resource
@@ -515,7 +518,9 @@ async def subscribe_from(
     try:
         current = await current_position(plugin, name)
         if fields.get("snapshot"):
-            covered = await _snapshot(plugin, conn, sub, policy, fields, reply, current)
+            covered = await _snapshot(
+                plugin, conn, sub, policy, fields, reply, current, listed or {}
+            )
         elif fields.get("since") is None:  # from now: after the broker's latest position
             plugin.send(conn, reply(position=_dict(current)))
             if current is not None:
@@ -594,6 +599,7 @@ async def _snapshot(
     fields: dict[str, Any],
     reply: Callable[..., dict[str, Any]],
     current: Any | None,
+    listed: dict[str, Any],
 ) -> Callable[[Change], bool]:
     resumer: Resumer = plugin.resumer
     name = sub.resource
@@ -601,13 +607,19 @@ async def _snapshot(
     from .handlers import page_within
 
     order = policy.order
-    # As ``list`` reads: the read rule, the scan budget, then the reply's byte budget.
+    # As ``list`` reads (its guard's filter, the read rule, the scan budget, the byte budget),
+    # and through the subscription's own filter (the subscribe guard's override) as well.
+    where = sub.read
+    query = sub.filter
+    if listed != sub.client_filter:  # the list guard imposed keys: records pass both filters
+        query, where = listed, _all(sub.predicate, sub.read)
     page = await resource.list(
-        filter=sub.filter or None,
+        filter=query or None,
         limit=fields["limit"],
         order=order,
-        where=sub.read,
+        where=where,
         scan_limit=plugin.list_scan_limit,
+        max_bytes=plugin.list_max_bytes,
     )
     data, cursor = page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
     records = page.items
@@ -621,6 +633,14 @@ async def _snapshot(
     guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.guard_ttl)
     resumer.guard(conn, guard)  # the live frames after the flush go through it too
     return guard.covers
+
+
+def _all(
+    first: Callable[[Any], bool], second: Callable[[Any], bool] | None
+) -> Callable[[Any], bool]:
+    if second is None:
+        return first
+    return lambda record: bool(first(record)) and bool(second(record))
 
 
 def _dict(position: Any | None) -> dict[str, Any] | None:

@@ -240,3 +240,89 @@ async def test_a_replay_filters_the_net_change_by_the_subscription(broker_url):
         ]
     finally:
         await db.disconnect()
+
+
+# -- subscribe {snapshot: true} runs every read check a list runs ------------------------------------
+async def test_a_snapshot_never_returns_more_than_a_list_by_the_same_user(broker_url):
+    def admins(user: Any, ctx: Any) -> bool:
+        return user is not None and user.role == "admin"
+
+    db = await notes_db(broker_url)
+    try:
+        plugin = WebSocketPlugin(
+            port=0,
+            heartbeat_interval=None,
+            auth=JWT_AUTH,
+            resources={"notes": {"guard": {"list": admins, "get": admins}}},
+        )
+        await db.use_plugin(plugin)
+        for n in range(3):
+            await db.resources.notes.insert({"title": f"n{n}", "password": "pw"})
+        async with connect(plugin.url, token=make_token("mallory")) as mallory:
+            listed = await mallory.call("list", resource="notes")
+            assert listed["type"] == "error" and listed["code"] == "FORBIDDEN"
+            snap = await mallory.call("subscribe", resource="notes", snapshot=True)
+            assert snap["type"] == "error" and snap["code"] == "FORBIDDEN", snap
+            # Refused before it took effect: no subscription is left behind.
+            await db.resources.notes.insert({"title": "later"})
+            assert await mallory.events() == []
+        async with connect(plugin.url, token=make_token("ada", role="admin")) as ada:
+            snap = await ada.call("subscribe", resource="notes", snapshot=True)
+            assert [r["title"] for r in snap["data"]] == ["n0", "n1", "n2", "later"]
+    finally:
+        await db.disconnect()
+
+
+async def test_a_snapshot_applies_the_list_guards_override_the_subscribe_guard_and_the_read_rule(
+    broker_url,
+):
+    def own_only(user: Any, ctx: Any) -> dict[str, Any]:
+        return {"owner": user.id}  # a list shows only the caller's notes
+
+    def room_r1(user: Any, filter: dict[str, Any]) -> dict[str, Any]:
+        return {"roomId": "r1"}
+
+    def not_hidden(user: Any, record: dict[str, Any]) -> bool:
+        return record.get("status") != "hidden"
+
+    db = Database(f"memory://net-{uuid.uuid4().hex[:12]}", broker=broker_url)
+    await db.connect()
+    try:
+        await db.create_resource(
+            "notes",
+            {"title": "string", "owner": "string", "roomId": "string", "status": "string|optional"},
+        )
+        plugin = WebSocketPlugin(
+            port=0,
+            heartbeat_interval=None,
+            auth=JWT_AUTH,
+            resources={
+                "notes": {
+                    "guard": {"list": own_only, "subscribe": room_r1},
+                    "read": not_hidden,
+                }
+            },
+        )
+        await db.use_plugin(plugin)
+        notes = db.resources.notes
+        for owner in ("bob", "eve"):
+            for room in ("r1", "r2"):
+                await notes.insert({"title": f"{owner}-{room}", "owner": owner, "roomId": room})
+            await notes.insert(
+                {"title": f"{owner}-hidden", "owner": owner, "roomId": "r1", "status": "hidden"}
+            )
+        async with connect(plugin.url, token=make_token("bob")) as bob:
+            # Own notes (the list guard), in r1 (the subscribe guard), not hidden (the read rule).
+            listed = await bob.call("list", resource="notes")
+            assert [r["title"] for r in listed["data"]] == ["bob-r1", "bob-r2"]
+            snap = await bob.call("subscribe", resource="notes", snapshot=True)
+            assert snap["type"] == "subscribed", snap
+            assert [r["title"] for r in snap["data"]] == ["bob-r1"]
+            # Asking for eve's notes: a list still shows bob's own, the snapshot nothing more.
+            asked = {"owner": "eve"}
+            listed = await bob.call("list", resource="notes", filter=asked)
+            assert [r["title"] for r in listed["data"]] == ["bob-r1", "bob-r2"]
+            snap = await bob.call("subscribe", resource="notes", filter=asked, snapshot=True)
+            assert snap["type"] == "subscribed" and snap["data"] == [], snap
+    finally:
+        await db.disconnect()
