@@ -56,6 +56,9 @@ GUARD_TTL = 5.0
 BROKER_READS = 8
 # Changes of history remembered before ``since`` to seed the stale-version check of a replay.
 REPLAY_SEED = 256
+# Bytes of events one replay may send (``replay_max_bytes``); a replay that needs more answers
+# ``recovered: false`` and the client reloads with ``list``, a page at a time.
+DEFAULT_REPLAY_MAX_BYTES = 1 << 20
 
 
 def rank(event: str, version: int) -> int:
@@ -215,7 +218,7 @@ class Resumer:
         self,
         registry: SubscriptionRegistry,
         max_hold_bytes: int,
-        replay_max_bytes: int = 1 << 20,
+        replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
     ) -> None:
         self.registry = registry
         self.gate = VersionGate()

@@ -8,6 +8,7 @@ does, while a client that stayed connected still receives every change live.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import uuid
 from collections.abc import AsyncIterator
@@ -324,5 +325,127 @@ async def test_a_snapshot_applies_the_list_guards_override_the_subscribe_guard_a
             assert [r["title"] for r in listed["data"]] == ["bob-r1", "bob-r2"]
             snap = await bob.call("subscribe", resource="notes", filter=asked, snapshot=True)
             assert snap["type"] == "subscribed" and snap["data"] == [], snap
+    finally:
+        await db.disconnect()
+
+
+# -- bounded by bytes ----------------------------------------------------------------------------------
+HISTORY_BYTES = 64 * 1024
+
+
+async def test_history_is_bounded_by_bytes_per_resource(broker_url):
+    """40 changes of ~8 KB with room for 1,000 by count: what a resume can still read back,
+    and what the broker holds, stays within 64 KiB (the newest change always stays)."""
+    from broker_helpers import Collector, eventually
+
+    from s3db_core import Position
+    from s3db_core.brokers.base import encode_change
+
+    db = Database(
+        f"memory://net-{uuid.uuid4().hex[:12]}",
+        broker=with_option(broker_url, history_max_bytes=HISTORY_BYTES),
+    )
+    collector = Collector()
+    await db.use_plugin(collector)
+    await db.connect()
+    try:
+        await db.create_resource("notes", {"title": "string|required"})
+        small = await db.create_resource("small", {"title": "string|required"})
+        for n in range(40):
+            await db.resources.notes.insert({"title": f"{n:02d}" + "x" * 8000})
+            await small.insert({"title": f"s{n}"})
+        await eventually(lambda: len(collector.of("notes")) == 40, "every change read back")
+        offsets = [c.offset for c in collector.of("notes")]
+        epoch = collector.of("notes")[-1].epoch
+        assert epoch is not None
+        window = None
+        for since in [offsets[0] - 1, *offsets]:
+            window = await db.broker.history("notes", Position(since, epoch))
+            if window is not None:
+                break
+        assert window is not None and window[-1].offset == offsets[-1]
+        kept = sum(len(encode_change(c)) for c in window)
+        assert HISTORY_BYTES // 2 < kept <= HISTORY_BYTES, (kept, len(window))
+        # A resource's budget is its own: the small one keeps all of its 40 changes.
+        first = collector.of("small")[0]
+        assert first.offset is not None
+        assert first.offset is not None and first.epoch is not None
+        since = Position(first.offset - 1, first.epoch)
+        assert len(await db.broker.history("small", since) or []) == 40
+        # What the broker itself holds, measured by the broker's server where there is one.
+        broker = db.broker
+        if hasattr(broker, "memory_usage"):  # Redis: MEMORY USAGE of every key of the history
+            assert await broker.memory_usage("notes") < 3 * HISTORY_BYTES
+        held: list[int] = []
+
+        async def measure() -> bool:
+            held.append(await broker.history_bytes("notes"))
+            return held[-1] <= HISTORY_BYTES
+
+        end = asyncio.get_running_loop().time() + 10
+        while not await measure():  # NATS purges in the background, right after the append
+            assert asyncio.get_running_loop().time() < end, held
+            await asyncio.sleep(0.02)
+        assert held[-1] > HISTORY_BYTES // 2
+    finally:
+        await db.disconnect()
+
+
+async def test_a_replay_over_its_byte_budget_answers_recovered_false(broker_url):
+    db = await notes_db(broker_url)
+    try:
+        plugin = WebSocketPlugin(
+            port=0, heartbeat_interval=None, resources={"notes": {}}, replay_max_bytes=8192
+        )
+        await db.use_plugin(plugin)
+        notes = db.resources.notes
+        position = (await db.broker.position("notes")).to_dict()
+        for n in range(3):
+            await notes.insert({"title": f"{n}" + "y" * 1000})
+        middle = (await db.broker.position("notes")).to_dict()
+        for n in range(10):
+            await notes.insert({"title": f"{n}" + "z" * 1000, "status": "pick" if n == 1 else "no"})
+        current = (await db.broker.position("notes")).to_dict()
+        async with connect(plugin.url) as client:
+            reply = await client.call("subscribe", resource="notes", since=position)
+            assert reply["recovered"] is False and reply["position"] == current
+            assert await client.events() == []
+            await client.call("unsubscribe", resource="notes")
+            few = await client.call(
+                "subscribe", resource="notes", filter={"status": "pick"}, since=middle
+            )
+            assert few["recovered"] is True
+            assert [e["data"]["title"][:2] for e in await client.events()] == ["1z"]
+    finally:
+        await db.disconnect()
+
+
+async def test_a_snapshot_of_large_records_costs_no_more_memory_than_a_list():
+    """40 records of 500 KB (20 MB): a snapshot reads them a few at a time under the list's byte
+    budget, exactly like a list, instead of the whole page at once."""
+    import tracemalloc
+
+    db = await notes_db("local")
+    try:
+        plugin = WebSocketPlugin(port=0, heartbeat_interval=None, resources={"notes": {}})
+        await db.use_plugin(plugin)
+        for n in range(40):
+            await db.resources.notes.insert({"title": f"{n:02d}" + "w" * 500_000})
+        async with connect(plugin.url) as client:
+            await client.call("ping")
+
+            async def peak_of(type: str, **fields: Any) -> tuple[dict[str, Any], int]:
+                tracemalloc.start()
+                try:
+                    answer = await client.call(type, resource="notes", **fields)
+                    return answer, tracemalloc.get_traced_memory()[1]
+                finally:
+                    tracemalloc.stop()
+
+            listed, list_peak = await peak_of("list")
+            snap, snap_peak = await peak_of("subscribe", snapshot=True)
+        assert snap["type"] == "subscribed" and snap["cursor"]
+        assert len(snap["data"]) == len(listed["data"]) <= 3
+        assert snap_peak < 1.5 * list_peak, (snap_peak, list_peak)
     finally:
         await db.disconnect()

@@ -2,8 +2,9 @@
 
 ``publish`` gives the change its position and calls every listener in order before returning,
 which keeps commit order per resource. Each resource keeps an in-memory ring of its latest
-changes (bounded by ``history_size`` and ``history_ttl``) so a subscriber that reconnects to this
-same process can resume; the epoch is new at every process start (a restart loses the rings).
+changes (bounded by ``history_size``, ``history_max_bytes`` and ``history_ttl``) so a subscriber
+that reconnects to this same process can resume; the epoch is new at every process start (a
+restart loses the rings).
 """
 
 from __future__ import annotations
@@ -16,15 +17,33 @@ from typing import Any
 
 from ..change import Change
 from ..plugins import await_me_maybe
-from .base import BrokerOptions, Listener, Position, new_epoch
+from .base import BrokerOptions, Listener, Position, encode_change, new_epoch
 
 
 class _Ring:
-    __slots__ = ("changes", "offset")
+    """A resource's latest changes, bounded by count and by bytes (the newest always stays),
+    with the size of each (its encoded form, as a networked broker stores it)."""
 
-    def __init__(self, size: int) -> None:
-        self.changes: deque[Change] = deque(maxlen=size)
+    __slots__ = ("changes", "sizes", "bytes", "offset")
+
+    def __init__(self) -> None:
+        self.changes: deque[Change] = deque()
+        self.sizes: deque[int] = deque()
+        self.bytes = 0
         self.offset = 0
+
+    def append(self, change: Change, size: int, max_count: int, max_bytes: int) -> None:
+        self.changes.append(change)
+        self.sizes.append(size)
+        self.bytes += size
+        while len(self.changes) > 1 and (
+            len(self.changes) > max_count or self.bytes > max_bytes
+        ):
+            self.popleft()
+
+    def popleft(self) -> None:
+        self.changes.popleft()
+        self.bytes -= self.sizes.popleft()
 
 
 class LocalBroker:
@@ -53,24 +72,30 @@ class LocalBroker:
     async def publish(self, change: Change) -> Change:
         ring = self._rings.get(change.resource)
         if ring is None:
-            ring = self._rings[change.resource] = _Ring(self.options.history_size)
+            ring = self._rings[change.resource] = _Ring()
         ring.offset += 1
         change = Change(
             change.resource, change.event, change.record, change.previous, change.timestamp,
             change.version, ring.offset, self.epoch,
         )  # fmt: skip
-        changes = ring.changes
-        changes.append(change)
-        if changes[0].timestamp < change.timestamp - self._ttl_ms:
-            self._expire(changes, change.timestamp)
+        options = self.options
+        size = len(encode_change(change))
+        ring.append(change, size, options.history_size, options.history_max_bytes)
+        if ring.changes[0].timestamp < change.timestamp - self._ttl_ms:
+            self._expire(ring, change.timestamp)
         for listener in self._listeners:
             await await_me_maybe(listener(change))
         return change
 
-    def _expire(self, changes: deque[Change], now_ms: int) -> None:
+    def _expire(self, ring: _Ring, now_ms: int) -> None:
         horizon = now_ms - self._ttl_ms
-        while changes and changes[0].timestamp < horizon:
-            changes.popleft()
+        while ring.changes and ring.changes[0].timestamp < horizon:
+            ring.popleft()
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes this broker keeps for ``resource``'s resuming subscribers."""
+        ring = self._rings.get(resource)
+        return ring.bytes if ring else 0
 
     async def position(self, resource: str) -> Position:
         ring = self._rings.get(resource)
@@ -86,7 +111,7 @@ class LocalBroker:
         if since.offset == last:
             return []
         assert ring is not None
-        self._expire(ring.changes, int(time.time() * 1000))
+        self._expire(ring, int(time.time() * 1000))
         changes = ring.changes
         first = (changes[0].offset or 0) if changes else last + 1
         if since.offset + 1 < first:  # part of what followed has left the ring
