@@ -8,16 +8,20 @@ Every change a broker hands the plugin carries its stream position (``offset`` w
   may publish out of order (version 5, then version 4). ``VersionGate`` remembers, per resource
   and record (a bounded LRU), the newest version this process fanned out, and drops an older
   one before any subscriber is looked at: one dict operation per change, never per subscriber.
-- **Resume.** ``subscribe {since}`` replays the broker's history after that position through the
-  subscription's own delivery rule, then continues live. While the replay is read, live frames
-  for that connection are *held* (not sent); then the replayed and held frames go out merged in
-  offset order, each change once. A process's broker reader may lag behind the broker, so a
+- **Resume.** ``subscribe {since}`` replays the **net changes** of the broker's history after
+  that position (per record its latest state or its removal, never a past state; see
+  ``Resumer.replay_frames``) through the subscription's own delivery rule, at most
+  ``replay_max_bytes`` of them (more answers ``recovered: false``), then continues live. While
+  the replay is read, live frames for that connection are *held* (not sent); then the replayed
+  and held frames go out merged in offset order, each change once. A process's broker reader may lag behind the broker, so a
   replayed change can still arrive live afterwards: a short-lived *guard* drops it. When the
   epoch differs or the position left history the reply says ``recovered: false`` and the
   client reloads.
 - **Snapshot.** ``subscribe {snapshot: true}`` reads the stream position first, then the first
-  page of matching records, holds live frames meanwhile, and flushes them minus what the page
-  already shows; its guard keeps doing so for changes published after the listing saw them.
+  page of matching records exactly as a ``list`` reads (its guard's filter, the read rule, the
+  scan and byte budgets) and through the subscription's filter, holds live frames meanwhile,
+  and flushes them minus what the page already shows; its guard keeps doing so for changes
+  published after the listing saw them.
 
 Holds and guards are the only per-connection state; they exist only while a connection
 subscribes (a guard: a few seconds at most), and the live path looks them up (one dict lookup
