@@ -20,30 +20,38 @@ from ..plugins import await_me_maybe
 from .base import BrokerOptions, Listener, Position, encode_change, new_epoch
 
 
-class _Ring:
-    """A resource's latest changes, bounded by count and by bytes (the newest always stays),
-    with the size of each (its encoded form, as a networked broker stores it)."""
+class _Changes(deque[Change]):
+    """A resource's latest changes, bounded by count and by bytes (each change counted by its
+    encoded size, as a networked broker stores it); the newest always stays."""
 
-    __slots__ = ("changes", "sizes", "bytes", "offset")
+    __slots__ = ("sizes", "bytes", "max_count", "max_bytes")
 
-    def __init__(self) -> None:
-        self.changes: deque[Change] = deque()
+    def __init__(self, options: BrokerOptions) -> None:
+        super().__init__()
         self.sizes: deque[int] = deque()
         self.bytes = 0
-        self.offset = 0
+        self.max_count = options.history_size
+        self.max_bytes = options.history_max_bytes
 
-    def append(self, change: Change, size: int, max_count: int, max_bytes: int) -> None:
-        self.changes.append(change)
+    def append(self, change: Change) -> None:
+        super().append(change)
+        size = len(encode_change(change))
         self.sizes.append(size)
         self.bytes += size
-        while len(self.changes) > 1 and (
-            len(self.changes) > max_count or self.bytes > max_bytes
-        ):
+        while len(self) > 1 and (len(self) > self.max_count or self.bytes > self.max_bytes):
             self.popleft()
 
-    def popleft(self) -> None:
-        self.changes.popleft()
+    def popleft(self) -> Change:
         self.bytes -= self.sizes.popleft()
+        return super().popleft()
+
+
+class _Ring:
+    __slots__ = ("changes", "offset")
+
+    def __init__(self, options: BrokerOptions) -> None:
+        self.changes = _Changes(options)
+        self.offset = 0
 
 
 class LocalBroker:
@@ -72,30 +80,29 @@ class LocalBroker:
     async def publish(self, change: Change) -> Change:
         ring = self._rings.get(change.resource)
         if ring is None:
-            ring = self._rings[change.resource] = _Ring()
+            ring = self._rings[change.resource] = _Ring(self.options)
         ring.offset += 1
         change = Change(
             change.resource, change.event, change.record, change.previous, change.timestamp,
             change.version, ring.offset, self.epoch,
         )  # fmt: skip
-        options = self.options
-        size = len(encode_change(change))
-        ring.append(change, size, options.history_size, options.history_max_bytes)
-        if ring.changes[0].timestamp < change.timestamp - self._ttl_ms:
-            self._expire(ring, change.timestamp)
+        changes = ring.changes
+        changes.append(change)
+        if changes[0].timestamp < change.timestamp - self._ttl_ms:
+            self._expire(changes, change.timestamp)
         for listener in self._listeners:
             await await_me_maybe(listener(change))
         return change
 
-    def _expire(self, ring: _Ring, now_ms: int) -> None:
+    def _expire(self, changes: deque[Change], now_ms: int) -> None:
         horizon = now_ms - self._ttl_ms
-        while ring.changes and ring.changes[0].timestamp < horizon:
-            ring.popleft()
+        while changes and changes[0].timestamp < horizon:
+            changes.popleft()
 
     async def history_bytes(self, resource: str) -> int:
         """Bytes of changes this broker keeps for ``resource``'s resuming subscribers."""
         ring = self._rings.get(resource)
-        return ring.bytes if ring else 0
+        return ring.changes.bytes if ring else 0
 
     async def position(self, resource: str) -> Position:
         ring = self._rings.get(resource)
@@ -111,7 +118,7 @@ class LocalBroker:
         if since.offset == last:
             return []
         assert ring is not None
-        self._expire(ring, int(time.time() * 1000))
+        self._expire(ring.changes, int(time.time() * 1000))
         changes = ring.changes
         first = (changes[0].offset or 0) if changes else last + 1
         if since.offset + 1 < first:  # part of what followed has left the ring
