@@ -240,7 +240,11 @@ class WebSocketPlugin:
         self.resumer = Resumer(
             self.registry,
             max_hold_bytes=self.max_queue_bytes,
-            replay_max_bytes=positive_int("replay_max_bytes", replay_max_bytes),
+            # A replay goes out through the send queue, beside the frames held meanwhile: one
+            # that could not fit would close the client with 4408, again at every reconnect.
+            replay_max_bytes=min(
+                positive_int("replay_max_bytes", replay_max_bytes), self.max_queue_bytes // 2
+            ),
         )
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)

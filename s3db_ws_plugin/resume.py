@@ -60,9 +60,9 @@ GUARD_TTL = 5.0
 BROKER_READS = 8
 # Changes of history remembered before ``since`` to seed the stale-version check of a replay.
 REPLAY_SEED = 256
-# Bytes of events one replay may send (``replay_max_bytes``); a replay that needs more answers
-# ``recovered: false`` and the client reloads with ``list``, a page at a time.
-DEFAULT_REPLAY_MAX_BYTES = 1 << 20
+# Bytes of events one replay may send (``replay_max_bytes``, at most half the send queue); a
+# replay that needs more answers ``recovered: false`` and the client reloads with ``list``.
+DEFAULT_REPLAY_MAX_BYTES = 512 << 10
 
 
 def rank(event: str, version: int) -> int:

@@ -420,6 +420,25 @@ async def test_a_replay_over_its_byte_budget_answers_recovered_false(broker_url)
         await db.disconnect()
 
 
+async def test_a_replay_never_takes_more_than_half_the_send_queue():
+    """Else a client could be closed as a slow consumer by its own replay, at every reconnect."""
+    db = await notes_db("local")
+    try:
+        plugin = WebSocketPlugin(
+            port=0, heartbeat_interval=None, resources={"notes": {}}, max_queue_bytes=16384
+        )
+        await db.use_plugin(plugin)
+        position = (await db.broker.position("notes")).to_dict()
+        for n in range(10):
+            await db.resources.notes.insert({"title": f"{n}" + "q" * 1000})
+        async with connect(plugin.url) as client:
+            reply = await client.call("subscribe", resource="notes", since=position)
+            assert reply["recovered"] is False
+            assert await client.events() == []
+    finally:
+        await db.disconnect()
+
+
 async def test_a_snapshot_of_large_records_costs_no_more_memory_than_a_list():
     """40 records of 500 KB (20 MB): a snapshot reads them a few at a time under the list's byte
     budget, exactly like a list, instead of the whole page at once."""
