@@ -34,12 +34,15 @@ class _Changes(deque[Change]):
         self.max_bytes = options.history_max_bytes
 
     def append(self, change: Change) -> None:
-        super().append(change)
+        deque.append(self, change)
+        sizes = self.sizes
         size = len(encode_change(change))
-        self.sizes.append(size)
-        self.bytes += size
-        while len(self) > 1 and (len(self) > self.max_count or self.bytes > self.max_bytes):
-            self.popleft()
+        sizes.append(size)
+        total = self.bytes + size
+        while len(sizes) > 1 and (len(sizes) > self.max_count or total > self.max_bytes):
+            deque.popleft(self)
+            total -= sizes.popleft()
+        self.bytes = total
 
     def popleft(self) -> Change:
         self.bytes -= self.sizes.popleft()
