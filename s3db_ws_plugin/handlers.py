@@ -165,6 +165,21 @@ class Handlers:
         decision = await self._guard(policy, "subscribe", user, given)
         return self._effective(policy, _kept(client_filter, given), decision.filter_override)
 
+    async def list_filter(
+        self, conn: Connection, policy: ResourcePolicy, client_filter: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The effective filter of a ``list`` (or a snapshot, which reads as a ``list`` does):
+        the client's, overridden by the ``list`` guard's keys (``FORBIDDEN`` when it refuses)."""
+        if "list" not in policy.guards:  # the context is built only for a guard to see
+            return client_filter
+        given = dict(client_filter)
+        ctx = self._guard_ctx(conn, filter=given)
+        decision = await self._guard(policy, "list", conn.user, ctx)
+        if not decision.filter_override:
+            return client_filter
+        kept = _kept(client_filter, given)
+        return self._merged(policy, kept, decision.filter_override)[0]
+
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
 
@@ -196,6 +211,9 @@ class Handlers:
         effective, predicate, access = await self.subscription_filter(
             policy, conn.user, client_filter
         )
+        # A snapshot is a read: it runs the list guard (and its override) as a list would,
+        # before the subscription takes effect, so it never shows more than a list.
+        listed = await self.list_filter(conn, policy, client_filter) if f["snapshot"] else None
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
         for old in registry.of(conn, name):
@@ -236,7 +254,7 @@ class Handlers:
             if position is not None:
                 return answer(position=position)
         try:  # replies itself, then sends the replay, the snapshot's stream or what is new
-            await subscribe_from(self.plugin, conn, sub, policy, f, answer)
+            await subscribe_from(self.plugin, conn, sub, policy, f, answer, listed)
         except BaseException:
             registry.remove(sub)
             raise
@@ -263,14 +281,7 @@ class Handlers:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
         client_filter = self._client_filter(policy, f["filter"])
-        effective = client_filter
-        if "list" in policy.guards:  # the context is built only for a guard to see
-            given = dict(client_filter)
-            ctx = self._guard_ctx(conn, filter=given)
-            decision = await self._guard(policy, "list", conn.user, ctx)
-            if decision.filter_override:
-                kept = _kept(client_filter, given)
-                effective = self._merged(policy, kept, decision.filter_override)[0]
+        effective = await self.list_filter(conn, policy, client_filter)
         order = f["order"] or policy.order
         plugin = self.plugin
         # The core compiles the effective filter (once) and reads at most the scan budget.

@@ -69,7 +69,7 @@ from .protocol import (
 )
 from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
-from .resume import Resumer, event_frame
+from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
@@ -216,6 +216,7 @@ class WebSocketPlugin:
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
         trusted_proxies: Iterable[str] | str | None = None,
@@ -275,7 +276,15 @@ class WebSocketPlugin:
 
         self.connections: set[Connection] = set()
         self.registry = SubscriptionRegistry(release=self.holdings.release)
-        self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
+        self.resumer = Resumer(
+            self.registry,
+            max_hold_bytes=self.max_queue_bytes,
+            # A replay goes out through the send queue, beside the frames held meanwhile: one
+            # that could not fit would close the client with 4408, again at every reconnect.
+            replay_max_bytes=min(
+                positive_int("replay_max_bytes", replay_max_bytes), self.max_queue_bytes // 2
+            ),
+        )
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         self.metrics = Metrics(

@@ -98,10 +98,12 @@ def _number(name: str, value: Any, low: float, high: float, kind: type = float) 
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     """Options shared by the engines, from the URL's query string and ``broker_config``
-    (``broker_config`` wins). Units: seconds and counts."""
+    (``broker_config`` wins). Units: seconds, counts and bytes."""
 
     prefix: str = "s3db"  # namespace of the keys / stream: one per database sharing a server
     history_size: int = 1000  # changes kept per resource
+    # Bytes of changes (as the broker stores them) kept per resource; the newest is always kept.
+    history_max_bytes: int = 8 << 20
     history_ttl: float = 3600.0  # seconds a change stays in history
     publish_timeout: float = 1.0  # bound on one publish attempt
     connect_timeout: float = 5.0  # bound on start()
@@ -112,7 +114,7 @@ class BrokerOptions:
         query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
         merged: dict[str, Any] = {**query, **(config or {})}
         known = {"prefix", "history_size", "history_ttl", "publish_timeout", "connect_timeout",
-                 "buffer_size"}  # fmt: skip
+                 "buffer_size", "history_max_bytes"}  # fmt: skip
         unknown = sorted(set(merged) - known)
         if unknown:
             raise ValueError(f"unknown broker option(s) {unknown}; known: {sorted(known)}")
@@ -128,6 +130,7 @@ class BrokerOptions:
             prefix=prefix,
             history_size=get("history_size", 1, 1_000_000, int),
             history_ttl=get("history_ttl", 0.1, 30 * 86400),
+            history_max_bytes=get("history_max_bytes", 1024, 1 << 40, int),
             publish_timeout=get("publish_timeout", 0.01, 60),
             connect_timeout=get("connect_timeout", 0.01, 300),
             buffer_size=get("buffer_size", 0, 10_000_000, int),

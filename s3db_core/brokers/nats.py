@@ -3,7 +3,11 @@
 One JetStream stream per database, ``S3DB_<prefix>``, with a subject per resource:
 ``s3db.<prefix>.<resource>`` (a ``.`` in a resource name becomes ``~`` so the name stays one
 subject token). Retention: ``max_msgs_per_subject = history_size`` and ``max_age =
-history_ttl``, on file storage.
+history_ttl``, on file storage. JetStream has no per-subject byte limit, so ``history_max_bytes``
+is kept by the brokers themselves: every process reads every message, counts the bytes of each
+resource's latest ones, and when they pass the limit purges the subject down to three quarters
+of it (a purge up to a sequence; the newest message always stays). ``history`` also refuses to
+read back further than ``history_max_bytes``, so a resume never loads more than that.
 
 Positions: a change's ``offset`` is its JetStream **stream sequence**. It is strictly increasing
 per resource (and across resources: the numbers between two changes of one resource belong to
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -71,6 +76,8 @@ class NatsBroker(StreamBroker):
         self._subscription: Any = None
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # resource -> the (sequence, bytes) of its latest messages, as far as this process saw.
+        self._retained: dict[str, _Retained] = {}
 
     def subject(self, resource: str) -> str:
         return self._subject_prefix + resource.replace(".", "~")
@@ -223,7 +230,47 @@ class NatsBroker(StreamBroker):
         except Exception:  # not ours (a stray publish on our subjects): skip it
             log.exception("undecodable_message", subject=msg.subject)
             return
+        self._retain(change.resource, change.offset or 0, len(msg.data))
         await self.listeners.dispatch(change)
+
+    # -- retention by bytes ----------------------------------------------------------------------
+    def _retain(self, resource: str, seq: int, size: int) -> None:
+        """Count one message of ``resource``; past ``history_max_bytes`` start a purge of its
+        subject down to three quarters of the limit (never its newest message)."""
+        kept = self._retained.get(resource)
+        if kept is None or (kept.entries and seq <= kept.entries[-1][0]):  # a new stream
+            kept = self._retained[resource] = _Retained()
+        kept.add(seq, size, self.options.history_size)
+        limit = self.options.history_max_bytes
+        if kept.bytes <= limit:
+            return
+        kept.trim(limit * 3 // 4)
+        task = asyncio.get_running_loop().create_task(self._purge(resource, kept.entries[0][0]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _purge(self, resource: str, first_kept: int) -> None:
+        js = self._js
+        if js is None:
+            return
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await js.purge_stream(self.stream, seq=first_kept, subject=self.subject(resource))
+        except Exception as exc:  # the next message over the limit tries again
+            log.warning("nats_purge_failed", resource=resource, error=repr(exc))
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes NATS keeps for ``resource``'s resuming subscribers (its messages'
+        payloads, read from the stream)."""
+        js, subject = self._jetstream(), self.subject(resource)
+        total, seq = 0, 0
+        while True:
+            try:
+                msg = await js.get_msg(self.stream, seq=seq + 1, subject=subject, next=True)
+            except NotFoundError:
+                return total
+            total += len(msg.data or b"")
+            seq = int(msg.seq or 0)
 
     # -- streams ---------------------------------------------------------------------------------
     def _jetstream(self) -> JetStreamContext:
@@ -305,6 +352,7 @@ class NatsBroker(StreamBroker):
         js, subject = self._jetstream(), self.subject(resource)
         changes: list[Change] = []
         previous = since.offset
+        read, limit = 0, self.options.history_max_bytes
         while previous < last[0]:
             try:
                 msg = await js.get_msg(self.stream, seq=previous + 1, subject=subject, next=True)
@@ -319,7 +367,29 @@ class NatsBroker(StreamBroker):
             ) != since.epoch:
                 return None  # a link of the chain has left history
             previous = int(msg.seq or 0)
-            changes.append(decode_change(msg.data or b"", previous, since.epoch))
-            if len(changes) > self.options.history_size:
-                return None
+            data = msg.data or b""
+            read += len(data)
+            changes.append(decode_change(data, previous, since.epoch))
+            if len(changes) > self.options.history_size or (read > limit and len(changes) > 1):
+                return None  # further back than history is kept: never loaded whole
         return changes
+
+
+class _Retained:
+    """The (sequence, size) of a resource's latest messages and their total size."""
+
+    __slots__ = ("entries", "bytes")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()
+        self.bytes = 0
+
+    def add(self, seq: int, size: int, max_count: int) -> None:
+        self.entries.append((seq, size))
+        self.bytes += size
+        while len(self.entries) > max_count:  # JetStream drops these itself
+            self.bytes -= self.entries.popleft()[1]
+
+    def trim(self, target: int) -> None:
+        while len(self.entries) > 1 and self.bytes > target:
+            self.bytes -= self.entries.popleft()[1]

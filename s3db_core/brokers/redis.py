@@ -3,9 +3,12 @@
 Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sharing a Redis):
 
 * ``P:{R}:stream`` - resource R's stream; each entry holds ``o`` (offset), ``e`` (epoch) and ``d``
-  (the change as JSON). Trimmed on every append to ``history_size`` entries (``MAXLEN``) and to
-  ``history_ttl`` (``MINID``, from Redis's own clock).
-* ``P:{R}:meta`` - hash ``{epoch, offset}``. One Lua script increments the offset and appends the
+  (the change as JSON). Trimmed on every append to ``history_ttl`` (``MINID``, from Redis's own
+  clock), ``history_size`` entries and ``history_max_bytes`` bytes of ``d`` (oldest first; the
+  newest entry always stays).
+* ``P:{R}:sizes`` - list of the byte size of each entry's ``d``, oldest first, kept in step
+  with the stream so trimming knows what it frees without reading the entries.
+* ``P:{R}:meta`` - hash ``{epoch, offset, bytes}`` (``bytes``: the sum of ``sizes``). One Lua script increments the offset and appends the
   entry, so offsets are allocated atomically with the append and are contiguous within an epoch
   (which is what makes ``history`` exact). The epoch is replaced when history is lost: the meta
   hash is gone (Redis restarted empty), or the stream is gone while the offset says it had
@@ -40,24 +43,63 @@ log = get_logger("s3db.broker.redis")
 
 WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 
-# KEYS: stream, meta, resources, resources log, writer
-# ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s
+# KEYS: stream, meta, resources, resources log, writer, sizes
+# ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s,
+#       max bytes
 PUBLISH = """
 if redis.call('ZSCORE', KEYS[5], ARGV[7]) then
   return {-1, ''}
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
-if (not epoch) or ARGV[4] == '1' or (offset > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if (not epoch) or ARGV[4] == '1' or (offset > 0 and not exists) then
   epoch = ARGV[3]
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
 end
+-- The sizes list follows the stream entry for entry; rebuild it when it does not (a stream
+-- written before sizes were kept, or one that vanished).
+local length = exists and redis.call('XLEN', KEYS[1]) or 0
+if redis.call('LLEN', KEYS[6]) ~= length then
+  redis.call('DEL', KEYS[6])
+  local total = 0
+  for _, entry in ipairs(length > 0 and redis.call('XRANGE', KEYS[1], '-', '+') or {}) do
+    local size = 0
+    for i = 1, #entry[2], 2 do
+      if entry[2][i] == 'd' then size = #entry[2][i + 1] end
+    end
+    redis.call('RPUSH', KEYS[6], size)
+    total = total + size
+  end
+  redis.call('HSET', KEYS[2], 'bytes', total)
+end
 offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'o', offset, 'e', epoch, 'd', ARGV[2])
+redis.call('XADD', KEYS[1], '*', 'o', offset, 'e', epoch, 'd', ARGV[2])
+redis.call('RPUSH', KEYS[6], #ARGV[2])
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[2])
+length = length + 1
+local function drop(count)
+  local sizes = redis.call('LPOP', KEYS[6], count) or {}
+  local freed = 0
+  for _, size in ipairs(sizes) do freed = freed + tonumber(size) end
+  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -freed)
+  length = length - count
+end
 local now = redis.call('TIME')
 local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[6])
 if horizon > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', tostring(horizon))
+  local expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(horizon))
+  if expired > 0 then drop(expired) end
+end
+local maxlen = tonumber(ARGV[5])
+if length > maxlen then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
+  drop(length - maxlen)
+end
+local maxbytes = tonumber(ARGV[9])
+while length > 1 and bytes > maxbytes do
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', length - 1)
+  drop(1)
 end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[1])
@@ -158,6 +200,14 @@ class RedisBroker(StreamBroker):
     def meta_key(self, resource: str) -> str:
         return f"{self.options.prefix}:{{{resource}}}:meta"
 
+    def sizes_key(self, resource: str) -> str:
+        return f"{self.options.prefix}:{{{resource}}}:sizes"
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes Redis keeps for ``resource``'s resuming subscribers (the sum of
+        the entries' payloads, as trimming counts them)."""
+        return int(await self._client.hget(self.meta_key(resource), "bytes") or 0)
+
     async def _connect(self) -> None:
         self._started_ms = int(time.time() * 1000)
         await self._client.ping()
@@ -171,9 +221,9 @@ class RedisBroker(StreamBroker):
         await self._reader.connection_pool.disconnect(inuse_connections=True)
 
     async def memory_usage(self, resource: str) -> int:
-        """Bytes Redis holds for ``resource``'s history (stream + meta), counted exactly."""
+        """Bytes Redis holds for ``resource``'s history (stream, sizes, meta), counted exactly."""
         used = 0
-        for key in (self.stream_key(resource), self.meta_key(resource)):
+        for key in (self.stream_key(resource), self.meta_key(resource), self.sizes_key(resource)):
             used += int(await self._client.memory_usage(key, samples=0) or 0)
         return used
 
@@ -191,9 +241,10 @@ class RedisBroker(StreamBroker):
         resource = change.resource
         offset, epoch = await self._publish_script(
             keys=[self.stream_key(resource), self.meta_key(resource), self._resources_key,
-                  self._log_key, self._writer_key],
+                  self._log_key, self._writer_key, self.sizes_key(resource)],
             args=[resource, encode_change(change), new_epoch(), int(new_epoch_),
-                  self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL],
+                  self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL,
+                  self.options.history_max_bytes],
         )  # fmt: skip
         if offset == -1:  # an earlier attempt of this very publish had reached Redis
             return change
