@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from s3db_core.errors import StorageError
+from s3db_core.errors import StorageError, UnsupportedStoreError
 from s3db_core.redact import Verbatim
 
 # user:password@ (or key:secret@) in any URL-looking text, and token/apiKey query values.
@@ -73,6 +73,12 @@ def explain(exc: BaseException, *, port_option: str = "port=") -> StartupError:
         return StartupError(
             f"cannot listen on {where}: this machine has no such address",
             "bind 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
+        )
+    if isinstance(exc, UnsupportedStoreError):
+        return StartupError(
+            str(exc),
+            "point the connection string at an empty bucket or another prefix; nothing in this "
+            "store was changed",
         )
     if isinstance(exc, StorageError):
         return StartupError(

@@ -170,24 +170,41 @@ def decode_change(data: bytes, offset: int, epoch: str) -> Change:
 
 # -- listeners ------------------------------------------------------------------------------------
 class Listeners:
-    """The broker's listeners, called in order; one failing never stops the others."""
+    """The broker's listeners (every engine has one such list), called in order. A listener
+    that raises is logged with an ``error_id`` and the next one still runs: a change is
+    announced after its write is durable, so nothing a listener does may fail that write.
+
+    The list outlives ``close``: a database connected again after ``disconnect`` keeps its
+    listeners."""
+
+    __slots__ = ("items",)
 
     def __init__(self) -> None:
-        self.items: list[Listener] = []
+        self.items: tuple[Listener, ...] = ()  # replaced, never mutated: safe while dispatching
 
     def add(self, listener: Listener) -> None:
-        self.items.append(listener)
+        self.items = (*self.items, listener)
 
     def remove(self, listener: Listener) -> None:
         if listener in self.items:
-            self.items.remove(listener)
+            items = list(self.items)
+            items.remove(listener)
+            self.items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
     async def dispatch(self, change: Change) -> None:
         for listener in self.items:
             try:
                 await await_me_maybe(listener(change))
             except Exception:
-                log.exception("listener_failed", resource=change.resource, offset=change.offset)
+                log.exception(
+                    "listener_failed",
+                    error_id=secrets.token_hex(8),
+                    resource=change.resource,
+                    offset=change.offset,
+                )
 
 
 # -- the shared body of networked engines ---------------------------------------------------------

@@ -16,8 +16,7 @@ from itertools import islice
 from typing import Any
 
 from ..change import Change
-from ..plugins import await_me_maybe
-from .base import BrokerOptions, Listener, Position, encode_change, new_epoch
+from .base import BrokerOptions, Listener, Listeners, Position, encode_change, new_epoch
 
 
 class _Changes(deque[Change]):
@@ -63,7 +62,7 @@ class LocalBroker:
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()
-        self._listeners: list[Listener] = []
+        self.listeners = Listeners()
         self._rings: dict[str, _Ring] = {}
         self._ttl_ms = int(self.options.history_ttl * 1000)
 
@@ -71,14 +70,14 @@ class LocalBroker:
         """Nothing to connect."""
 
     async def close(self) -> None:
-        self._listeners.clear()
+        """Nothing to disconnect. Listeners stay: a database connected again after
+        ``disconnect`` keeps streaming to them (and the history rings stay, same epoch)."""
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self.listeners.add(listener)
 
     def unsubscribe(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self.listeners.remove(listener)
 
     async def publish(self, change: Change) -> Change:
         ring = self._rings.get(change.resource)
@@ -93,8 +92,7 @@ class LocalBroker:
         changes.append(change)
         if changes[0].timestamp < change.timestamp - self._ttl_ms:
             self._expire(changes, change.timestamp)
-        for listener in self._listeners:
-            await await_me_maybe(listener(change))
+        await self.listeners.dispatch(change)  # isolated: a listener never fails the write
         return change
 
     def _expire(self, changes: deque[Change], now_ms: int) -> None:

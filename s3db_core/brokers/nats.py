@@ -186,6 +186,10 @@ class NatsBroker(StreamBroker):
             log.warning("nats_stream_recreate_failed", error=repr(exc))
 
     async def _disconnect(self) -> None:
+        # A later start (a database connected again) reads what is new from then on, not
+        # everything since the first start: its listeners heard that already.
+        self._first_attempt = None
+        self._heads.clear()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await nc.close()
