@@ -230,17 +230,27 @@ def horizontal_overflow(page: Any) -> int:
 
 
 def outside_viewport(locator: Any) -> str | None:
-    """Why ``locator``'s element is not wholly inside its page's viewport, or None when it is."""
+    """Why ``locator``'s element is not wholly inside its page's viewport (below the sticky
+    header, which covers what scrolls under it), or None when it is."""
     box = locator.evaluate(
-        "(el) => { const r = el.getBoundingClientRect();"
-        " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right,"
-        " width: innerWidth, height: innerHeight}; }"
+        "(el) => { const r = el.getBoundingClientRect(); const bar = document.querySelector('.topbar');"
+        " const top = bar ? Math.max(0, bar.getBoundingClientRect().bottom) : 0;"
+        " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, shown: el.checkVisibility(),"
+        " header: top, width: innerWidth, height: innerHeight}; }"
     )
-    if box["top"] >= 0 and box["left"] >= 0 and box["bottom"] <= box["height"] + 0.5 and box["right"] <= box["width"] + 0.5:
+    if not box["shown"]:
+        return "not displayed"
+    inside = (
+        box["top"] >= box["header"] - 0.5
+        and box["left"] >= 0
+        and box["bottom"] <= box["height"] + 0.5
+        and box["right"] <= box["width"] + 0.5
+    )
+    if inside:
         return None
     return (
         f"spans x {box['left']:.0f}..{box['right']:.0f}, y {box['top']:.0f}..{box['bottom']:.0f}"
-        f" in a {box['width']}x{box['height']} viewport"
+        f" in a {box['width']}x{box['height']} viewport whose header ends at y {box['header']:.0f}"
     )
 
 
@@ -284,7 +294,7 @@ _HEADER = """() => {
 
 
 def header_problems(page: Any) -> list[str]:
-    """What is out of place in a signed-in page's header: "Sign out" must sit at the right end
+    """What is out of place in a signed-in page's header at phone width: "Sign out" must sit at the right end
     of the row below the brand, on the same row as who is signed in."""
     h = page.evaluate(_HEADER)
     out, who, brand, bar = h["out"], h["who"], h["brand"], h["bar"]
