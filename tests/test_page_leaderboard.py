@@ -78,5 +78,5 @@ def test_anyone_watches_the_ranking_reorder_and_players_follow_their_matches(req
         shoot(ada, "leaderboard-phone")
         assert horizontal_overflow(ada) == 0
         assert header_problems(ada) == []  # as on every page: who is signed in, then Sign out at the right
-        assert cut_placeholders(ada) == []
+        assert cut_placeholders(ada) == [] and cut_placeholders(viewer) == []
         assert pages.errors() == []
