@@ -43,6 +43,7 @@ __all__ = [
     "print_dev_tokens",
     "run_forever",
     "start_app",
+    "token_hint",
 ]
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
@@ -223,8 +224,18 @@ async def find_record(resource: Resource, id: Any) -> dict[str, Any] | None:
         return None
 
 
+def token_hint(what: str = "JWT") -> str:
+    """Where a client puts its ``what`` (what the examples print beside their socket's URL).
+
+    Browsers send it in the socket's first frame, ``{"type": "auth", "token": ...}`` (they
+    cannot set headers on a WebSocket, and a URL ends up in logs and history); services send an
+    ``Authorization: Bearer`` header. ``?token=`` in the URL works too, as a last resort.
+    """
+    return f"{what} in an auth frame from browsers, an Authorization: Bearer header from services"
+
+
 def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]]) -> None:
-    """DEVELOPMENT ONLY: print a ready-to-use socket URL per demo user (``{sub: claims}``).
+    """DEVELOPMENT ONLY: print a token per demo user (``{sub: claims}``) and how to send one.
 
     Prints nothing unless the app runs with ``--dev`` (and so the development secret): a real
     ``JWT_SECRET`` never signs tokens into a terminal.
@@ -233,4 +244,9 @@ def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]
         return
     print("Development tokens (signed with the development secret):", flush=True)
     for sub, claims in users.items():
-        print(f"  {sub}: {url}?token={make_token(options.jwt_secret, sub, **claims)}", flush=True)
+        print(f"  {sub}: {make_token(options.jwt_secret, sub, **claims)}", flush=True)
+    print(
+        f"Send a token in the socket's first frame, {{\"type\": \"auth\", \"token\": TOKEN}}, or as an "
+        f"Authorization: Bearer header (in Python: Client({url!r}, token=TOKEN))",
+        flush=True,
+    )

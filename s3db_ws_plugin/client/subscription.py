@@ -200,7 +200,13 @@ class Subscription:
         return events
 
     async def next(self, timeout: float | None = None) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        """The next event, waiting at most ``timeout`` seconds (``None``: no limit).
+
+        Raises the built-in ``TimeoutError`` when no event arrives in time (the subscription
+        stays open: call again). Once the subscription has ended it raises what ended it
+        (``Forbidden`` when revoked, ``SlowConsumer``, ``Unauthorized``...) or, after
+        ``close()``, ``StopAsyncIteration``.
+        """
         async with asyncio.timeout(timeout):
             return await self.__anext__()
 
