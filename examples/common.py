@@ -16,7 +16,9 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +163,8 @@ async def start_app(
     """Connect ``options.db``, ``define`` its resources, register the ``before`` plugins, the
     WebSocket plugin ``make_plugin`` builds (serving from here on) and the ``after`` plugins.
     If any step fails the database is disconnected again and the error raised."""
+    if threading.current_thread() is threading.main_thread():  # not when a test serves it
+        _stop_event()  # Ctrl-C/SIGTERM stop cleanly from the moment the example says it runs
     db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
@@ -179,12 +183,27 @@ async def start_app(
     return db, plugin
 
 
+_STOP_EVENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stop_event() -> asyncio.Event:
+    """The running loop's stop event, set by SIGINT/SIGTERM; the handlers are installed on the
+    first call (in ``start_app``, before the example prints that it is running: a signal sent
+    right after that line once killed an example before ``run_forever`` installed them)."""
+    loop = asyncio.get_running_loop()
+    stop = _STOP_EVENTS.get(loop)
+    if stop is None:
+        stop = _STOP_EVENTS[loop] = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_forever(db: Database, background: list[Callable[[], Awaitable[None]]] = ()) -> None:
     """Connect ``db``, run the background jobs, and stop cleanly on Ctrl-C or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_event()
     await db.connect()
     tasks = [asyncio.create_task(job()) for job in background]
     try:
