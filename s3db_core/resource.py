@@ -132,14 +132,11 @@ class _RecordLocks:
     def forget(self, record_id: str) -> None:
         self._committed.pop(record_id, None)
 
-    def hold(self, record_id: str) -> _Hold:
-        """``async with locks.hold(id):`` -- the record's writers one at a time (re-entrant)."""
-        return _Hold(self, record_id)
-
 
 class _Hold:
-    """One ``async with`` of ``_RecordLocks.hold``: a plain class rather than a generator-based
-    context manager, because every update and delete takes it (~5 us saved per write).
+    """``async with _Hold(locks, id):`` -- the record's writers one at a time (re-entrant). A
+    plain class rather than a generator-based context manager, because every update and delete
+    takes it (~5 us saved per write).
 
     The first writer of a record takes it by registering alone. A second one creates the
     record's ``asyncio.Lock``, acquires it on the first one's behalf (a free lock is acquired
@@ -519,92 +516,82 @@ class Resource:
             raise ValidationError(
                 [{"field": "version", "rule": "integer", "message": "version must be an integer"}]
             )
-        async with self._locks.hold(id):
-            return await self._update(id, data, current, expected_version, check)
-
-    async def _update(
-        self,
-        id: str,
-        data: dict[str, Any] | Callable[[dict[str, Any]], Any],
-        current: tuple[dict[str, Any], str] | None,
-        expected_version: int | None,
-        check: Callable[[dict[str, Any]], Any] | None,
-    ) -> dict[str, Any]:
-        compute = data if callable(data) else None
-        # A caller that said what it read gets a conflict, not its patch applied to a newer record.
-        strict = compute is None and check is None and current is not None
-        # What the last attempt wrote, in case its reply was lost after the store committed it.
-        sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
-        for attempt in range(UPDATE_ATTEMPTS):
-            if expected_version is not None and expected_version < self._locks.committed(id):
-                raise self._stale(id, f"is past version {expected_version}")
-            if current is None or getattr(current, "version", None) is None:
-                found = await self._read(id)
-                if found is None:
-                    raise NotFoundError(f"{self.name} {id!r} not found")
-                stored, obj = found
-                if sent is not None and _write_token(obj.body) == sent[0]:
-                    # Our write did land (its reply was lost and a retry met our own version).
-                    _, record, previous, version = sent
-                    return await self._updated(id, record, previous, version)
-                if current is not None and current[1] != obj.etag and strict:
-                    raise self._stale(id)
-                current = stored
-            previous, etag = current
-            version = current.version  # type: ignore[attr-defined]
-            current = None
-            if strict and version < self._locks.committed(id):
-                raise self._stale(id)  # this process has committed a newer version meanwhile
-            if expected_version is not None and version != expected_version:
-                raise self._stale(id, f"is at version {version}, not {expected_version}")
-            if check is not None:
-                await await_me_maybe(check(previous))
-            if compute is not None:
-                patch = await await_me_maybe(compute(previous))
-                if not isinstance(patch, dict):
-                    raise TypeError(f"{self.name} update: the patch must be a dict, got {type(patch).__name__}")
-                patch = dict(patch)
-            else:
-                patch = dict(data)  # type: ignore[arg-type]
-            await self.db._call_hook(
-                "s3db_before_update", resource=self, id=id, data=patch, current=previous
-            )
-            # One depth walk, of the merged record: it holds every value of the patch, and the
-            # merge itself only recurses as deep as the stored record (checked when written).
-            merged = merge_patch(previous, patch, self.schema.fields, skip=SYSTEM_FIELDS)
-            check_depth(merged, self.db.limits.max_depth)
-            fields = self.schema.validate(merged)
-            if self.timestamps:
-                fields["createdAt"] = previous.get("createdAt") or now_iso()
-                fields["updatedAt"] = now_iso()
-            record = {"id": id, **fields}
-            metadata, body = self._encode(fields, version + 1)
-            if self.partitions:
-                old_refs = self._partition_keys(previous)
-                new_refs = [k for p, k in self._partition_keys(record).items() if old_refs.get(p) != k]
-                if new_refs:  # references first, as on insert: committed means listed
-                    self._check_keys(record, new_refs)
-                    await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
-            try:
-                await self.storage.put(self._key(id), body, metadata, if_match=etag)
-            except StorageError:
-                # No reply at all: the write may have landed; if the store holds it, it did.
-                found = await self._peek(id)
-                if found is not None and _write_token(found[1].body) == _write_token(body):
-                    return await self._updated(id, record, previous, version + 1)
-                raise
-            except PreconditionFailed:
-                # Lost the race, or won it and lost the reply: the next read tells which.
-                sent = (_write_token(body), record, previous, version + 1)
-                if strict or expected_version is not None:
+        async with _Hold(self._locks, id):  # one coroutine: the loop runs inside the lock
+            compute = data if callable(data) else None
+            # A caller that said what it read gets a conflict, not its patch applied to a newer record.
+            strict = compute is None and check is None and current is not None
+            # What the last attempt wrote, in case its reply was lost after the store committed it.
+            sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
+            for attempt in range(UPDATE_ATTEMPTS):
+                if expected_version is not None and expected_version < self._locks.committed(id):
+                    raise self._stale(id, f"is past version {expected_version}")
+                if current is None or getattr(current, "version", None) is None:
                     found = await self._read(id)
-                    if found is not None and _write_token(found[1].body) == sent[0]:
+                    if found is None:
+                        raise NotFoundError(f"{self.name} {id!r} not found")
+                    stored, obj = found
+                    if sent is not None and _write_token(obj.body) == sent[0]:
+                        # Our write did land (its reply was lost and a retry met our own version).
+                        _, record, previous, version = sent
+                        return await self._updated(id, record, previous, version)
+                    if current is not None and current[1] != obj.etag and strict:
+                        raise self._stale(id)
+                    current = stored
+                previous, etag = current
+                version = current.version  # type: ignore[attr-defined]
+                current = None
+                if strict and version < self._locks.committed(id):
+                    raise self._stale(id)  # this process has committed a newer version meanwhile
+                if expected_version is not None and version != expected_version:
+                    raise self._stale(id, f"is at version {version}, not {expected_version}")
+                if check is not None:
+                    await await_me_maybe(check(previous))
+                if compute is not None:
+                    patch = await await_me_maybe(compute(previous))
+                    if not isinstance(patch, dict):
+                        raise TypeError(f"{self.name} update: the patch must be a dict, got {type(patch).__name__}")
+                    patch = dict(patch)
+                else:
+                    patch = dict(data)  # type: ignore[arg-type]
+                await self.db._call_hook(
+                    "s3db_before_update", resource=self, id=id, data=patch, current=previous
+                )
+                # One depth walk, of the merged record: it holds every value of the patch, and the
+                # merge itself only recurses as deep as the stored record (checked when written).
+                merged = merge_patch(previous, patch, self.schema.fields, skip=SYSTEM_FIELDS)
+                check_depth(merged, self.db.limits.max_depth)
+                fields = self.schema.validate(merged)
+                if self.timestamps:
+                    fields["createdAt"] = previous.get("createdAt") or now_iso()
+                    fields["updatedAt"] = now_iso()
+                record = {"id": id, **fields}
+                metadata, body = self._encode(fields, version + 1)
+                if self.partitions:
+                    old_refs = self._partition_keys(previous)
+                    new_refs = [k for p, k in self._partition_keys(record).items() if old_refs.get(p) != k]
+                    if new_refs:  # references first, as on insert: committed means listed
+                        self._check_keys(record, new_refs)
+                        await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
+                try:
+                    await self.storage.put(self._key(id), body, metadata, if_match=etag)
+                except StorageError:
+                    # No reply at all: the write may have landed; if the store holds it, it did.
+                    found = await self._peek(id)
+                    if found is not None and _write_token(found[1].body) == _write_token(body):
                         return await self._updated(id, record, previous, version + 1)
-                    raise self._stale(id) from None
-                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
-                continue
-            return await self._updated(id, record, previous, version + 1)
-        raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
+                    raise
+                except PreconditionFailed:
+                    # Lost the race, or won it and lost the reply: the next read tells which.
+                    sent = (_write_token(body), record, previous, version + 1)
+                    if strict or expected_version is not None:
+                        found = await self._read(id)
+                        if found is not None and _write_token(found[1].body) == sent[0]:
+                            return await self._updated(id, record, previous, version + 1)
+                        raise self._stale(id) from None
+                    await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
+                    continue
+                return await self._updated(id, record, previous, version + 1)
+            raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
         self, id: str, record: dict[str, Any], previous: dict[str, Any], version: int
@@ -638,7 +625,7 @@ class Resource:
         ``ConflictError``; otherwise the newer record is read and ``s3db_before_delete`` runs
         again against it."""
         validate_id(id)
-        async with self._locks.hold(id):
+        async with _Hold(self._locks, id):
             strict = current is not None
             for attempt in range(UPDATE_ATTEMPTS):
                 if current is None:
