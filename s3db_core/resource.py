@@ -12,6 +12,7 @@ import base64
 import builtins
 import contextlib
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -258,8 +259,13 @@ def page_cursor(last_id: str, order: str = "asc") -> str:
     return _encode_cursor(last_id, order)
 
 
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
+
+
 def _partition_value(value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if _UNQUOTED.fullmatch(text):
+        return text  # the common case, at half the cost of quote()
     return quote(text, safe="")
 
 
@@ -566,9 +572,12 @@ class Resource:
                     fields["updatedAt"] = now_iso()
                 record = {"id": id, **fields}
                 metadata, body = self._encode(fields, version + 1)
+                stale_refs: list[str] = []
                 if self.partitions:
                     old_refs = self._partition_keys(previous)
-                    new_refs = [k for p, k in self._partition_keys(record).items() if old_refs.get(p) != k]
+                    new_keys = self._partition_keys(record)
+                    new_refs = [k for p, k in new_keys.items() if old_refs.get(p) != k]
+                    stale_refs = [k for p, k in old_refs.items() if new_keys.get(p) != k]
                     if new_refs:  # references first, as on insert: committed means listed
                         self._check_keys(record, new_refs)
                         await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
@@ -578,7 +587,7 @@ class Resource:
                     # No reply at all: the write may have landed; if the store holds it, it did.
                     found = await self._peek(id)
                     if found is not None and _write_token(found[1].body) == _write_token(body):
-                        return await self._updated(id, record, previous, version + 1)
+                        return await self._updated(id, record, previous, version + 1, stale_refs)
                     raise
                 except PreconditionFailed:
                     # Lost the race, or won it and lost the reply: the next read tells which.
@@ -586,23 +595,30 @@ class Resource:
                     if strict or expected_version is not None:
                         found = await self._read(id)
                         if found is not None and _write_token(found[1].body) == sent[0]:
-                            return await self._updated(id, record, previous, version + 1)
+                            return await self._updated(id, record, previous, version + 1, stale_refs)
                         raise self._stale(id) from None
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
-                return await self._updated(id, record, previous, version + 1)
+                return await self._updated(id, record, previous, version + 1, stale_refs)
             raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
-        self, id: str, record: dict[str, Any], previous: dict[str, Any], version: int
+        self,
+        id: str,
+        record: dict[str, Any],
+        previous: dict[str, Any],
+        version: int,
+        stale_refs: list[str] | None = None,
     ) -> dict[str, Any]:
         """Announce a committed update (right after the write that committed it, so per record
         changes go out in commit order), then remove the references it moved away from."""
         self._locks.note(id, version)
         await self._emit("update", record, previous, version)
-        if self.partitions:
+        if stale_refs is None and self.partitions:
             new = self._partition_keys(record)
-            await self._forget_refs([k for p, k in self._partition_keys(previous).items() if new.get(p) != k])
+            stale_refs = [k for p, k in self._partition_keys(previous).items() if new.get(p) != k]
+        if stale_refs:
+            await self._forget_refs(stale_refs)
         return record
 
     async def _read(self, id: str) -> tuple[Versioned, Any] | None:
