@@ -84,10 +84,7 @@ class LocalBroker:
         if ring is None:
             ring = self._rings[change.resource] = _Ring(self.options)
         ring.offset += 1
-        change = Change(
-            change.resource, change.event, change.record, change.previous, change.timestamp,
-            change.version, ring.offset, self.epoch,
-        )  # fmt: skip
+        change = change.positioned(ring.offset, self.epoch)
         changes = ring.changes
         changes.append(change)
         if changes[0].timestamp < change.timestamp - self._ttl_ms:

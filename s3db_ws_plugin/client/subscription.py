@@ -122,6 +122,9 @@ class Subscription:
         self.closed = False
         self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._releasing: asyncio.Task | None = None
+        # Running ``on_reload`` coroutines: the loop keeps only weak references to tasks, so
+        # one nobody holds could be garbage-collected before it finishes.
+        self._callbacks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.resource} {self.filter}>"
@@ -143,9 +146,17 @@ class Subscription:
             try:
                 result = self.on_reload(self)
                 if asyncio.iscoroutine(result):
-                    asyncio.get_running_loop().create_task(result)
+                    task = asyncio.get_running_loop().create_task(result)
+                    self._callbacks.add(task)
+                    task.add_done_callback(self._callback_done)
             except Exception:
                 log.exception("on_reload callback failed", resource=self.resource)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("on_reload callback failed", resource=self.resource,
+                      exc_info=task.exception())  # fmt: skip
 
 
     def _push(self, event: Event) -> None:
