@@ -195,12 +195,13 @@ async def test_sigterm_stops_a_worker_that_does_not_answer_within_the_bound(tmp_
 
 @asynccontextmanager
 async def starting(
-    tmp_path: Path, redis_url: str
+    tmp_path: Path, redis_url: str, blocks: bool = False
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, set[int]]]:
     """``s3db serve --workers 2`` whose first worker is still starting (its app takes a minute
     to start), with that worker's pid."""
     port = free_port()
     env = {**app_env(tmp_path, redis_url, port), "S3DB_APP_START_DELAY": "60"}
+    env["S3DB_APP_START_BLOCKS"] = "1" if blocks else "0"
     proc = await asyncio.create_subprocess_exec(
         S3DB, "serve", "workers_app:make", "--workers", "2", cwd=TESTS, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
@@ -237,4 +238,15 @@ async def test_sigterm_while_a_worker_starts_stops_at_once(tmp_path, redis_url):
             assert await proc.wait() == 0
         assert time.monotonic() - started < STOP_TIMEOUT, "the worker stopped by itself"
         await until(lambda: not any(map(running, workers)), "the workers to be gone", 5)
+        assert port_free(port)
+
+
+async def test_a_worker_stuck_in_a_blocking_call_exits_within_the_bound(tmp_path, redis_url):
+    """Its event loop cannot act on anything: the worker still exits ``STOP_TIMEOUT`` seconds
+    after its supervisor died."""
+    async with starting(tmp_path, redis_url, blocks=True) as (proc, port, workers):
+        proc.kill()
+        await proc.wait()
+        took = await until(lambda: not any(map(running, workers)), "the workers to exit")
+        assert took < STOP_TIMEOUT + 10
         assert port_free(port)
