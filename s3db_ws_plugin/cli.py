@@ -194,23 +194,40 @@ def _trust_proxies(db: Any, proxies: str | None, header: str) -> None:
                 plugin.trusted_proxies = TrustedProxies(proxies, header)
 
 
+async def _start_app(factory: Any, trusted_proxies: str | None, proxy_header: str) -> Any:
+    db = await resolve_database(factory)
+    _trust_proxies(db, trusted_proxies, proxy_header)
+    if not db.connected:
+        await db.connect()
+    return db
+
+
 async def serve(
     target: str,
     debug: bool = False,
     trusted_proxies: str | None = None,
     proxy_header: str = "X-Forwarded-For",
 ) -> int:
+    from .workers import watch_supervisor
+
     stop = _stop_event()
+    watch_supervisor(stop)  # a worker of `--workers N` stops when its supervisor dies
     try:
         factory = load_target(target)
     except Exception as exc:
         report(exc, debug=debug, what="cannot load the app")
         return 2
+    starting = asyncio.ensure_future(_start_app(factory, trusted_proxies, proxy_header))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():  # asked to stop while the app was still starting
+        starting.cancel()
+        await asyncio.wait({starting}, timeout=5.0)
+        log.info("stopped before the app had started")
+        return 0
     try:
-        db = await resolve_database(factory)
-        _trust_proxies(db, trusted_proxies, proxy_header)
-        if not db.connected:
-            await db.connect()
+        db = starting.result()
     except Exception as exc:
         report(exc, debug=debug, what="the app failed to start", port_option=PORT_OPTION)
         return 1

@@ -18,9 +18,17 @@ Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sha
 * ``P:writer:{id}`` - per publishing process, the ids of its last 1,000 appends (a sorted set
   that expires after an hour idle), so a retried append that had in fact reached Redis is not
   appended twice, even while other appends of the process were in flight.
+* ``P:seq`` - the database's commit counter: the publish script increments it and stores the
+  value in the entry (``g``), atomically with the append, so ``g`` orders every change of every
+  resource in the order Redis appended them.
 
 Every process runs one reader task: ``XREAD BLOCK`` over the log and every known resource stream,
-dispatching each entry to the listeners in stream order (a process's own writes included).
+dispatching the entries to the listeners (a process's own writes included) in ``g`` order across
+resources, not stream by stream. One XREAD is a consistent view (Redis runs commands one at a
+time), so the merge is exact with two precautions: a stream cut off by ``COUNT`` bounds what may
+be dispatched to its last ``g`` (the rest is read again next time), and a read that announces a
+new resource dispatches nothing (the next read includes the new stream, whose first changes may
+precede the others).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ log = get_logger("s3db.broker.redis")
 
 WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 
-# KEYS: stream, meta, resources, resources log, writer, sizes
+# KEYS: stream, meta, resources, resources log, writer, sizes, commit counter
 # ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s,
 #       max bytes
 PUBLISH = """
@@ -74,7 +82,8 @@ if redis.call('LLEN', KEYS[6]) ~= length then
   redis.call('HSET', KEYS[2], 'bytes', total)
 end
 offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-redis.call('XADD', KEYS[1], '*', 'o', offset, 'e', epoch, 'd', ARGV[2])
+local seq = redis.call('INCR', KEYS[7])
+redis.call('XADD', KEYS[1], '*', 'o', offset, 'e', epoch, 'd', ARGV[2], 'g', seq)
 redis.call('RPUSH', KEYS[6], #ARGV[2])
 local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[2])
 length = length + 1
@@ -165,6 +174,7 @@ class RedisBroker(StreamBroker):
 
     name = "redis"
     block_ms = 5000  # one XREAD waits at most this long before it is issued again
+    batch = 1000  # entries one XREAD returns per stream at most
 
     def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, config)
@@ -174,6 +184,7 @@ class RedisBroker(StreamBroker):
         self._resources_key = f"{p}:resources"
         self._log_key = f"{p}:resources:log"
         self._writer_key = f"{p}:writer:{new_epoch()}"
+        self._seq_key = f"{p}:seq"
         target = server_url(url)
         timeout = self.options.publish_timeout
         # One immediate retry replaces a pooled connection Redis closed (a restart); a retried
@@ -241,7 +252,7 @@ class RedisBroker(StreamBroker):
         resource = change.resource
         offset, epoch = await self._publish_script(
             keys=[self.stream_key(resource), self.meta_key(resource), self._resources_key,
-                  self._log_key, self._writer_key, self.sizes_key(resource)],
+                  self._log_key, self._writer_key, self.sizes_key(resource), self._seq_key],
             args=[resource, encode_change(change), new_epoch(), int(new_epoch_),
                   self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL,
                   self.options.history_max_bytes],
@@ -274,13 +285,12 @@ class RedisBroker(StreamBroker):
 
     async def _run_reader(self) -> None:
         delay = 0.05
-        log_key = self._log_key.encode()
         while self._started:
             try:
                 if not self._cursors:  # Redis was down at start: read from the start time
                     await self._load_cursors(self._started_ms)
                 reply: Any = await self._reader.xread(
-                    self._cursors, count=1000, block=self.block_ms
+                    self._cursors, count=self.batch, block=self.block_ms
                 )
                 delay = 0.05
             except asyncio.CancelledError:
@@ -292,20 +302,62 @@ class RedisBroker(StreamBroker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            for key, entries in reply or ():
-                if key == log_key:
-                    for entry_id, fields in entries:
-                        stream = self.stream_key(fields[b"r"].decode()).encode()
-                        self._cursors.setdefault(stream, b"0-0")
-                        self._cursors[log_key] = entry_id
-                    continue
-                for entry_id, fields in entries:
-                    self._cursors[key] = entry_id
-                    try:
-                        change = decode_change(
-                            fields[b"d"], int(fields[b"o"]), fields[b"e"].decode()
-                        )
-                    except Exception:  # not ours (a stray XADD): never stop the reader
-                        log.exception("undecodable_entry", stream=key, id=entry_id)
-                        continue
-                    await self.listeners.dispatch(change)
+            if reply:
+                await self._dispatch_batch(reply)
+
+    async def _dispatch_batch(self, reply: Any) -> None:
+        """Hand one XREAD's entries to the listeners in commit order across resources, and move
+        each stream's cursor past what was handed over (nothing else)."""
+        log_key = self._log_key.encode()
+        streams = []
+        announced = False
+        for key, entries in reply:
+            if key == log_key:
+                announced = True
+                for entry_id, fields in entries:  # a new resource: read its stream from now on
+                    stream = self.stream_key(fields[b"r"].decode()).encode()
+                    self._cursors.setdefault(stream, b"0-0")
+                    self._cursors[log_key] = entry_id
+            elif entries:
+                streams.append((key, entries))
+        if announced:
+            # The new stream was not part of this read, and its first changes may precede the
+            # others read here: read again, with it, before handing anything over.
+            return
+        if len(streams) == 1:  # one resource: its stream order is commit order
+            key, entries = streams[0]
+            for entry_id, fields in entries:
+                self._cursors[key] = entry_id
+                await self._dispatch_entry(key, entry_id, fields)
+            return
+        merged = []
+        cutoff = None  # what a stream cut off by COUNT might still hide: nothing after its last
+        for key, entries in streams:
+            for entry_id, fields in entries:
+                merged.append((_commit_seq(fields), key, entry_id, fields))
+            if len(entries) >= self.batch:
+                last = _commit_seq(entries[-1][1])
+                cutoff = last if cutoff is None else min(cutoff, last)
+        merged.sort(key=lambda item: item[0])  # stable: equal (legacy) keys keep stream order
+        for seq, key, entry_id, fields in merged:
+            if cutoff is not None and seq > cutoff:
+                break  # read again next time, after what this stream still holds
+            self._cursors[key] = entry_id
+            await self._dispatch_entry(key, entry_id, fields)
+
+    async def _dispatch_entry(self, key: bytes, entry_id: bytes, fields: dict[bytes, Any]) -> None:
+        try:
+            change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+        except Exception:  # not ours (a stray XADD): never stop the reader
+            log.exception("undecodable_entry", stream=key, id=entry_id)
+            return
+        await self.listeners.dispatch(change)
+
+
+def _commit_seq(fields: dict[bytes, Any]) -> int:
+    """An entry's place in the database's commit order (``g``); -1 for an entry without one
+    (a stray XADD, or one appended by an older version), which then keeps its stream's order."""
+    try:
+        return int(fields[b"g"])
+    except (KeyError, ValueError, TypeError):
+        return -1
