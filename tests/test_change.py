@@ -66,3 +66,15 @@ async def test_a_write_publishes_one_change_object_and_a_hand_built_one_stays_un
         published = await db.broker.publish(by_hand)
         again = await db.broker.publish(by_hand)  # the same object twice: two stream entries
         assert by_hand.offset is None and (published.offset, again.offset) == (3, 4)
+
+
+def test_the_wire_form_keeps_integers_beyond_64_bits():
+    """orjson refuses them; a record the store accepted must still be announced and read back
+    exactly (the local broker sizes every change by its wire form inside the write)."""
+    from s3db_core.brokers.base import decode_change, encode_change
+
+    big = -(2**63) - 1
+    change = Change("docs", "insert", {"id": "a", "n": big, "m": 2**70}, None, 1, 1)
+    back = decode_change(encode_change(change), 5, "e")
+    assert back.record == {"id": "a", "n": big, "m": 2**70}
+    assert isinstance(back.record["m"], int)

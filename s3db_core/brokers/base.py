@@ -24,9 +24,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
 from ..change import Change
+from ..encoding import dumps_body, loads_body
 from ..log import get_logger
 from ..plugins import await_me_maybe
 
@@ -149,7 +148,9 @@ def new_epoch() -> str:
 
 # -- wire form of a change -------------------------------------------------------------------------
 def encode_change(change: Change) -> bytes:
-    return orjson.dumps(
+    # The store's own JSON rules: integers beyond 64 bits (which orjson refuses) round-trip too,
+    # so a record the store accepted never fails its announcement.
+    return dumps_body(
         {
             "r": change.resource,
             "e": change.event,
@@ -162,7 +163,7 @@ def encode_change(change: Change) -> bytes:
 
 
 def decode_change(data: bytes, offset: int, epoch: str) -> Change:
-    fields = orjson.loads(data)
+    fields = loads_body(data)
     return Change(
         fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch
     )
