@@ -304,8 +304,12 @@ class NatsBroker(StreamBroker):
         last = await self._last(resource)
         if last is not None:
             return last[0], last[0], last[1]
-        first, _ = await self._bounds()
-        return 0, first - 1, self._stream_epoch
+        info = await self._jetstream().stream_info(self.stream)
+        # The epoch of the stream as it is now, not the one this process saw last: after the
+        # server lost its store, another process may have created the stream again before this
+        # one's reconnect check ran, and an append under the old epoch would let an old
+        # position match the new history.
+        return 0, info.state.first_seq - 1, self._epoch_of(info)
 
     async def _append(self, change: Change, publish_id: int, new_epoch_: bool) -> Change:
         js = self._jetstream()
