@@ -98,12 +98,13 @@ def test_two_people_edit_one_document_with_live_cursors(request, chromium_browse
         assert horizontal_overflow(bob) == 0
         assert pages.errors() == []
 
-        # Carol is not a collaborator: the document is not in her list and its link is refused.
+        # Carol is not a collaborator: the document is not in her list and its link answers as a
+        # missing document would (the read rule hides it).
         carol = pages.new(f"{server.http_url}/")
         sign_in(carol, "carol")
         expect(carol.locator("#no-documents")).to_be_visible()
         carol.goto(f"{server.http_url}/#doc={doc_id}")
-        expect(carol.locator("#status")).to_contain_text("FORBIDDEN")
+        expect(carol.locator("#status")).to_contain_text("NOT_FOUND")
         expect(carol.locator("#editor")).to_have_value("")
 
 
