@@ -28,6 +28,7 @@ import orjson
 
 from ..change import Change
 from ..log import get_logger
+from ..options import number_in
 from ..plugins import await_me_maybe
 
 log = get_logger("s3db.broker")
@@ -85,16 +86,6 @@ class Broker(Protocol):
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _number(name: str, value: Any, low: float, high: float, kind: type = float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"broker option {name!r} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise ValueError(f"broker option {name!r} must be between {low} and {high}, got {value!r}")
-    return number
-
-
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     """Options shared by the engines, from the URL's query string and ``broker_config``
@@ -124,7 +115,9 @@ class BrokerOptions:
             raise ValueError("broker option 'prefix' must be 1-64 letters, digits, '_' or '-'")
 
         def get(name: str, low: float, high: float, kind: type = float) -> Any:
-            return _number(name, merged.get(name, getattr(defaults, name)), low, high, kind)
+            value = merged.get(name, getattr(defaults, name))
+            option = f"broker option {name!r}"
+            return number_in(option, value, low, high, integer=kind is int, text=True)
 
         return cls(
             prefix=prefix,
