@@ -318,9 +318,7 @@ class Client:
         unread events are kept; one more ends the iterator with ``SlowConsumer`` once the
         buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        pending = self.max_pending if max_pending is None else max_pending
-        if pending < 1:
-            raise ValueError("max_pending must be at least 1")
+        pending = self.max_pending if max_pending is None else positive_int("max_pending", max_pending)
         start = None
         if since is not None:
             start = Position.from_value(since)
