@@ -57,3 +57,15 @@ def test_what_a_change_brings_a_subscription_is_an_enum():
     assert issubclass(Delivery, enum.IntEnum)
     assert not Delivery.NOTHING and Delivery.LEAVE and Delivery.RECORD  # "any(...)" relies on it
     assert not hasattr(SubscriptionRegistry, "receivers")  # one rule: deliveries
+
+
+def test_one_position_type_for_server_brokers_and_client():
+    from s3db_core import Position
+    from s3db_ws_plugin.client import Position as ClientPosition
+
+    assert ClientPosition is Position
+    position = Position(3, "e1")
+    assert position.to_dict() == {"offset": 3, "epoch": "e1"}
+    assert Position.from_value(position) is position
+    assert Position.from_value({"offset": 3, "epoch": "e1"}) == position
+    assert Position.from_value({"offset": True, "epoch": "e1"}) is None

@@ -21,7 +21,7 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -37,15 +37,27 @@ Listener = Callable[[Change], Awaitable[None] | None]
 UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a change sits in its resource's stream."""
+class Position(NamedTuple):
+    """Where a change sits in its resource's stream: ``offset`` increases within an ``epoch``.
+    The one position type of the server, the brokers and the Python client."""
 
     offset: int
     epoch: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The wire form, ``{"offset": ..., "epoch": ...}`` (``position`` fields, ``since``)."""
         return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Position | None:
+        """A ``Position`` from itself or its wire form; None for anything else."""
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            offset, epoch = value.get("offset"), value.get("epoch")
+            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+                return cls(offset, epoch)
+        return None
 
 
 @runtime_checkable
