@@ -25,7 +25,7 @@ MASK = "***"
 # scheme://user[:password]@ -- the user-info runs to the last "@" before any "/" or space; a
 # password written unencoded may hold "?" or "#" (``s3://AKID:pa#ss@bucket``), so they do not end
 # it (a query holding "@" is masked too: more than needed, never less).
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"'<>]+@")
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^/@\s\"'<>]+@")
 # A query or fragment parameter whose name says it carries a credential: these words anywhere
 # in the name, any case (``sessionToken``, ``X-Amz-Signature``, ``X-Goog-Credential``,
 # ``client_secret``, ``apiKey``...).
@@ -43,8 +43,10 @@ _SECRET_NAME_WORDS = (
     "session",
     "sig",
 )
-_SECRET_PARAM = r"[A-Za-z0-9_.-]*(?:" + "|".join(_SECRET_NAME_WORDS) + r")[A-Za-z0-9_.-]*"
-_QUERY = re.compile(r"(?P<name>[?&;#]" + _SECRET_PARAM + r"=)[^&;#\s\"'<>]*", re.IGNORECASE)
+_SECRET_WORD = re.compile("|".join(_SECRET_NAME_WORDS), re.IGNORECASE)
+# Every "name=value" after "?", "&", ";" or "#" (names of at most 64 characters, so that a long
+# text is scanned in linear time); the value is masked when the name holds one of those words.
+_PARAM = re.compile(r"(?P<name>[?&;#][A-Za-z0-9_.-]{1,64}=)(?P<value>[^&;#\s\"'<>]*)")
 # Characters that can be part of a credential (base64, URL-safe base64, percent-encoding, JWT
 # dots): a secret is only masked where none of them touches it on either side ("=" only after
 # it: base64 padding ends a credential, while "name=" before one is a parameter).
@@ -67,6 +69,11 @@ class Verbatim(str):
     __slots__ = ()
 
 
+def _mask_credential_param(found: re.Match[str]) -> str:
+    name = found["name"]
+    return name + MASK if _SECRET_WORD.search(name) else found[0]
+
+
 def redact_urls(text: str) -> str:
     """``text`` with URL user-info and credential query parameters masked."""
     if isinstance(text, Verbatim):
@@ -74,7 +81,7 @@ def redact_urls(text: str) -> str:
     if "://" in text:
         text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
     if "=" in text:
-        text = _QUERY.sub(lambda m: m["name"] + MASK, text)
+        text = _PARAM.sub(_mask_credential_param, text)
     return text
 
 

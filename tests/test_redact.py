@@ -106,3 +106,21 @@ def test_startup_errors_and_the_client_use_the_one_redactor():
     import s3db_ws_plugin.startup as startup
 
     assert not hasattr(startup, "redact_text")
+
+
+def test_redaction_takes_linear_time_on_hostile_text():
+    # Log values are redacted before they are cut to length: text a client chose must not make
+    # the log processor spin. Quadratic scans of these take minutes; linear ones milliseconds.
+    import time
+
+    hostile = [
+        "?" + "key" * 100_000,
+        "a." * 100_000 + "://",
+        "http://" + "x?" * 100_000,
+        ("&token" * 20_000 + "=") * 2,
+        "x://" * 50_000,
+    ]
+    started = time.monotonic()
+    for text in hostile:
+        redact(text, ("secret-value",))
+    assert time.monotonic() - started < 5.0
