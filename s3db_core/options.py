@@ -27,6 +27,10 @@ def problem(name: str, expected: str, value: Any) -> ValueError:
     return ValueError(f"{name} must be {expected}, got {shown}")
 
 
+def _shown(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+
 def _number(value: Any) -> bool:
     return (
         isinstance(value, int | float)
@@ -80,7 +84,7 @@ def number_in(
     """A number in ``[low, high]`` (``(low, high]`` when ``above``), an ``int`` when
     ``integer``; with ``text``, a string holding one is parsed first (URL and CLI values)."""
     lower = "(" if above else "["
-    expected = f"{'an integer' if integer else 'a number'} in {lower}{low:g}, {high:g}]"
+    expected = f"{'an integer' if integer else 'a number'} in {lower}{_shown(low)}, {_shown(high)}]"
     number = value
     if text and isinstance(value, str):
         try:

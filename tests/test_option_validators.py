@@ -63,3 +63,36 @@ def test_the_validators():
     with pytest.raises(ValueError) as caught:
         positive_int("n", "x" * 10_000)
     assert len(str(caught.value)) < 120
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["serve", "app:db", "--workers", "0"], "--workers"),
+        (["serve", "app:db", "--workers", "1.5"], "--workers"),
+        (["repair", "memory://x", "--grace", "nan"], "--grace"),
+        (["repair", "memory://x", "--grace", "-1"], "--grace"),
+        (["repair", "memory://x", "--progress-every", "0"], "--progress-every"),
+        (["tail", "ws://h/", "-r", "notes", "--wait", "inf"], "--wait"),
+    ],
+)
+def test_command_line_numbers_use_the_same_validators(argv, named, capsys):
+    from s3db_ws_plugin.cli import build_parser
+
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(argv)
+    assert caught.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {named}" in error and re.search(r"must be .+, got ", error), error
+
+
+async def test_repair_refuses_a_grace_that_makes_writes_in_flight_look_stale():
+    db = Database("memory://grace-check")
+    await db.connect()
+    try:
+        for grace in (math.nan, -1, True):
+            with pytest.raises(ValueError, match=r"^grace must be a number in \[0, "):
+                await db.repair(grace=grace)
+        assert (await db.repair(grace=0)).to_dict() is not None
+    finally:
+        await db.disconnect()
