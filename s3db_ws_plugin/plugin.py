@@ -23,7 +23,7 @@ from aiohttp import WSMsgType, web
 from s3db_auth_drivers import Credentials
 from s3db_core import Change, Database, Position, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
-from s3db_core.options import positive_float, positive_int
+from s3db_core.options import optional_positive_float, positive_float, positive_int
 
 from .auth import SessionAuth
 from .budgets import (
@@ -230,9 +230,10 @@ class WebSocketPlugin:
         }
         rate = rate_limit
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = heartbeat_interval
-        self.max_message_size = int(max_message_size)
-        self.max_queue_bytes = int(max_queue_bytes)
+        self.heartbeat_interval = optional_positive_float("heartbeat_interval", heartbeat_interval)
+        # 0 would mean "no limit" to aiohttp's reader: a size must be at least one byte.
+        self.max_message_size = positive_int("max_message_size", max_message_size)
+        self.max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
         self.compression = bool(compression)
         self.header_timeout = positive_float("header_timeout", header_timeout)
         self.per_ip = PerIpLimits(

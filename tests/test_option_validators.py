@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from s3db_auth_drivers.jwt import JWTDriver
 from s3db_core import Database
 from s3db_core.brokers import BrokerOptions
 from s3db_core.options import number_in, optional_positive_int, positive_float, positive_int
@@ -36,6 +37,12 @@ SHAPE = re.compile(r"^.+ must be .+, got .+$")
         (lambda: BrokerOptions.from_url("redis://h/0", {"history_size": 1.5}), "broker option"),
         (lambda: S3Storage("http://k:s@127.0.0.1:1/b?timeout=0"), "storage URL option timeout"),
         (lambda: Client("ws://h/", max_pending=0), "max_pending"),
+        (lambda: WebSocketPlugin(max_message_size=0), "max_message_size"),  # 0: no limit
+        (lambda: WebSocketPlugin(max_queue_bytes=-1), "max_queue_bytes"),
+        (lambda: WebSocketPlugin(heartbeat_interval=0), "heartbeat_interval"),
+        (lambda: WebSocketPlugin(auth_timeout=math.nan), "auth_timeout"),
+        (lambda: JWTDriver({"secret": "s", "leeway": math.nan}), "jwt 'leeway'"),
+        (lambda: JWTDriver({"secret": "s", "leeway": "-5"}), "jwt 'leeway'"),
     ],
 )
 def test_every_numeric_option_answers_in_one_shape(build, named):
