@@ -16,6 +16,7 @@ from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import ConflictError, StorageError, UnsupportedStoreError
 from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
 from .log import get_logger
+from .options import number_in
 from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource, Stats
 
@@ -311,8 +312,10 @@ class Database:
         included. References and temp files younger than ``grace`` seconds are left alone (a
         write may be in flight). ``progress(RepairProgress)`` is called as it goes (keys read,
         what was found so far). See ``s3db_core.repair``."""
-        from .repair import repair
+        from .repair import MAX_GRACE, repair
 
+        # A NaN or negative grace would make every write in flight look stale.
+        grace = number_in("grace", grace, 0, MAX_GRACE)
         return await repair(self, grace=grace, dry_run=dry_run, progress=progress)
 
     # -- plugins ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ValidationError
+from .options import positive_int
 
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_RECORD_SIZE = 1024 * 1024
@@ -27,9 +28,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_depth", "max_record_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer")
+            positive_int(name, getattr(self, name))
 
 
 def _invalid(field: str, rule: str, message: str) -> ValidationError:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .database import Database
 
 DEFAULT_GRACE = 120.0
+MAX_GRACE = 365 * 86400.0  # a year: longer than any write stays in flight
 CONCURRENCY = 32
 
 

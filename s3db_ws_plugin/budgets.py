@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from s3db_core.log import get_logger
+from s3db_core.options import optional_positive_int
 
 from .protocol import ErrorCode, ProtocolError
 
@@ -65,14 +66,6 @@ class Budget:
     filter_bytes: int | None
 
 
-def _cap(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None")
-    return value
-
-
 class Holdings:
     """Subscriptions and filter bytes held per client address and per user, against their
     budgets; ``reserve`` before a subscription is added, ``release`` when it is removed."""
@@ -89,13 +82,13 @@ class Holdings:
         self.budgets = {
             "ip": Budget(
                 "ip",
-                _cap("max_subscriptions_per_ip", max_subscriptions_per_ip),
-                _cap("max_filter_bytes_per_ip", max_filter_bytes_per_ip),
+                optional_positive_int("max_subscriptions_per_ip", max_subscriptions_per_ip),
+                optional_positive_int("max_filter_bytes_per_ip", max_filter_bytes_per_ip),
             ),
             "user": Budget(
                 "user",
-                _cap("max_subscriptions_per_user", max_subscriptions_per_user),
-                _cap("max_filter_bytes_per_user", max_filter_bytes_per_user),
+                optional_positive_int("max_subscriptions_per_user", max_subscriptions_per_user),
+                optional_positive_int("max_filter_bytes_per_user", max_filter_bytes_per_user),
             ),
         }
         self.shared = shared

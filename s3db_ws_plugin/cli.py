@@ -21,13 +21,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 import structlog
 import structlog.tracebacks
 
+from s3db_core.options import number_in
 from s3db_core.redact import Verbatim, redact
 
 from .startup import StartupProblem, report
@@ -371,26 +372,33 @@ def _proxy_list(text: str) -> str:
     return text
 
 
+def _option(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from one of the shared validators (s3db_core.options): the same rule
+    and wording as the Python option, as a usage error."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("a positive whole number")
-    return value
+    return int(number_in("the value", text, 1, 2**63 - 1, integer=True, text=True))
+
+
+def _seconds(text: str) -> float:
+    from s3db_core.repair import MAX_GRACE
+
+    return float(number_in("the value", text, 0, MAX_GRACE, text=True))
 
 
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"a number of processes from 1 to {MAX_WORKERS}")
-    return count
+    return int(number_in("the value", text, 1, MAX_WORKERS, integer=True, text=True))
 
 
 async def repair(store: str, grace: float, dry_run: bool, progress_every: int = 10_000) -> int:
@@ -440,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--workers",
-        type=_worker_count,
+        type=_option(_worker_count),
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
     )
@@ -482,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
     tail_cmd.add_argument(
         "--wait",
-        type=float,
+        type=_option(_seconds),
         default=30.0,
         metavar="SECONDS",
         help="how long to keep trying while the server is not up yet (default 30)",
@@ -492,12 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair_cmd.add_argument("store", help="the store's connection string (e.g. file://./data)")
     repair_cmd.add_argument(
-        "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
+        "--grace",
+        type=_option(_seconds),
+        default=120.0,
+        help="leave what is younger (seconds; default 120)",
     )
     repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
     repair_cmd.add_argument(
         "--progress-every",
-        type=_positive,
+        type=_option(_positive),
         default=10_000,
         metavar="KEYS",
         help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "

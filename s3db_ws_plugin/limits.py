@@ -43,7 +43,6 @@ __all__ = [
     "clip",
     "filter_fields",
     "limit_error",
-    "positive_int",
     "recover_request_id",
 ]
 
@@ -134,10 +133,3 @@ def filter_fields(filter: dict[str, Any]) -> Iterator[str]:
                     stack.extend(branch for branch in value if isinstance(branch, dict))
             elif isinstance(key, str):
                 yield key
-
-
-def positive_int(name: str, value: Any) -> int:
-    """An option that must be a positive integer (ValueError naming it otherwise)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer")
-    return value

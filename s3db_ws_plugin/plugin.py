@@ -21,8 +21,9 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import Credentials
-from s3db_core import Change, Database, await_me_maybe, hookimpl
+from s3db_core import Change, Database, Position, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
+from s3db_core.options import optional_positive_float, positive_float, positive_int
 
 from .auth import SessionAuth
 from .budgets import (
@@ -52,7 +53,6 @@ from .limits import (
     FilterLimits,
     check_frame,
     clip,
-    positive_int,
     recover_request_id,
 )
 from .metrics import Metrics
@@ -102,12 +102,6 @@ _INLINE = frozenset({"ping"})
 # connection starts only once such a frame is done (a `list` after a `subscribe` sees the
 # subscription in place, so no change falls between the history and the live stream).
 _BARRIERS = frozenset({"auth", "subscribe", "unsubscribe"})
-
-
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds")
-    return float(value)
 
 
 def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
@@ -236,20 +230,20 @@ class WebSocketPlugin:
         }
         rate = rate_limit
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = heartbeat_interval
-        self.max_message_size = int(max_message_size)
-        self.max_queue_bytes = int(max_queue_bytes)
+        self.heartbeat_interval = optional_positive_float("heartbeat_interval", heartbeat_interval)
+        # 0 would mean "no limit" to aiohttp's reader: a size must be at least one byte.
+        self.max_message_size = positive_int("max_message_size", max_message_size)
+        self.max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
         self.compression = bool(compression)
-        self.header_timeout = _positive_seconds("header_timeout", header_timeout)
+        self.header_timeout = positive_float("header_timeout", header_timeout)
         self.per_ip = PerIpLimits(
             max_connections_per_ip, max_unauthenticated_per_ip
         )
         # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
         self._proxies = TrustedProxies(trusted_proxies, proxy_header)
-        concurrency = max_concurrent_requests
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError("max_concurrent_requests must be a positive integer")
-        self.max_concurrent_requests = concurrency
+        self.max_concurrent_requests = positive_int(
+            "max_concurrent_requests", max_concurrent_requests
+        )
         # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
         # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
         routes = list(routes)
@@ -405,7 +399,7 @@ class WebSocketPlugin:
         """The position of the last change of ``resource`` this process fanned out (a new
         subscription gets every later one), None before the first."""
         fanned = self.resumer.positions.fanned.get(resource)
-        return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
+        return None if fanned is None else Position(fanned[1], fanned[0]).to_dict()
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:

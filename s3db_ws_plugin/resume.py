@@ -42,7 +42,8 @@ from s3db_core import Change, Position
 from s3db_core.log import get_logger
 
 from .connection import text_frame
-from .subscriptions import LEAVE, NOTHING
+from .protocol import CloseCode
+from .subscriptions import Delivery
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -145,21 +146,21 @@ def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> 
     }
 
 
-def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> int:
+def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
     """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
     record left what it may see) or ``NOTHING``; the live rule of
     ``SubscriptionRegistry.deliveries`` for one subscription (fails closed)."""
     event = change.event
     if event not in policy.events or event not in sub.events:
-        return NOTHING
+        return Delivery.NOTHING
     if policy.requires_user and not policy.role_allows(sub.connection.user):
-        return NOTHING
+        return Delivery.NOTHING
     after = change.record if event != "delete" else None
     try:
         return sub.delivery(event, after, change.previous)
     except Exception:
         log.exception("subscription check failed", resource=sub.resource)
-        return NOTHING
+        return Delivery.NOTHING
 
 
 class Positions:
@@ -286,7 +287,7 @@ class Resumer:
         if hold is None:
             hold = Hold(self.max_hold_bytes)
         if hold.size > hold.limit:
-            conn.close(4408, "slow consumer: too many events while resuming")
+            conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many events while resuming")
             return 0
         resource = sub.resource
         merged = list(replayed)
@@ -387,10 +388,10 @@ def net_frame(
     except Exception:
         log.exception("subscription check failed", resource=sub.resource)
         return None
-    if outcome == NOTHING:
+    if outcome == Delivery.NOTHING:
         return None
     record_id = latest.record.get("id")
-    leave = outcome == LEAVE
+    leave = outcome == Delivery.LEAVE
     return {
         "type": "event",
         "resource": latest.resource,
@@ -591,7 +592,7 @@ async def _replay(
             return _nothing, []
         cut, cut_epoch = current.offset, current.epoch
     else:
-        plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
+        plugin.send(conn, reply(recovered=True, position=Position(offset, epoch).to_dict()))
         cut, cut_epoch = (last if last is not None else offset), epoch
     guard = ReplayGuard(sub, cut_epoch, cut, resumer.positions, resumer.guard_ttl)
     resumer.guard(conn, guard)  # the replayed changes this process fans out late
@@ -650,5 +651,5 @@ def _all(
     return lambda record: bool(first(record)) and bool(second(record))
 
 
-def _dict(position: Any | None) -> dict[str, Any] | None:
-    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+def _dict(position: Position | None) -> dict[str, Any] | None:
+    return None if position is None else position.to_dict()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Hashable
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from s3db_core import Change
@@ -47,8 +48,13 @@ log = get_logger("s3db.ws")
 _UNINDEXABLE = index_key([])
 Predicate = Callable[[Any], bool]
 
-# What a connection gets for one change: nothing, the record, or a ``leave`` with its id.
-NOTHING, RECORD, LEAVE = 0, 2, 1
+class Delivery(IntEnum):
+    """What a connection gets for one change: nothing, the record, or a ``leave`` with its id
+    (``NOTHING`` is the only false one)."""
+
+    NOTHING = 0
+    LEAVE = 1
+    RECORD = 2
 
 
 class Subscription:
@@ -114,15 +120,17 @@ class Subscription:
             _failed("subscription access check failed", self.resource)
             return False
 
-    def delivery(self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None) -> int:
-        """``RECORD``, ``LEAVE`` or ``NOTHING`` for one change (the module docstring's rule)."""
+    def delivery(
+        self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None
+    ) -> Delivery:
+        """What one change brings through this subscription (the module docstring's rule)."""
         if self.matches(after):
-            return RECORD
+            return Delivery.RECORD
         if not self.matches(before):
-            return NOTHING
+            return Delivery.NOTHING
         if after is None:  # a delete the connection could see
-            return RECORD
-        return RECORD if self.accessible(after) else LEAVE
+            return Delivery.RECORD
+        return Delivery.RECORD if self.accessible(after) else Delivery.LEAVE
 
 
 def _failed(message: str, resource: str) -> None:
@@ -253,10 +261,6 @@ class SubscriptionRegistry:
             if not subs.count:
                 del self._by_resource[sub.resource]
 
-    def receivers(self, change: Change, policy: ResourcePolicy) -> list[Connection]:
-        """The connections that must receive ``change``'s record, each once."""
-        return self.deliveries(change, policy)[0]
-
     def deliveries(
         self, change: Change, policy: ResourcePolicy
     ) -> tuple[list[Connection], list[Connection]]:
@@ -301,9 +305,9 @@ class SubscriptionRegistry:
                 except Exception:  # fail closed for this subscription, never for the others
                     _failed("subscription check failed", sub.resource)
                     continue
-                if outcome == RECORD:
+                if outcome == Delivery.RECORD:
                     receivers[conn] = None
-                elif outcome == LEAVE:
+                elif outcome == Delivery.LEAVE:
                     leaving[conn] = None
         if leaving:  # a connection another of whose subscriptions still sees the record
             return list(receivers), [conn for conn in leaving if conn not in receivers]

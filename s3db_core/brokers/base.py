@@ -21,12 +21,13 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
 from ..change import Change
 from ..encoding import dumps_body, loads_body
 from ..log import get_logger
+from ..options import number_in
 from ..plugins import await_me_maybe
 
 log = get_logger("s3db.broker")
@@ -35,15 +36,27 @@ Listener = Callable[[Change], Awaitable[None] | None]
 UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a change sits in its resource's stream."""
+class Position(NamedTuple):
+    """Where a change sits in its resource's stream: ``offset`` increases within an ``epoch``.
+    The one position type of the server, the brokers and the Python client."""
 
     offset: int
     epoch: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The wire form, ``{"offset": ..., "epoch": ...}`` (``position`` fields, ``since``)."""
         return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Position | None:
+        """A ``Position`` from itself or its wire form; None for anything else."""
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            offset, epoch = value.get("offset"), value.get("epoch")
+            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+                return cls(offset, epoch)
+        return None
 
 
 @runtime_checkable
@@ -84,16 +97,6 @@ class Broker(Protocol):
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _number(name: str, value: Any, low: float, high: float, kind: type = float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"broker option {name!r} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise ValueError(f"broker option {name!r} must be between {low} and {high}, got {value!r}")
-    return number
-
-
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     """Options shared by the engines, from the URL's query string and ``broker_config``
@@ -123,7 +126,9 @@ class BrokerOptions:
             raise ValueError("broker option 'prefix' must be 1-64 letters, digits, '_' or '-'")
 
         def get(name: str, low: float, high: float, kind: type = float) -> Any:
-            return _number(name, merged.get(name, getattr(defaults, name)), low, high, kind)
+            value = merged.get(name, getattr(defaults, name))
+            option = f"broker option {name!r}"
+            return number_in(option, value, low, high, integer=kind is int, text=True)
 
         return cls(
             prefix=prefix,

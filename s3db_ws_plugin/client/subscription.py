@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from s3db_core import Position
 from s3db_core.log import get_logger
 
 from ..protocol import EVENT_KINDS
@@ -27,26 +28,6 @@ class Page(NamedTuple):
 
     items: list[dict[str, Any]]
     cursor: str | None
-
-
-class Position(NamedTuple):
-    """A point in a resource's change stream: ``offset`` increases within an ``epoch``."""
-
-    offset: int
-    epoch: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "epoch": self.epoch}
-
-    @classmethod
-    def from_value(cls, value: Any) -> Position | None:
-        if isinstance(value, Position):
-            return value
-        if isinstance(value, Mapping):
-            offset, epoch = value.get("offset"), value.get("epoch")
-            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
-                return cls(offset, epoch)
-        return None
 
 
 RELOAD = "reload"
