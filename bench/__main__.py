@@ -21,6 +21,7 @@ from .harness import Result, table
 BENCHMARKS = (
     "store_requests",
     "core_vs_js",
+    "write_path",
     "requests",
     "fanout",
     "filtered",

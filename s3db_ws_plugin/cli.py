@@ -21,13 +21,14 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 import orjson
 import structlog
 import structlog.tracebacks
 
+from s3db_core.options import number_in
 from s3db_core.redact import Verbatim, redact
 
 from .startup import StartupProblem, report
@@ -194,23 +195,40 @@ def _trust_proxies(db: Any, proxies: str | None, header: str) -> None:
                 plugin.trusted_proxies = TrustedProxies(proxies, header)
 
 
+async def _start_app(factory: Any, trusted_proxies: str | None, proxy_header: str) -> Any:
+    db = await resolve_database(factory)
+    _trust_proxies(db, trusted_proxies, proxy_header)
+    if not db.connected:
+        await db.connect()
+    return db
+
+
 async def serve(
     target: str,
     debug: bool = False,
     trusted_proxies: str | None = None,
     proxy_header: str = "X-Forwarded-For",
 ) -> int:
+    from .workers import watch_supervisor
+
     stop = _stop_event()
+    watch_supervisor(stop)  # a worker of `--workers N` stops when its supervisor dies
     try:
         factory = load_target(target)
     except Exception as exc:
         report(exc, debug=debug, what="cannot load the app")
         return 2
+    starting = asyncio.ensure_future(_start_app(factory, trusted_proxies, proxy_header))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():  # asked to stop while the app was still starting
+        starting.cancel()
+        await asyncio.wait({starting}, timeout=5.0)
+        log.info("stopped before the app had started")
+        return 0
     try:
-        db = await resolve_database(factory)
-        _trust_proxies(db, trusted_proxies, proxy_header)
-        if not db.connected:
-            await db.connect()
+        db = starting.result()
     except Exception as exc:
         report(exc, debug=debug, what="the app failed to start", port_option=PORT_OPTION)
         return 1
@@ -354,26 +372,33 @@ def _proxy_list(text: str) -> str:
     return text
 
 
+def _option(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` from one of the shared validators (s3db_core.options): the same rule
+    and wording as the Python option, as a usage error."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError("a positive whole number")
-    return value
+    return int(number_in("the value", text, 1, 2**63 - 1, integer=True, text=True))
+
+
+def _seconds(text: str) -> float:
+    from s3db_core.repair import MAX_GRACE
+
+    return float(number_in("the value", text, 0, MAX_GRACE, text=True))
 
 
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
-    try:
-        count = int(text)
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"a number of processes from 1 to {MAX_WORKERS}")
-    return count
+    return int(number_in("the value", text, 1, MAX_WORKERS, integer=True, text=True))
 
 
 async def repair(store: str, grace: float, dry_run: bool, progress_every: int = 10_000) -> int:
@@ -423,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument(
         "--workers",
-        type=_worker_count,
+        type=_option(_worker_count),
         default=1,
         help="server processes sharing the port (SO_REUSEPORT); needs a redis:// or nats:// broker",
     )
@@ -465,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     tail_cmd.add_argument("--no-reconnect", action="store_true", help="exit when the socket drops")
     tail_cmd.add_argument(
         "--wait",
-        type=float,
+        type=_option(_seconds),
         default=30.0,
         metavar="SECONDS",
         help="how long to keep trying while the server is not up yet (default 30)",
@@ -475,12 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     repair_cmd.add_argument("store", help="the store's connection string (e.g. file://./data)")
     repair_cmd.add_argument(
-        "--grace", type=float, default=120.0, help="leave what is younger (seconds; default 120)"
+        "--grace",
+        type=_option(_seconds),
+        default=120.0,
+        help="leave what is younger (seconds; default 120)",
     )
     repair_cmd.add_argument("--dry-run", action="store_true", help="report only, change nothing")
     repair_cmd.add_argument(
         "--progress-every",
-        type=_positive,
+        type=_option(_positive),
         default=10_000,
         metavar="KEYS",
         help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "

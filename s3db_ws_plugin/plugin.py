@@ -21,12 +21,21 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import Credentials
-from s3db_core import Change, Database, await_me_maybe, hookimpl
+from s3db_core import Change, Database, Position, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
+from s3db_core.options import optional_positive_float, positive_float, positive_int
 from s3db_core.plugins import call_each_isolated
 
 from . import hookspecs
 from .auth import SessionAuth
+from .budgets import (
+    DEFAULT_MAX_FILTER_BYTES_PER_IP,
+    DEFAULT_MAX_FILTER_BYTES_PER_USER,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+    Holdings,
+    RedisHoldings,
+)
 from .channels import DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_PRESENCE_TIMEOUT, Channels
 from .connection import (
     CLOSE_TIMEOUT,
@@ -47,7 +56,7 @@ from .limits import (
     FilterLimits,
     check_frame,
     clip,
-    positive_int,
+    recover_request_id,
 )
 from .metrics import Metrics
 from .protocol import (
@@ -63,7 +72,7 @@ from .protocol import (
 )
 from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
-from .resume import Resumer, event_frame
+from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
@@ -96,12 +105,6 @@ _INLINE = frozenset({"ping"})
 # connection starts only once such a frame is done (a `list` after a `subscribe` sees the
 # subscription in place, so no change falls between the history and the live stream).
 _BARRIERS = frozenset({"auth", "subscribe", "unsubscribe", "join", "leave"})
-
-
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds")
-    return float(value)
 
 
 def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
@@ -210,6 +213,7 @@ class WebSocketPlugin:
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
         trusted_proxies: Iterable[str] | str | None = None,
@@ -218,6 +222,10 @@ class WebSocketPlugin:
         max_channels_per_connection: int = DEFAULT_MAX_CHANNELS_PER_CONNECTION,
         presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT,
         channel_rate_limit: Mapping[str, int] | None = None,
+        max_subscriptions_per_ip: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+        max_filter_bytes_per_ip: int | None = DEFAULT_MAX_FILTER_BYTES_PER_IP,
+        max_subscriptions_per_user: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+        max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
     ) -> None:
         self.host = host
         self.port = port
@@ -231,20 +239,20 @@ class WebSocketPlugin:
         # The frame limiter's settings (its engine and key), which the channel limiters reuse.
         self.rate_limit_config = dict(rate) if rate and rate.get("enabled", True) else None
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = heartbeat_interval
-        self.max_message_size = int(max_message_size)
-        self.max_queue_bytes = int(max_queue_bytes)
+        self.heartbeat_interval = optional_positive_float("heartbeat_interval", heartbeat_interval)
+        # 0 would mean "no limit" to aiohttp's reader: a size must be at least one byte.
+        self.max_message_size = positive_int("max_message_size", max_message_size)
+        self.max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
         self.compression = bool(compression)
-        self.header_timeout = _positive_seconds("header_timeout", header_timeout)
+        self.header_timeout = positive_float("header_timeout", header_timeout)
         self.per_ip = PerIpLimits(
             max_connections_per_ip, max_unauthenticated_per_ip
         )
         # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
         self._proxies = TrustedProxies(trusted_proxies, proxy_header)
-        concurrency = max_concurrent_requests
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError("max_concurrent_requests must be a positive integer")
-        self.max_concurrent_requests = concurrency
+        self.max_concurrent_requests = positive_int(
+            "max_concurrent_requests", max_concurrent_requests
+        )
         # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
         # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
         routes = list(routes)
@@ -259,9 +267,27 @@ class WebSocketPlugin:
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
+        # What one address and one user may hold in subscriptions (budgets.py), shared
+        # across processes when the rate limiter is the Redis one.
+        self.holdings = Holdings(
+            max_subscriptions_per_ip=max_subscriptions_per_ip,
+            max_filter_bytes_per_ip=max_filter_bytes_per_ip,
+            max_subscriptions_per_user=max_subscriptions_per_user,
+            max_filter_bytes_per_user=max_filter_bytes_per_user,
+            shared=RedisHoldings.from_rate_limit(rate) if self.rate_limit else None,
+        )
+
         self.connections: set[Connection] = set()
-        self.registry = SubscriptionRegistry()
-        self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
+        self.registry = SubscriptionRegistry(release=self.holdings.release)
+        self.resumer = Resumer(
+            self.registry,
+            max_hold_bytes=self.max_queue_bytes,
+            # A replay goes out through the send queue, beside the frames held meanwhile: one
+            # that could not fit would close the client with 4408, again at every reconnect.
+            replay_max_bytes=min(
+                positive_int("replay_max_bytes", replay_max_bytes), self.max_queue_bytes // 2
+            ),
+        )
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
         # Ephemeral channels (channels.py): broadcast and presence, never stored.
@@ -391,7 +417,7 @@ class WebSocketPlugin:
         """The position of the last change of ``resource`` this process fanned out (a new
         subscription gets every later one), None before the first."""
         fanned = self.resumer.positions.fanned.get(resource)
-        return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
+        return None if fanned is None else Position(fanned[1], fanned[0]).to_dict()
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:
@@ -425,6 +451,7 @@ class WebSocketPlugin:
             await runner.cleanup()
             raise
         self.port = runner.addresses[0][1]
+        await self.holdings.start()
         self._runner = runner
         await self.channels.start(db)
         self._started = time.monotonic()
@@ -451,6 +478,7 @@ class WebSocketPlugin:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
         await self.channels.stop()
         await runner.cleanup()
+        await self.holdings.close()
         close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
         if close is not None:  # a shared limiter's connections (redis) end with the server
             await await_me_maybe(close())
@@ -558,6 +586,9 @@ class WebSocketPlugin:
                 self.registry.remove_connection(conn)
                 self.connections.discard(conn)
                 await conn.finish()
+                # A subscribe that was in flight when the socket closed may have added its
+                # subscription after the first removal: forget it too (and what it held).
+                self.registry.remove_connection(conn)
                 self.channels.drop_connection(conn)  # after finish: no join is still running
                 if announced:
                     await call_each_isolated(
@@ -624,13 +655,18 @@ class WebSocketPlugin:
         """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
         request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
+        rid = None
         try:
-            check_frame(raw, self.max_frame_values)
+            try:
+                check_frame(raw, self.max_frame_values)
+            except ProtocolError:  # refused unparsed: its requestId from the raw text
+                rid = recover_request_id(raw)
+                raise
             msg: Any = decode(raw)
             bad_json = None
+            rid = request_id_of(msg)
         except ProtocolError as exc:
             msg, bad_json = None, exc
-        rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see internals.structlog_var); a request task
         # copies this context when it is created.
         token = _REQUEST_ID.set(clip(rid))

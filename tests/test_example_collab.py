@@ -186,11 +186,12 @@ async def test_outsiders_are_refused_everywhere(app):
             missing = await refused(eve, "subscribe", resource=resource)
             assert "filter" in missing["message"]
         await refused(eve, "subscribe", resource="document_operations", filter={"documentId": {"$ne": "x"}})
-        # Reading, writing, listing: refused, and a missing document looks the same.
+        # Reading, writing, listing: refused, and a missing document looks the same. A document
+        # the read rule hides answers NOT_FOUND exactly like a missing one (read rule before guards).
         for target in (doc_id, "no-such-document"):
-            await refused(eve, "get", resource="documents", id=target)
-            await refused(eve, "update", resource="documents", id=target, data={"title": "mine"})
-            await refused(eve, "delete", resource="documents", id=target)
+            await refused(eve, "get", "NOT_FOUND", resource="documents", id=target)
+            await refused(eve, "update", "NOT_FOUND", resource="documents", id=target, data={"title": "mine"})
+            await refused(eve, "delete", "NOT_FOUND", resource="documents", id=target)
             await refused(eve, "list", resource="document_operations", filter={"documentId": target})
             await refused(eve, "insert", resource="document_operations",
                           data={"documentId": target, "type": "insert", "position": 0, "text": "x"})
@@ -233,7 +234,7 @@ async def test_only_the_owner_manages_and_the_server_keeps_the_text(app):
 
         # Removing bob takes effect at once for new requests.
         await ok(alice, "update", resource="documents", id=doc_id, data={"collaborators": []})
-        await refused(bob, "get", resource="documents", id=doc_id)
+        await refused(bob, "get", "NOT_FOUND", resource="documents", id=doc_id)  # hidden now
         await refused(bob, "insert", resource="document_operations",
                       data={"documentId": doc_id, "type": "insert", "position": 0, "text": "late"})
 

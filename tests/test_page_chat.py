@@ -6,7 +6,18 @@ import asyncio
 import urllib.request
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    outside_viewport,
+    pages_for,
+    served,
+    shoot,
+    vertical_overflow,
+)
 from playwright.sync_api import expect
 
 from examples.chat.app import create_app
@@ -68,6 +79,9 @@ def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
         expect(alice.locator("#messages li .content")).to_have_count(2)
         expect(alice.locator("#messages li .content").nth(1)).to_contain_text("hmm, hello alice")
         assert horizontal_overflow(bob) == 0  # a long word wraps; the phone never scrolls sideways
+        assert cut_placeholders(alice) == []  # the new-room form's placeholders fit the side bar
+        assert cut_placeholders(bob) == []
+        assert header_problems(bob) == []
         shoot(alice, "chat-desktop")
         shoot(bob, "chat-phone")
 
@@ -76,6 +90,60 @@ def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
         sign_in(carol, "carol")
         carol.click("#rooms button:has-text('general')")
         expect(carol.locator("#messages li .author")).to_have_text(["alice", "bob"])
+
+
+def post(server, room, author: str, content: str) -> None:
+    """A message written on the server side (as the announce script does)."""
+    data = {"roomId": room["id"], "userId": author, "username": author, "content": content}
+    server.call(lambda: server.db.resources.chat_messages.insert(data))
+
+
+def test_on_a_phone_the_message_box_stays_in_view(request, chromium_browser):
+    """At 390x844 an open room takes the screen: only the messages scroll, the box stays put."""
+    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
+        room = server.call(lambda: server.db.resources.chat_rooms.insert({"name": "busy", "createdBy": "ann"}))
+        for i in range(40):
+            post(server, room, "ann", f"message {i} " + "words " * (i % 7))
+        bob = pages.new(f"{server.http_url}/", viewport=PHONE)
+        sign_in(bob, "bob")
+        assert header_problems(bob) == []
+        assert cut_placeholders(bob) == []
+
+        bob.click("#rooms button:has-text('busy')")
+        expect(bob.locator("#room-title")).to_have_text("# busy")
+        expect(bob.locator("#messages li")).to_have_count(40)
+        box = bob.locator("#message")
+        assert outside_viewport(box) is None
+        assert outside_viewport(bob.locator("#room-title")) is None
+        assert vertical_overflow(bob) == 0  # the page itself does not scroll: the messages do
+        messages = bob.locator("#messages")
+        assert messages.evaluate("(el) => el.scrollHeight > el.clientHeight")
+        assert outside_viewport(bob.locator("#messages li").last) is None  # the newest, in view
+        shoot(bob, "chat-phone-room")
+
+        # Scrolling back through the history, and new messages arriving, leave the box in place.
+        messages.hover()
+        bob.mouse.wheel(0, -3000)
+        bob.mouse.wheel(0, 3000)
+        post(server, room, "ann", "one more")
+        expect(bob.locator("#messages li .content").last).to_have_text("one more")
+        assert outside_viewport(box) is None
+        box.fill("typed on the phone")
+        box.press("Enter")
+        expect(bob.locator("#messages li.mine .content")).to_have_text(["typed on the phone"])
+        assert outside_viewport(box) is None
+        assert vertical_overflow(bob) == 0
+
+        # "Rooms" goes back to the list; a room opened from its link takes the screen again.
+        bob.click("#back-to-rooms")
+        expect(bob.locator("#rooms button:has-text('busy')")).to_be_visible()
+        expect(box).to_be_hidden()
+        bob.goto(f"{server.http_url}/#room={room['id']}")
+        expect(bob.locator("#messages li")).to_have_count(42)
+        assert outside_viewport(box) is None
+        assert vertical_overflow(bob) == 0
+        assert horizontal_overflow(bob) == 0
+        assert pages.errors() == []
 
 
 def slow_writes(server, resource: str, seconds: float) -> None:

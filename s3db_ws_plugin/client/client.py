@@ -39,14 +39,15 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
 from s3db_core import await_me_maybe
 from s3db_core.log import get_logger
+from s3db_core.options import positive_int
 from s3db_core.query import matches
+from s3db_core.redact import redact
 
 from ..internals import client_transport, limit_read_size
 from ..protocol import CloseCode
@@ -103,15 +104,6 @@ def jwt_expiry(token: str | None) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-def redact(url: str) -> str:
-    """``url`` without credentials or query string (where ``?token=`` would be), for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def refresh_delay(expires_at: float, now: float, margin: float) -> float:
     """Seconds until a token expiring at ``expires_at`` should be refreshed: ``margin``
     seconds before expiry, or at 80% of the remaining lifetime when that is later (short
@@ -158,11 +150,11 @@ class Client:
         on_reconnect: Callable[[Client], Any] | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
         self.url = url
-        self.max_pending = max_pending
-        self.safe_url = redact(url)
+        self.max_pending = positive_int("max_pending", max_pending)
+        # The address as logs show it: user-info, credential parameters and this client's own
+        # credentials masked (s3db_core.redact, the one redactor of every log line).
+        self.safe_url = redact(url, (api_key, token if isinstance(token, str) else None))
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.request_timeout = request_timeout
@@ -332,9 +324,7 @@ class Client:
         unread events are kept; one more ends the iterator with ``SlowConsumer`` once the
         buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        pending = self.max_pending if max_pending is None else max_pending
-        if pending < 1:
-            raise ValueError("max_pending must be at least 1")
+        pending = self.max_pending if max_pending is None else positive_int("max_pending", max_pending)
         start = None
         if since is not None:
             start = Position.from_value(since)

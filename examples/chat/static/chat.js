@@ -120,6 +120,7 @@ async function openRoom(roomId) {
   renderTyping();
   $("#room").hidden = false;
   $("#no-room").hidden = true;
+  document.body.classList.add("in-room"); // on a phone: the conversation takes the screen
   // Subscribe first, then load the history: nothing falls between the two (ids dedupe).
   state.subs = await Promise.all([
     db.subscribe("chat_messages", { filter: { roomId } }, onMessage),
@@ -127,6 +128,17 @@ async function openRoom(roomId) {
   ]);
   await loadHistory();
   $("#message").focus();
+}
+
+/** Back to the room list (the phone's "Rooms" button, or the browser's back button). */
+async function leaveRoom() {
+  await closeRoom();
+  Object.assign(state, { room: null, messages: new Map(), typing: new Map(), myTyping: null });
+  $("#room").hidden = true;
+  $("#no-room").hidden = false;
+  document.body.classList.remove("in-room");
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  renderRooms();
 }
 
 async function loadHistory() {
@@ -209,8 +221,10 @@ function onReconnect() {
 async function openHashRoom() {
   const wanted = new URLSearchParams(location.hash.slice(1)).get("room");
   if (wanted && wanted !== state.room?.id) await openRoom(wanted);
+  else if (!wanted && state.room) await leaveRoom();
 }
 
+$("#back-to-rooms").addEventListener("click", handle(leaveRoom));
 $("#new-room").addEventListener("submit", handle(createRoom));
 $("#composer").addEventListener("submit", handle(sendMessage));
 $("#message").addEventListener("input", () => announceTyping().catch(showError));

@@ -253,7 +253,9 @@ async function loadDocuments() {
 function renderHeader() {
   const doc = state.doc;
   $("#doc-name").textContent = doc.title;
-  $("#doc-version").textContent = `version ${doc.version}`;
+  // The document's own counter of applied edits (its `version` field), not the record's version.
+  const edits = doc.version;
+  $("#doc-edits").textContent = edits === 0 ? "no edits yet" : `${edits} edit${edits === 1 ? "" : "s"}`;
   const people = doc.collaborators.length ? doc.collaborators.join(", ") : "nobody yet";
   $("#doc-sharing").textContent = doc.ownerId === state.me.id
     ? `Yours, shared with ${people}.`
