@@ -134,7 +134,7 @@ function onChannel(message) {
   }
   if (message.event === "member_removed" && message.data) {
     const gone = message.data.userId;
-    if (![...state.channel.members.values()].some((m) => m.userId === gone)) stopShowingTyping(gone);
+    if (state.channel && ![...state.channel.members.values()].some((m) => m.userId === gone)) stopShowingTyping(gone);
     renderTyping();
   }
   renderPresence();
