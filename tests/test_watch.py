@@ -136,12 +136,26 @@ async def test_foreign_writes_reach_subscribers_once_and_resume_after_kill(
         assert versions(seen, raw_id)[0][0] == "insert"
         assert seen.of("notes")[-1].record["text"] == "a2"
 
+        # A damaged record and a key that is no record: skipped (the first logged with an
+        # error id), and the watcher goes on.
+        s3.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/resource=notes/data/id=broken",
+                      Body=b"\xff not a record", Metadata={"sb": "1"})  # fmt: skip
+        s3.put_object(Bucket=s3_server.bucket, Key=f"{prefix}/exports/today.csv", Body=b"x")
+
         # The servers' own writes: once each, never doubled by the watcher.
         mine = await server.resources.notes.insert({"text": "own"})
         await server.resources.notes.update(mine["id"], {"text": "own2"})
         marker = await notes.insert({"text": "marker"})  # after it, the feed has caught up
         await eventually(lambda: len(versions(seen, marker["id"])) == 1, "marker", DEADLINE)
         assert versions(seen, mine["id"]) == [("insert", 1), ("update", 2)]
+        await server.resources.notes.delete(mine["id"])
+        other = await notes.insert({"text": "marker2"})
+        await eventually(lambda: len(versions(seen, other["id"])) == 1, "marker", DEADLINE)
+        assert versions(seen, mine["id"]) == [("insert", 1), ("update", 2), ("delete", 2)]
+        assert versions(seen, "broken") == []
+        unreadable = [line for line in watcher.log.read_text().splitlines()
+                      if "record_unreadable" in line]  # fmt: skip
+        assert len(unreadable) == 1 and '"error_id"' in unreadable[0]
 
         # kill -9 the watcher, write while it is down, start it again.
         watcher.kill()
