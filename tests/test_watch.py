@@ -12,11 +12,12 @@ import subprocess
 import sys
 import tomllib
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from broker_helpers import Collector, eventually
-from s3server import S3Server
+from s3server import S3Server, start_s3_server
 
 from s3db_core import Database
 from s3db_core.plugins import clear_entry_point_cache, load_entry_point
@@ -171,6 +172,58 @@ async def test_foreign_writes_reach_subscribers_once_and_resume_after_kill(
         assert seen.changes[-1].epoch != epoch_before
         assert watcher.stop() == 0
         assert b"testsecret" not in watcher.log.read_bytes()
+    finally:
+        if watcher.process is not None and watcher.process.poll() is None:
+            watcher.kill()
+        await foreign.disconnect()
+        await server.disconnect()
+
+
+@pytest.fixture
+def own_s3_server() -> Iterator[S3Server]:
+    server = start_s3_server(restartable=True)
+    yield server
+    server.stop()
+
+
+async def test_kill_9_of_weed_opens_a_new_epoch_then_the_watcher_goes_on(
+    own_s3_server: S3Server, redis_url: str, feeds_path: str, tmp_path: Path
+) -> None:
+    """The filer may lose the unflushed tail of its metadata log when it is killed: the watcher
+    cannot vouch for that moment, so subscribers get a new epoch (they reload), not a gap."""
+    s3 = own_s3_server
+    store = s3.url("killed")
+    broker = f"{redis_url}?prefix=k{uuid.uuid4().hex[:10]}"
+    server = Database(store, broker=broker)
+    seen = Collector()
+    await server.use_plugin(seen)
+    await server.connect()
+    await server.create_resource("notes", {"text": "string|required"})
+    foreign = Database(store)
+    await foreign.connect()
+    watcher = WatchProcess(store, broker, f"seaweedfs://127.0.0.1:{s3.port - 1}",
+                           tmp_path / "state.json", feeds_path)  # fmt: skip
+    watcher.start()
+    try:
+        await watcher.wait_started()
+        a = await foreign.resources.notes.insert({"text": "before"})
+        await eventually(lambda: len(versions(seen, a["id"])) == 1, "first write", DEADLINE)
+        epoch = (await server.broker.position("notes")).epoch
+        assert seen.changes[-1].epoch == epoch
+        await asyncio.to_thread(s3.kill)
+        await eventually(lambda: b"feed_ended" in watcher.log.read_bytes(), "feed end", DEADLINE)
+        await asyncio.to_thread(s3.restart)
+        for _ in range(100):  # opened when the feed ended, before any new change
+            if (await server.broker.position("notes")).epoch != epoch:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no new epoch after the filer was killed")
+        await asyncio.sleep(1.5)  # the watcher's feed subscribes again (backoff)
+        b = await foreign.resources.notes.insert({"text": "after"})
+        await eventually(lambda: len(versions(seen, b["id"])) == 1, "write after", DEADLINE * 2)
+        assert seen.changes[-1].epoch != epoch  # a live subscriber sees the new epoch: reload
+        assert watcher.stop() == 0
     finally:
         if watcher.process is not None and watcher.process.poll() is None:
             watcher.kill()
