@@ -135,9 +135,15 @@ class Watcher:
         broker = self.db.broker
         client = getattr(broker, "_client", None)
         meta_key = getattr(broker, "meta_key", None)
+        opened = False
         if client is not None and meta_key is not None:  # redis: the stream's epoch, at once
-            await client.hset(meta_key(resource), "epoch", new_epoch())
-        elif isinstance(broker, StreamBroker):  # others: with the next change appended
+            try:
+                async with asyncio.timeout(broker.options.publish_timeout * 2):  # type: ignore[attr-defined]
+                    await client.hset(meta_key(resource), "epoch", new_epoch())
+                opened = True
+            except Exception as exc:
+                log.warning("new_epoch_deferred", resource=resource, error=type(exc).__name__)
+        if not opened and isinstance(broker, StreamBroker):  # with the next change appended
             broker._lost.add(resource)
         self.stats.epochs[resource] = self.stats.epochs.get(resource, 0) + 1
         log.warning("new_epoch", resource=resource)
@@ -226,6 +232,13 @@ class Watcher:
         self._on_change(published)
         self.stats.published += 1
 
+    async def _published(self, stop: asyncio.Event) -> None:
+        """Until the broker holds everything published (not in its outage buffer): a position
+        is saved only once the changes before it are on the stream, so a watcher killed while
+        the broker is down publishes them again after its restart instead of losing them."""
+        while getattr(self.db.broker, "pending", 0) and not stop.is_set():
+            await asyncio.sleep(0.1)
+
     # -- the loop -----------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         await self.db.connect()
@@ -265,6 +278,7 @@ class Watcher:
                 except Exception:  # never stop the watcher on one event
                     self.stats.skipped += 1
                     log.exception("event_failed", kind=event.kind, error_id=secrets.token_hex(8))
+                await self._published(stop)
                 self.save_position(event.position)
             stopping.cancel()
             reader.cancel()

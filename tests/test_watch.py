@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from broker_helpers import Collector, eventually
 from s3server import S3Server, start_s3_server
+from services import start_redis
 
 from s3db_core import Database
 from s3db_core.plugins import clear_entry_point_cache, load_entry_point
@@ -229,3 +230,45 @@ async def test_kill_9_of_weed_opens_a_new_epoch_then_the_watcher_goes_on(
             watcher.kill()
         await foreign.disconnect()
         await server.disconnect()
+
+
+async def test_broker_down_then_watcher_killed_loses_nothing(
+    s3_server: S3Server, feeds_path: str, tmp_path: Path
+) -> None:
+    """A change the watcher could not hand to the broker (down) keeps its feed position from
+    being saved: killed meanwhile, the restarted watcher publishes it once the broker is back."""
+    redis = start_redis(persistent=True)
+    store = s3_server.url(f"down-{uuid.uuid4().hex[:8]}")
+    broker = f"{redis.url}?prefix=d{uuid.uuid4().hex[:10]}"
+    feed = f"seaweedfs://127.0.0.1:{s3_server.port - 1}"
+    foreign = Database(store)
+    await foreign.connect()
+    await foreign.create_resource("notes", {"text": "string|required"})
+    watcher = WatchProcess(store, broker, feed, tmp_path / "state.json", feeds_path)
+    watcher.start()
+    server = None
+    try:
+        await watcher.wait_started()
+        first = await foreign.resources.notes.insert({"text": "first"})
+        state = tmp_path / "state.json"
+        await eventually(state.exists, "the first write handled and its position saved", DEADLINE)
+        redis.kill()
+        lost = await foreign.resources.notes.insert({"text": "while redis is down"})
+        await eventually(lambda: b"publish_failed" in watcher.log.read_bytes(), "publish", DEADLINE)
+        watcher.kill()
+        redis.start()
+        server = Database(store, broker=broker)
+        seen = Collector()
+        await server.use_plugin(seen)
+        await server.connect()
+        watcher.start()
+        await eventually(lambda: len(versions(seen, lost["id"])) == 1, "the lost write", DEADLINE)
+        assert versions(seen, lost["id"]) == [("insert", 1)]
+        assert versions(seen, first["id"]) == []  # saved before: not published again
+    finally:
+        if watcher.process is not None and watcher.process.poll() is None:
+            watcher.kill()
+        await foreign.disconnect()
+        if server is not None:
+            await server.disconnect()
+        redis.stop()
