@@ -48,6 +48,7 @@ log = get_logger("s3db.watch")
 
 DEFAULT_GRACE = 0.5  # seconds a feed event waits for the stream to carry the same write
 DEFAULT_REMEMBER = 100_000  # ETags seen on the stream, and records known, kept (each)
+KNOWN_MAX_BYTES = 64 << 20  # bytes of records kept to announce their update or delete
 DATA = "/data/id="
 
 
@@ -62,17 +63,36 @@ class WatchStats:
 
 
 class Bounded(OrderedDict[Any, Any]):
-    """A dict that forgets its oldest entries beyond ``capacity``."""
+    """A dict that forgets its oldest entries beyond ``capacity`` entries and, with a ``sizer``,
+    beyond ``max_bytes`` of what it sizes (the newest entry is always kept)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 0, sizer: Any = None) -> None:
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.max_bytes, self.sizer = capacity, max_bytes, sizer
+        self.bytes = 0
+        self._sizes: dict[Any, int] = {}
 
     def put(self, key: Any, value: Any) -> None:
         self[key] = value
         self.move_to_end(key)
-        if len(self) > self.capacity:
-            self.popitem(last=False)
+        if self.sizer is not None:
+            size = self.sizer(value)
+            self.bytes += size - self._sizes.get(key, 0)
+            self._sizes[key] = size
+        while len(self) > 1 and (
+            len(self) > self.capacity or (self.max_bytes and self.bytes > self.max_bytes)
+        ):
+            old, _ = self.popitem(last=False)
+            self.bytes -= self._sizes.pop(old, 0)
+
+    def clear(self) -> None:
+        super().clear()
+        self._sizes.clear()
+        self.bytes = 0
+
+
+def _record_size(value: Any) -> int:
+    return 64 if value is None else 64 + len(orjson.dumps(value[0]))
 
 
 class Watcher:
@@ -93,7 +113,8 @@ class Watcher:
         self.state_path = Path(state)
         self.grace = grace
         self.seen: Bounded = Bounded(remember)  # (key, kind, etag) the stream carried
-        self.known: Bounded = Bounded(remember)  # (resource, id) -> (record, version) | None
+        # (resource, id) -> (record, version), or None once deleted; bounded by bytes too
+        self.known: Bounded = Bounded(remember, KNOWN_MAX_BYTES, _record_size)
         self.stats = WatchStats()
         self.feed: StoreFeed | None = None
         self._identity = hashlib.sha256(f"{redact(store)}|{feed}".encode()).hexdigest()[:16]

@@ -272,3 +272,19 @@ async def test_broker_down_then_watcher_killed_loses_nothing(
         if server is not None:
             await server.disconnect()
         redis.stop()
+
+
+def test_what_the_watcher_remembers_is_bounded_by_count_and_bytes() -> None:
+    from s3db_ws_plugin.watch import Bounded, _record_size
+
+    known = Bounded(1000, 10_000, _record_size)
+    for i in range(100):
+        known.put(("notes", str(i)), ({"id": str(i), "text": "x" * 1000}, 1))
+    assert known.bytes <= 10_000 and 0 < len(known) < 100
+    assert ("notes", "99") in known and ("notes", "0") not in known
+    known.put(("notes", "big"), ({"text": "y" * 50_000}, 1))  # the newest is always kept
+    assert list(known) == [("notes", "big")]
+    seen = Bounded(3)
+    for i in range(10):
+        seen.put(i, None)
+    assert list(seen) == [7, 8, 9]
