@@ -523,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", required=True, help="the servers' shared broker (redis://... or nats://...)"
     )
     watch_cmd.add_argument(
-        "--feed", required=True, help="the store's event feed (seaweedfs://HOST:FILER_PORT)"
+        "--feed", required=True, help="the store's event feed (seaweedfs://HOST:FILER_PORT or sqs://HOST/ACCOUNT/QUEUE)"
     )
     watch_cmd.add_argument(
         "--state",

@@ -191,6 +191,8 @@ class Watcher:
             await self.gap()
             return
         key = event.key
+        if not key:
+            return
         if key == METADATA_KEY:
             await self._reload_definitions()
             return
@@ -209,6 +211,12 @@ class Watcher:
                 self.stats.ignored += 1
                 return
         previous = self.known.get((name, id_), False)  # False: unknown; None: known deleted
+        if event.kind == "delete" and not getattr(self.feed, "ordered", True):
+            try:  # an unordered feed: the record may have been written again since
+                if await resource.get_versioned(id_) is not None:
+                    event = FeedEvent("put", key, None, event.position)
+            except Exception:  # the store cannot tell: announce the deletion (a later
+                pass  # write of the record, if any, is announced by its own event)
         if event.kind == "delete":
             if previous is None:
                 return  # already announced as deleted
@@ -236,7 +244,12 @@ class Watcher:
         if etag != event.etag and (key, "put", etag) in self.seen:
             self.stats.duplicates += 1  # rewritten since, through the stream
             return
-        created = event.created if previous is False else previous is None
+        if previous is not False:
+            created = previous is None
+        elif event.created is not None:
+            created = event.created
+        else:  # the feed cannot tell (SQS): a record at its first version was just inserted
+            created = found.version <= 1
         if created:
             kind, before = "insert", None
         else:
@@ -300,7 +313,11 @@ class Watcher:
                     self.stats.skipped += 1
                     log.exception("event_failed", kind=event.kind, error_id=secrets.token_hex(8))
                 await self._published(stop)
-                self.save_position(event.position)
+                if event.position:
+                    self.save_position(event.position)
+                    commit = getattr(feed, "commit", None)
+                    if commit is not None:
+                        await commit(event.position)
             stopping.cancel()
             reader.cancel()
         finally:

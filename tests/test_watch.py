@@ -25,14 +25,20 @@ from s3db_core.plugins import clear_entry_point_cache, load_entry_point
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0
+_FEEDS_DIR: str | None = None
 
 
 @pytest.fixture(scope="module")
 def feeds_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A path where ``s3db.store_feeds`` is registered even when the installed metadata predates
-    the group (a checkout not reinstalled since): a dist-info made from pyproject.toml."""
+    the group (a checkout not reinstalled since): a dist-info made from pyproject.toml, made once
+    per session (the subprocesses of every module that takes it need it on their path)."""
+    global _FEEDS_DIR
+    if _FEEDS_DIR is not None:
+        return _FEEDS_DIR
     try:
-        load_entry_point("s3db.store_feeds", "seaweedfs")
+        load_entry_point("s3db.store_feeds", "sqs")
+        _FEEDS_DIR = ""
         return ""
     except ValueError:
         pass
@@ -45,7 +51,8 @@ def feeds_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     (info / "entry_points.txt").write_text("[s3db.store_feeds]\n" + "\n".join(lines) + "\n")
     sys.path.append(str(where))
     clear_entry_point_cache()
-    return str(where)
+    _FEEDS_DIR = str(where)
+    return _FEEDS_DIR
 
 
 class WatchProcess:

@@ -2,7 +2,8 @@
 whoever wrote it (``s3db watch`` turns them into changes on the broker).
 
 ``load_feed(url, bucket=..., prefix=...)`` builds the feed registered in the ``s3db.store_feeds``
-entry-point group under the URL's scheme (``seaweedfs://HOST:FILER_PORT``: ``seaweedfs.py``). A
+entry-point group under the URL's scheme (``seaweedfs://HOST:FILER_PORT``: ``seaweedfs.py``;
+``sqs://HOST/ACCOUNT/QUEUE``: ``sqs.py``). A
 feed is a class called as ``Feed(url, bucket, prefix)`` that implements ``StoreFeed``: its
 ``events(since)`` yields ``FeedEvent`` items in the store's order, starting after the position
 ``since`` (an opaque string a previous event carried; None: from now).
@@ -49,6 +50,10 @@ class StoreFeed(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+    # Optional: ``ordered`` (False when events may come in any order: the reader then checks a
+    # deleted record is still gone) and ``async commit(position)`` (the reader handled
+    # everything up to ``position``: a queue deletes those messages).
 
     @property
     def malformed(self) -> int:
