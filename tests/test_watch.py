@@ -295,3 +295,65 @@ def test_what_the_watcher_remembers_is_bounded_by_count_and_bytes() -> None:
     for i in range(10):
         seen.put(i, None)
     assert list(seen) == [7, 8, 9]
+
+
+async def test_a_websocket_subscriber_of_a_server_process_gets_foreign_writes(
+    s3_server: S3Server, redis_url: str, feeds_path: str, tmp_path: Path
+) -> None:
+    """As a user runs it: ``s3db serve`` on Redis, ``s3db watch`` beside it, a WebSocket client
+    subscribed with a filter, and a program on the local broker writing the same bucket."""
+    from test_scaleout import TESTS, free_port, processes, read_until
+
+    from s3db_ws_plugin.client import Client
+
+    sys.path.insert(0, str(TESTS))
+    from scaleout_app import NOTES
+
+    store = s3_server.url(f"ws-{uuid.uuid4().hex[:8]}")
+    broker = f"{redis_url}?prefix=s{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    env = {**os.environ, "S3DB_APP_STORE": store, "S3DB_APP_BROKER": broker,
+           "S3DB_APP_PORT": str(port), "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}  # fmt: skip
+    foreign = Database(store)
+    await foreign.connect()
+    notes = await foreign.create_resource("notes", NOTES, timestamps=True)
+    watcher = WatchProcess(store, broker, f"seaweedfs://127.0.0.1:{s3_server.port - 1}",
+                           tmp_path / "state.json", feeds_path)  # fmt: skip
+    client = Client(f"ws://127.0.0.1:{port}/")
+    async with processes(env) as servers:
+        await servers.serve()
+        watcher.start()
+        try:
+            await watcher.wait_started()
+            await client.connect()
+            sub = await client.subscribe("notes", filter={"roomId": "r1"})
+            # One write at a time (writes closer together than the watcher's read of the
+            # record merge into the latest state: the feed carries no content).
+            a = await notes.insert({"title": "a1", "roomId": "r1"})
+            events = await read_until(sub, 1)
+            await notes.insert({"title": "elsewhere", "roomId": "r2"})  # not for this filter
+            await notes.update(a["id"], {"title": "a2"})
+            events += await read_until(sub, 1)
+            await notes.delete(a["id"])
+            events += await read_until(sub, 1)
+            assert [(e.event, e.version, e.data["id"]) for e in events] == [
+                ("insert", 1, a["id"]), ("update", 2, a["id"]), ("delete", 2, a["id"])]  # fmt: skip
+            assert [e.data.get("title") for e in events[:2]] == ["a1", "a2"]
+
+            own = await client.insert("notes", {"title": "own", "roomId": "r1"})
+            marker = await notes.insert({"title": "marker", "roomId": "r1"})
+            events = await read_until(sub, 2)
+            assert [(e.event, e.data["id"]) for e in events] == [
+                ("insert", own["id"]), ("insert", marker["id"])]  # fmt: skip
+
+            watcher.kill()
+            missed = await notes.insert({"title": "while the watcher was down", "roomId": "r1"})
+            watcher.start()
+            (event,) = await read_until(sub, 1)
+            assert (event.event, event.data["id"]) == ("insert", missed["id"])
+            assert watcher.stop() == 0
+        finally:
+            if watcher.process is not None and watcher.process.poll() is None:
+                watcher.kill()
+            await client.close()
+            await foreign.disconnect()
