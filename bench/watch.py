@@ -88,7 +88,17 @@ async def _measure(store: str, broker: str, feed: str, work: Path, writes: int,
             stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": path},
         )  # fmt: skip
         log.close()
-        await asyncio.sleep(3.0)  # the watcher connects and its feed subscribes
+        # Until the watcher delivers (it connects, and its feed subscribes from "now"): probes.
+        deadline = time.monotonic() + 60
+        while True:
+            probe = await writer.resources.notes.insert({"text": "probe"})
+            waited = time.monotonic() + 2
+            while probe["id"] not in arrived and time.monotonic() < waited:
+                await asyncio.sleep(0.05)
+            if probe["id"] in arrived:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the watcher delivered nothing within 60 s")
     try:
         sent: dict[str, float] = {}
         notes = writer.resources.notes

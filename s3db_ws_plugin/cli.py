@@ -396,6 +396,10 @@ def _seconds(text: str) -> float:
     return float(number_in("the value", text, 0, MAX_GRACE, text=True))
 
 
+def _watch_grace(text: str) -> float:
+    return float(number_in("the value", text, 0, 60, text=True))
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -533,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch_cmd.add_argument(
         "--grace",
-        type=float,
+        type=_option(_watch_grace),
         default=0.5,
         metavar="SECONDS",
         help="how long a feed event waits for the stream to carry the same write (default 0.5)",

@@ -23,7 +23,7 @@ from ..plugins import load_entry_point
 
 __all__ = ["FeedEvent", "StoreFeed", "feed_scheme", "load_feed"]
 
-GROUP = "s3db.store_feeds"
+ENTRY_POINT_GROUP = "s3db.store_feeds"
 FeedKind = Literal["put", "delete", "gap"]
 
 
@@ -69,6 +69,6 @@ def load_feed(url: str, *, bucket: str, prefix: str) -> StoreFeed:
     """The feed for ``url`` on the store's ``bucket`` and key ``prefix``."""
     if not isinstance(url, str) or "://" not in url:
         raise ValueError("a feed must be a URL such as 'seaweedfs://127.0.0.1:8888'")
-    factory = load_entry_point(GROUP, feed_scheme(url), kind="store feed")
+    factory = load_entry_point(ENTRY_POINT_GROUP, feed_scheme(url), kind="store feed")
     feed: StoreFeed = factory(url, bucket, prefix)
     return feed

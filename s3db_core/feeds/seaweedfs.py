@@ -79,6 +79,9 @@ class SeaweedFSFeed:
         self.filer = f"{parts.hostname}:{parts.port}"
         self.weed = find_weed(query.get("weed"))
         self.root = f"/buckets/{bucket}/" + (f"{prefix.strip('/')}/" if prefix.strip("/") else "")
+        # Without a saved position the feed starts here, not when weed's subscription is up:
+        # a write made once the feed exists is never missed for being early.
+        self.created_ns = time.time_ns()
         self._process: asyncio.subprocess.Process | None = None
         self._closed = False
         self.malformed = 0
@@ -163,7 +166,7 @@ class SeaweedFSFeed:
         log.error("feed_message_skipped", feed="seaweedfs", why=why, error_id=secrets.token_hex(8))
 
     async def events(self, since: str | None) -> AsyncIterator[FeedEvent]:
-        last_ns: int | None = None
+        last_ns: int | None = self.created_ns
         signature: str | None = None
         if since:
             saved_ns, _, saved_sig = since.partition(".")
