@@ -281,8 +281,13 @@ class Watcher:
         if not isinstance(bucket, str):
             await self.db.disconnect()
             raise ValueError("s3db watch reads an S3 store's event feed: use an s3:// or http(s):// store")
+        try:
+            feed = self.feed = load_feed(self.feed_url, bucket=bucket,
+                                         prefix=getattr(storage, "prefix", ""))  # fmt: skip
+        except BaseException:
+            await self.db.disconnect()
+            raise
         self.db.broker.subscribe(self._on_change)
-        feed = self.feed = load_feed(self.feed_url, bucket=bucket, prefix=getattr(storage, "prefix", ""))
         since = self.load_position()
         log.info("watch_started", store=storage.describe(), resumed=since is not None)
         try:

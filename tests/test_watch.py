@@ -356,3 +356,24 @@ async def test_a_websocket_subscriber_of_a_server_process_gets_foreign_writes(
                 watcher.kill()
             await client.close()
             await foreign.disconnect()
+
+
+def test_watch_refuses_what_it_cannot_watch_with_one_clear_line(
+    s3_server: S3Server, redis_url: str, feeds_path: str, tmp_path: Path
+) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), feeds_path) if p)}
+    store = s3_server.url("refused")
+    cases = [
+        (store, "local", "seaweedfs://127.0.0.1:1", 2, "needs a shared broker"),
+        ("memory://x", redis_url, "seaweedfs://127.0.0.1:1", 1, "reads an S3 store"),
+        (store, redis_url, "ftp://127.0.0.1:1", 1, "unknown store feed 'ftp'"),
+    ]
+    for url, broker, feed, code, message in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "s3db_ws_plugin.cli", "--log-format", "json", "watch", url,
+             "--broker", broker, "--feed", feed, "--state", str(tmp_path / "s.json")],
+            env=env, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == code, done.stderr.decode()[-2000:]
+        assert message in done.stderr.decode()
+        assert s3_server.secret not in done.stderr.decode()
