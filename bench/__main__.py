@@ -29,6 +29,7 @@ BENCHMARKS = (
     "latency",
     "broker_memory",
     "scaleout",
+    "watch",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 

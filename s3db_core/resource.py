@@ -387,11 +387,12 @@ class Resource:
         )
 
     async def _emit(
-        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int
+        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int,
+        etag: str | None = None,
     ) -> None:
         # Built once: the broker gives this very object its stream position.
         await self.db._publish(
-            Change.for_stream(self.name, event, record, previous, int(time.time() * 1000), version)  # type: ignore[arg-type]
+            Change.for_stream(self.name, event, record, previous, int(time.time() * 1000), version, etag)  # type: ignore[arg-type]
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -454,7 +455,7 @@ class Resource:
         if refs:
             await _all([self.storage.put(k, self._ref_body(), {}) for k in refs])
         try:
-            await self.storage.put(key, body, metadata, if_none_match=True)
+            etag = await self.storage.put(key, body, metadata, if_none_match=True)
         except (PreconditionFailed, StorageError) as exc:
             # A create-only PUT that met an object, or whose reply never came: if the object
             # stored is this very write (its reply was lost and a retry met it), it succeeded.
@@ -467,7 +468,7 @@ class Resource:
                     raise exc from None
                 raise
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
-                await self._emit("insert", record, None, 1)
+                await self._emit("insert", record, None, 1, existing[1].etag)
                 return record
             if isinstance(exc, StorageError):
                 # Not stored yet, but a store that got the request may still apply it after
@@ -476,7 +477,7 @@ class Resource:
             keep = set(self._partition_keys(existing[0].record).values()) if existing else set()
             await self._forget_refs([k for k in refs if k not in keep])
             raise ConflictError(f"{self.name} {id!r} already exists") from None
-        await self._emit("insert", record, None, 1)
+        await self._emit("insert", record, None, 1, etag)
         return record
 
     async def _peek(self, id: str) -> tuple[Versioned, Any] | None:
@@ -539,7 +540,7 @@ class Resource:
                     if sent is not None and _write_token(obj.body) == sent[0]:
                         # Our write did land (its reply was lost and a retry met our own version).
                         _, record, previous, version = sent
-                        return await self._updated(id, record, previous, version)
+                        return await self._updated(id, record, previous, version, etag=obj.etag)
                     if current is not None and current[1] != obj.etag and strict:
                         raise self._stale(id)
                     current = stored
@@ -582,12 +583,13 @@ class Resource:
                         self._check_keys(record, new_refs)
                         await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
                 try:
-                    await self.storage.put(self._key(id), body, metadata, if_match=etag)
+                    new_etag = await self.storage.put(self._key(id), body, metadata, if_match=etag)
                 except StorageError:
                     # No reply at all: the write may have landed; if the store holds it, it did.
                     found = await self._peek(id)
                     if found is not None and _write_token(found[1].body) == _write_token(body):
-                        return await self._updated(id, record, previous, version + 1, stale_refs)
+                        return await self._updated(id, record, previous, version + 1, stale_refs,
+                                                   etag=found[1].etag)  # fmt: skip
                     raise
                 except PreconditionFailed:
                     # Lost the race, or won it and lost the reply: the next read tells which.
@@ -595,11 +597,13 @@ class Resource:
                     if strict or expected_version is not None:
                         found = await self._read(id)
                         if found is not None and _write_token(found[1].body) == sent[0]:
-                            return await self._updated(id, record, previous, version + 1, stale_refs)
+                            return await self._updated(id, record, previous, version + 1,
+                                                       stale_refs, etag=found[1].etag)  # fmt: skip
                         raise self._stale(id) from None
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
-                return await self._updated(id, record, previous, version + 1, stale_refs)
+                return await self._updated(id, record, previous, version + 1, stale_refs,
+                                           etag=new_etag)  # fmt: skip
             raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
@@ -609,11 +613,12 @@ class Resource:
         previous: dict[str, Any],
         version: int,
         stale_refs: list[str] | None = None,
+        etag: str | None = None,
     ) -> dict[str, Any]:
         """Announce a committed update (right after the write that committed it, so per record
         changes go out in commit order), then remove the references it moved away from."""
         self._locks.note(id, version)
-        await self._emit("update", record, previous, version)
+        await self._emit("update", record, previous, version, etag)
         if stale_refs is None and self.partitions:
             new = self._partition_keys(record)
             stale_refs = [k for p, k in self._partition_keys(previous).items() if new.get(p) != k]
@@ -660,7 +665,7 @@ class Resource:
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
                 self._locks.forget(id)
-                await self._emit("delete", record, record, version)
+                await self._emit("delete", record, record, version, etag)
                 await self._forget_refs(list(self._partition_keys(record).values()))
                 return record
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the delete")

@@ -4,6 +4,7 @@
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
     s3db tail ws://127.0.0.1:3001/ --channel room:lobby [--info '{"name": "tail"}'] [--token T]
     s3db repair STORE_URL [--grace SECONDS] [--dry-run] [--progress-every KEYS]
+    s3db watch STORE_URL --broker BROKER_URL --feed FEED_URL [--state PATH] [--grace SECONDS]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
@@ -412,6 +413,10 @@ def _seconds(text: str) -> float:
     return float(number_in("the value", text, 0, MAX_GRACE, text=True))
 
 
+def _watch_grace(text: str) -> float:
+    return float(number_in("the value", text, 0, 60, text=True))
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -541,7 +546,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "
         "default 10000",
     )
-    for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
+    watch_cmd = commands.add_parser(
+        "watch", help="publish the writes other programs make in the store (its event feed)"
+    )
+    watch_cmd.add_argument("store", help="the store's connection string (s3://... or http(s)://...)")
+    watch_cmd.add_argument(
+        "--broker", required=True, help="the servers' shared broker (redis://... or nats://...)"
+    )
+    watch_cmd.add_argument(
+        "--feed", required=True, help="the store's event feed (seaweedfs://HOST:FILER_PORT or sqs://HOST/ACCOUNT/QUEUE)"
+    )
+    watch_cmd.add_argument(
+        "--state",
+        default="s3db-watch.json",
+        metavar="PATH",
+        help="file that keeps the feed position across restarts (default ./s3db-watch.json)",
+    )
+    watch_cmd.add_argument(
+        "--grace",
+        type=_option(_watch_grace),
+        default=0.5,
+        metavar="SECONDS",
+        help="how long a feed event waits for the stream to carry the same write (default 0.5)",
+    )
+    for sub in (serve_cmd, tail_cmd, repair_cmd, watch_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
@@ -566,6 +594,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
         coro = serve(args.target, args.debug, args.trusted_proxies, args.proxy_header)
+    elif args.command == "watch":
+        from .watch import watch
+
+        coro = watch(args.store, args.broker, args.feed, args.state, args.grace)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run, args.progress_every)
     else:

@@ -170,6 +170,7 @@ def encode_change(change: Change) -> bytes:
             "p": change.previous,
             "t": change.timestamp,
             "v": change.version,
+            "g": change.etag,
         }
     )
 
@@ -177,7 +178,8 @@ def encode_change(change: Change) -> bytes:
 def decode_change(data: bytes, offset: int, epoch: str) -> Change:
     fields = loads_body(data)
     return Change(
-        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch
+        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch,
+        fields.get("g"),
     )
 
 

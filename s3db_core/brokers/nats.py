@@ -352,7 +352,7 @@ class NatsBroker(StreamBroker):
             self._heads[resource] = (ack.seq, epoch)
             return Change(
                 change.resource, change.event, change.record, change.previous, change.timestamp,
-                change.version, ack.seq, epoch,
+                change.version, ack.seq, epoch, change.etag,
             )  # fmt: skip
         raise RuntimeError(f"{resource}: lost the append race {RACE_RETRIES} times")
 

@@ -276,7 +276,7 @@ class RedisBroker(StreamBroker):
             return change
         return Change(
             change.resource, change.event, change.record, change.previous, change.timestamp,
-            change.version, int(offset), epoch.decode(),
+            change.version, int(offset), epoch.decode(), change.etag,
         )  # fmt: skip
 
     async def _position(self, resource: str) -> Position:
