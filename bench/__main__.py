@@ -21,6 +21,7 @@ from .harness import Result, table
 BENCHMARKS = (
     "store_requests",
     "core_vs_js",
+    "write_path",
     "requests",
     "fanout",
     "filtered",
@@ -29,6 +30,7 @@ BENCHMARKS = (
     "broker_memory",
     "scaleout",
     "cache",
+    "watch",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 

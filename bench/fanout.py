@@ -348,7 +348,11 @@ def server_main(conn: Any, kind: str, progress: Any, slots: list[int], name: str
             db = Database(f"memory://bench-{name}-{os.getpid()}")
             await db.connect()
             await db.create_resource(name=RESOURCE, attributes=ATTRIBUTES, timestamps=True)
-            plugin = WebSocketPlugin(port=0, resources={RESOURCE: True})
+            plugin = WebSocketPlugin(
+                port=0,
+                resources={RESOURCE: True},
+                max_subscriptions_per_ip=None,  # every bench socket comes from 127.0.0.1
+            )
             await db.use_plugin(plugin)
             port = plugin.port
             resource = db.resources[RESOURCE]

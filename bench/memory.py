@@ -87,6 +87,7 @@ def ours_server(conn: Any, compression: bool = False) -> None:
             auth={"drivers": [{"driver": "jwt", "config": {"secret": SECRET}}]},
             resources={RESOURCE: True},
             max_connections_per_ip=None,  # every bench socket comes from 127.0.0.1
+            max_subscriptions_per_ip=None,  # (and holds a subscription)
             **options,
         )
         await db.use_plugin(plugin)

@@ -16,7 +16,9 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "print_dev_tokens",
     "run_forever",
     "start_app",
+    "token_hint",
 ]
 
 DEV_SECRET = "s3db-examples-dev-secret-change-me"
@@ -160,6 +163,8 @@ async def start_app(
     """Connect ``options.db``, ``define`` its resources, register the ``before`` plugins, the
     WebSocket plugin ``make_plugin`` builds (serving from here on) and the ``after`` plugins.
     If any step fails the database is disconnected again and the error raised."""
+    if threading.current_thread() is threading.main_thread():  # not when a test serves it
+        _stop_event()  # Ctrl-C/SIGTERM stop cleanly from the moment the example says it runs
     db = Database(options.db, broker=options.broker)
     await db.connect()
     try:
@@ -178,12 +183,27 @@ async def start_app(
     return db, plugin
 
 
+_STOP_EVENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Event] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _stop_event() -> asyncio.Event:
+    """The running loop's stop event, set by SIGINT/SIGTERM; the handlers are installed on the
+    first call (in ``start_app``, before the example prints that it is running: a signal sent
+    right after that line once killed an example before ``run_forever`` installed them)."""
+    loop = asyncio.get_running_loop()
+    stop = _STOP_EVENTS.get(loop)
+    if stop is None:
+        stop = _STOP_EVENTS[loop] = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_forever(db: Database, background: list[Callable[[], Awaitable[None]]] = ()) -> None:
     """Connect ``db``, run the background jobs, and stop cleanly on Ctrl-C or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_event()
     await db.connect()
     tasks = [asyncio.create_task(job()) for job in background]
     try:
@@ -223,8 +243,18 @@ async def find_record(resource: Resource, id: Any) -> dict[str, Any] | None:
         return None
 
 
+def token_hint(what: str = "JWT") -> str:
+    """Where a client puts its ``what`` (what the examples print beside their socket's URL).
+
+    Browsers send it in the socket's first frame, ``{"type": "auth", "token": ...}`` (they
+    cannot set headers on a WebSocket, and a URL ends up in logs and history); services send an
+    ``Authorization: Bearer`` header. ``?token=`` in the URL works too, as a last resort.
+    """
+    return f"{what} in an auth frame from browsers, an Authorization: Bearer header from services"
+
+
 def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]]) -> None:
-    """DEVELOPMENT ONLY: print a ready-to-use socket URL per demo user (``{sub: claims}``).
+    """DEVELOPMENT ONLY: print a token per demo user (``{sub: claims}``) and how to send one.
 
     Prints nothing unless the app runs with ``--dev`` (and so the development secret): a real
     ``JWT_SECRET`` never signs tokens into a terminal.
@@ -233,4 +263,9 @@ def print_dev_tokens(options: Options, url: str, users: dict[str, dict[str, Any]
         return
     print("Development tokens (signed with the development secret):", flush=True)
     for sub, claims in users.items():
-        print(f"  {sub}: {url}?token={make_token(options.jwt_secret, sub, **claims)}", flush=True)
+        print(f"  {sub}: {make_token(options.jwt_secret, sub, **claims)}", flush=True)
+    print(
+        f"Send a token in the socket's first frame, {{\"type\": \"auth\", \"token\": TOKEN}}, or as an "
+        f"Authorization: Bearer header (in Python: Client({url!r}, token=TOKEN))",
+        flush=True,
+    )

@@ -21,6 +21,8 @@ from typing import Any
 
 import jwt
 
+from s3db_core.options import number_in
+
 from .base import AuthError, Credentials, User
 
 _ERRORS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
@@ -71,7 +73,8 @@ class JWTDriver:
                 raise ValueError(f"jwt key is not usable with {alg}") from None
         self._issuer: str | None = config.get("issuer")
         self._audience: str | list[str] | None = config.get("audience")
-        self._leeway = float(config.get("leeway", 0))
+        # NaN would make every token valid forever, a negative one refuse fresh tokens.
+        self._leeway = number_in("jwt 'leeway'", config.get("leeway", 0), 0, 86400, text=True)
         self._required = list(config.get("required", []))
 
     async def authenticate(self, creds: Credentials) -> User | None:

@@ -11,6 +11,7 @@ from .errors import (
     NotFoundError,
     S3dbError,
     StorageError,
+    UnsupportedStoreError,
     ValidationError,
 )
 from .hookspecs import hookimpl
@@ -34,6 +35,7 @@ __all__ = [
     "S3dbError",
     "Stats",
     "StorageError",
+    "UnsupportedStoreError",
     "ValidationError",
     "Versioned",
     "await_me_maybe",

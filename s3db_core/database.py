@@ -14,20 +14,69 @@ from .brokers import Broker, load_broker
 from .cache import CacheOptions, RecordCache
 from .change import Change
 from .compat import IncompatibleSchemaError, incompatible_changes
-from .errors import StorageError
+from .errors import ConflictError, StorageError, UnsupportedStoreError
 from .limits import DEFAULT_MAX_DEPTH, DEFAULT_MAX_RECORD_SIZE, Limits
 from .log import get_logger
+from .options import number_in
 from .plugins import await_me_maybe, call_each_isolated
 from .resource import Resource, Stats
 
 if TYPE_CHECKING:
     from .repair import RepairProgress, RepairReport
 from .storage import ObjectNotFound, StorageClient, open_storage
+from .storage.base import PreconditionFailed
 
 log = get_logger("s3db.core")
 
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 METADATA_KEY = "s3db.json"
+METADATA_WRITE_ATTEMPTS = 20  # writers of s3db.json racing each other (defining at start-up)
+# What s3db.js (the JavaScript library) writes in s3db.json and this version never does.
+_S3DB_JS_FIELDS = ("s3dbVersion", "schemaRegistry")
+_S3DB_JS_RESOURCE_FIELDS = ("versions", "currentVersion")
+
+
+def _written_by_s3db_js(document: dict[str, Any]) -> str:
+    """What shows that s3db.js wrote this ``s3db.json`` (for the message), or ""."""
+    if "s3dbVersion" in document:
+        return f"s3dbVersion {str(document['s3dbVersion'])[:40]!r}"
+    for field in _S3DB_JS_FIELDS:
+        if field in document:
+            return f"it has {field!r}"
+    resources = document.get("resources")
+    if isinstance(resources, dict):
+        for name, entry in resources.items():
+            if isinstance(entry, dict):
+                for field in _S3DB_JS_RESOURCE_FIELDS:
+                    if field in entry:
+                        return f"resource {str(name)[:64]!r} has {field!r}"
+    return ""
+
+
+def _same_definition(saved: Any, definition: dict[str, Any]) -> bool:
+    """Whether the recorded entry already says ``definition`` (fields of the entry this version
+    does not know are not part of the comparison: they are kept, not compared)."""
+    return isinstance(saved, dict) and all(saved.get(k) == v for k, v in definition.items())
+
+
+def _resource_from_definition(db: Database, name: Any, definition: Any) -> Resource:
+    """The resource an entry of ``s3db.json`` describes; ValueError if it cannot be read."""
+    if not isinstance(name, str) or not _RESOURCE_NAME.match(name):
+        raise ValueError(f"invalid resource name {str(name)[:64]!r}")
+    if not isinstance(definition, dict) or not isinstance(definition.get("attributes"), dict):
+        raise ValueError(f"resource {name!r}: no 'attributes' object")
+    partitions = definition.get("partitions")
+    behavior = definition.get("behavior", "body-overflow")
+    if partitions is not None and not isinstance(partitions, dict):
+        raise ValueError(f"resource {name!r}: 'partitions' is not an object")
+    return Resource(
+        db,
+        name,
+        definition["attributes"],
+        timestamps=definition.get("timestamps") is True,
+        partitions=partitions,
+        behavior=behavior if isinstance(behavior, str) else "",
+    )
 
 
 class Resources:
@@ -40,7 +89,10 @@ class Resources:
         try:
             return self.__dict__["_by_name"][name]
         except KeyError:
-            raise AttributeError(f"no resource named {name!r}") from None
+            raise AttributeError(
+                f"no resource named {name!r}: it is neither recorded in the store's s3db.json "
+                "nor defined in this process (define it with create_resource)"
+            ) from None
 
     def __getitem__(self, name: str) -> Resource:
         return self._by_name[name]
@@ -114,18 +166,23 @@ class Database:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def connect(self) -> Database:
-        """Open the store, read the database metadata, and start every registered plugin."""
+        """Open the store, read the database metadata (``s3db.json``: the resources it records
+        become ``db.resources``), and start every registered plugin (again after a
+        ``disconnect``: a database may be connected, disconnected and connected again).
+
+        A store whose ``s3db.json`` another program wrote (s3db.js) is refused with
+        ``UnsupportedStoreError`` before anything is written."""
         if self.connected:
             return self
         self.pm.check_pending()
         await self.storage.connect()
         try:
-            obj = await self.storage.get(METADATA_KEY)
-            self._saved_definitions = orjson.loads(obj.body).get("resources", {})
-        except ObjectNotFound:
-            self._saved_definitions = {}
-        except orjson.JSONDecodeError as exc:
-            raise StorageError(f"{self.storage.describe()}: {METADATA_KEY} is not valid JSON") from exc
+            document, _etag = await self._read_metadata()
+            self._saved_definitions = document["resources"]
+            self._load_definitions()
+        except BaseException:
+            await self.storage.close()
+            raise
         await self.broker.start()
         if self.cache is not None:
             await self.cache.start()
@@ -133,6 +190,45 @@ class Database:
         await self._call_hook("s3db_startup", db=self)
         log.debug("connected", store=self.storage.describe())
         return self
+
+    async def _read_metadata(self) -> tuple[dict[str, Any], str | None]:
+        """``s3db.json`` as a dict (every field kept, ``resources`` always a dict) and its ETag
+        (None when there is none yet). Refuses a file another program wrote."""
+        try:
+            obj = await self.storage.get(METADATA_KEY)
+        except ObjectNotFound:
+            return {"version": 1, "resources": {}}, None
+        where = f"{self.storage.describe()}: {METADATA_KEY}"
+        try:
+            document = orjson.loads(obj.body)
+        except orjson.JSONDecodeError as exc:
+            raise StorageError(f"{where} is not valid JSON") from exc
+        if not isinstance(document, dict):
+            raise StorageError(f"{where} is not a JSON object")
+        foreign = _written_by_s3db_js(document)
+        if foreign:
+            raise UnsupportedStoreError(
+                f"{where} was written by s3db.js ({foreign}); stores written by s3db.js are not "
+                "supported yet (their definitions would be lost): use another bucket or prefix "
+                "for this database"
+            )
+        resources = document.setdefault("resources", {})
+        if not isinstance(resources, dict):
+            raise StorageError(f"{where}: 'resources' is not a JSON object")
+        return document, obj.etag
+
+    def _load_definitions(self) -> None:
+        """Make every resource recorded in ``s3db.json`` reachable as ``db.resources.<name>``.
+        A resource already defined in this process (connected again) keeps its object; a
+        recorded definition this version cannot read is skipped with a warning (define it with
+        ``create_resource``), never rewritten."""
+        for name, definition in self._saved_definitions.items():
+            if name in self.resources:
+                continue
+            try:
+                self.resources._add(_resource_from_definition(self, name, definition))
+            except Exception as exc:
+                log.warning("saved_definition_skipped", resource=str(name)[:200], error=str(exc))
 
     async def disconnect(self) -> None:
         """Stop plugins (they may still read the store), then close the store."""
@@ -178,17 +274,47 @@ class Database:
         )
         definition = resource.definition()
         saved = self._saved_definitions.get(name)
-        if saved is not None and saved != definition and not migrate:
-            changes = incompatible_changes(saved, definition)
-            if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
-                raise IncompatibleSchemaError(name, changes)
+        if not _same_definition(saved, definition):
+            await self._save_definition(resource, definition, migrate)
         self.resources._add(resource)
-        if saved != definition:
-            self._saved_definitions[name] = definition
-            body = orjson.dumps({"version": 1, "resources": self._saved_definitions})
-            await self.storage.put(METADATA_KEY, body, {}, content_type="application/json")
         await self._call_hook("s3db_resource_created", db=self, resource=resource)
         return resource
+
+    async def _save_definition(
+        self, resource: Resource, definition: dict[str, Any], migrate: bool
+    ) -> None:
+        """Record ``definition`` in ``s3db.json``: read the file as it is now, change this one
+        resource's entry (keeping every field this version does not know, in the file and in
+        the entry), and write it back only if nobody wrote it meanwhile (If-Match), else again.
+        Another process's definitions are never lost to a stale copy."""
+        name = resource.name
+        for _attempt in range(METADATA_WRITE_ATTEMPTS):
+            document, etag = await self._read_metadata()
+            resources: dict[str, Any] = document["resources"]
+            saved = resources.get(name)
+            if _same_definition(saved, definition):
+                self._saved_definitions = resources
+                return
+            if isinstance(saved, dict) and not migrate:
+                changes = incompatible_changes(saved, definition)
+                if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                    raise IncompatibleSchemaError(name, changes)
+            resources[name] = {**saved, **definition} if isinstance(saved, dict) else definition
+            document.setdefault("version", 1)
+            body = orjson.dumps(document)
+            try:
+                if etag is None:
+                    await self.storage.put(METADATA_KEY, body, {}, if_none_match=True,
+                                           content_type="application/json")  # fmt: skip
+                else:
+                    await self.storage.put(METADATA_KEY, body, {}, if_match=etag,
+                                           content_type="application/json")  # fmt: skip
+            except PreconditionFailed:
+                continue  # another process wrote s3db.json meanwhile: merge into its version
+            self._saved_definitions = resources
+            self._load_definitions()  # resources other processes recorded since connect
+            return
+        raise ConflictError(f"{METADATA_KEY} kept changing while resource {name!r} was saved")
 
     async def repair(
         self,
@@ -202,8 +328,10 @@ class Database:
         included. References and temp files younger than ``grace`` seconds are left alone (a
         write may be in flight). ``progress(RepairProgress)`` is called as it goes (keys read,
         what was found so far). See ``s3db_core.repair``."""
-        from .repair import repair
+        from .repair import MAX_GRACE, repair
 
+        # A NaN or negative grace would make every write in flight look stale.
+        grace = number_in("grace", grace, 0, MAX_GRACE)
         return await repair(self, grace=grace, dry_run=dry_run, progress=progress)
 
     # -- plugins ----------------------------------------------------------------------------

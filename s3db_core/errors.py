@@ -54,3 +54,11 @@ class DamagedRecordError(StorageError):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(message)
+
+
+class UnsupportedStoreError(S3dbError):
+    """The store holds data this version cannot safely open (an ``s3db.json`` written by
+    another program, such as s3db.js). Raised by ``connect`` before anything is written; the
+    message says what was found and what to do."""
+
+    code = "UNSUPPORTED_STORE"

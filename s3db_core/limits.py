@@ -7,11 +7,12 @@ against the storage client's own key limit (``key_problem``). Each failure is a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ValidationError
+from .options import positive_int
 
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_RECORD_SIZE = 1024 * 1024
@@ -27,9 +28,7 @@ class Limits:
 
     def __post_init__(self) -> None:
         for name in ("max_depth", "max_record_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer")
+            positive_int(name, getattr(self, name))
 
 
 def _invalid(field: str, rule: str, message: str) -> ValidationError:
@@ -68,13 +67,18 @@ def check_size(size: int, max_size: int) -> None:
         raise _invalid("", "size", f"the encoded record is {size} bytes, over the {max_size}-byte limit")
 
 
-def merge_patch(base: dict[str, Any], patch: dict[str, Any], fields: Any) -> dict[str, Any]:
-    """``base`` with ``patch`` merged in, as a new dict (``base`` is not changed).
+def merge_patch(
+    base: dict[str, Any], patch: dict[str, Any], fields: Any, skip: Container[str] = ()
+) -> dict[str, Any]:
+    """``base`` with ``patch`` merged in, as a new dict (``base`` is not changed), leaving out
+    the top-level keys in ``skip`` (of both).
 
     Objects merge recursively; arrays, scalars and ``None`` replace. A key with dots that is not
     itself a field (``"profile.city"``) sets that nested path, creating objects on the way."""
-    out = dict(base)
+    out = {k: v for k, v in base.items() if k not in skip} if skip else dict(base)
     for key, value in patch.items():
+        if key in skip:
+            continue
         if "." in key and key not in fields:
             parts = key.split(".")
             if any(not p for p in parts):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import secrets
 from importlib.metadata import EntryPoint, entry_points
+from types import CoroutineType
 from typing import Any
 
 import pluggy
@@ -56,7 +57,11 @@ def clear_entry_point_cache() -> None:
 
 async def await_me_maybe(value: Any) -> Any:
     """Await ``value`` if it is awaitable (hooks and guards may be sync or async)."""
-    if inspect.isawaitable(value):
+    # The two common cases first: ``inspect.isawaitable`` of a plain value (a sync hook's None)
+    # goes as far as an ABC check.
+    if value is None:
+        return None
+    if value.__class__ is CoroutineType or inspect.isawaitable(value):
         return await value
     return value
 
@@ -68,11 +73,16 @@ async def call_each_isolated(caller: pluggy.HookCaller, **kwargs: Any) -> None:
     For hooks that announce something already done (``s3db_change``: the write is durable), where
     one broken listener must neither fail the caller nor keep the others from hearing it.
     """
-    for impl in reversed(caller.get_hookimpls()):
+    impls = caller.get_hookimpls()
+    if not impls:
+        return
+    for impl in reversed(impls):
         if impl.hookwrapper or impl.wrapper:
             continue  # wrappers wrap a call; each implementation here is a call of its own
         try:
-            await await_me_maybe(impl.function(*[kwargs[name] for name in impl.argnames]))
+            result = impl.function(*[kwargs[name] for name in impl.argnames])
+            if result is not None:
+                await await_me_maybe(result)
         except Exception:
             log.exception(
                 f"{caller.name} implementation failed",

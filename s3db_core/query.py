@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from s3db_core.errors import ValidationError
+from s3db_core.options import positive_int
 from s3db_core.schema import to_iso
 
 Predicate = Callable[[Any], bool]
@@ -341,8 +342,7 @@ class FilterLimits:
                 f"filter_limits: unknown key(s) {sorted(unknown)}; use {sorted(names)}"
             )
         for name, value in config.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"filter_limits: {name} must be a positive integer")
+            positive_int(f"filter_limits {name!r}", value)
         return cls(**config)
 
 

@@ -3,8 +3,9 @@
 ``redact(text, secrets)`` hides, in any text:
 
 * the user-info of every URL (``http://AKID:secret@host/b`` -> ``http://***@host/b``);
-* the value of credential-bearing query parameters (``?token=``, ``apiKey``, ``password``,
-  S3 presigned ``X-Amz-Signature``...);
+* the value of credential-bearing query and fragment parameters, by name (``?token=``,
+  ``apiKey``, ``password``, ``jwt``, ``sessionToken``, S3's ``X-Amz-Signature``,
+  ``#access_token=``...);
 * each of ``secrets`` where it appears as a whole credential, never inside a longer word: with
   an access key ``k``, "bucket" stays "bucket" while "key k" becomes "key ***".
 
@@ -21,40 +22,43 @@ from urllib.parse import quote
 
 MASK = "***"
 
-# scheme://user[:password]@ -- the user-info ends at the first "@" before any "/", "?", "#".
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s\"'<>]+@")
-_SECRET_PARAMS = (
+# scheme://user[:password]@ -- the user-info runs to the last "@" before any "/" or space; a
+# password written unencoded may hold "?" or "#" (``s3://AKID:pa#ss@bucket``), so they do not end
+# it (a query holding "@" is masked too: more than needed, never less).
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]{0,31}://)[^/@\s\"'<>]+@")
+# A query or fragment parameter whose name says it carries a credential: these words anywhere
+# in the name, any case (``sessionToken``, ``X-Amz-Signature``, ``X-Goog-Credential``,
+# ``client_secret``, ``apiKey``...).
+_SECRET_NAME_WORDS = (
     "token",
-    "access_token",
-    "id_token",
-    "refresh_token",
-    "apikey",
-    "api_key",
-    "api-key",
     "key",
     "secret",
-    "client_secret",
     "password",
     "passwd",
+    "pwd",
     "signature",
-    "x-amz-signature",
-    "x-amz-credential",
-    "x-amz-security-token",
+    "credential",
+    "auth",
+    "jwt",
+    "session",
+    "sig",
 )
-_QUERY = re.compile(
-    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in _SECRET_PARAMS) + r")=)[^&#\s\"'<>]*",
-    re.IGNORECASE,
-)
+_SECRET_WORD = re.compile("|".join(_SECRET_NAME_WORDS), re.IGNORECASE)
+# Every "name=value" after "?", "&", ";" or "#" (names of at most 64 characters, so that a long
+# text is scanned in linear time); the value is masked when the name holds one of those words.
+_PARAM = re.compile(r"(?P<name>[?&;#][A-Za-z0-9_.-]{1,64}=)(?P<value>[^&;#\s\"'<>]*)")
 # Characters that can be part of a credential (base64, URL-safe base64, percent-encoding, JWT
-# dots): a secret is only masked where none of them touches it on either side.
+# dots): a secret is only masked where none of them touches it on either side ("=" only after
+# it: base64 padding ends a credential, while "name=" before one is a parameter).
 _CREDENTIAL_CHARS = r"A-Za-z0-9+/=_.~%-"
+_BEFORE_CREDENTIAL = r"A-Za-z0-9+/_.~%-"
 
 
 @lru_cache(maxsize=64)
 def _whole(secret: str) -> re.Pattern[str]:
     forms = sorted({secret, quote(secret, safe="")}, key=len, reverse=True)
     alternatives = "|".join(re.escape(form) for form in forms)
-    return re.compile(rf"(?<![{_CREDENTIAL_CHARS}])(?:{alternatives})(?![{_CREDENTIAL_CHARS}])")
+    return re.compile(rf"(?<![{_BEFORE_CREDENTIAL}])(?:{alternatives})(?![{_CREDENTIAL_CHARS}])")
 
 
 class Verbatim(str):
@@ -65,6 +69,11 @@ class Verbatim(str):
     __slots__ = ()
 
 
+def _mask_credential_param(found: re.Match[str]) -> str:
+    name = found["name"]
+    return name + MASK if _SECRET_WORD.search(name) else found[0]
+
+
 def redact_urls(text: str) -> str:
     """``text`` with URL user-info and credential query parameters masked."""
     if isinstance(text, Verbatim):
@@ -72,7 +81,7 @@ def redact_urls(text: str) -> str:
     if "://" in text:
         text = _USERINFO.sub(lambda m: m["scheme"] + MASK + "@", text)
     if "=" in text:
-        text = _QUERY.sub(lambda m: m["name"] + MASK, text)
+        text = _PARAM.sub(_mask_credential_param, text)
     return text
 
 

@@ -1,7 +1,9 @@
 """Finding and fixing damage in a store: ``await db.repair()`` / ``s3db repair URL``.
 
 What it looks for, in every resource the database knows (created in this process or recorded
-in ``s3db.json``):
+in ``s3db.json``), among the keys it writes itself: a key of another shape beside them (another
+program's, e.g. ``plugin=...`` or ``resource=R/historical/...``) is never read, changed or
+removed:
 
 - records missing from a partition listing (their partition reference is gone: written by an
   older version that was killed between the record and its reference): the reference is added;
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .database import Database
 
 DEFAULT_GRACE = 120.0
+MAX_GRACE = 365 * 86400.0  # a year: longer than any write stays in flight
 CONCURRENCY = 32
 
 
@@ -127,20 +130,33 @@ class _Progress:
 
 
 def _known_resources(db: Database) -> list[Resource]:
-    found = [db.resources[name] for name in db.resources]
-    for name, definition in db._saved_definitions.items():
-        if name not in db.resources:
-            found.append(
-                Resource(
-                    db,
-                    name,
-                    definition.get("attributes", {}),
-                    timestamps=definition.get("timestamps", False),
-                    partitions=definition.get("partitions"),
-                    behavior=definition.get("behavior", "body-overflow"),
-                )
-            )
-    return found
+    """Every resource ``connect`` loaded from ``s3db.json`` or this process defined; a recorded
+    definition this version cannot read was skipped there and is left alone here."""
+    return [db.resources[name] for name in db.resources]
+
+
+def _is_our_reference(resource: Resource, key: str) -> bool:
+    """Whether ``key`` has the exact shape of a partition reference this resource writes
+    (``resource=R/partition=P/f1=v1/.../id=ID`` with P one of its partitions and its fields in
+    order). Anything else under the prefix was written by someone else: never touched."""
+    parts = key[len(resource._base) + len("partition=") :].split("/")
+    fields = resource.partitions.get(parts[0])
+    if fields is None or len(parts) != len(fields) + 2:
+        return False
+    if not parts[-1].startswith("id=") or len(parts[-1]) == len("id="):
+        return False
+    return all(part.startswith(f"{field}=") for part, field in zip(parts[1:-1], fields, strict=True))
+
+
+def _is_record_key(record_key: str, key: str) -> bool:
+    """``resource=R/data/id=ID`` exactly (another program's keys under ``data/`` are skipped)."""
+    return key.startswith(record_key) and len(key) > len(record_key) and "/" not in key[len(record_key) :]
+
+
+def _is_our_reference_object(metadata: dict[str, str], body: bytes) -> bool:
+    """A reference this version writes holds no user metadata and the time it was written in
+    ms (older versions: nothing); another program's object at such a key is left alone."""
+    return not metadata and (body.isdigit() or body == b"")
 
 
 async def repair(
@@ -191,17 +207,24 @@ async def _repair_resource(
             expected.update(resource._partition_keys(found.record).values())
         tick(out, 1)
 
-    async for ids, _ in resource._ids(resource._data_prefix, None, 1000, cached=False):
+    record_key = f"{resource._data_prefix}id="
+    after: str | None = None
+    while True:
+        page = await storage.list(resource._data_prefix, start_after=after, max_keys=1000)
+        ids = [k[len(record_key) :] for k in page.keys if _is_record_key(record_key, k)]
         await asyncio.gather(*(inspect(i) for i in ids))
+        if page.next_start_after is None:
+            break
+        after = page.next_start_after
     if not resource.partitions:
         return out
     existing: set[str] = set()
     prefix = f"{resource._base}partition="
-    after: str | None = None
+    after = None
     tick(out, phase="references")
     while True:
         page = await storage.list(prefix, start_after=after, max_keys=1000)
-        existing.update(page.keys)
+        existing.update(k for k in page.keys if _is_our_reference(resource, k))
         tick(out, len(page.keys))
         if page.next_start_after is None:
             break
@@ -219,6 +242,8 @@ async def _repair_resource(
                 ref = await storage.get(key)
             except ObjectNotFound:
                 return
+            if not _is_our_reference_object(ref.metadata, ref.body):
+                return  # written by another program: not ours to judge
             written = int(ref.body) if ref.body.isdigit() else 0  # older versions wrote b""
             if now_ms - written < grace * 1000:
                 return  # possibly a write in flight: its record may commit any moment

@@ -12,6 +12,7 @@ import base64
 import builtins
 import contextlib
 import random
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -92,11 +93,23 @@ def _stored_version(metadata: dict[str, str]) -> int:
         return 1
 
 
-_held: ContextVar[frozenset[tuple[int, str]]] = ContextVar("s3db_held_records", default=frozenset())
+_held: ContextVar[tuple[tuple[int, str], ...]] = ContextVar("s3db_held_records", default=())
+
+
+class _Writers:
+    """The writers of one record in this process: how many hold or wait for it, and the lock
+    they queue on, made only when a second one arrives (a lone writer, the common case, creates
+    and awaits nothing)."""
+
+    __slots__ = ("users", "lock")
+
+    def __init__(self) -> None:
+        self.users = 1
+        self.lock: asyncio.Lock | None = None
 
 
 class _RecordLocks:
-    """One asyncio lock per record id while someone writes it, so that writes of one record in
+    """One lock per record id while someone writes it, so that writes of one record in
     this process run one at a time: no wasted conditional writes between them, and their
     changes are announced in commit order. Re-entrant along a call chain (a change listener
     that updates the record it was told about does not wait for itself); other processes are
@@ -107,7 +120,7 @@ class _RecordLocks:
     without a conditional write that would fail."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[str, _Writers] = {}
         self._committed: dict[str, int] = {}
 
     def committed(self, record_id: str) -> int:
@@ -121,56 +134,63 @@ class _RecordLocks:
     def forget(self, record_id: str) -> None:
         self._committed.pop(record_id, None)
 
-    def hold(self, record_id: str) -> _Hold:
-        """``async with locks.hold(id):`` -- the record's writers one at a time (re-entrant)."""
-        return _Hold(self, record_id)
-
 
 class _Hold:
-    """One ``async with`` of ``_RecordLocks.hold``: a plain class rather than a generator-based
-    context manager, because every update and delete takes it (~5 us saved per write)."""
+    """``async with _Hold(locks, id):`` -- the record's writers one at a time (re-entrant). A
+    plain class rather than a generator-based context manager, because every update and delete
+    takes it (~5 us saved per write).
 
-    __slots__ = ("locks", "record_id", "lock", "token")
+    The first writer of a record takes it by registering alone. A second one creates the
+    record's ``asyncio.Lock``, acquires it on the first one's behalf (a free lock is acquired
+    without yielding) and then queues on it; from then on every holder releases that lock."""
+
+    __slots__ = ("locks", "record_id", "writers", "token")
 
     def __init__(self, locks: _RecordLocks, record_id: str) -> None:
         self.locks = locks
         self.record_id = record_id
-        self.lock: asyncio.Lock | None = None  # None: re-entered, nothing to release
-        self.token: Token[frozenset[tuple[int, str]]] | None = None
+        self.writers: _Writers | None = None  # None: re-entered, nothing to release
+        self.token: Token[tuple[tuple[int, str], ...]] | None = None
 
     async def __aenter__(self) -> None:
         key = (id(self.locks), self.record_id)
         held = _held.get()
-        if key in held:
+        if held and key in held:
             return
         table = self.locks._locks
-        lock, users = table.get(self.record_id) or (asyncio.Lock(), 0)
-        table[self.record_id] = (lock, users + 1)
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave()
-            raise
-        self.lock = lock
-        self.token = _held.set(held | {key})
+        writers = table.get(self.record_id)
+        if writers is None:
+            writers = table[self.record_id] = _Writers()
+        else:
+            writers.users += 1
+            lock = writers.lock
+            if lock is None:
+                lock = writers.lock = asyncio.Lock()
+                await lock.acquire()  # free: taken at once, for the writer already inside
+            try:
+                await lock.acquire()
+            except BaseException:
+                self._leave(writers)
+                raise
+        self.writers = writers
+        self.token = _held.set((*held, key))
 
     async def __aexit__(self, *exc: object) -> None:
-        lock = self.lock
-        if lock is None:
+        writers = self.writers
+        if writers is None:
             return
         assert self.token is not None
         _held.reset(self.token)
-        lock.release()
-        self._leave()
+        if writers.lock is not None:
+            writers.lock.release()
+        self._leave(writers)
 
-    def _leave(self) -> None:
-        locks, record_id = self.locks, self.record_id
-        lock, users = locks._locks[record_id]
-        if users == 1:
+    def _leave(self, writers: _Writers) -> None:
+        writers.users -= 1
+        if not writers.users:
+            locks, record_id = self.locks, self.record_id
             del locks._locks[record_id]
             locks._committed.pop(record_id, None)
-        else:
-            locks._locks[record_id] = (lock, users - 1)
 
 
 @dataclass(slots=True)
@@ -257,8 +277,13 @@ def page_cursor(last_id: str, order: str = "asc") -> str:
     return _encode_cursor(last_id, order)
 
 
+_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
+
+
 def _partition_value(value: Any) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    if _UNQUOTED.fullmatch(text):
+        return text  # the common case, at half the cost of quote()
     return quote(text, safe="")
 
 
@@ -325,7 +350,10 @@ class Resource:
         return keys
 
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
-        fields = {k: v for k, v in record.items() if k != "id"}
+        return self._encode({k: v for k, v in record.items() if k != "id"}, version)
+
+    def _encode(self, fields: dict[str, Any], version: int) -> tuple[dict[str, str], bytes]:
+        """The stored form of a record's ``fields`` (its id left out), size-checked."""
         metadata, body = encode_record(fields, self.behavior, {VERSION_KEY: str(version)})
         limit = self.db.limits.max_record_size
         if len(body) + 2 * METADATA_LIMIT > limit:  # metadata stays within its 2 KB budget
@@ -377,10 +405,12 @@ class Resource:
         )
 
     async def _emit(
-        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int
+        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int,
+        etag: str | None = None,
     ) -> None:
+        # Built once: the broker gives this very object its stream position.
         await self.db._publish(
-            Change(self.name, event, record, previous, int(time.time() * 1000), version)  # type: ignore[arg-type]
+            Change.for_stream(self.name, event, record, previous, int(time.time() * 1000), version, etag)  # type: ignore[arg-type]
         )
 
     # -- reads ------------------------------------------------------------------------------
@@ -456,28 +486,32 @@ class Resource:
         """Validate and create a record (create-only write); ConflictError if the id exists."""
         if not isinstance(data, dict):
             raise ValidationError([{"field": "", "rule": "type", "message": "a record must be an object"}])
-        check_depth(data, self.db.limits.max_depth)
+        db = self.db
+        max_depth = db.limits.max_depth
+        check_depth(data, max_depth)  # before any hook sees it
         data = dict(data)
-        await self.db._call_hook("s3db_before_insert", resource=self, data=data)
+        if db.pm.hook.s3db_before_insert.get_hookimpls():
+            await db._call_hook("s3db_before_insert", resource=self, data=data)
+            check_depth(data, max_depth)  # a hook may have deepened it
         given = data.pop("id", None)
         id = validate_id(given) if given is not None else new_id()
         data.pop("createdAt", None)
         data.pop("updatedAt", None)
-        if self.db.pm.hook.s3db_before_insert.get_hookimpls():  # a hook may have deepened it
-            check_depth(data, self.db.limits.max_depth)
-        record = {"id": id, **self.schema.validate(data)}
+        fields = self.schema.validate(data)
         if self.timestamps:
-            record["createdAt"] = record["updatedAt"] = now_iso()
-        metadata, body = self._to_stored(record, 1)
-        refs = list(self._partition_keys(record).values())
-        self._check_keys(record, [self._key(id), *refs])
+            fields["createdAt"] = fields["updatedAt"] = now_iso()
+        record = {"id": id, **fields}
+        metadata, body = self._encode(fields, 1)
+        key = self._key(id)
+        refs = list(self._partition_keys(record).values()) if self.partitions else []
+        self._check_keys(record, [key, *refs])
         # Partition references first: a record is never committed (nor acknowledged) before it
         # can be listed in its partitions. A reference whose record is missing is skipped by
         # every listing (and removed by repair).
         if refs:
             await _all([self.storage.put(k, self._ref_body(), {}) for k in refs])
         try:
-            await self.storage.put(self._key(id), body, metadata, if_none_match=True)
+            etag = await self.storage.put(key, body, metadata, if_none_match=True)
         except (PreconditionFailed, StorageError) as exc:
             # A create-only PUT that met an object, or whose reply never came: if the object
             # stored is this very write (its reply was lost and a retry met it), it succeeded.
@@ -490,7 +524,7 @@ class Resource:
                     raise exc from None
                 raise
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
-                await self._emit("insert", record, None, 1)
+                await self._emit("insert", record, None, 1, existing[1].etag)
                 return record
             if isinstance(exc, StorageError):
                 # Not stored yet, but a store that got the request may still apply it after
@@ -499,7 +533,7 @@ class Resource:
             keep = set(self._partition_keys(existing[0].record).values()) if existing else set()
             await self._forget_refs([k for k in refs if k not in keep])
             raise ConflictError(f"{self.name} {id!r} already exists") from None
-        await self._emit("insert", record, None, 1)
+        await self._emit("insert", record, None, 1, etag)
         return record
 
     async def _peek(self, id: str) -> tuple[Versioned, Any] | None:
@@ -545,100 +579,107 @@ class Resource:
             raise ValidationError(
                 [{"field": "version", "rule": "integer", "message": "version must be an integer"}]
             )
-        async with self._locks.hold(id):
-            return await self._update(id, data, current, expected_version, check)
-
-    async def _update(
-        self,
-        id: str,
-        data: dict[str, Any] | Callable[[dict[str, Any]], Any],
-        current: tuple[dict[str, Any], str] | None,
-        expected_version: int | None,
-        check: Callable[[dict[str, Any]], Any] | None,
-    ) -> dict[str, Any]:
-        compute = data if callable(data) else None
-        # A caller that said what it read gets a conflict, not its patch applied to a newer record.
-        strict = compute is None and check is None and current is not None
-        # What the last attempt wrote, in case its reply was lost after the store committed it.
-        sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
-        for attempt in range(UPDATE_ATTEMPTS):
-            if expected_version is not None and expected_version < self._locks.committed(id):
-                raise self._stale(id, f"is past version {expected_version}")
-            if current is None or getattr(current, "version", None) is None:
-                found = await self._read(id)
-                if found is None:
-                    raise NotFoundError(f"{self.name} {id!r} not found")
-                stored, obj = found
-                if sent is not None and _write_token(obj.body) == sent[0]:
-                    # Our write did land (its reply was lost and a retry met our own version).
-                    _, record, previous, version = sent
-                    return await self._updated(id, record, previous, version)
-                if current is not None and current[1] != obj.etag and strict:
-                    raise self._stale(id)
-                current = stored
-            previous, etag = current
-            version = current.version  # type: ignore[attr-defined]
-            current = None
-            if strict and version < self._locks.committed(id):
-                raise self._stale(id)  # this process has committed a newer version meanwhile
-            if expected_version is not None and version != expected_version:
-                raise self._stale(id, f"is at version {version}, not {expected_version}")
-            if check is not None:
-                await await_me_maybe(check(previous))
-            patch = await await_me_maybe(compute(previous)) if compute is not None else dict(data)  # type: ignore[arg-type]
-            if not isinstance(patch, dict):
-                raise TypeError(f"{self.name} update: the patch must be a dict, got {type(patch).__name__}")
-            patch = dict(patch)
-            await self.db._call_hook(
-                "s3db_before_update", resource=self, id=id, data=patch, current=previous
-            )
-            check_depth(patch, self.db.limits.max_depth)
-            merged = merge_patch(
-                {k: v for k, v in previous.items() if k not in SYSTEM_FIELDS},
-                {k: v for k, v in patch.items() if k not in SYSTEM_FIELDS},
-                self.schema.fields,
-            )
-            check_depth(merged, self.db.limits.max_depth)
-            record = {"id": id, **self.schema.validate(merged)}
-            if self.timestamps:
-                record["createdAt"] = previous.get("createdAt") or now_iso()
-                record["updatedAt"] = now_iso()
-            metadata, body = self._to_stored(record, version + 1)
-            old_refs = self._partition_keys(previous)
-            new_refs = [k for p, k in self._partition_keys(record).items() if old_refs.get(p) != k]
-            self._check_keys(record, new_refs)
-            if new_refs:  # references first, as on insert: committed means listed
-                await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
-            try:
-                await self.storage.put(self._key(id), body, metadata, if_match=etag)
-            except StorageError:
-                # No reply at all: the write may have landed; if the store holds it, it did.
-                found = await self._peek(id)
-                if found is not None and _write_token(found[1].body) == _write_token(body):
-                    return await self._updated(id, record, previous, version + 1)
-                raise
-            except PreconditionFailed:
-                # Lost the race, or won it and lost the reply: the next read tells which.
-                sent = (_write_token(body), record, previous, version + 1)
-                if strict or expected_version is not None:
+        async with _Hold(self._locks, id):  # one coroutine: the loop runs inside the lock
+            compute = data if callable(data) else None
+            # A caller that said what it read gets a conflict, not its patch applied to a newer record.
+            strict = compute is None and check is None and current is not None
+            # What the last attempt wrote, in case its reply was lost after the store committed it.
+            sent: tuple[bytes, dict[str, Any], dict[str, Any], int] | None = None
+            for attempt in range(UPDATE_ATTEMPTS):
+                if expected_version is not None and expected_version < self._locks.committed(id):
+                    raise self._stale(id, f"is past version {expected_version}")
+                if current is None or getattr(current, "version", None) is None:
                     found = await self._read(id)
-                    if found is not None and _write_token(found[1].body) == sent[0]:
-                        return await self._updated(id, record, previous, version + 1)
-                    raise self._stale(id) from None
-                await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
-                continue
-            return await self._updated(id, record, previous, version + 1)
-        raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
+                    if found is None:
+                        raise NotFoundError(f"{self.name} {id!r} not found")
+                    stored, obj = found
+                    if sent is not None and _write_token(obj.body) == sent[0]:
+                        # Our write did land (its reply was lost and a retry met our own version).
+                        _, record, previous, version = sent
+                        return await self._updated(id, record, previous, version, etag=obj.etag)
+                    if current is not None and current[1] != obj.etag and strict:
+                        raise self._stale(id)
+                    current = stored
+                previous, etag = current
+                version = current.version  # type: ignore[attr-defined]
+                current = None
+                if strict and version < self._locks.committed(id):
+                    raise self._stale(id)  # this process has committed a newer version meanwhile
+                if expected_version is not None and version != expected_version:
+                    raise self._stale(id, f"is at version {version}, not {expected_version}")
+                if check is not None:
+                    await await_me_maybe(check(previous))
+                if compute is not None:
+                    patch = await await_me_maybe(compute(previous))
+                    if not isinstance(patch, dict):
+                        raise TypeError(f"{self.name} update: the patch must be a dict, got {type(patch).__name__}")
+                    patch = dict(patch)
+                else:
+                    patch = dict(data)  # type: ignore[arg-type]
+                await self.db._call_hook(
+                    "s3db_before_update", resource=self, id=id, data=patch, current=previous
+                )
+                # One depth walk, of the merged record: it holds every value of the patch, and the
+                # merge itself only recurses as deep as the stored record (checked when written).
+                merged = merge_patch(previous, patch, self.schema.fields, skip=SYSTEM_FIELDS)
+                check_depth(merged, self.db.limits.max_depth)
+                fields = self.schema.validate(merged)
+                if self.timestamps:
+                    fields["createdAt"] = previous.get("createdAt") or now_iso()
+                    fields["updatedAt"] = now_iso()
+                record = {"id": id, **fields}
+                metadata, body = self._encode(fields, version + 1)
+                stale_refs: list[str] = []
+                if self.partitions:
+                    old_refs = self._partition_keys(previous)
+                    new_keys = self._partition_keys(record)
+                    new_refs = [k for p, k in new_keys.items() if old_refs.get(p) != k]
+                    stale_refs = [k for p, k in old_refs.items() if new_keys.get(p) != k]
+                    if new_refs:  # references first, as on insert: committed means listed
+                        self._check_keys(record, new_refs)
+                        await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
+                try:
+                    new_etag = await self.storage.put(self._key(id), body, metadata, if_match=etag)
+                except StorageError:
+                    # No reply at all: the write may have landed; if the store holds it, it did.
+                    found = await self._peek(id)
+                    if found is not None and _write_token(found[1].body) == _write_token(body):
+                        return await self._updated(id, record, previous, version + 1, stale_refs,
+                                                   etag=found[1].etag)  # fmt: skip
+                    raise
+                except PreconditionFailed:
+                    # Lost the race, or won it and lost the reply: the next read tells which.
+                    sent = (_write_token(body), record, previous, version + 1)
+                    if strict or expected_version is not None:
+                        found = await self._read(id)
+                        if found is not None and _write_token(found[1].body) == sent[0]:
+                            return await self._updated(id, record, previous, version + 1,
+                                                       stale_refs, etag=found[1].etag)  # fmt: skip
+                        raise self._stale(id) from None
+                    await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
+                    continue
+                return await self._updated(id, record, previous, version + 1, stale_refs,
+                                           etag=new_etag)  # fmt: skip
+            raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
-        self, id: str, record: dict[str, Any], previous: dict[str, Any], version: int
+        self,
+        id: str,
+        record: dict[str, Any],
+        previous: dict[str, Any],
+        version: int,
+        stale_refs: list[str] | None = None,
+        etag: str | None = None,
     ) -> dict[str, Any]:
         """Announce a committed update (right after the write that committed it, so per record
         changes go out in commit order), then remove the references it moved away from."""
         self._locks.note(id, version)
-        await self._emit("update", record, previous, version)
-        new = self._partition_keys(record)
-        await self._forget_refs([k for p, k in self._partition_keys(previous).items() if new.get(p) != k])
+        await self._emit("update", record, previous, version, etag)
+        if stale_refs is None and self.partitions:
+            new = self._partition_keys(record)
+            stale_refs = [k for p, k in self._partition_keys(previous).items() if new.get(p) != k]
+        if stale_refs:
+            await self._forget_refs(stale_refs)
         return record
 
     async def _read(self, id: str) -> tuple[Versioned, Any] | None:
@@ -661,7 +702,7 @@ class Resource:
         ``ConflictError``; otherwise the newer record is read and ``s3db_before_delete`` runs
         again against it."""
         validate_id(id)
-        async with self._locks.hold(id):
+        async with _Hold(self._locks, id):
             strict = current is not None
             for attempt in range(UPDATE_ATTEMPTS):
                 if current is None:
@@ -680,7 +721,7 @@ class Resource:
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
                 self._locks.forget(id)
-                await self._emit("delete", record, record, version)
+                await self._emit("delete", record, record, version, etag)
                 await self._forget_refs(list(self._partition_keys(record).values()))
                 return record
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the delete")

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core.log import get_logger
+from s3db_core.options import positive_float
 
 from .limits import clip
 from .protocol import CloseCode, ErrorCode, ProtocolError, Request, now_ms, reply
@@ -49,7 +50,7 @@ class SessionAuth:
         self.plugin = plugin
         self.required = bool(config.get("required", bool(config.get("drivers"))))
         self.chain = AuthChain(config.get("drivers") or [])
-        self.timeout = float(timeout)
+        self.timeout = positive_float("auth_timeout", timeout)
 
     async def open(self, conn: Connection, request: web.Request) -> bool:
         """Authenticate from the upgrade request's credentials; False when rejected (the

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from s3db_core.log import get_logger
+from s3db_core.options import optional_positive_int
 
 from .internals import limit_read_size
 from .protocol import CloseCode
@@ -66,14 +67,6 @@ def close_frame(code: int, reason: str) -> bytes:
     return struct.pack("!BB", 0x88, len(body)) + body
 
 
-def _positive_int_or_none(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer or None (no cap)")
-    return value
-
-
 class PerIpLimits:
     """How many sockets each client address holds, in all and still unauthenticated, against
     the caps ``max_total`` and ``max_unauthenticated`` (None: no cap).
@@ -85,8 +78,8 @@ class PerIpLimits:
     """
 
     def __init__(self, max_total: int | None, max_unauthenticated: int | None) -> None:
-        self.max_total = _positive_int_or_none("max_connections_per_ip", max_total)
-        self.max_unauthenticated = _positive_int_or_none(
+        self.max_total = optional_positive_int("max_connections_per_ip", max_total)
+        self.max_unauthenticated = optional_positive_int(
             "max_unauthenticated_per_ip", max_unauthenticated
         )
         self._total: dict[str, int] = {}

@@ -9,7 +9,12 @@ raise ``ForbiddenError`` or ``NotFoundError`` to answer with that code, or s3db'
 ``ValidationError`` to reject the data with ``VALIDATION_ERROR`` and its per-field ``details``
 (for rules a schema cannot say, like the collab example's operation shapes); any other exception
 becomes ``INTERNAL_ERROR`` (logged with an error id, never sent). The role list (``auth``) is
-checked before any guard.
+checked before any guard; for get/update/delete the read rule comes between the two, so a guard
+is never handed a record the caller may not read (such a record is ``NOT_FOUND``, like a
+missing one).
+
+Every key a ``subscribe`` guard returns is the access part of the subscription, including keys
+it copied from the client's filter; the client's keys it did not return are the selection.
 
 Two more options decide what a connection may see and write, whatever it asks for:
 
@@ -74,6 +79,12 @@ class ReadRule:
     ``"$user.<claim>"`` are replaced by the connection's claims, e.g. ``{"$or": [{"isPrivate":
     False}, {"members[]": "$user.id"}]}``. ``bind(user)`` gives the predicate of one user, built
     once per subscription or frame (never per event); a claim the user lacks equals nothing.
+
+    A claim is always a value: where a field's value stands it is compared by equality (an
+    object claim ``{"$ne": null}`` is not read as an operator), and a claim shaped like an
+    operator (an object with a ``$`` key at any depth) equals nothing at all. Only an operator
+    the template itself writes applies to a claim (``{"roomId": {"$in": "$user.rooms"}}``). A
+    claim cannot stand for a filter (``{"$or": ["$user.f"]}`` is refused at start-up).
     """
 
     __slots__ = ("resource", "function", "template")
@@ -86,6 +97,7 @@ class ReadRule:
             self.function = rule
         elif isinstance(rule, Mapping):
             self.template = dict(rule)
+            _check_template(self.template, resource)
             try:  # a template that cannot compile is a configuration error, said at start-up
                 compile_filter(_bind(self.template, _SAMPLE))
             except ValidationError as exc:
@@ -123,28 +135,108 @@ class _Sample:
 
 
 _SAMPLE = _Sample()
+_CLAIM_NODES = 4096  # objects, lists and values one claim may hold (walked without recursion)
+_CLAIM_DEPTH = 32  # how deep one claim may nest
+
+
+def _plain(value: Any) -> Any:
+    """A claim as a value: itself, or ``_NO_CLAIM`` (equal to nothing) when it is shaped like
+    an operator (an object with a ``$`` key, at any depth) or is too big or too deep to compare.
+    Walked without recursion, so a claim of any depth costs at most ``_CLAIM_NODES`` steps."""
+    if not isinstance(value, Mapping | list):
+        return value
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    nodes = 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > _CLAIM_NODES or depth > _CLAIM_DEPTH:
+            return _NO_CLAIM
+        if isinstance(node, Mapping):
+            for key, item in node.items():
+                if not isinstance(key, str) or key.startswith("$"):
+                    return _NO_CLAIM
+                if isinstance(item, Mapping | list):
+                    stack.append((item, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node if isinstance(item, Mapping | list))
+    return value
 
 
 def _claim(user: Any, name: str, parent: Any) -> Any:
+    """The claim ``name`` of ``user`` as a value (``_NO_CLAIM`` when missing)."""
     if user is _SAMPLE:
         return ["claim"] if parent in ("$in", "$nin") else "claim"
     if user is None:
         return _NO_CLAIM
     value = user.get(name) if isinstance(user, Mapping) else getattr(user, name, None)
-    return _NO_CLAIM if value is None else value
+    if value is None:
+        return _NO_CLAIM
+    if parent in ("$in", "$nin") and isinstance(value, list):
+        # The template applies the operator; each listed value is compared as a value.
+        return [_plain(item) for item in value] if len(value) <= _CLAIM_NODES else _NO_CLAIM
+    return _plain(value)
 
 
-def _bind(template: Any, user: Any, parent: Any = None) -> Any:
-    """``template`` with every ``"$user.<claim>"`` string replaced by that claim of ``user``."""
-    if isinstance(template, str):
-        if template.startswith(USER_PREFIX):
-            return _claim(user, template[len(USER_PREFIX) :], parent)
-        return template
-    if isinstance(template, Mapping):
-        return {key: _bind(value, user, key) for key, value in template.items()}
-    if isinstance(template, list):
-        return [_bind(value, user) for value in template]
-    return template
+def _is_claim(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(USER_PREFIX)
+
+
+def _is_operators(value: Any) -> bool:
+    return isinstance(value, Mapping) and any(
+        isinstance(k, str) and k.startswith("$") for k in value
+    )
+
+
+def _check_template(template: Any, resource: str) -> None:
+    """Refuse, at start-up, a claim where a filter belongs (``{"$or": ["$user.f"]}``): a claim
+    always stands for a value, never for a piece of the filter."""
+    stack = [template]
+    while stack:
+        filter = stack.pop()
+        if not isinstance(filter, Mapping):
+            continue
+        for key, value in filter.items():
+            if key not in LOGICAL:
+                continue
+            if _is_claim(value) or (isinstance(value, list) and any(map(_is_claim, value))):
+                raise ValueError(
+                    f"resource {resource!r}: 'read' uses a claim as a filter under {key!r}; "
+                    'a claim stands for a value (write {"field": "$user.<claim>"})'
+                )
+            if isinstance(value, list):
+                stack.extend(value)
+
+
+def _bind(filter: Any, user: Any) -> Any:
+    """The template ``filter`` with each ``"$user.<claim>"`` replaced by that claim of
+    ``user``, always as a value: a claim where a field's value stands becomes ``{"$eq":
+    claim}``, so an object claim is compared, never read as operators; as an operator's operand
+    it is that operator's value; inside a literal object or list it is part of that literal."""
+    if not isinstance(filter, Mapping):
+        return filter  # compile_filter says what is wrong with it
+    bound: dict[str, Any] = {}
+    for key, value in filter.items():
+        if key in LOGICAL:
+            bound[key] = [_bind(f, user) for f in value] if isinstance(value, list) else value
+        elif _is_claim(value):
+            bound[key] = {"$eq": _claim(user, value[len(USER_PREFIX) :], key)}
+        elif _is_operators(value):
+            bound[key] = {op: _literal(operand, user, op) for op, operand in value.items()}
+        else:
+            bound[key] = _literal(value, user, key)
+    return bound
+
+
+def _literal(value: Any, user: Any, parent: Any) -> Any:
+    """A value of the template with its claims bound (each claim a value)."""
+    if _is_claim(value):
+        return _claim(user, value[len(USER_PREFIX) :], parent)
+    if isinstance(value, Mapping):
+        return {key: _literal(item, user, key) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_literal(item, user, None) for item in value]
+    return value
 
 
 class GuardContext:

@@ -5,10 +5,12 @@ its handler; the dispatch table (``Handlers.table``) and the parser's known type
 or raises ``ProtocolError`` (or a core error, mapped by ``protocol.client_error``).
 
 For every operation on a resource: the resource must be exposed (``RESOURCE_NOT_FOUND``), the
-user must pass its role list (``FORBIDDEN``), then its guard runs; a record's existence is
-revealed only after the guard allows. Records leave through ``ResourcePolicy.protected.strip``
-and the resource's read rule: a record the connection may not read is, for get, update and
-delete, exactly a missing one (``NOT_FOUND``), and is left out of a list page. Filters are
+user must pass its role list (``FORBIDDEN``), then (get, update, delete) the read rule, then
+its guard runs. With a read rule, a record the connection may not read is, for get, update and
+delete, exactly a missing one (``NOT_FOUND``, before any guard: no guard is handed a record the
+caller may not read); without one, a record's existence is revealed only after the guard
+allows. Records leave through ``ResourcePolicy.protected.strip`` and the read rule: a record
+the connection may not read is left out of a list page. Filters are
 bounded (``limits.py``) before they are compiled, and compiled once per frame.
 """
 
@@ -27,6 +29,8 @@ from s3db_core.log import get_logger
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
 from s3db_core.resource import Versioned, page_cursor
 
+from . import hookspecs
+from .channels import ChannelFrames
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
 from .limits import clip, filter_fields, limit_error
 from .protocol import (
@@ -70,19 +74,21 @@ def _name(value: str) -> str:
     return value if len(value) <= 100 else value[:100] + "..."
 
 
-class Handlers:
-    """The frame handlers of one plugin."""
+class Handlers(ChannelFrames):
+    """The frame handlers of one plugin (the channel frames are inherited from
+    ``channels.ChannelFrames``)."""
 
     def __init__(self, plugin: WebSocketPlugin) -> None:
         self.plugin = plugin
         # Built from the @message declarations below: type -> declaration, type -> handler.
         self.messages: dict[str, Message] = {}
         self.table: dict[str, Handler] = {}
-        for attr in vars(type(self)).values():
-            declared: Message | None = getattr(attr, "message", None)
-            if isinstance(declared, Message):
-                self.messages[declared.type] = declared
-                self.table[declared.type] = getattr(self, attr.__name__)
+        for klass in reversed(type(self).__mro__):
+            for attr in vars(klass).values():
+                declared: Message | None = getattr(attr, "message", None)
+                if isinstance(declared, Message):
+                    self.messages[declared.type] = declared
+                    self.table[declared.type] = getattr(self, attr.__name__)
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
@@ -163,8 +169,39 @@ class Handlers:
         decision = await self._guard(policy, "subscribe", user, given)
         return self._effective(policy, _kept(client_filter, given), decision.filter_override)
 
+    async def list_filter(
+        self, conn: Connection, policy: ResourcePolicy, client_filter: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The effective filter of a ``list`` (or a snapshot, which reads as a ``list`` does):
+        the client's, overridden by the ``list`` guard's keys (``FORBIDDEN`` when it refuses)."""
+        if "list" not in policy.guards:  # the context is built only for a guard to see
+            return client_filter
+        given = dict(client_filter)
+        ctx = self._guard_ctx(conn, filter=given)
+        decision = await self._guard(policy, "list", conn.user, ctx)
+        if not decision.filter_override:
+            return client_filter
+        kept = _kept(client_filter, given)
+        return self._merged(policy, kept, decision.filter_override)[0]
+
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
         return GuardContext(user=conn.user, db=self.plugin.db, **fields)
+
+    async def custom(self, conn: Connection, req: Request) -> Frame:
+        """A custom message type (see ``protocol.parse``): the first ``s3db_ws_message``
+        implementation that answers it; ``UNKNOWN_MESSAGE_TYPE`` when none does."""
+        answer = await hookspecs.answer(self.plugin.db.pm, conn, req.fields["message"])
+        if answer is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE_TYPE,
+                f"unknown message type {req.type[:64]!r}",
+                {"type": req.type[:64], "known": sorted(self.messages)},
+            )
+        if not isinstance(answer, dict) or not isinstance(answer.get("type"), str):
+            raise RuntimeError(f"s3db_ws_message answered {req.type[:64]!r} with {type(answer).__name__}, not a frame")
+        if req.request_id is not None:
+            answer = {**answer, "requestId": req.request_id}
+        return answer
 
     # -- frames -------------------------------------------------------------------------------
     @message("ping", before_auth=True)
@@ -194,6 +231,9 @@ class Handlers:
         effective, predicate, access = await self.subscription_filter(
             policy, conn.user, client_filter
         )
+        # A snapshot is a read: it runs the list guard (and its override) as a list would,
+        # before the subscription takes effect, so it never shows more than a list.
+        listed = await self.list_filter(conn, policy, client_filter) if f["snapshot"] else None
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
         registry = self.plugin.registry
         for old in registry.of(conn, name):
@@ -216,6 +256,9 @@ class Handlers:
             access=access,
             read=policy.readable(conn.user),
         )
+        # What it holds counts against its address's and user's budgets (FORBIDDEN over one);
+        # the registry releases it when the subscription goes.
+        sub.hold = await self.plugin.holdings.reserve(conn, len(encode(effective)))
         registry.add(sub)
         answer = functools.partial(
             reply,
@@ -231,7 +274,7 @@ class Handlers:
             if position is not None:
                 return answer(position=position)
         try:  # replies itself, then sends the replay, the snapshot's stream or what is new
-            await subscribe_from(self.plugin, conn, sub, policy, f, answer)
+            await subscribe_from(self.plugin, conn, sub, policy, f, answer, listed)
         except BaseException:
             registry.remove(sub)
             raise
@@ -258,14 +301,7 @@ class Handlers:
         f = req.fields
         policy, resource = self._resource(conn, f["resource"])
         client_filter = self._client_filter(policy, f["filter"])
-        effective = client_filter
-        if "list" in policy.guards:  # the context is built only for a guard to see
-            given = dict(client_filter)
-            ctx = self._guard_ctx(conn, filter=given)
-            decision = await self._guard(policy, "list", conn.user, ctx)
-            if decision.filter_override:
-                kept = _kept(client_filter, given)
-                effective = self._merged(policy, kept, decision.filter_override)[0]
+        effective = await self.list_filter(conn, policy, client_filter)
         order = f["order"] or policy.order
         plugin = self.plugin
         # The core compiles the effective filter (once) and reads at most the scan budget.
@@ -287,8 +323,7 @@ class Handlers:
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        read = policy.readable(conn.user)  # the read rule, bound once for this frame
-        found = _readable(read, await resource.get_versioned(id, consistency="cache"))
+        read, found = await _load(policy, conn.user, resource, id, consistency="cache")
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
@@ -325,8 +360,7 @@ class Handlers:
     async def update(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        read = policy.readable(conn.user)  # the read rule, bound once for this frame
-        found = _readable(read, await resource.get_versioned(id))
+        read, found = await _load(policy, conn.user, resource, id)
         ctx = self._guard_ctx(conn, id=id, data=req.fields["data"], record=found[0] if found else None)
         await self._guard(policy, "update", conn.user, ctx)
         if found is None:
@@ -361,8 +395,7 @@ class Handlers:
     async def delete(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        read = policy.readable(conn.user)  # the read rule, bound once for this frame
-        found = _readable(read, await resource.get_versioned(id))
+        _, found = await _load(policy, conn.user, resource, id)
         ctx = self._guard_ctx(conn, id=id, record=found[0] if found else None)
         await self._guard(policy, "delete", conn.user, ctx)
         if found is None:
@@ -377,12 +410,27 @@ class Handlers:
         )
 
 
-def _readable(read: Predicate | None, found: Versioned | None) -> Versioned | None:
-    """``found`` if the connection may read its record, else None: a record hidden by the read
-    rule is, to this connection, exactly a missing one."""
-    if found is None or read is None:
-        return found
-    return found if read(found[0]) else None
+async def _load(
+    policy: ResourcePolicy,
+    user: User | None,
+    resource: Resource,
+    id: str,
+    consistency: str = "store",
+) -> tuple[Predicate | None, Versioned | None]:
+    """The read rule bound to ``user`` (once for the frame) and the record ``id`` as the
+    guard of ``get``/``update``/``delete`` may see it; run after the role list, before the guard.
+
+    With a read rule, a missing record and one the rule hides are the same answer,
+    ``NOT_FOUND``, given here, before any guard: no guard is handed a record the caller may not
+    read, and what a guard would say cannot tell the two apart. Without one, a missing record
+    reaches the guard as ``None``, and its existence shows only after the guard allows.
+    ``consistency="cache"`` (``get``) may answer from the record cache; ``update``/``delete``
+    read the store, whose ETag their conditional write needs."""
+    read = policy.readable(user)
+    found = await resource.get_versioned(id, consistency=consistency)
+    if read is not None and (found is None or not read(found[0])):
+        raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
+    return read, found
 
 
 def _shown(policy: ResourcePolicy, read: Predicate | None, record: dict[str, Any]) -> dict[str, Any]:

@@ -12,18 +12,23 @@ memory or flood the logs. The plugin's options (``filter_limits``, ``max_subscri
 - A frame is parsed only if it holds at most ``max_frame_values`` commas and colons (an upper
   bound on the JSON values in it, counted in well under a millisecond): parsing a 1 MB frame of
   33,000 keys costs the event loop 15-25 ms, counting its separators a fraction of one.
+  Such a frame still answers with its ``requestId``: ``recover_request_id`` finds it in the raw
+  text with one bounded regular expression (linear, no parse).
 - Anything from a client that reaches a log line goes through ``clip``; a ``requestId`` longer
   than ``MAX_REQUEST_ID`` characters is refused.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 from s3db_core.query import LOGICAL, FilterLimitError, FilterLimits
 
-from .protocol import MAX_REQUEST_ID, ErrorCode, ProtocolError
+from .protocol import MAX_REQUEST_ID, ErrorCode, ProtocolError, request_id_of
 
 __all__ = [
     "DEFAULT_LIST_MAX_BYTES",
@@ -38,7 +43,7 @@ __all__ = [
     "clip",
     "filter_fields",
     "limit_error",
-    "positive_int",
+    "recover_request_id",
 ]
 
 DEFAULT_MAX_SUBSCRIPTIONS = 100  # per connection
@@ -76,6 +81,37 @@ def check_frame(raw: str | bytes, max_values: int) -> None:
         )
 
 
+# "requestId": then a JSON string of at most 2 x MAX_REQUEST_ID characters as written (escapes
+# take two or more) or a JSON number, followed by the end of the member.
+_RID = (
+    r'"requestId"\s*:\s*("(?:[^"\\\x00-\x1f]|\\.){0,'
+    + str(2 * MAX_REQUEST_ID)
+    + r'}"|-?\d{1,20}(?:\.\d{1,20})?(?:[eE][+-]?\d{1,3})?)(?=\s*[,}])'
+)
+_RID_TEXT = re.compile(_RID)
+_RID_WINDOW = 4096  # characters searched at each end of a refused frame
+_RID_BYTES = re.compile(_RID.encode())
+
+
+def recover_request_id(raw: str | bytes) -> str | int | float | None:
+    """The ``requestId`` of a frame refused before it was parsed, found in its raw text, or None
+    (none there, or not a valid one). Only the first and the last ``_RID_WINDOW`` characters
+    are searched (where clients put it: before or after the bulk of the frame), so the cost is
+    the same for any frame. The first ``"requestId":`` member whose value is a JSON string or
+    number counts (a frame that nests another one first only confuses its own sender)."""
+    pattern: Any = _RID_TEXT if isinstance(raw, str) else _RID_BYTES
+    match = pattern.search(raw, 0, _RID_WINDOW)
+    if match is None and len(raw) > _RID_WINDOW:
+        match = pattern.search(raw, max(_RID_WINDOW, len(raw) - _RID_WINDOW))
+    if match is None:
+        return None
+    try:
+        value = orjson.loads(match.group(1))
+    except orjson.JSONDecodeError:
+        return None
+    return request_id_of({"requestId": value})
+
+
 def limit_error(exc: FilterLimitError) -> ProtocolError:
     """The ``INVALID_MESSAGE`` a filter over its limits gets: ``details`` name the limit."""
     return ProtocolError(
@@ -97,10 +133,3 @@ def filter_fields(filter: dict[str, Any]) -> Iterator[str]:
                     stack.extend(branch for branch in value if isinstance(branch, dict))
             elif isinstance(key, str):
                 yield key
-
-
-def positive_int(name: str, value: Any) -> int:
-    """An option that must be a positive integer (ValueError naming it otherwise)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer")
-    return value

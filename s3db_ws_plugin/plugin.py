@@ -21,10 +21,22 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from s3db_auth_drivers import Credentials
-from s3db_core import Change, Database, await_me_maybe, hookimpl
+from s3db_core import Change, Database, Position, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
+from s3db_core.options import optional_positive_float, positive_float, positive_int
+from s3db_core.plugins import call_each_isolated
 
+from . import hookspecs
 from .auth import SessionAuth
+from .budgets import (
+    DEFAULT_MAX_FILTER_BYTES_PER_IP,
+    DEFAULT_MAX_FILTER_BYTES_PER_USER,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+    DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+    Holdings,
+    RedisHoldings,
+)
+from .channels import DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_PRESENCE_TIMEOUT, Channels
 from .connection import (
     CLOSE_TIMEOUT,
     Connection,
@@ -44,7 +56,7 @@ from .limits import (
     FilterLimits,
     check_frame,
     clip,
-    positive_int,
+    recover_request_id,
 )
 from .metrics import Metrics
 from .protocol import (
@@ -60,7 +72,7 @@ from .protocol import (
 )
 from .rate_limiters import RateDecision, load_rate_limiter
 from .recheck import recheck_subscriptions
-from .resume import Resumer, event_frame
+from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer, event_frame
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
@@ -92,13 +104,7 @@ _INLINE = frozenset({"ping"})
 # Frames that change what the session is (who, which subscriptions): every later frame of the
 # connection starts only once such a frame is done (a `list` after a `subscribe` sees the
 # subscription in place, so no change falls between the history and the live stream).
-_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe"})
-
-
-def _positive_seconds(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"{name} must be a positive number of seconds")
-    return float(value)
+_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe", "join", "leave"})
 
 
 def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
@@ -207,10 +213,19 @@ class WebSocketPlugin:
         max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS,
         list_scan_limit: int = DEFAULT_LIST_SCAN_LIMIT,
         list_max_bytes: int = DEFAULT_LIST_MAX_BYTES,
+        replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
         max_frame_values: int = DEFAULT_MAX_FRAME_VALUES,
         metrics: bool | Mapping[str, Any] = False,
         trusted_proxies: Iterable[str] | str | None = None,
         proxy_header: str = "X-Forwarded-For",
+        channels: Mapping[str, Any] | None = None,
+        max_channels_per_connection: int = DEFAULT_MAX_CHANNELS_PER_CONNECTION,
+        presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT,
+        channel_rate_limit: Mapping[str, int] | None = None,
+        max_subscriptions_per_ip: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
+        max_filter_bytes_per_ip: int | None = DEFAULT_MAX_FILTER_BYTES_PER_IP,
+        max_subscriptions_per_user: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
+        max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
     ) -> None:
         self.host = host
         self.port = port
@@ -221,21 +236,23 @@ class WebSocketPlugin:
             for name, config in (resources or {}).items()
         }
         rate = rate_limit
+        # The frame limiter's settings (its engine and key), which the channel limiters reuse.
+        self.rate_limit_config = dict(rate) if rate and rate.get("enabled", True) else None
         self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = heartbeat_interval
-        self.max_message_size = int(max_message_size)
-        self.max_queue_bytes = int(max_queue_bytes)
+        self.heartbeat_interval = optional_positive_float("heartbeat_interval", heartbeat_interval)
+        # 0 would mean "no limit" to aiohttp's reader: a size must be at least one byte.
+        self.max_message_size = positive_int("max_message_size", max_message_size)
+        self.max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
         self.compression = bool(compression)
-        self.header_timeout = _positive_seconds("header_timeout", header_timeout)
+        self.header_timeout = positive_float("header_timeout", header_timeout)
         self.per_ip = PerIpLimits(
             max_connections_per_ip, max_unauthenticated_per_ip
         )
         # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
         self._proxies = TrustedProxies(trusted_proxies, proxy_header)
-        concurrency = max_concurrent_requests
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError("max_concurrent_requests must be a positive integer")
-        self.max_concurrent_requests = concurrency
+        self.max_concurrent_requests = positive_int(
+            "max_concurrent_requests", max_concurrent_requests
+        )
         # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
         # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
         routes = list(routes)
@@ -250,17 +267,44 @@ class WebSocketPlugin:
         self.metrics_token = _metrics_token(metrics)
         self.metrics_enabled = bool(metrics)
 
+        # What one address and one user may hold in subscriptions (budgets.py), shared
+        # across processes when the rate limiter is the Redis one.
+        self.holdings = Holdings(
+            max_subscriptions_per_ip=max_subscriptions_per_ip,
+            max_filter_bytes_per_ip=max_filter_bytes_per_ip,
+            max_subscriptions_per_user=max_subscriptions_per_user,
+            max_filter_bytes_per_user=max_filter_bytes_per_user,
+            shared=RedisHoldings.from_rate_limit(rate) if self.rate_limit else None,
+        )
+
         self.connections: set[Connection] = set()
-        self.registry = SubscriptionRegistry()
-        self.resumer = Resumer(self.registry, max_hold_bytes=self.max_queue_bytes)
+        self.registry = SubscriptionRegistry(release=self.holdings.release)
+        self.resumer = Resumer(
+            self.registry,
+            max_hold_bytes=self.max_queue_bytes,
+            # A replay goes out through the send queue, beside the frames held meanwhile: one
+            # that could not fit would close the client with 4408, again at every reconnect.
+            replay_max_bytes=min(
+                positive_int("replay_max_bytes", replay_max_bytes), self.max_queue_bytes // 2
+            ),
+        )
         self._rechecks: set[asyncio.Task] = set()
         self.handlers = Handlers(self)
+        # Ephemeral channels (channels.py): broadcast and presence, never stored.
+        self.channels = Channels(
+            self,
+            channels,
+            max_per_connection=max_channels_per_connection,
+            presence_timeout=presence_timeout,
+            rates=channel_rate_limit,
+        )
         self.metrics = Metrics(
             lambda: len(self.connections),
             lambda: len(self.registry),
             lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
             lambda: self.db.stats.snapshot() if hasattr(self, "db") else {},
         )
+        self.channels.register_metrics(self.metrics.registry)
         self._runner: web.AppRunner | None = None
         # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
         self.workers = WorkerSettings.from_env()
@@ -374,7 +418,7 @@ class WebSocketPlugin:
         """The position of the last change of ``resource`` this process fanned out (a new
         subscription gets every later one), None before the first."""
         fanned = self.resumer.positions.fanned.get(resource)
-        return None if fanned is None else {"offset": fanned[1], "epoch": fanned[0]}
+        return None if fanned is None else Position(fanned[1], fanned[0]).to_dict()
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:
@@ -384,6 +428,7 @@ class WebSocketPlugin:
         if self.workers is not None:
             self.workers.check_broker(db)
         self.db = db
+        hookspecs.add_hookspecs(db.pm)
         app = web.Application()
         app.router.add_get("/health", self._health)
         if self.metrics_enabled:  # never on the public listener unless asked for
@@ -407,7 +452,9 @@ class WebSocketPlugin:
             await runner.cleanup()
             raise
         self.port = runner.addresses[0][1]
+        await self.holdings.start()
         self._runner = runner
+        await self.channels.start(db)
         self._started = time.monotonic()
         pages = [
             f"{self.http_url}{r.path}"
@@ -430,7 +477,9 @@ class WebSocketPlugin:
             self.metrics.closes.labels(str(CloseCode.GOING_AWAY)).inc()
         if self._handler_tasks:
             await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
+        await self.channels.stop()
         await runner.cleanup()
+        await self.holdings.close()
         close = getattr(self.rate_limit.limiter, "close", None) if self.rate_limit else None
         if close is not None:  # a shared limiter's connections (redis) end with the server
             await await_me_maybe(close())
@@ -524,17 +573,30 @@ class WebSocketPlugin:
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)
             log.debug("connection opened", remote=conn.remote, peer=request.remote)
+            announced = False
             try:
                 if await self._auth_phase(conn, request):
                     if pending:
                         self.per_ip.authenticated(ip)
                         pending = False
+                    announced = True
+                    await call_each_isolated(self.db.pm.hook.s3db_ws_connected, connection=conn)
                     await self._session(conn)
             finally:
                 self.resumer.release(conn)
                 self.registry.remove_connection(conn)
                 self.connections.discard(conn)
                 await conn.finish()
+                # A subscribe that was in flight when the socket closed may have added its
+                # subscription after the first removal: forget it too (and what it held).
+                self.registry.remove_connection(conn)
+                self.channels.drop_connection(conn)  # after finish: no join is still running
+                if announced:
+                    await call_each_isolated(
+                        self.db.pm.hook.s3db_ws_disconnected,
+                        connection=conn,
+                        code=ws.close_code,
+                    )
                 if conn.overflowed:
                     self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
                 self._handler_tasks.discard(task)
@@ -594,13 +656,18 @@ class WebSocketPlugin:
         """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
         request task of the connection (waiting for a slot when all are busy)."""
         self.metrics.frames_in.inc()
+        rid = None
         try:
-            check_frame(raw, self.max_frame_values)
+            try:
+                check_frame(raw, self.max_frame_values)
+            except ProtocolError:  # refused unparsed: its requestId from the raw text
+                rid = recover_request_id(raw)
+                raise
             msg: Any = decode(raw)
             bad_json = None
+            rid = request_id_of(msg)
         except ProtocolError as exc:
             msg, bad_json = None, exc
-        rid = request_id_of(msg)
         # structlog's request_id, bound and reset by token (see internals.structlog_var); a request task
         # copies this context when it is created.
         token = _REQUEST_ID.set(clip(rid))
@@ -615,7 +682,7 @@ class WebSocketPlugin:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg, self.handlers.messages)
+            req = parse(msg, self.handlers.messages, custom=True)
             if inline or req.type in _INLINE:
                 await self._run(conn, req, msg)
                 return
@@ -631,10 +698,11 @@ class WebSocketPlugin:
         """Execute one parsed frame and send its answer (or its error)."""
         try:
             handlers = self.handlers
-            if not conn.authenticated and not handlers.messages[req.type].before_auth:
+            declared = handlers.messages.get(req.type)
+            if not conn.authenticated and (declared is None or not declared.before_auth):
                 self.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
                 return
-            answer = await handlers.table[req.type](conn, req)
+            answer = await handlers.table.get(req.type, handlers.custom)(conn, req)
             if answer is not None:
                 self.send(conn, answer)
         except Exception as exc:
@@ -665,6 +733,18 @@ class WebSocketPlugin:
         """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
         self.metrics.error(error.code).inc()
         self.send(conn, error_frame(error, request_id))
+
+    # -- channels -----------------------------------------------------------------------------
+    async def broadcast(self, channel: str, event: str, data: Any) -> None:
+        """Send ``event`` with ``data`` to every member of ``channel`` on every process (the
+        frame's ``from`` is ``{clientId: None, userId: None}``). ValueError when no
+        ``channels`` pattern matches the name."""
+        await self.channels.broadcast(channel, event, data)
+
+    async def presence(self, channel: str) -> list[dict[str, Any]]:
+        """The members of ``channel`` across processes: ``[{clientId, userId, info,
+        joinedAt}]`` (empty for a channel without ``presence``)."""
+        return await self.channels.presence(channel)
 
     # -- revocation ---------------------------------------------------------------------------
     def recheck(

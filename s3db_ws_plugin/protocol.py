@@ -26,6 +26,7 @@ EVENT_KINDS = ("insert", "update", "delete")
 MAX_OFFSET = 2**63 - 1  # stream offsets are 64-bit
 MAX_EPOCH_LENGTH = 128
 MAX_REQUEST_ID = 128  # characters of a string requestId
+CUSTOM_TYPE_MAX = 128  # characters of a custom message type (see parse)
 
 
 class ErrorCode:
@@ -263,8 +264,10 @@ def request_id_of(msg: Any) -> str | int | float | None:
     return None
 
 
-def parse(msg: Any, messages: Mapping[str, Message]) -> Request:
-    """Validate a decoded frame into a Request of one of ``messages``, or raise ProtocolError."""
+def parse(msg: Any, messages: Mapping[str, Message], *, custom: bool = False) -> Request:
+    """Validate a decoded frame into a Request of one of ``messages``, or raise ProtocolError.
+    With ``custom``, an undeclared type with a ``:`` is a custom type: its Request's ``fields``
+    are ``{"message": the whole frame}`` (for the ``s3db_ws_message`` hook)."""
     if not isinstance(msg, dict):
         raise ProtocolError(
             ErrorCode.INVALID_MESSAGE,
@@ -282,6 +285,8 @@ def parse(msg: Any, messages: Mapping[str, Message]) -> Request:
     if not isinstance(kind, str):
         raise invalid("type", "must be a string")
     declared = messages.get(kind)
+    if declared is None and custom and ":" in kind and len(kind) <= CUSTOM_TYPE_MAX:
+        return Request(kind, rid, {"message": msg})
     if declared is None:
         raise ProtocolError(
             ErrorCode.UNKNOWN_MESSAGE_TYPE,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from s3db_core.log import get_logger
+from s3db_core.options import positive_float
 from s3db_core.plugins import load_entry_point
 
 log = get_logger("s3db.rate_limit")
@@ -64,10 +65,7 @@ class RateLimiter(Protocol):
 
 
 def _positive(config: Mapping[str, Any], snake: str, camel: str, default: float) -> float:
-    value = config.get(snake, config.get(camel, default))
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"rate limit {snake!r} must be a positive number")
-    return value
+    return positive_float(f"rate limit {snake!r}", config.get(snake, config.get(camel, default)))
 
 
 class _Window:

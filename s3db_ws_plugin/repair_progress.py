@@ -13,11 +13,10 @@ import shutil
 import time
 from typing import Any, TextIO
 
-import structlog
-
+from s3db_core.log import get_logger
 from s3db_core.repair import RepairProgress
 
-log = structlog.get_logger("s3db.cli")
+log = get_logger("s3db.cli")
 
 TERMINAL_INTERVAL = 0.2  # seconds between two redraws of the status line
 LOG_INTERVAL = 10.0  # seconds between two progress log lines at most

@@ -8,16 +8,20 @@ Every change a broker hands the plugin carries its stream position (``offset`` w
   may publish out of order (version 5, then version 4). ``VersionGate`` remembers, per resource
   and record (a bounded LRU), the newest version this process fanned out, and drops an older
   one before any subscriber is looked at: one dict operation per change, never per subscriber.
-- **Resume.** ``subscribe {since}`` replays the broker's history after that position through the
-  subscription's own delivery rule, then continues live. While the replay is read, live frames
-  for that connection are *held* (not sent); then the replayed and held frames go out merged in
-  offset order, each change once. A process's broker reader may lag behind the broker, so a
+- **Resume.** ``subscribe {since}`` replays the **net changes** of the broker's history after
+  that position (per record its latest state or its removal, never a past state; see
+  ``Resumer.replay_frames``) through the subscription's own delivery rule, at most
+  ``replay_max_bytes`` of them (more answers ``recovered: false``), then continues live. While
+  the replay is read, live frames for that connection are *held* (not sent); then the replayed
+  and held frames go out merged in offset order, each change once. A process's broker reader may lag behind the broker, so a
   replayed change can still arrive live afterwards: a short-lived *guard* drops it. When the
   epoch differs or the position left history the reply says ``recovered: false`` and the
   client reloads.
 - **Snapshot.** ``subscribe {snapshot: true}`` reads the stream position first, then the first
-  page of matching records, holds live frames meanwhile, and flushes them minus what the page
-  already shows; its guard keeps doing so for changes published after the listing saw them.
+  page of matching records exactly as a ``list`` reads (its guard's filter, the read rule, the
+  scan and byte budgets) and through the subscription's filter, holds live frames meanwhile,
+  and flushes them minus what the page already shows; its guard keeps doing so for changes
+  published after the listing saw them.
 
 Holds and guards are the only per-connection state; they exist only while a connection
 subscribes (a guard: a few seconds at most), and the live path looks them up (one dict lookup
@@ -38,7 +42,8 @@ from s3db_core import Change, Position
 from s3db_core.log import get_logger
 
 from .connection import text_frame
-from .subscriptions import LEAVE, NOTHING
+from .protocol import CloseCode
+from .subscriptions import Delivery
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -56,6 +61,9 @@ GUARD_TTL = 5.0
 BROKER_READS = 8
 # Changes of history remembered before ``since`` to seed the stale-version check of a replay.
 REPLAY_SEED = 256
+# Bytes of events one replay may send (``replay_max_bytes``, at most half the send queue); a
+# replay that needs more answers ``recovered: false`` and the client reloads with ``list``.
+DEFAULT_REPLAY_MAX_BYTES = 512 << 10
 
 
 def rank(event: str, version: int) -> int:
@@ -138,21 +146,21 @@ def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> 
     }
 
 
-def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> int:
+def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
     """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
     record left what it may see) or ``NOTHING``; the live rule of
     ``SubscriptionRegistry.deliveries`` for one subscription (fails closed)."""
     event = change.event
     if event not in policy.events or event not in sub.events:
-        return NOTHING
+        return Delivery.NOTHING
     if policy.requires_user and not policy.role_allows(sub.connection.user):
-        return NOTHING
+        return Delivery.NOTHING
     after = change.record if event != "delete" else None
     try:
         return sub.delivery(event, after, change.previous)
     except Exception:
         log.exception("subscription check failed", resource=sub.resource)
-        return NOTHING
+        return Delivery.NOTHING
 
 
 class Positions:
@@ -211,7 +219,12 @@ class ReplayGuard:
 class Resumer:
     """The plugin's resume machinery: version gate, positions, holds, replay and snapshot."""
 
-    def __init__(self, registry: SubscriptionRegistry, max_hold_bytes: int) -> None:
+    def __init__(
+        self,
+        registry: SubscriptionRegistry,
+        max_hold_bytes: int,
+        replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
+    ) -> None:
         self.registry = registry
         self.gate = VersionGate()
         self.positions = Positions()
@@ -220,6 +233,8 @@ class Resumer:
         # Connections whose live frames are checked against a recent replay or snapshot.
         self.guards: dict[Connection, list[ReplayGuard | SnapshotGuard]] = {}
         self.max_hold_bytes = max_hold_bytes
+        # Bytes of events one replay may send; beyond, the reply says ``recovered: false``.
+        self.replay_max_bytes = replay_max_bytes
         self.guard_ttl = GUARD_TTL
         # Broker reads made for subscribes: at most BROKER_READS at once (the broker's client
         # has a bounded pool that the writes need too), positions coalesced per resource.
@@ -272,7 +287,7 @@ class Resumer:
         if hold is None:
             hold = Hold(self.max_hold_bytes)
         if hold.size > hold.limit:
-            conn.close(4408, "slow consumer: too many events while resuming")
+            conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: too many events while resuming")
             return 0
         resource = sub.resource
         merged = list(replayed)
@@ -302,23 +317,91 @@ class Resumer:
         changes: Iterable[Change],
         after: int,
         encode: Callable[[dict[str, Any]], bytes],
-    ) -> tuple[list[tuple[int, bytes]], int | None]:
+        max_bytes: int,
+    ) -> tuple[list[tuple[int, bytes]] | None, int | None]:
         """The frames ``sub`` gets from ``changes`` (in stream order) past offset ``after``, with
-        their offsets, and the offset of the last change looked at. Changes at or before ``after`` only seed the
-        stale-version check (a record the client saw at version 5 must not go back to 4)."""
+        their offsets, and the offset of the last change looked at; None instead of the frames
+        when they would exceed ``max_bytes`` (the client reloads instead).
+
+        A replay carries **net changes**: per record changed after ``after``, only its latest
+        state (``insert`` if it did not exist at ``after``, else ``update``) or its removal
+        (``delete``, or ``leave`` when it left what the connection may see, with ``{id}``
+        only), in the order of each record's latest change, through the live delivery rule
+        applied to the record as it was at ``after`` and as it is now. No intermediate state
+        (a deleted record's content, the text before an edit) is ever replayed. Changes at or
+        before ``after`` only seed the stale-version check (a record the client saw at version
+        5 must not go back to 4)."""
         seen: OrderedDict[tuple[str, Any], int] = OrderedDict()
-        frames: list[tuple[int, bytes]] = []
+        # record id -> (existed at ``after``, its state then, its latest change); re-inserted on
+        # every change so the dict's order is the order of each record's latest change.
+        net: dict[Any, tuple[bool, dict[str, Any] | None, Change]] = {}
         last: int | None = None
         for change in changes:
             fresh = admit(seen, change, VERSION_GATE_SIZE)
             if change.offset is None or change.offset <= after:
                 continue
             last = change.offset
-            outcome = delivers(sub, change, policy) if fresh else NOTHING
-            if outcome != NOTHING:
-                frame = event_frame(change, policy, leave=outcome == LEAVE)
-                frames.append((change.offset, encode(frame)))
+            record_id = change.record.get("id") if isinstance(change.record, dict) else None
+            if not fresh or record_id is None or not isinstance(record_id, str | int):
+                continue
+            first = net.pop(record_id, None)
+            if first is None:
+                existed = change.event != "insert"
+                net[record_id] = (existed, change.previous if existed else None, change)
+            else:
+                net[record_id] = (first[0], first[1], change)
+        frames: list[tuple[int, bytes]] = []
+        size = 0
+        for existed, before, latest in net.values():
+            frame = net_frame(sub, policy, existed, before, latest)
+            if frame is None:
+                continue
+            payload = encode(frame)
+            size += len(payload)
+            if size > max_bytes:
+                return None, last
+            frames.append((latest.offset or 0, payload))
         return frames, last
+
+
+def net_frame(
+    sub: Subscription,
+    policy: ResourcePolicy,
+    existed: bool,
+    before: dict[str, Any] | None,
+    latest: Change,
+) -> dict[str, Any] | None:
+    """The frame of one record's net change for ``sub`` (None: nothing to send): the record
+    was ``before`` at the resume position (``existed``) and ``latest`` is its latest change."""
+    if latest.event == "delete":
+        if not existed:
+            return None  # born and gone after the position: the client never held it
+        event, after = "delete", None
+    else:
+        event, after = ("update" if existed else "insert"), latest.record
+    if event not in policy.events or event not in sub.events:
+        return None
+    if policy.requires_user and not policy.role_allows(sub.connection.user):
+        return None
+    try:
+        outcome = sub.delivery(event, after, before)
+    except Exception:
+        log.exception("subscription check failed", resource=sub.resource)
+        return None
+    if outcome == Delivery.NOTHING:
+        return None
+    record_id = latest.record.get("id")
+    leave = outcome == Delivery.LEAVE
+    return {
+        "type": "event",
+        "resource": latest.resource,
+        "event": "leave" if leave else event,
+        "data": {"id": record_id} if leave or after is None else policy.protected.strip(after),
+        "timestamp": latest.timestamp,
+        "version": latest.version,
+        "offset": latest.offset,
+        "epoch": latest.epoch,
+    }
 
 
 class SnapshotGuard:
@@ -428,10 +511,13 @@ async def subscribe_from(
     policy: ResourcePolicy,
     fields: dict[str, Any],
     reply: Callable[..., dict[str, Any]],
+    listed: dict[str, Any] | None = None,
 ) -> None:
     """Answer a ``subscribe`` with ``since`` or ``snapshot`` (``sub`` is registered already),
     replay or list, then flush the live frames held meanwhile. ``reply(**fields)`` builds the
-    ``subscribed`` frame; this sends it itself, before the replayed events."""
+    ``subscribed`` frame; this sends it itself, before the replayed events. ``listed`` is the
+    effective filter a ``list`` by the same connection would use (the snapshot's records pass
+    it as well as the subscription's own filter)."""
     resumer: Resumer = plugin.resumer
     resumer.hold(conn)  # before any await: every live frame from now on is held
     name = sub.resource
@@ -440,7 +526,9 @@ async def subscribe_from(
     try:
         current = await current_position(plugin, name)
         if fields.get("snapshot"):
-            covered = await _snapshot(plugin, conn, sub, policy, fields, reply, current)
+            covered = await _snapshot(
+                plugin, conn, sub, policy, fields, reply, current, listed or {}
+            )
         elif fields.get("since") is None:  # from now: after the broker's latest position
             plugin.send(conn, reply(position=_dict(current)))
             if current is not None:
@@ -485,14 +573,26 @@ async def _replay(
             changes = await history(name, Position(seed, epoch))
             if changes is None and seed < offset:  # the seed left history, not the position
                 changes = await history(name, Position(offset, epoch))
-    if changes is None:
+    last: int | None = None
+    if changes is not None:
+        # More than the replay budget: as if history no longer reached back (the client reloads).
+        replayed, last = resumer.replay_frames(
+            sub, policy, changes, offset, encode, resumer.replay_max_bytes
+        )
+        del changes
+        if replayed is None:
+            log.info("replay over its byte budget", resource=name, max_bytes=resumer.replay_max_bytes)
+        frames = replayed or []
+        changes_ok = replayed is not None
+    else:
+        changes_ok = False
+    if not changes_ok:
         plugin.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
         cut, cut_epoch = current.offset, current.epoch
     else:
-        frames, last = resumer.replay_frames(sub, policy, changes, offset, encode)
-        plugin.send(conn, reply(recovered=True, position={"offset": offset, "epoch": epoch}))
+        plugin.send(conn, reply(recovered=True, position=Position(offset, epoch).to_dict()))
         cut, cut_epoch = (last if last is not None else offset), epoch
     guard = ReplayGuard(sub, cut_epoch, cut, resumer.positions, resumer.guard_ttl)
     resumer.guard(conn, guard)  # the replayed changes this process fans out late
@@ -507,6 +607,7 @@ async def _snapshot(
     fields: dict[str, Any],
     reply: Callable[..., dict[str, Any]],
     current: Any | None,
+    listed: dict[str, Any],
 ) -> Callable[[Change], bool]:
     resumer: Resumer = plugin.resumer
     name = sub.resource
@@ -514,13 +615,19 @@ async def _snapshot(
     from .handlers import page_within
 
     order = policy.order
-    # As ``list`` reads: the read rule, the scan budget, then the reply's byte budget.
+    # As ``list`` reads (its guard's filter, the read rule, the scan budget, the byte budget),
+    # and through the subscription's own filter (the subscribe guard's override) as well.
+    where = sub.read
+    query = sub.filter
+    if listed != sub.client_filter:  # the list guard imposed keys: records pass both filters
+        query, where = listed, _all(sub.predicate, sub.read)
     page = await resource.list(
-        filter=sub.filter or None,
+        filter=query or None,
         limit=fields["limit"],
         order=order,
-        where=sub.read,
+        where=where,
         scan_limit=plugin.list_scan_limit,
+        max_bytes=plugin.list_max_bytes,
     )
     data, cursor = page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
     records = page.items
@@ -536,5 +643,13 @@ async def _snapshot(
     return guard.covers
 
 
-def _dict(position: Any | None) -> dict[str, Any] | None:
-    return None if position is None else {"offset": position.offset, "epoch": position.epoch}
+def _all(
+    first: Callable[[Any], bool], second: Callable[[Any], bool] | None
+) -> Callable[[Any], bool]:
+    if second is None:
+        return first
+    return lambda record: bool(first(record)) and bool(second(record))
+
+
+def _dict(position: Position | None) -> dict[str, Any] | None:
+    return None if position is None else position.to_dict()

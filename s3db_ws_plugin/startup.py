@@ -17,19 +17,10 @@ from typing import Any
 
 import structlog
 
-from s3db_core.errors import StorageError
-from s3db_core.redact import Verbatim
+from s3db_core.errors import StorageError, UnsupportedStoreError
+from s3db_core.redact import Verbatim, redact
 
-# user:password@ (or key:secret@) in any URL-looking text, and token/apiKey query values.
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'\"]+@")
-_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:token|apiKey|api_key|access_token)=)[^&\s'\"]+", re.I)
 _BIND_ADDRESS = re.compile(r"\('([^']*)', (\d+)\)")
-
-
-def redact_text(text: str) -> str:
-    """``text`` with URL credentials and token query values replaced by ``***``."""
-    text = _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
-    return _SECRET_QUERY.sub(r"\g<key>***", text)
 
 
 class StartupProblem(ValueError):
@@ -74,6 +65,12 @@ def explain(exc: BaseException, *, port_option: str = "port=") -> StartupError:
             f"cannot listen on {where}: this machine has no such address",
             "bind 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)",
         )
+    if isinstance(exc, UnsupportedStoreError):
+        return StartupError(
+            str(exc),
+            "point the connection string at an empty bucket or another prefix; nothing in this "
+            "store was changed",
+        )
     if isinstance(exc, StorageError):
         return StartupError(
             f"cannot reach the store: {exc}",
@@ -106,7 +103,7 @@ def report(
     is not configured (an app that did not set up logging), it writes plain lines to stderr.
     """
     error = explain(exc, port_option=port_option)
-    message = redact_text(error.message)
+    message = redact(error.message)
     hint = error.hint or ("run with --debug to see the traceback" if not debug else "")
     if not structlog.is_configured():
         sys.stderr.write(f"error: {message}\n" + (f"hint: {hint}\n" if hint else ""))

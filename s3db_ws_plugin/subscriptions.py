@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Hashable
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any
 
 from s3db_core import Change
@@ -47,8 +48,13 @@ log = get_logger("s3db.ws")
 _UNINDEXABLE = index_key([])
 Predicate = Callable[[Any], bool]
 
-# What a connection gets for one change: nothing, the record, or a ``leave`` with its id.
-NOTHING, RECORD, LEAVE = 0, 2, 1
+class Delivery(IntEnum):
+    """What a connection gets for one change: nothing, the record, or a ``leave`` with its id
+    (``NOTHING`` is the only false one)."""
+
+    NOTHING = 0
+    LEAVE = 1
+    RECORD = 2
 
 
 class Subscription:
@@ -64,6 +70,7 @@ class Subscription:
         "term",
         "access",
         "read",
+        "hold",
     )
 
     def __init__(
@@ -90,6 +97,8 @@ class Subscription:
         self.read = read
         # (field, index key) under which the subscription is indexed; None = residual.
         self.term: tuple[str, Hashable] | None = None
+        # What it counts against its address's and user's budgets (budgets.py); None: nothing.
+        self.hold: Any = None
 
     def matches(self, record: dict[str, Any] | None) -> bool:
         """Whether ``record`` passes the effective filter and the read rule."""
@@ -111,15 +120,17 @@ class Subscription:
             _failed("subscription access check failed", self.resource)
             return False
 
-    def delivery(self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None) -> int:
-        """``RECORD``, ``LEAVE`` or ``NOTHING`` for one change (the module docstring's rule)."""
+    def delivery(
+        self, event: str, after: dict[str, Any] | None, before: dict[str, Any] | None
+    ) -> Delivery:
+        """What one change brings through this subscription (the module docstring's rule)."""
         if self.matches(after):
-            return RECORD
+            return Delivery.RECORD
         if not self.matches(before):
-            return NOTHING
+            return Delivery.NOTHING
         if after is None:  # a delete the connection could see
-            return RECORD
-        return RECORD if self.accessible(after) else LEAVE
+            return Delivery.RECORD
+        return Delivery.RECORD if self.accessible(after) else Delivery.LEAVE
 
 
 def _failed(message: str, resource: str) -> None:
@@ -181,11 +192,13 @@ class SubscriptionRegistry:
 
     The one owner of the subscription bookkeeping: handlers, re-checks and the connection
     lifecycle change it only through ``add``, ``remove``, ``remove_connection`` and
-    ``reindex``; ``of(conn)`` (also ``conn.subscriptions``) reads a connection's."""
+    ``reindex``; ``of(conn)`` (also ``conn.subscriptions``) reads a connection's. ``release``
+    is called with each removed subscription that holds a budget (``sub.hold``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, release: Callable[[Any], None] | None = None) -> None:
         self._by_resource: dict[str, ResourceSubscriptions] = {}
         self._by_connection: dict[Connection, list[Subscription]] = {}
+        self._release = release
 
     def __len__(self) -> int:
         return sum(subs.count for subs in self._by_resource.values())
@@ -212,11 +225,18 @@ class SubscriptionRegistry:
         if not subs:
             del self._by_connection[sub.connection]
         self._unindex(sub)
+        self._released(sub)
 
     def remove_connection(self, conn: Connection) -> None:
         """Forget every subscription of ``conn`` (its socket closed)."""
         for sub in self._by_connection.pop(conn, ()):
             self._unindex(sub)
+            self._released(sub)
+
+    def _released(self, sub: Subscription) -> None:
+        hold, sub.hold = sub.hold, None
+        if hold is not None and self._release is not None:
+            self._release(hold)
 
     def reindex(
         self,
@@ -240,10 +260,6 @@ class SubscriptionRegistry:
             subs.remove(sub)
             if not subs.count:
                 del self._by_resource[sub.resource]
-
-    def receivers(self, change: Change, policy: ResourcePolicy) -> list[Connection]:
-        """The connections that must receive ``change``'s record, each once."""
-        return self.deliveries(change, policy)[0]
 
     def deliveries(
         self, change: Change, policy: ResourcePolicy
@@ -289,9 +305,9 @@ class SubscriptionRegistry:
                 except Exception:  # fail closed for this subscription, never for the others
                     _failed("subscription check failed", sub.resource)
                     continue
-                if outcome == RECORD:
+                if outcome == Delivery.RECORD:
                     receivers[conn] = None
-                elif outcome == LEAVE:
+                elif outcome == Delivery.LEAVE:
                     leaving[conn] = None
         if leaving:  # a connection another of whose subscriptions still sees the record
             return list(receivers), [conn for conn in leaving if conn not in receivers]

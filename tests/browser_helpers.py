@@ -229,6 +229,87 @@ def horizontal_overflow(page: Any) -> int:
     return int(page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth"))
 
 
+def outside_viewport(locator: Any) -> str | None:
+    """Why ``locator``'s element is not wholly inside its page's viewport (below the sticky
+    header, which covers what scrolls under it), or None when it is."""
+    box = locator.evaluate(
+        "(el) => { const r = el.getBoundingClientRect(); const bar = document.querySelector('.topbar');"
+        " const top = bar ? Math.max(0, bar.getBoundingClientRect().bottom) : 0;"
+        " return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, shown: el.checkVisibility(),"
+        " header: top, width: innerWidth, height: innerHeight}; }"
+    )
+    if not box["shown"]:
+        return "not displayed"
+    inside = (
+        box["top"] >= box["header"] - 0.5
+        and box["left"] >= 0
+        and box["bottom"] <= box["height"] + 0.5
+        and box["right"] <= box["width"] + 0.5
+    )
+    if inside:
+        return None
+    return (
+        f"spans x {box['left']:.0f}..{box['right']:.0f}, y {box['top']:.0f}..{box['bottom']:.0f}"
+        f" in a {box['width']}x{box['height']} viewport whose header ends at y {box['header']:.0f}"
+    )
+
+
+def vertical_overflow(page: Any) -> int:
+    """How many CSS pixels the page itself scrolls down (0 when it fits its viewport's height)."""
+    return int(page.evaluate("document.documentElement.scrollHeight - document.documentElement.clientHeight"))
+
+
+# The placeholder's text width against the room its input leaves for text (an input clips its
+# placeholder without any scrollWidth to show for it, so the text is measured with the input's font).
+_CUT_PLACEHOLDERS = """() => {
+  const ctx = document.createElement("canvas").getContext("2d");
+  const cut = [];
+  for (const input of document.querySelectorAll("input[placeholder]")) {
+    if (!input.placeholder || input.value || !input.checkVisibility()) continue;
+    const cs = getComputedStyle(input, "::placeholder");
+    ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+    const own = getComputedStyle(input);
+    const room = input.clientWidth - parseFloat(own.paddingLeft) - parseFloat(own.paddingRight);
+    const text = ctx.measureText(input.placeholder).width;
+    if (text > room) cut.push(`#${input.id} "${input.placeholder}": ${Math.ceil(text)} px of text in ${Math.floor(room)} px`);
+  }
+  return cut;
+}"""
+
+
+def cut_placeholders(page: Any) -> list[str]:
+    """The visible, empty inputs whose placeholder does not fit (it would be cut off)."""
+    return list(page.evaluate(_CUT_PLACEHOLDERS))
+
+
+# The phone header every example page shares: the brand and the connection (and any badge) on
+# the first row; who is signed in on the left of the second row, "Sign out" on its right.
+_HEADER = """() => {
+  const box = (sel) => { const el = document.querySelector(sel); return el && el.checkVisibility() ? el.getBoundingClientRect() : null; };
+  const bar = document.querySelector(".topbar");
+  const padRight = parseFloat(getComputedStyle(bar).paddingRight);
+  return { bar: bar.getBoundingClientRect(), padRight, brand: box(".topbar .brand"),
+           who: box(".topbar .whoami"), out: box(".topbar #sign-out") };
+}"""
+
+
+def header_problems(page: Any) -> list[str]:
+    """What is out of place in a signed-in page's header at phone width: "Sign out" must sit at the right end
+    of the row below the brand, on the same row as who is signed in."""
+    h = page.evaluate(_HEADER)
+    out, who, brand, bar = h["out"], h["who"], h["brand"], h["bar"]
+    if out is None or who is None:
+        return ["no visible Sign out button or signed-in name"]
+    problems = []
+    if bar["right"] - h["padRight"] - out["right"] > 2:
+        problems.append(f"Sign out is not right-aligned (ends at x={out['right']:.0f} of {bar['right']:.0f})")
+    if out["top"] < brand["bottom"]:
+        problems.append("Sign out is on the brand's row")
+    if who["bottom"] <= out["top"] or out["bottom"] <= who["top"]:
+        problems.append("Sign out and the signed-in name are on different rows")
+    return problems
+
+
 def shoot(page: Any, name: str) -> Path | None:
     """With ``S3DB_SCREENSHOTS=1``, a full-page screenshot in test-results/ (to look at a page
     while working on it; tests never compare them)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -213,8 +212,6 @@ def test_broker_urls_pick_the_engine_and_reject_bad_options() -> None:
         load_broker("local", {"history_size": 0})
     with pytest.raises(ValueError, match="prefix"):
         load_broker("local", {"prefix": "a b"})
-    subprocess.run([sys.executable, "-c", "from s3db_core.broker import LocalBroker, load_broker"],
-                   check=True)  # fmt: skip
 
 
 async def test_a_stray_message_never_stops_delivery(store_url: str, shared_broker_url: str) -> None:

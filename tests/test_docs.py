@@ -183,3 +183,28 @@ def test_docs_stand_on_their_own() -> None:
     assert len(USER_PAGES) >= len(PAGES) + 7, "the example READMEs were not found"
     found = [hit for page in USER_PAGES for hit in out_of_reach(page)]
     assert not found, "user docs point at material users do not have:\n" + "\n".join(found)
+
+
+def clients_left_open(block: Block) -> list[str]:
+    """The ``Client(...)`` calls of a python block that are not the subject of an ``async with``
+    (a client opened otherwise stays open when the code between fails: "Unclosed client
+    session" and "Event loop is closed" tracebacks)."""
+    tree = compile(block.code, block.id, "exec", flags=ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    managed = {id(item.context_expr) for node in ast.walk(tree) if isinstance(node, ast.AsyncWith) for item in node.items}
+    # A bare ``Client(url, token=None, ...)`` line is a signature (options.md), not a client.
+    managed |= {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+    return [
+        f"{block.id} (+{node.lineno - 1}): {ast.unparse(node)[:60]}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "Client"
+        and id(node) not in managed
+    ]
+
+
+def test_the_clients_of_the_docs_are_opened_with_async_with() -> None:
+    found = [hit for b in ALL if b.kind in ("program", "test", "fragment") for hit in clients_left_open(b)]
+    assert not found, "open clients with `async with Client(...) as client:`\n" + "\n".join(found)
+    assert not clients_left_open(Block(ROOT, 1, "python", "async with Client(url) as c:\n    pass\n"))
+    assert clients_left_open(Block(ROOT, 1, "python", "c = await Client(url).connect()\n"))

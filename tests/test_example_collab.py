@@ -19,7 +19,7 @@ from ws_helpers import connect
 
 from examples.collab.app import apply_operation, create_app, remove_idle_cursors
 from examples.common import Options, make_token
-from s3db_ws_plugin.client import Client
+from s3db_ws_plugin.client import Client, Forbidden
 
 SECRET = "collab-test-secret-with-enough-bytes-for-hs256"
 EVENT_TIMEOUT = 5.0
@@ -186,11 +186,12 @@ async def test_outsiders_are_refused_everywhere(app):
             missing = await refused(eve, "subscribe", resource=resource)
             assert "filter" in missing["message"]
         await refused(eve, "subscribe", resource="document_operations", filter={"documentId": {"$ne": "x"}})
-        # Reading, writing, listing: refused, and a missing document looks the same.
+        # Reading, writing, listing: refused, and a missing document looks the same. A document
+        # the read rule hides answers NOT_FOUND exactly like a missing one (read rule before guards).
         for target in (doc_id, "no-such-document"):
-            await refused(eve, "get", resource="documents", id=target)
-            await refused(eve, "update", resource="documents", id=target, data={"title": "mine"})
-            await refused(eve, "delete", resource="documents", id=target)
+            await refused(eve, "get", "NOT_FOUND", resource="documents", id=target)
+            await refused(eve, "update", "NOT_FOUND", resource="documents", id=target, data={"title": "mine"})
+            await refused(eve, "delete", "NOT_FOUND", resource="documents", id=target)
             await refused(eve, "list", resource="document_operations", filter={"documentId": target})
             await refused(eve, "insert", resource="document_operations",
                           data={"documentId": target, "type": "insert", "position": 0, "text": "x"})
@@ -233,7 +234,7 @@ async def test_only_the_owner_manages_and_the_server_keeps_the_text(app):
 
         # Removing bob takes effect at once for new requests.
         await ok(alice, "update", resource="documents", id=doc_id, data={"collaborators": []})
-        await refused(bob, "get", resource="documents", id=doc_id)
+        await refused(bob, "get", "NOT_FOUND", resource="documents", id=doc_id)  # hidden now
         await refused(bob, "insert", resource="document_operations",
                       data={"documentId": doc_id, "type": "insert", "position": 0, "text": "late"})
 
@@ -366,3 +367,24 @@ async def test_python_m_examples_collab_runs():
                      data={"documentId": doc["data"]["id"], "type": "insert", "position": 0, "text": "hi"})
             got = await ok(alice, "get", resource="documents", id=doc["data"]["id"])
             assert got["data"]["version"] == 1 and "content" not in got["data"]
+
+
+async def test_the_documents_channel_carries_cursors_to_collaborators_only(app):
+    db, plugin = app
+    async with user(plugin, "alice") as alice:
+        doc = await shared_document(alice, "bob")
+    channel = f"doc:{doc['id']}"
+    token = lambda name: make_token(SECRET, name, name=name.title())  # noqa: E731
+    async with Client(plugin.url, token=token("alice")) as ada, Client(plugin.url, token=token("bob")) as bob, \
+            Client(plugin.url, token=token("carol")) as carol:  # fmt: skip
+        async with ada.join(channel) as room, bob.join(channel) as bobs:
+            assert {m["userId"] for m in bobs.members.values()} == {"alice", "bob"}
+            await bobs.send("cursor", {"position": 3, "selectionEnd": 3})
+            moved = await room.next(timeout=EVENT_TIMEOUT)
+            while moved.event != "cursor":  # bob's member_added comes first
+                moved = await room.next(timeout=EVENT_TIMEOUT)
+            assert (moved.sender["userId"], moved.data["position"]) == ("bob", 3)
+            for name in (channel, "doc:missing"):
+                with pytest.raises(Forbidden):
+                    await carol.join(name)
+    assert await db.resources.cursors.count() == 0

@@ -75,8 +75,14 @@ def test_members_write_and_see_notes_live_outsiders_see_nothing(notes_app, reque
     board = asyncio.run(make_board())
     page_url = notes_app["pages"][0]
     with chromium() as browser, pages_for(request, browser) as pages:
-        alice = pages.new(f"{page_url}?board={board}&token={token('alice')}")
-        bob = pages.new(f"{page_url}?board={board}&token={token('bob')}")
+        sent: list[str] = []  # every address the pages asked a server for
+        alice = pages.new()
+        bob = pages.new()
+        for page in (alice, bob):
+            page.on("request", lambda req: sent.append(req.url))
+            page.on("websocket", lambda ws: sent.append(ws.url))
+        alice.goto(f"{page_url}#board={board}&token={token('alice')}")
+        bob.goto(f"{page_url}#board={board}&token={token('bob')}")
         for page in (alice, bob):
             page.locator("#notes li", has_text="first note").wait_for()
         alice.fill("#text", "ship on friday")
@@ -87,7 +93,9 @@ def test_members_write_and_see_notes_live_outsiders_see_nothing(notes_app, reque
         bob.press("#text", "Enter")
         alice.locator("#notes li", has_text="agreed").wait_for()
 
-        carol = pages.new(f"{page_url}?board={board}&token={token('carol')}")
+        assert sent and not any("token" in url for url in sent), sent  # the token stayed after the "#"
+
+        carol = pages.new(f"{page_url}#board={board}&token={token('carol')}")
         deadline = time.monotonic() + 10  # until the page's list request has been refused
         while not any("belong" in line for line in pages.console):
             assert time.monotonic() < deadline, pages.console

@@ -4,6 +4,9 @@ still runs, in order."""
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+
 import pytest
 from client_helpers import TIMEOUT
 from structlog.testing import capture_logs
@@ -77,3 +80,47 @@ async def test_subscribers_get_the_event_when_another_listener_raises(
     assert [e["plugin"] for e in logs if e["event"] == "s3db_change implementation failed"] == [
         "audit"
     ]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_raising_broker_listener_never_fails_the_write(broker_url, asynchronous):
+    """A listener on the broker itself (below the hooks) that raises: on every engine, the
+    local one included (where listeners run inside ``publish``, in the write's own task), the
+    write returns, the listeners after it still hear the change, and the failure is logged
+    with an error id."""
+    db = Database(f"memory://isolation-{uuid.uuid4().hex[:12]}", broker=broker_url)
+    heard: list[tuple[str, str]] = []
+    got_all = asyncio.Event()
+
+    def broken(change: Change):
+        if asynchronous:
+
+            async def fail() -> None:
+                raise RuntimeError("async broker listener broke")
+
+            return fail()
+        raise RuntimeError("sync broker listener broke")
+
+    def after(change: Change) -> None:
+        heard.append((change.event, change.record["id"]))
+        if len(heard) == 3:
+            got_all.set()
+
+    db.broker.subscribe(broken)
+    db.broker.subscribe(after)
+    await db.connect()
+    try:
+        items = await db.create_resource("items", {"n": "number"})
+        with capture_logs() as logs:
+            rec = await items.insert({"n": 1})
+            await items.update(rec["id"], {"n": 2})
+            await items.delete(rec["id"])
+            await asyncio.wait_for(got_all.wait(), TIMEOUT)
+        assert await items.get_or_none(rec["id"]) is None  # every write went through
+        assert heard == [("insert", rec["id"]), ("update", rec["id"]), ("delete", rec["id"])]
+        failures = [entry for entry in logs if entry["event"] == "listener_failed"]
+        assert len(failures) == 3
+        assert all(f["log_level"] == "error" and f["resource"] == "items" for f in failures)
+        assert len({f["error_id"] for f in failures}) == 3
+    finally:
+        await db.disconnect()

@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    pages_for,
+    served,
+    shoot,
+)
 from playwright.sync_api import expect
 
 from examples.dashboard.app import create_app
@@ -77,4 +86,6 @@ def test_live_charts_with_axes_and_acknowledgements(request, chromium_browser):
         stored = server.call(lambda: server.db.resources.alerts.get(alert["id"]))
         assert (stored["acknowledged"], stored["acknowledgedBy"]) == (True, "ada")
         assert horizontal_overflow(viewer) == 0
+        assert header_problems(viewer) == []  # as on every page: who is signed in, then Sign out at the right
+        assert cut_placeholders(viewer) == [] and cut_placeholders(admin) == []
         assert pages.errors() == []

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    pages_for,
+    served,
+    shoot,
+)
 from playwright.sync_api import expect
 
 from examples.iot.app import create_app, register_device
@@ -61,6 +70,8 @@ def test_owners_watch_only_their_own_devices(request, chromium_browser):
         shoot(alice, "iot-desktop")
         shoot(bob, "iot-phone")
         assert horizontal_overflow(bob) == 0
+        assert header_problems(bob) == []  # as on every page: who is signed in, then Sign out at the right
+        assert cut_placeholders(bob) == [] and cut_placeholders(alice) == []
         assert pages.errors() == []
 
         # Someone without devices gets an explanation, not an empty page.

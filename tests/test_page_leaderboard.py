@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    pages_for,
+    served,
+    shoot,
+)
 from playwright.sync_api import expect
 
 from examples.leaderboard.app import create_app, update_leaderboard
@@ -68,4 +77,6 @@ def test_anyone_watches_the_ranking_reorder_and_players_follow_their_matches(req
         shoot(viewer, "leaderboard-desktop")
         shoot(ada, "leaderboard-phone")
         assert horizontal_overflow(ada) == 0
+        assert header_problems(ada) == []  # as on every page: who is signed in, then Sign out at the right
+        assert cut_placeholders(ada) == [] and cut_placeholders(viewer) == []
         assert pages.errors() == []

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    pages_for,
+    served,
+    shoot,
+)
 from playwright.sync_api import expect
 
 from examples.multitenant.app import create_app
@@ -72,4 +81,6 @@ def test_a_tenant_shares_its_board_and_nobody_else_sees_it(request, chromium_bro
         shoot(ada, "multitenant-desktop")
         shoot(bert, "multitenant-phone")
         assert horizontal_overflow(bert) == 0
+        assert header_problems(bert) == []  # as on every page: who is signed in, then Sign out at the right
+        assert cut_placeholders(bert) == [] and cut_placeholders(ada) == []
         assert pages.errors() == []

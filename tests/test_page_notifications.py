@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import PHONE, chromium, horizontal_overflow, pages_for, served, shoot
+from browser_helpers import (
+    PHONE,
+    chromium,
+    cut_placeholders,
+    header_problems,
+    horizontal_overflow,
+    outside_viewport,
+    pages_for,
+    served,
+    shoot,
+)
 from playwright.sync_api import expect
 
 from examples.notifications.app import create_app, send_notification
@@ -87,4 +97,25 @@ def test_a_notification_reaches_only_its_recipient_and_is_read_once(request, chr
         assert counter.updates == 3
         shoot(ann, "notifications-desktop")
         assert horizontal_overflow(ben) == 0
+        assert header_problems(ben) == []
+        assert cut_placeholders(ann) == [] and cut_placeholders(ben) == []
+        assert pages.errors() == []
+
+
+def test_on_a_phone_the_list_shows_first(request, chromium_browser):
+    """At 390x844 the notifications are what the page opens on, not only the form to send one."""
+    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
+        for title in ("Welcome", "Backup done"):
+            server.call(lambda title=title: send_notification(server.db, "ben", {"type": "system", "title": title}))
+        ben = pages.new(f"{server.http_url}/", viewport=PHONE)
+        sign_in(ben, "ben")
+        expect(ben.locator("#notifications li .title")).to_have_text(["Backup done", "Welcome"])
+        assert outside_viewport(ben.locator("#panel h2")) is None
+        assert outside_viewport(ben.locator("#notifications li").first) is None
+        expect(ben.locator("#bell")).to_have_attribute("aria-expanded", "true")
+        ben.click("#bell")  # the bell still folds the list away, and opens it again
+        expect(ben.locator("#panel")).to_be_hidden()
+        ben.click("#bell")
+        expect(ben.locator("#notifications li")).to_have_count(2)
+        assert header_problems(ben) == []
         assert pages.errors() == []

@@ -64,3 +64,63 @@ def test_verbatim_text_is_left_as_written_and_what_is_built_from_it_is_not() -> 
     assert redact(built) == (
         "use s3://***@bucket/prefix or ws://h/?token=*** (you gave s3://***@real-bucket/x)"
     )
+
+
+# One redactor serves the store's errors, the log processor, startup errors and the client's
+# logged URL. Each case below was missed by one of the three redactors it replaced.
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        # A password holding "#" or "?" (unencoded in a connection string) is still user-info.
+        ("cannot reach s3://AKID:pa#ss@bucket/p", (), "cannot reach s3://***@bucket/p"),
+        ("redis://:p?w@cache:6379/0 down", (), "redis://***@cache:6379/0 down"),
+        # Credential parameters beyond tokens and API keys, and ';' as a separator.
+        ("GET /?password=hunter2&x=1", (), "GET /?password=***&x=1"),
+        ("GET /b/k?X-Amz-Credential=AKID%2F2024&a=1", (), "GET /b/k?X-Amz-Credential=***&a=1"),
+        ("GET /?a=1;secret=s3cr3t", (), "GET /?a=1;secret=***"),
+        # A token in a fragment (OAuth's implicit flow) or under another name.
+        ("wss://h/ws#access_token=eyJ.a.b", (), "wss://h/ws#access_token=***"),
+        ("wss://h/ws?jwt=eyJ.a.b&room=1", (), "wss://h/ws?jwt=***&room=1"),
+        ("wss://h/ws?sessionToken=abc&room=1", (), "wss://h/ws?sessionToken=***&room=1"),
+        ("wss://h/ws?auth=abc", (), "wss://h/ws?auth=***"),
+        ("GET /o?X-Goog-Signature=abc", (), "GET /o?X-Goog-Signature=***"),
+        # A known credential under a parameter name nobody could guess.
+        ("wss://h/ws?k2=dev-key-123", ("dev-key-123",), "wss://h/ws?k2=***"),
+    ],
+)
+def test_one_redactor_catches_what_any_of_the_old_ones_did(text, secrets, expected):
+    assert redact(text, secrets) == expected
+
+
+def test_startup_errors_and_the_client_use_the_one_redactor():
+    from s3db_ws_plugin.client import Client
+    from s3db_ws_plugin.startup import explain, report  # noqa: F401  (report redacts with it)
+
+    client = Client("wss://AKID:pa#ss@h:8443/ws?jwt=eyJ.a.b&room=1", api_key="dev-key-123")
+    assert "pa#ss" not in client.safe_url and "eyJ" not in client.safe_url
+    assert client.safe_url == "wss://***@h:8443/ws?jwt=***&room=1"
+    client = Client("ws://h/ws?k=1&other=dev-key-123", api_key="dev-key-123")
+    assert "dev-key-123" not in client.safe_url
+    client = Client("ws://h/ws?t=tok-987", token="tok-987")
+    assert "tok-987" not in client.safe_url
+    import s3db_ws_plugin.startup as startup
+
+    assert not hasattr(startup, "redact_text")
+
+
+def test_redaction_takes_linear_time_on_hostile_text():
+    # Log values are redacted before they are cut to length: text a client chose must not make
+    # the log processor spin. Quadratic scans of these take minutes; linear ones milliseconds.
+    import time
+
+    hostile = [
+        "?" + "key" * 100_000,
+        "a." * 100_000 + "://",
+        "http://" + "x?" * 100_000,
+        ("&token" * 20_000 + "=") * 2,
+        "x://" * 50_000,
+    ]
+    started = time.monotonic()
+    for text in hostile:
+        redact(text, ("secret-value",))
+    assert time.monotonic() - started < 5.0

@@ -126,7 +126,8 @@ def test_each_message_type_is_declared_once_with_its_handler():
     Handlers.__init__(handlers, plugin=None)  # type: ignore[arg-type]
     assert set(handlers.messages) == set(handlers.table)
     assert sorted(handlers.messages) == [
-        "auth", "delete", "get", "insert", "list", "ping", "subscribe", "unsubscribe", "update",
+        "auth", "channel:message", "channel:update", "delete", "get", "insert", "join", "leave",
+        "list", "ping", "subscribe", "unsubscribe", "update",
     ]  # fmt: skip
     assert {t for t, m in handlers.messages.items() if m.before_auth} == {"auth", "ping"}
 

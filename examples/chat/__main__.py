@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from examples.chat.app import create_app, ensure_lobby
-from examples.common import parse_options, run_forever
+from examples.common import parse_options, run_forever, token_hint
 
 
 async def main() -> None:
     options = parse_options("chat", default_db="memory://chat")
     db, plugin, jobs = await create_app(options)
     await ensure_lobby(db)
-    print(f"Chat server running on {plugin.url} (WebSocket, JWT in ?token=)")
+    print(f"Chat server running on {plugin.url} ({token_hint()})")
     print(f"Open the chat page: {plugin.http_url}/", flush=True)
     await run_forever(db, jobs)
 

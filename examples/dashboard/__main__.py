@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from examples.common import parse_options, run_forever
+from examples.common import parse_options, run_forever, token_hint
 from examples.dashboard.app import create_app
 
 
 async def main() -> None:
     options = parse_options("dashboard", default_db="memory://dashboard")
     db, plugin, jobs = await create_app(options)
-    print(f"Dashboard server running on {plugin.url} (WebSocket, JWT in ?token=)")
+    print(f"Dashboard server running on {plugin.url} ({token_hint()})")
     print(f"Open the dashboard page: {plugin.http_url}/", flush=True)
     await run_forever(db, jobs)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from examples.common import parse_options, print_dev_tokens, run_forever
+from examples.common import parse_options, print_dev_tokens, run_forever, token_hint
 from examples.iot.app import create_app, define_resources, register_device, simulate_device
 from s3db_core import Database
 
@@ -33,7 +33,7 @@ async def main() -> None:
     options = parse_options("iot", default_db="memory://iot")
     device = await provision_demo_device(options.db, options.broker)
     db, plugin, jobs = await create_app(options)
-    print(f"IoT server running on {plugin.url} (devices: x-api-key header or ?apiKey=; users: JWT in ?token=)", flush=True)
+    print(f"IoT server running on {plugin.url} (devices: an x-api-key header; users: {token_hint()})", flush=True)
     print(f"Open the page: {plugin.http_url}/", flush=True)
     if device is not None:
         print(f"Demo device {device['id']!r} of {DEMO_OWNER!r} sends a reading every 5 s; "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from examples.common import every, parse_options, print_dev_tokens, run_forever
+from examples.common import every, parse_options, print_dev_tokens, run_forever, token_hint
 from examples.leaderboard.app import DEMO_PLAYERS, GAME_SERVER, create_app, play_demo_match
 
 DEMO_EVERY = 5.0
@@ -17,7 +17,7 @@ DEMO_EVERY = 5.0
 async def main() -> None:
     options = parse_options("leaderboard", default_db="memory://leaderboard")
     db, plugin, jobs = await create_app(options)
-    print(f"Leaderboard server running on {plugin.url} (anyone may watch; players and the game server sign in with a JWT)", flush=True)
+    print(f"Leaderboard server running on {plugin.url} (anyone may watch; players and the game server: {token_hint()})", flush=True)
     print(f"Open the page: {plugin.http_url}/", flush=True)
     print(f"Demo: a match every {DEMO_EVERY:g} s between two of {', '.join(DEMO_PLAYERS)}", flush=True)
     print_dev_tokens(options, plugin.url, {

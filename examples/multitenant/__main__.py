@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from examples.common import parse_options, print_dev_tokens, run_forever
+from examples.common import parse_options, print_dev_tokens, run_forever, token_hint
 from examples.multitenant.app import create_app
 
 
 async def main() -> None:
     options = parse_options("multitenant", default_db="memory://multitenant")
     db, plugin, jobs = await create_app(options)
-    print(f"Multi-tenant server running on {plugin.url} (WebSocket, JWT with a tenantId claim in ?token=)", flush=True)
+    print(f"Multi-tenant server running on {plugin.url} ({token_hint('JWT with a tenantId claim')})", flush=True)
     print(f"Open the page: {plugin.http_url}/", flush=True)
     print_dev_tokens(options, plugin.url, {
         "ada": {"tenantId": "acme", "role": "admin"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from examples.common import every, parse_options, print_dev_tokens, run_forever
+from examples.common import every, parse_options, print_dev_tokens, run_forever, token_hint
 from examples.notifications.app import SEED_USAGE, create_app, send_seed_notification
 
 DEMO_EVERY = 10.0  # seconds between the demo's notifications
@@ -14,7 +14,7 @@ async def main() -> None:
     options = parse_options("notifications", default_db="memory://notifications")
     db, plugin, jobs = await create_app(options)
     user_id = SEED_USAGE[0]
-    print(f"Notification server running on {plugin.url} (WebSocket, JWT in ?token=)", flush=True)
+    print(f"Notification server running on {plugin.url} ({token_hint()})", flush=True)
     print(f"Open the page: {plugin.http_url}/", flush=True)
     print(f"Demo: {user_id!r} gets the seed's notification every {DEMO_EVERY:g} s", flush=True)
     print_dev_tokens(options, plugin.url, {user_id: {"name": "Demo user"}, "user-456": {"name": "Someone else"}})

@@ -17,7 +17,7 @@ from .base import Broker, BrokerOptions, Listener, Position
 
 __all__ = ["Broker", "BrokerOptions", "Listener", "Position", "broker_scheme", "load_broker"]
 
-GROUP = "s3db.brokers"
+ENTRY_POINT_GROUP = "s3db.brokers"
 
 
 def broker_scheme(url: str) -> str:
@@ -29,5 +29,5 @@ def load_broker(url: str = "local", config: Mapping[str, Any] | None = None) -> 
     """Build the broker for ``url`` (or a bare engine name such as ``"local"``)."""
     if not isinstance(url, str) or not url:
         raise ValueError("broker must be a URL such as 'local', 'redis://...' or 'nats://...'")
-    factory = load_entry_point(GROUP, broker_scheme(url), kind="broker")
+    factory = load_entry_point(ENTRY_POINT_GROUP, broker_scheme(url), kind="broker")
     return factory(url, dict(config or {}))

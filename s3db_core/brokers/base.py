@@ -21,30 +21,44 @@ import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import parse_qsl, urlsplit
 
-import orjson
-
 from ..change import Change
+from ..encoding import dumps_body, loads_body
 from ..log import get_logger
+from ..options import number_in
 from ..plugins import await_me_maybe
 
 log = get_logger("s3db.broker")
 
 Listener = Callable[[Change], Awaitable[None] | None]
+# Gets each payload of the database's ephemeral pub/sub (``ephemeral_publish``), every process's.
+EphemeralHandler = Callable[[bytes], Awaitable[None] | None]
 UNAVAILABLE = "unavailable"  # the epoch of a position read while the broker was unreachable
 
 
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a change sits in its resource's stream."""
+class Position(NamedTuple):
+    """Where a change sits in its resource's stream: ``offset`` increases within an ``epoch``.
+    The one position type of the server, the brokers and the Python client."""
 
     offset: int
     epoch: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The wire form, ``{"offset": ..., "epoch": ...}`` (``position`` fields, ``since``)."""
         return {"offset": self.offset, "epoch": self.epoch}
+
+    @classmethod
+    def from_value(cls, value: Any) -> Position | None:
+        """A ``Position`` from itself or its wire form; None for anything else."""
+        if isinstance(value, Position):
+            return value
+        if isinstance(value, Mapping):
+            offset, epoch = value.get("offset"), value.get("epoch")
+            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
+                return cls(offset, epoch)
+        return None
 
 
 @runtime_checkable
@@ -80,28 +94,25 @@ class Broker(Protocol):
         epoch, or it has left the bounded history)."""
         ...
 
+    # Ephemeral pub/sub (the WebSocket plugin's channels): payloads every process of the
+    # database gets, at most once, never stored, lost while the server is unreachable.
+    # ``ephemeral_subscribe(handler)`` / ``ephemeral_unsubscribe(handler)`` (sync or async) and
+    # ``async ephemeral_publish(payload: bytes)``; engines without them serve one process.
+
 
 # -- options -------------------------------------------------------------------------------------
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
-def _number(name: str, value: Any, low: float, high: float, kind: type = float) -> Any:
-    try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"broker option {name!r} must be a number, got {value!r}") from None
-    if isinstance(value, bool) or not low <= number <= high:
-        raise ValueError(f"broker option {name!r} must be between {low} and {high}, got {value!r}")
-    return number
-
-
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
     """Options shared by the engines, from the URL's query string and ``broker_config``
-    (``broker_config`` wins). Units: seconds and counts."""
+    (``broker_config`` wins). Units: seconds, counts and bytes."""
 
     prefix: str = "s3db"  # namespace of the keys / stream: one per database sharing a server
     history_size: int = 1000  # changes kept per resource
+    # Bytes of changes (as the broker stores them) kept per resource; the newest is always kept.
+    history_max_bytes: int = 8 << 20
     history_ttl: float = 3600.0  # seconds a change stays in history
     publish_timeout: float = 1.0  # bound on one publish attempt
     connect_timeout: float = 5.0  # bound on start()
@@ -112,7 +123,7 @@ class BrokerOptions:
         query = dict(parse_qsl(urlsplit(url).query)) if "://" in url else {}
         merged: dict[str, Any] = {**query, **(config or {})}
         known = {"prefix", "history_size", "history_ttl", "publish_timeout", "connect_timeout",
-                 "buffer_size"}  # fmt: skip
+                 "buffer_size", "history_max_bytes"}  # fmt: skip
         unknown = sorted(set(merged) - known)
         if unknown:
             raise ValueError(f"unknown broker option(s) {unknown}; known: {sorted(known)}")
@@ -122,12 +133,15 @@ class BrokerOptions:
             raise ValueError("broker option 'prefix' must be 1-64 letters, digits, '_' or '-'")
 
         def get(name: str, low: float, high: float, kind: type = float) -> Any:
-            return _number(name, merged.get(name, getattr(defaults, name)), low, high, kind)
+            value = merged.get(name, getattr(defaults, name))
+            option = f"broker option {name!r}"
+            return number_in(option, value, low, high, integer=kind is int, text=True)
 
         return cls(
             prefix=prefix,
             history_size=get("history_size", 1, 1_000_000, int),
             history_ttl=get("history_ttl", 0.1, 30 * 86400),
+            history_max_bytes=get("history_max_bytes", 1024, 1 << 40, int),
             publish_timeout=get("publish_timeout", 0.01, 60),
             connect_timeout=get("connect_timeout", 0.01, 300),
             buffer_size=get("buffer_size", 0, 10_000_000, int),
@@ -146,7 +160,9 @@ def new_epoch() -> str:
 
 # -- wire form of a change -------------------------------------------------------------------------
 def encode_change(change: Change) -> bytes:
-    return orjson.dumps(
+    # The store's own JSON rules: integers beyond 64 bits (which orjson refuses) round-trip too,
+    # so a record the store accepted never fails its announcement.
+    return dumps_body(
         {
             "r": change.resource,
             "e": change.event,
@@ -154,37 +170,56 @@ def encode_change(change: Change) -> bytes:
             "p": change.previous,
             "t": change.timestamp,
             "v": change.version,
+            "g": change.etag,
         }
     )
 
 
 def decode_change(data: bytes, offset: int, epoch: str) -> Change:
-    fields = orjson.loads(data)
+    fields = loads_body(data)
     return Change(
-        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch
+        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch,
+        fields.get("g"),
     )
 
 
 # -- listeners ------------------------------------------------------------------------------------
 class Listeners:
-    """The broker's listeners, called in order; one failing never stops the others."""
+    """The broker's listeners (every engine has one such list), called in order. A listener
+    that raises is logged with an ``error_id`` and the next one still runs: a change is
+    announced after its write is durable, so nothing a listener does may fail that write.
+
+    The list outlives ``close``: a database connected again after ``disconnect`` keeps its
+    listeners."""
+
+    __slots__ = ("items",)
 
     def __init__(self) -> None:
-        self.items: list[Listener] = []
+        self.items: tuple[Listener, ...] = ()  # replaced, never mutated: safe while dispatching
 
     def add(self, listener: Listener) -> None:
-        self.items.append(listener)
+        self.items = (*self.items, listener)
 
     def remove(self, listener: Listener) -> None:
         if listener in self.items:
-            self.items.remove(listener)
+            items = list(self.items)
+            items.remove(listener)
+            self.items = tuple(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
     async def dispatch(self, change: Change) -> None:
         for listener in self.items:
             try:
                 await await_me_maybe(listener(change))
             except Exception:
-                log.exception("listener_failed", resource=change.resource, offset=change.offset)
+                log.exception(
+                    "listener_failed",
+                    error_id=secrets.token_hex(8),
+                    resource=change.resource,
+                    offset=change.offset,
+                )
 
 
 # -- the shared body of networked engines ---------------------------------------------------------

@@ -2,8 +2,9 @@
 
 ``publish`` gives the change its position and calls every listener in order before returning,
 which keeps commit order per resource. Each resource keeps an in-memory ring of its latest
-changes (bounded by ``history_size`` and ``history_ttl``) so a subscriber that reconnects to this
-same process can resume; the epoch is new at every process start (a restart loses the rings).
+changes (bounded by ``history_size``, ``history_max_bytes`` and ``history_ttl``) so a subscriber
+that reconnects to this same process can resume; the epoch is new at every process start (a
+restart loses the rings).
 """
 
 from __future__ import annotations
@@ -16,14 +17,51 @@ from typing import Any
 
 from ..change import Change
 from ..plugins import await_me_maybe
-from .base import BrokerOptions, Listener, Position, new_epoch
+from .base import (
+    BrokerOptions,
+    EphemeralHandler,
+    Listener,
+    Listeners,
+    Position,
+    encode_change,
+    new_epoch,
+)
+
+
+class _Changes(deque[Change]):
+    """A resource's latest changes, bounded by count and by bytes (each change counted by its
+    encoded size, as a networked broker stores it); the newest always stays."""
+
+    __slots__ = ("sizes", "bytes", "max_count", "max_bytes")
+
+    def __init__(self, options: BrokerOptions) -> None:
+        super().__init__()
+        self.sizes: deque[int] = deque()
+        self.bytes = 0
+        self.max_count = options.history_size
+        self.max_bytes = options.history_max_bytes
+
+    def append(self, change: Change) -> None:
+        deque.append(self, change)
+        sizes = self.sizes
+        size = len(encode_change(change))
+        sizes.append(size)
+        total = self.bytes + size
+        while len(sizes) > 1 and (len(sizes) > self.max_count or total > self.max_bytes):
+            deque.popleft(self)
+            total -= sizes.popleft()
+        self.bytes = total
+
+    def popleft(self) -> Change:
+        self.bytes -= self.sizes.popleft()
+        return super().popleft()
 
 
 class _Ring:
     __slots__ = ("changes", "offset")
 
-    def __init__(self, size: int) -> None:
-        self.changes: deque[Change] = deque(maxlen=size)
+    def __init__(self, options: BrokerOptions) -> None:
+        self.changes = _Changes(options)
         self.offset = 0
 
 
@@ -35,44 +73,46 @@ class LocalBroker:
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()
-        self._listeners: list[Listener] = []
+        self.listeners = Listeners()
         self._rings: dict[str, _Ring] = {}
         self._ttl_ms = int(self.options.history_ttl * 1000)
+        self._ephemeral: list[EphemeralHandler] = []
 
     async def start(self) -> None:
         """Nothing to connect."""
 
     async def close(self) -> None:
-        self._listeners.clear()
+        """Nothing to disconnect. Listeners stay: a database connected again after
+        ``disconnect`` keeps streaming to them (and the history rings stay, same epoch)."""
 
     def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self.listeners.add(listener)
 
     def unsubscribe(self, listener: Listener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self.listeners.remove(listener)
 
     async def publish(self, change: Change) -> Change:
         ring = self._rings.get(change.resource)
         if ring is None:
-            ring = self._rings[change.resource] = _Ring(self.options.history_size)
+            ring = self._rings[change.resource] = _Ring(self.options)
         ring.offset += 1
-        change = Change(
-            change.resource, change.event, change.record, change.previous, change.timestamp,
-            change.version, ring.offset, self.epoch,
-        )  # fmt: skip
+        change = change.positioned(ring.offset, self.epoch)
         changes = ring.changes
         changes.append(change)
         if changes[0].timestamp < change.timestamp - self._ttl_ms:
             self._expire(changes, change.timestamp)
-        for listener in self._listeners:
-            await await_me_maybe(listener(change))
+        await self.listeners.dispatch(change)  # isolated: a listener never fails the write
         return change
 
     def _expire(self, changes: deque[Change], now_ms: int) -> None:
         horizon = now_ms - self._ttl_ms
         while changes and changes[0].timestamp < horizon:
             changes.popleft()
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes this broker keeps for ``resource``'s resuming subscribers."""
+        ring = self._rings.get(resource)
+        return ring.changes.bytes if ring else 0
 
     async def position(self, resource: str) -> Position:
         ring = self._rings.get(resource)
@@ -94,3 +134,15 @@ class LocalBroker:
         if since.offset + 1 < first:  # part of what followed has left the ring
             return None
         return list(islice(changes, since.offset + 1 - first, None))
+
+    # -- ephemeral pub/sub (channels): in this process only, never stored -------------------------
+    def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        self._ephemeral.append(handler)
+
+    def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        for handler in list(self._ephemeral):
+            await await_me_maybe(handler(payload))

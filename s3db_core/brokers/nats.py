@@ -3,7 +3,11 @@
 One JetStream stream per database, ``S3DB_<prefix>``, with a subject per resource:
 ``s3db.<prefix>.<resource>`` (a ``.`` in a resource name becomes ``~`` so the name stays one
 subject token). Retention: ``max_msgs_per_subject = history_size`` and ``max_age =
-history_ttl``, on file storage.
+history_ttl``, on file storage. JetStream has no per-subject byte limit, so ``history_max_bytes``
+is kept by the brokers themselves: every process reads every message, counts the bytes of each
+resource's latest ones, and when they pass the limit purges the subject down to three quarters
+of it (a purge up to a sequence; the newest message always stays). ``history`` also refuses to
+read back further than ``history_max_bytes``, so a resume never loads more than that.
 
 Positions: a change's ``offset`` is its JetStream **stream sequence**. It is strictly increasing
 per resource (and across resources: the numbers between two changes of one resource belong to
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +45,16 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 from s3db_core.log import get_logger
 
 from ..change import Change
-from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+from ..plugins import await_me_maybe
+from .base import (
+    EphemeralHandler,
+    Position,
+    StreamBroker,
+    decode_change,
+    encode_change,
+    new_epoch,
+    server_url,
+)
 
 log = get_logger("s3db.broker.nats")
 
@@ -71,6 +85,13 @@ class NatsBroker(StreamBroker):
         self._subscription: Any = None
         self._generation = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Ephemeral pub/sub (channels): a core NATS subject outside the JetStream stream's.
+        self._ephemeral_subject = f"s3dbch.{self.options.prefix}"
+        self._ephemeral: list[EphemeralHandler] = []
+        self._ephemeral_task: asyncio.Task[None] | None = None
+        self._ephemeral_sub: Any = None
+        # resource -> the (sequence, bytes) of its latest messages, as far as this process saw.
+        self._retained: dict[str, _Retained] = {}
 
     def subject(self, resource: str) -> str:
         return self._subject_prefix + resource.replace(".", "~")
@@ -180,6 +201,10 @@ class NatsBroker(StreamBroker):
             log.warning("nats_stream_recreate_failed", error=repr(exc))
 
     async def _disconnect(self) -> None:
+        # A later start (a database connected again) reads what is new from then on, not
+        # everything since the first start: its listeners heard that already.
+        self._first_attempt = None
+        self._heads.clear()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await nc.close()
@@ -233,7 +258,47 @@ class NatsBroker(StreamBroker):
         except Exception:  # not ours (a stray publish on our subjects): skip it
             log.exception("undecodable_message", subject=msg.subject)
             return
+        self._retain(change.resource, change.offset or 0, len(msg.data))
         await self.listeners.dispatch(change)
+
+    # -- retention by bytes ----------------------------------------------------------------------
+    def _retain(self, resource: str, seq: int, size: int) -> None:
+        """Count one message of ``resource``; past ``history_max_bytes`` start a purge of its
+        subject down to three quarters of the limit (never its newest message)."""
+        kept = self._retained.get(resource)
+        if kept is None or (kept.entries and seq <= kept.entries[-1][0]):  # a new stream
+            kept = self._retained[resource] = _Retained()
+        kept.add(seq, size, self.options.history_size)
+        limit = self.options.history_max_bytes
+        if kept.bytes <= limit:
+            return
+        kept.trim(limit * 3 // 4)
+        task = asyncio.get_running_loop().create_task(self._purge(resource, kept.entries[0][0]))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _purge(self, resource: str, first_kept: int) -> None:
+        js = self._js
+        if js is None:
+            return
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await js.purge_stream(self.stream, seq=first_kept, subject=self.subject(resource))
+        except Exception as exc:  # the next message over the limit tries again
+            log.warning("nats_purge_failed", resource=resource, error=repr(exc))
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes NATS keeps for ``resource``'s resuming subscribers (its messages'
+        payloads, read from the stream)."""
+        js, subject = self._jetstream(), self.subject(resource)
+        total, seq = 0, 0
+        while True:
+            try:
+                msg = await js.get_msg(self.stream, seq=seq + 1, subject=subject, next=True)
+            except NotFoundError:
+                return total
+            total += len(msg.data or b"")
+            seq = int(msg.seq or 0)
 
     # -- streams ---------------------------------------------------------------------------------
     def _jetstream(self) -> JetStreamContext:
@@ -263,8 +328,12 @@ class NatsBroker(StreamBroker):
         last = await self._last(resource)
         if last is not None:
             return last[0], last[0], last[1]
-        first, _ = await self._bounds()
-        return 0, first - 1, self._stream_epoch
+        info = await self._jetstream().stream_info(self.stream)
+        # The epoch of the stream as it is now, not the one this process saw last: after the
+        # server lost its store, another process may have created the stream again before this
+        # one's reconnect check ran, and an append under the old epoch would let an old
+        # position match the new history.
+        return 0, info.state.first_seq - 1, self._epoch_of(info)
 
     async def _append(self, change: Change, publish_id: int, new_epoch_: bool) -> Change:
         js = self._jetstream()
@@ -293,7 +362,7 @@ class NatsBroker(StreamBroker):
             self._heads[resource] = (ack.seq, epoch)
             return Change(
                 change.resource, change.event, change.record, change.previous, change.timestamp,
-                change.version, ack.seq, epoch,
+                change.version, ack.seq, epoch, change.etag,
             )  # fmt: skip
         raise RuntimeError(f"{resource}: lost the append race {RACE_RETRIES} times")
 
@@ -315,6 +384,7 @@ class NatsBroker(StreamBroker):
         js, subject = self._jetstream(), self.subject(resource)
         changes: list[Change] = []
         previous = since.offset
+        read, limit = 0, self.options.history_max_bytes
         while previous < last[0]:
             try:
                 msg = await js.get_msg(self.stream, seq=previous + 1, subject=subject, next=True)
@@ -329,7 +399,86 @@ class NatsBroker(StreamBroker):
             ) != since.epoch:
                 return None  # a link of the chain has left history
             previous = int(msg.seq or 0)
-            changes.append(decode_change(msg.data or b"", previous, since.epoch))
-            if len(changes) > self.options.history_size:
-                return None
+            data = msg.data or b""
+            read += len(data)
+            changes.append(decode_change(data, previous, since.epoch))
+            if len(changes) > self.options.history_size or (read > limit and len(changes) > 1):
+                return None  # further back than history is kept: never loaded whole
         return changes
+
+    # -- ephemeral pub/sub (channels): core NATS, never stored -------------------------------------
+    async def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        """Add ``handler``; returns once the server has the subscription (or after
+        ``connect_timeout`` while NATS is unreachable: it is made once connected)."""
+        self._ephemeral.append(handler)
+        if self._ephemeral_task is None:
+            loop = asyncio.get_running_loop()
+            self._ephemeral_task = loop.create_task(self._ephemeral_attach())
+        await asyncio.wait({self._ephemeral_task}, timeout=self.options.connect_timeout)
+
+    async def _ephemeral_attach(self) -> None:
+        """Subscribe once connected (``start`` may have left the connecting to the reader
+        task); nats-py renews the subscription after a reconnect by itself."""
+        while True:
+            nc = self._nc
+            if nc is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                if self._ephemeral_sub is None:
+                    self._ephemeral_sub = await nc.subscribe(
+                        self._ephemeral_subject, cb=self._on_ephemeral
+                    )
+                await nc.flush(timeout=max(1, int(self.options.connect_timeout)))  # it has it
+                return
+            except Exception as exc:  # disconnected meanwhile: nats-py resubscribes by itself
+                log.warning("ephemeral_subscribe_retry", error=repr(exc))
+                await asyncio.sleep(0.2)
+
+    async def _on_ephemeral(self, msg: Msg) -> None:
+        for handler in list(self._ephemeral):
+            try:
+                await await_me_maybe(handler(msg.data))
+            except Exception:
+                log.exception("ephemeral_handler_failed")
+
+    async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+        if self._ephemeral:
+            return
+        task, self._ephemeral_task = self._ephemeral_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        sub, self._ephemeral_sub = self._ephemeral_sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        nc = self._nc
+        if nc is None or nc.is_closed:
+            return  # not connected: lost, as ephemeral payloads are
+        await nc.publish(self._ephemeral_subject, payload)
+
+class _Retained:
+    """The (sequence, size) of a resource's latest messages and their total size."""
+
+    __slots__ = ("entries", "bytes")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[int, int]] = deque()
+        self.bytes = 0
+
+    def add(self, seq: int, size: int, max_count: int) -> None:
+        self.entries.append((seq, size))
+        self.bytes += size
+        while len(self.entries) > max_count:  # JetStream drops these itself
+            self.bytes -= self.entries.popleft()[1]
+
+    def trim(self, target: int) -> None:
+        while len(self.entries) > 1 and self.bytes > target:
+            self.bytes -= self.entries.popleft()[1]

@@ -3,9 +3,12 @@
 Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sharing a Redis):
 
 * ``P:{R}:stream`` - resource R's stream; each entry holds ``o`` (offset), ``e`` (epoch) and ``d``
-  (the change as JSON). Trimmed on every append to ``history_size`` entries (``MAXLEN``) and to
-  ``history_ttl`` (``MINID``, from Redis's own clock).
-* ``P:{R}:meta`` - hash ``{epoch, offset}``. One Lua script increments the offset and appends the
+  (the change as JSON). Trimmed on every append to ``history_ttl`` (``MINID``, from Redis's own
+  clock), ``history_size`` entries and ``history_max_bytes`` bytes of ``d`` (oldest first; the
+  newest entry always stays).
+* ``P:{R}:sizes`` - list of the byte size of each entry's ``d``, oldest first, kept in step
+  with the stream so trimming knows what it frees without reading the entries.
+* ``P:{R}:meta`` - hash ``{epoch, offset, bytes}`` (``bytes``: the sum of ``sizes``). One Lua script increments the offset and appends the
   entry, so offsets are allocated atomically with the append and are contiguous within an epoch
   (which is what makes ``history`` exact). The epoch is replaced when history is lost: the meta
   hash is gone (Redis restarted empty), or the stream is gone while the offset says it had
@@ -15,9 +18,17 @@ Keys, under the ``prefix`` option (default ``s3db``; one prefix per database sha
 * ``P:writer:{id}`` - per publishing process, the ids of its last 1,000 appends (a sorted set
   that expires after an hour idle), so a retried append that had in fact reached Redis is not
   appended twice, even while other appends of the process were in flight.
+* ``P:seq`` - the database's commit counter: the publish script increments it and stores the
+  value in the entry (``g``), atomically with the append, so ``g`` orders every change of every
+  resource in the order Redis appended them.
 
 Every process runs one reader task: ``XREAD BLOCK`` over the log and every known resource stream,
-dispatching each entry to the listeners in stream order (a process's own writes included).
+dispatching the entries to the listeners (a process's own writes included) in ``g`` order across
+resources, not stream by stream. One XREAD is a consistent view (Redis runs commands one at a
+time), so the merge is exact with two precautions: a stream cut off by ``COUNT`` bounds what may
+be dispatched to its last ``g`` (the rest is read again next time), and a read that announces a
+new resource dispatches nothing (the next read includes the new stream, whose first changes may
+precede the others).
 """
 
 from __future__ import annotations
@@ -34,30 +45,79 @@ from redis.backoff import NoBackoff
 from s3db_core.log import get_logger
 
 from ..change import Change
-from .base import Position, StreamBroker, decode_change, encode_change, new_epoch, server_url
+from ..plugins import await_me_maybe
+from .base import (
+    EphemeralHandler,
+    Position,
+    StreamBroker,
+    decode_change,
+    encode_change,
+    new_epoch,
+    server_url,
+)
 
 log = get_logger("s3db.broker.redis")
 
 WRITER_TTL = 3600  # seconds a process's dedupe record outlives its last publish
 
-# KEYS: stream, meta, resources, resources log, writer
-# ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s
+# KEYS: stream, meta, resources, resources log, writer, sizes, commit counter
+# ARGV: resource, payload, fresh epoch, reset (0/1), maxlen, ttl ms, publish id, writer ttl s,
+#       max bytes
 PUBLISH = """
 if redis.call('ZSCORE', KEYS[5], ARGV[7]) then
   return {-1, ''}
 end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
 local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
-if (not epoch) or ARGV[4] == '1' or (offset > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if (not epoch) or ARGV[4] == '1' or (offset > 0 and not exists) then
   epoch = ARGV[3]
   redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0)
 end
+-- The sizes list follows the stream entry for entry; rebuild it when it does not (a stream
+-- written before sizes were kept, or one that vanished).
+local length = exists and redis.call('XLEN', KEYS[1]) or 0
+if redis.call('LLEN', KEYS[6]) ~= length then
+  redis.call('DEL', KEYS[6])
+  local total = 0
+  for _, entry in ipairs(length > 0 and redis.call('XRANGE', KEYS[1], '-', '+') or {}) do
+    local size = 0
+    for i = 1, #entry[2], 2 do
+      if entry[2][i] == 'd' then size = #entry[2][i + 1] end
+    end
+    redis.call('RPUSH', KEYS[6], size)
+    total = total + size
+  end
+  redis.call('HSET', KEYS[2], 'bytes', total)
+end
 offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[5], '*', 'o', offset, 'e', epoch, 'd', ARGV[2])
+local seq = redis.call('INCR', KEYS[7])
+redis.call('XADD', KEYS[1], '*', 'o', offset, 'e', epoch, 'd', ARGV[2], 'g', seq)
+redis.call('RPUSH', KEYS[6], #ARGV[2])
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[2])
+length = length + 1
+local function drop(count)
+  local sizes = redis.call('LPOP', KEYS[6], count) or {}
+  local freed = 0
+  for _, size in ipairs(sizes) do freed = freed + tonumber(size) end
+  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -freed)
+  length = length - count
+end
 local now = redis.call('TIME')
 local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - tonumber(ARGV[6])
 if horizon > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', tostring(horizon))
+  local expired = redis.call('XTRIM', KEYS[1], 'MINID', tostring(horizon))
+  if expired > 0 then drop(expired) end
+end
+local maxlen = tonumber(ARGV[5])
+if length > maxlen then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', maxlen)
+  drop(length - maxlen)
+end
+local maxbytes = tonumber(ARGV[9])
+while length > 1 and bytes > maxbytes do
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', length - 1)
+  drop(1)
 end
 if redis.call('SADD', KEYS[3], ARGV[1]) == 1 then
   redis.call('XADD', KEYS[4], '*', 'r', ARGV[1])
@@ -124,6 +184,7 @@ class RedisBroker(StreamBroker):
     name = "redis"
     contiguous_offsets = True  # a jump in a resource's offsets is a gap
     block_ms = 5000  # one XREAD waits at most this long before it is issued again
+    batch = 1000  # entries one XREAD returns per stream at most
 
     def __init__(self, url: str, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, config)
@@ -133,6 +194,7 @@ class RedisBroker(StreamBroker):
         self._resources_key = f"{p}:resources"
         self._log_key = f"{p}:resources:log"
         self._writer_key = f"{p}:writer:{new_epoch()}"
+        self._seq_key = f"{p}:seq"
         target = server_url(url)
         timeout = self.options.publish_timeout
         # One immediate retry replaces a pooled connection Redis closed (a restart); a retried
@@ -152,12 +214,26 @@ class RedisBroker(StreamBroker):
         self._cursors: dict[Any, Any] = {}  # stream key -> last id read (bytes)
         self._ttl_ms = int(self.options.history_ttl * 1000)
         self._started_ms = 0
+        # Ephemeral pub/sub (channels): PUBLISH/SUBSCRIBE on one key, read by its own task.
+        self._target = target
+        self._ephemeral_key = f"{p}:channels"
+        self._ephemeral: list[EphemeralHandler] = []
+        self._ephemeral_task: asyncio.Task[None] | None = None
+        self._ephemeral_ready = asyncio.Event()
 
     def stream_key(self, resource: str) -> str:
         return f"{self._key_prefix}{resource}{self._key_suffix}"
 
     def meta_key(self, resource: str) -> str:
         return f"{self.options.prefix}:{{{resource}}}:meta"
+
+    def sizes_key(self, resource: str) -> str:
+        return f"{self.options.prefix}:{{{resource}}}:sizes"
+
+    async def history_bytes(self, resource: str) -> int:
+        """Bytes of changes Redis keeps for ``resource``'s resuming subscribers (the sum of
+        the entries' payloads, as trimming counts them)."""
+        return int(await self._client.hget(self.meta_key(resource), "bytes") or 0)
 
     async def _connect(self) -> None:
         self._started_ms = int(time.time() * 1000)
@@ -172,9 +248,9 @@ class RedisBroker(StreamBroker):
         await self._reader.connection_pool.disconnect(inuse_connections=True)
 
     async def memory_usage(self, resource: str) -> int:
-        """Bytes Redis holds for ``resource``'s history (stream + meta), counted exactly."""
+        """Bytes Redis holds for ``resource``'s history (stream, sizes, meta), counted exactly."""
         used = 0
-        for key in (self.stream_key(resource), self.meta_key(resource)):
+        for key in (self.stream_key(resource), self.meta_key(resource), self.sizes_key(resource)):
             used += int(await self._client.memory_usage(key, samples=0) or 0)
         return used
 
@@ -192,15 +268,16 @@ class RedisBroker(StreamBroker):
         resource = change.resource
         offset, epoch = await self._publish_script(
             keys=[self.stream_key(resource), self.meta_key(resource), self._resources_key,
-                  self._log_key, self._writer_key],
+                  self._log_key, self._writer_key, self.sizes_key(resource), self._seq_key],
             args=[resource, encode_change(change), new_epoch(), int(new_epoch_),
-                  self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL],
+                  self.options.history_size, self._ttl_ms, publish_id, WRITER_TTL,
+                  self.options.history_max_bytes],
         )  # fmt: skip
         if offset == -1:  # an earlier attempt of this very publish had reached Redis
             return change
         return Change(
             change.resource, change.event, change.record, change.previous, change.timestamp,
-            change.version, int(offset), epoch.decode(),
+            change.version, int(offset), epoch.decode(), change.etag,
         )  # fmt: skip
 
     async def _position(self, resource: str) -> Position:
@@ -224,7 +301,6 @@ class RedisBroker(StreamBroker):
 
     async def _run_reader(self) -> None:
         delay = 0.05
-        log_key = self._log_key.encode()
         while self._started:
             try:
                 if not self._cursors:  # Redis was down at start: read from the start time
@@ -233,7 +309,7 @@ class RedisBroker(StreamBroker):
                     await self._reader.ping()
                     self._continuity_event("up")
                 reply: Any = await self._reader.xread(
-                    self._cursors, count=1000, block=self.block_ms
+                    self._cursors, count=self.batch, block=self.block_ms
                 )
                 delay = 0.05
             except asyncio.CancelledError:
@@ -246,20 +322,133 @@ class RedisBroker(StreamBroker):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            for key, entries in reply or ():
-                if key == log_key:
-                    for entry_id, fields in entries:
-                        stream = self.stream_key(fields[b"r"].decode()).encode()
-                        self._cursors.setdefault(stream, b"0-0")
-                        self._cursors[log_key] = entry_id
-                    continue
-                for entry_id, fields in entries:
-                    self._cursors[key] = entry_id
+            if reply:
+                await self._dispatch_batch(reply)
+
+    async def _dispatch_batch(self, reply: Any) -> None:
+        """Hand one XREAD's entries to the listeners in commit order across resources, and move
+        each stream's cursor past what was handed over (nothing else)."""
+        log_key = self._log_key.encode()
+        streams = []
+        announced = False
+        for key, entries in reply:
+            if key == log_key:
+                announced = True
+                for entry_id, fields in entries:  # a new resource: read its stream from now on
+                    stream = self.stream_key(fields[b"r"].decode()).encode()
+                    self._cursors.setdefault(stream, b"0-0")
+                    self._cursors[log_key] = entry_id
+            elif entries:
+                streams.append((key, entries))
+        if announced:
+            # The new stream was not part of this read, and its first changes may precede the
+            # others read here: read again, with it, before handing anything over.
+            return
+        if len(streams) == 1:  # one resource: its stream order is commit order
+            key, entries = streams[0]
+            for entry_id, fields in entries:
+                self._cursors[key] = entry_id
+                await self._dispatch_entry(key, entry_id, fields)
+            return
+        merged = []
+        cutoff = None  # what a stream cut off by COUNT might still hide: nothing after its last
+        for key, entries in streams:
+            for entry_id, fields in entries:
+                merged.append((_commit_seq(fields), key, entry_id, fields))
+            if len(entries) >= self.batch:
+                last = _commit_seq(entries[-1][1])
+                cutoff = last if cutoff is None else min(cutoff, last)
+        merged.sort(key=lambda item: item[0])  # stable: equal (legacy) keys keep stream order
+        for seq, key, entry_id, fields in merged:
+            if cutoff is not None and seq > cutoff:
+                break  # read again next time, after what this stream still holds
+            self._cursors[key] = entry_id
+            await self._dispatch_entry(key, entry_id, fields)
+
+    async def _dispatch_entry(self, key: bytes, entry_id: bytes, fields: dict[bytes, Any]) -> None:
+        try:
+            change = decode_change(fields[b"d"], int(fields[b"o"]), fields[b"e"].decode())
+        except Exception:  # not ours (a stray XADD): never stop the reader
+            log.exception("undecodable_entry", stream=key, id=entry_id)
+            return
+        await self.listeners.dispatch(change)
+
+    # -- ephemeral pub/sub (channels): Redis PUBLISH/SUBSCRIBE, never stored ---------------------
+    async def ephemeral_subscribe(self, handler: EphemeralHandler) -> None:
+        """Add ``handler``; returns once Redis has confirmed the subscription (or after
+        ``connect_timeout`` while Redis is unreachable: the reader keeps trying)."""
+        self._ephemeral.append(handler)
+        if self._ephemeral_task is None:
+            self._ephemeral_ready = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            self._ephemeral_task = loop.create_task(self._ephemeral_reader())
+        try:
+            async with asyncio.timeout(self.options.connect_timeout):
+                await self._ephemeral_ready.wait()
+        except TimeoutError:
+            log.warning("ephemeral_subscribe_pending", broker=self.name)
+
+    async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
+        if handler in self._ephemeral:
+            self._ephemeral.remove(handler)
+        task = self._ephemeral_task
+        if not self._ephemeral and task is not None:
+            self._ephemeral_task = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def ephemeral_publish(self, payload: bytes) -> None:
+        async with asyncio.timeout(self.options.publish_timeout):
+            await self._client.publish(self._ephemeral_key, payload)
+
+    async def _ephemeral_reader(self) -> None:
+        """Subscribe and hand every payload to the handlers; resubscribe after an error
+        (what was published meanwhile is lost: ephemeral)."""
+        timeout = self.options.publish_timeout
+        client = aioredis.Redis.from_url(
+            self._target, socket_timeout=10.0, socket_connect_timeout=timeout,
+            health_check_interval=5, retry=Retry(NoBackoff(), 0),
+        )  # fmt: skip
+        delay = 0.05
+        try:
+            while True:
+                pubsub = client.pubsub()
+                try:
+                    await pubsub.subscribe(self._ephemeral_key)
+                    while True:  # the confirmation: from here on nothing published is missed
+                        confirmed = await pubsub.get_message(timeout=5.0)
+                        if confirmed is not None and confirmed.get("type") == "subscribe":
+                            break
+                    self._ephemeral_ready.set()
+                    delay = 0.05
+                    while True:
+                        message = await pubsub.get_message(timeout=5.0)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        for handler in list(self._ephemeral):
+                            try:
+                                await await_me_maybe(handler(message["data"]))
+                            except Exception:
+                                log.exception("ephemeral_handler_failed")
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("ephemeral_reader_retry", error=repr(exc), retry_in=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                finally:
                     try:
-                        change = decode_change(
-                            fields[b"d"], int(fields[b"o"]), fields[b"e"].decode()
-                        )
-                    except Exception:  # not ours (a stray XADD): never stop the reader
-                        log.exception("undecodable_entry", stream=key, id=entry_id)
-                        continue
-                    await self.listeners.dispatch(change)
+                        await pubsub.aclose()
+                    except Exception:
+                        pass
+        finally:
+            await client.aclose()
+
+
+def _commit_seq(fields: dict[bytes, Any]) -> int:
+    """An entry's place in the database's commit order (``g``); -1 for an entry without one
+    (a stray XADD, or one appended by an older version), which then keeps its stream's order."""
+    try:
+        return int(fields[b"g"])
+    except (KeyError, ValueError, TypeError):
+        return -1

@@ -26,7 +26,7 @@ __all__ = [
     "open_storage",
 ]
 
-GROUP = "s3db.storage"
+ENTRY_POINT_GROUP = "s3db.storage"
 
 
 def open_storage(url: str) -> StorageClient:
@@ -36,5 +36,5 @@ def open_storage(url: str) -> StorageClient:
     never the rest of the URL (it may hold credentials).
     """
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    client: StorageClient = load_entry_point(GROUP, scheme, kind="storage scheme")(url)
+    client: StorageClient = load_entry_point(ENTRY_POINT_GROUP, scheme, kind="storage scheme")(url)
     return client

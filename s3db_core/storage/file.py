@@ -191,6 +191,7 @@ class FileStorage:
 
 
 _TEMP_SUFFIX = len(".") + 32 + len("%t")  # a temp file is "<name>.<uuid hex>%t"
+_TEMP_NAME = re.compile(r"%o\.[0-9a-f]{1,32}%t\Z")  # "<object file>.<hex>%t", nothing else
 
 
 def _fs_limits(root: Path) -> tuple[int, int]:
@@ -260,7 +261,7 @@ def _remove_temp_files(root: Path, older_than: float, dry_run: bool) -> int:
     found = 0
     for directory, _, files in os.walk(root):
         for name in files:
-            if not name.endswith("%t"):
+            if not _TEMP_NAME.search(name):  # only this store's own temp files
                 continue
             path = Path(directory, name)
             try:

@@ -35,6 +35,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from s3db_core.errors import StorageError
+from s3db_core.options import number_in
 from s3db_core.redact import redact
 from s3db_core.storage.base import (
     ListPage,
@@ -61,13 +62,7 @@ def _seconds(query: dict[str, str], name: str, default: float) -> float:
     text = query.get(name)
     if text is None:
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value <= 3600:
-        raise ValueError(f"storage URL option {name} must be a number of seconds in (0, 3600]")
-    return value
+    return number_in(f"storage URL option {name} (seconds)", text, 0, 3600, above=True, text=True)
 
 
 def _config(path_style: bool, connect_timeout: float, read_timeout: float) -> AioConfig:

@@ -1,10 +1,12 @@
 """The async Python client for WebSocket protocol v1, as a package: ``errors`` (one exception per
 server error code), ``subscription`` (``Event``, ``Page``, ``Subscription``), ``client``
-(``Client``: requests, reconnect with resubscribe, token refresh).
+(``Client``: requests, reconnect with resubscribe, token refresh), ``channel`` (``Channel``,
+``ChannelMessage``: joined channels).
 
     from s3db_ws_plugin.client import Client, Forbidden
 """
 
+from .channel import Channel, ChannelMessage
 from .client import Backoff, Client, TokenSource, jwt_expiry, redact, refresh_delay
 from .errors import (
     ERRORS,
@@ -31,6 +33,8 @@ __all__ = [
     "ERRORS",
     "EVENT_KINDS",
     "Backoff",
+    "Channel",
+    "ChannelMessage",
     "Client",
     "ClientError",
     "Conflict",

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import random
 import re
@@ -38,17 +39,19 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
 from s3db_core import await_me_maybe
 from s3db_core.log import get_logger
+from s3db_core.options import positive_int
 from s3db_core.query import matches
+from s3db_core.redact import redact
 
 from ..internals import client_transport, limit_read_size
 from ..protocol import CloseCode
+from .channel import Channel, JoinCall
 from .errors import ClientError, ConnectionLost, RequestTimeout, Unauthorized, error_from_frame
 from .subscription import (
     EVENT_KINDS,
@@ -101,15 +104,6 @@ def jwt_expiry(token: str | None) -> float | None:
     return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-def redact(url: str) -> str:
-    """``url`` without credentials or query string (where ``?token=`` would be), for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def refresh_delay(expires_at: float, now: float, margin: float) -> float:
     """Seconds until a token expiring at ``expires_at`` should be refreshed: ``margin``
     seconds before expiry, or at 80% of the remaining lifetime when that is later (short
@@ -156,11 +150,11 @@ class Client:
         on_reconnect: Callable[[Client], Any] | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        if max_pending < 1:
-            raise ValueError("max_pending must be at least 1")
         self.url = url
-        self.max_pending = max_pending
-        self.safe_url = redact(url)
+        self.max_pending = positive_int("max_pending", max_pending)
+        # The address as logs show it: user-info, credential parameters and this client's own
+        # credentials masked (s3db_core.redact, the one redactor of every log line).
+        self.safe_url = redact(url, (api_key, token if isinstance(token, str) else None))
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
         self.request_timeout = request_timeout
@@ -181,6 +175,7 @@ class Client:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._streams: dict[tuple[str, bytes], Stream] = {}
+        self._channels: dict[str, Channel] = {}  # joined channels, rejoined after a reconnect
         self._ready = asyncio.Event()
         self._closed = False
         self._failure: ClientError | None = None
@@ -238,6 +233,9 @@ class Client:
             for sub in stream.subs:
                 sub._end()
         self._streams.clear()
+        for channel in self._channels.values():
+            channel._end()
+        self._channels.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -326,9 +324,7 @@ class Client:
         unread events are kept; one more ends the iterator with ``SlowConsumer`` once the
         buffered ones are read."""
         kinds = None if events is None else tuple(k for k in EVENT_KINDS if k in set(events))
-        pending = self.max_pending if max_pending is None else max_pending
-        if pending < 1:
-            raise ValueError("max_pending must be at least 1")
+        pending = self.max_pending if max_pending is None else positive_int("max_pending", max_pending)
         start = None
         if since is not None:
             start = Position.from_value(since)
@@ -351,6 +347,62 @@ class Client:
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
         """Send any frame with a fresh ``requestId``; return its reply or raise its error."""
         return await self._request(frame)
+
+    # -- channels ---------------------------------------------------------------------------
+    def join(
+        self,
+        channel: str,
+        info: Mapping[str, Any] | None = None,
+        *,
+        receive_own: bool = False,
+        max_pending: int | None = None,
+    ) -> JoinCall:
+        """Join a channel: ``room = await client.join(...)`` or ``async with client.join(...)
+        as room`` (leaves at the end). ``info`` is this member's presence data (an object of
+        at most 1 KiB); ``receive_own`` asks for this client's own messages too. The client
+        joins again after a reconnect."""
+        pending = self.max_pending if max_pending is None else max_pending
+        if pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        return JoinCall(self._join(Channel(self, channel, info, receive_own, pending)))
+
+    async def _join(self, channel: Channel) -> Channel:
+        if channel.name in self._channels:
+            raise ValueError(f"this client has already joined {channel.name!r}")
+        self._channels[channel.name] = channel  # before the request: events may follow the reply
+        try:
+            await self._request(
+                channel.frame(), on_reply=lambda reply: channel.joined(reply, again=False)
+            )
+        except BaseException:
+            if self._channels.get(channel.name) is channel:
+                del self._channels[channel.name]
+            raise
+        return channel
+
+    async def leave_channel(self, channel: Channel) -> None:
+        """Leave ``channel`` (what ``Channel.leave`` calls)."""
+        if self._channels.get(channel.name) is not channel:
+            return
+        del self._channels[channel.name]
+        if self.connected:
+            with contextlib.suppress(ClientError):
+                await self._request({"type": "leave", "channel": channel.name})
+
+    async def _rejoin(self) -> None:
+        for name, channel in list(self._channels.items()):
+            try:
+                await self._request(
+                    channel.frame(),
+                    wait_ready=False,
+                    on_reply=functools.partial(channel.joined, again=True),
+                )
+            except (ConnectionLost, RequestTimeout):
+                raise
+            except ClientError as exc:
+                log.warning("rejoin refused", channel=name, code=exc.code)
+                channel._end(exc)
+                self._channels.pop(name, None)
 
     # -- internals: requests ---------------------------------------------------------------
     async def _request(
@@ -695,7 +747,12 @@ class Client:
                 continue
             kind = frame.get("type")
             if kind == "event":
-                self._dispatch(frame)
+                if "channel" in frame:
+                    joined = self._channels.get(frame["channel"])
+                    if joined is not None:
+                        joined.dispatch(frame)
+                else:
+                    self._dispatch(frame)
                 continue
             if kind == "error" and frame.get("code") == Unauthorized.code:
                 last_error = error_from_frame(frame)  # a 4401 close follows
@@ -736,6 +793,7 @@ class Client:
                 if not first:
                     try:
                         await self._resubscribe()
+                        await self._rejoin()
                     except (ConnectionLost, RequestTimeout):
                         await ws.close()  # dropped again or stuck: the reader ends, reconnect
                     else:
@@ -804,6 +862,9 @@ class Client:
             for sub in stream.subs:
                 sub._end(error)
         self._streams.clear()
+        for channel in self._channels.values():
+            channel._end(error)
+        self._channels.clear()
 
     # -- internals: token refresh -----------------------------------------------------------
     def _schedule_refresh(self) -> None:

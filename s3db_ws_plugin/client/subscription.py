@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from s3db_core import Position
 from s3db_core.log import get_logger
 
 from ..protocol import EVENT_KINDS
@@ -27,26 +28,6 @@ class Page(NamedTuple):
 
     items: list[dict[str, Any]]
     cursor: str | None
-
-
-class Position(NamedTuple):
-    """A point in a resource's change stream: ``offset`` increases within an ``epoch``."""
-
-    offset: int
-    epoch: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"offset": self.offset, "epoch": self.epoch}
-
-    @classmethod
-    def from_value(cls, value: Any) -> Position | None:
-        if isinstance(value, Position):
-            return value
-        if isinstance(value, Mapping):
-            offset, epoch = value.get("offset"), value.get("epoch")
-            if isinstance(offset, int) and not isinstance(offset, bool) and isinstance(epoch, str):
-                return cls(offset, epoch)
-        return None
 
 
 RELOAD = "reload"
@@ -122,6 +103,9 @@ class Subscription:
         self.closed = False
         self._queue: asyncio.Queue[Event | _Closed] = asyncio.Queue()
         self._releasing: asyncio.Task | None = None
+        # Running ``on_reload`` coroutines: the loop keeps only weak references to tasks, so
+        # one nobody holds could be garbage-collected before it finishes.
+        self._callbacks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<Subscription {self.resource} {self.filter}>"
@@ -143,9 +127,17 @@ class Subscription:
             try:
                 result = self.on_reload(self)
                 if asyncio.iscoroutine(result):
-                    asyncio.get_running_loop().create_task(result)
+                    task = asyncio.get_running_loop().create_task(result)
+                    self._callbacks.add(task)
+                    task.add_done_callback(self._callback_done)
             except Exception:
                 log.exception("on_reload callback failed", resource=self.resource)
+
+    def _callback_done(self, task: asyncio.Task[Any]) -> None:
+        self._callbacks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("on_reload callback failed", resource=self.resource,
+                      exc_info=task.exception())  # fmt: skip
 
 
     def _push(self, event: Event) -> None:
@@ -200,7 +192,13 @@ class Subscription:
         return events
 
     async def next(self, timeout: float | None = None) -> Event:
-        """The next event, waiting at most ``timeout`` seconds (``TimeoutError``)."""
+        """The next event, waiting at most ``timeout`` seconds (``None``: no limit).
+
+        Raises the built-in ``TimeoutError`` when no event arrives in time (the subscription
+        stays open: call again). Once the subscription has ended it raises what ended it
+        (``Forbidden`` when revoked, ``SlowConsumer``, ``Unauthorized``...) or, after
+        ``close()``, ``StopAsyncIteration``.
+        """
         async with asyncio.timeout(timeout):
             return await self.__anext__()
 

@@ -72,7 +72,7 @@ async function ready(db, me) {
   await db.subscribe("notifications", {}, (event) => remember(event.data));
   await load();
   $("#bell").hidden = false;
-  togglePanel(window.matchMedia("(min-width: 721px)").matches);
+  togglePanel(true); // the list first, at every width; the bell folds it away
 }
 
 $("#bell").addEventListener("click", () => togglePanel());
