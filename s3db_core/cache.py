@@ -22,8 +22,14 @@ How it stays exact:
   epoch, flushes the resource (history no longer reaches back).
 * The writing process applies its own change before the write returns; until that change comes
   back on the stream, older changes of that record arriving from the stream are skipped.
-* A read that misses notes the counter, reads the store, and keeps what it read only if no
-  change to that record arrived meanwhile (``fills_dropped`` counts the others).
+* A read that misses notes the counter, reads the store, and keeps what it read only if nothing
+  was stored for that record meanwhile: no change, and no other store read (a get's fill or a
+  sweep's re-read) that ended first, since overlapping reads end in any order
+  (``fills_dropped`` counts the others). A late insert never replaces a kept read of the same
+  record at a higher version.
+* A flush (new epoch, gap, "lost") and an outage ("down") turn the records held into doubt
+  markers rather than dropping them: a change arriving later still for a record this process
+  has read (a writer's outage buffer drained after the recovery period) is not applied over it.
 * It serves only while the broker's reader is connected with no gap (``watch_continuity`` on the
   networked brokers: ``down`` stops serving, ``up`` checks each resource's history from the last
   position applied, applies it, then serves again, flushing a resource whose history no longer
@@ -269,13 +275,16 @@ class RecordCache:
         self._tick += 1
         self._floor = self._tick
         if resource is None:
-            self._entries.clear()
+            if count and self._running:
+                self._doubt_held(None)
+            else:  # start/stop: nothing is kept
+                self._entries.clear()
+                self.bytes = 0
             self._streams.clear()
             self._first_positions.clear()
-            self.bytes = self.id_bytes = 0
+            self.id_bytes = 0
         else:
-            for key in [k for k in self._entries if k[0] == resource]:
-                self.bytes -= self._entries.pop(key).cost
+            self._doubt_held(resource)
             stream = self._streams.get(resource)
             if stream is not None:
                 self._drop_ids(stream)
@@ -287,12 +296,26 @@ class RecordCache:
         """Every record and id-set goes; stream positions stay (history is checked from them)."""
         self._tick += 1
         self._floor = self._tick
-        self._entries.clear()
-        self.bytes = 0
+        self._doubt_held(None)
         for stream in self._streams.values():
             self._drop_ids(stream)
         self._stats.cache_flushes += 1
         self._account()
+
+    def _doubt_held(self, resource: str | None) -> None:
+        """Every record held (of ``resource``) becomes a doubt marker instead of going: a
+        change that arrives late for it (a writer's outage buffer drained after the recovery
+        period) is not applied over what this process already read, the next read asks the
+        store and keeps what it reads only when no change raced it."""
+        tick = self._tick
+        for key, entry in self._entries.items():
+            if (resource is not None and key[0] != resource) or entry.doubt:
+                continue
+            marker = _Entry(None, 0, None, tick, tick, 0)
+            marker.filled = marker.doubt = True
+            marker.pending = entry.pending
+            self.bytes += marker.cost - entry.cost
+            self._entries[key] = marker
 
     @property
     def recovering(self) -> bool:
@@ -399,9 +422,10 @@ class RecordCache:
             return
         key = (resource, id)
         entry = self._entries.get(key)
-        if (entry.changed if entry is not None else self._floor) > begun[0]:
-            # The change may be older than what was read (a writer publishing late): neither
-            # is kept, the next read asks the store.
+        if self._stored_since(entry, begun):
+            # A change may be older than what was read (a writer publishing late), and another
+            # store read that ended first may be newer (overlapping reads end in any order):
+            # neither is kept, the next read asks the store.
             self._stats.cache_fills_dropped += 1
             self._doubt(resource, id)
             return
@@ -414,6 +438,13 @@ class RecordCache:
         new.read_ms = begun[1]
         self._store(key, new)
         self._fill_ids(resource, id, record)
+
+    def _stored_since(self, entry: _Entry | None, begun: tuple[int, int]) -> bool:
+        """True when anything was stored for the record (a change, or another store read's
+        fill) since a store read began at ``begun``: that read may be older than the entry."""
+        if entry is None:
+            return self._floor > begun[0]
+        return max(entry.tick, entry.changed) > begun[0]
 
     def _fill_ids(self, resource: str, id: str, record: dict[str, Any] | None) -> None:
         """What a store read found joins (or leaves) the id-sets, which may lag behind it."""
@@ -458,6 +489,18 @@ class RecordCache:
             and entry.version >= change.version
         ):
             return False  # an update older than what is cached (publishers racing)
+        elif (
+            not own
+            and change.event == "insert"
+            and entry is not None
+            and entry.filled
+            and entry.data is not None
+            and entry.version > change.version
+        ):
+            # A late insert of the incarnation a store read already saw updated (its stamp is
+            # taken after the write, so it may be later than the read's start): a newer
+            # incarnation would come after its delete, which leaves a tombstone first.
+            return True
         self._tick += 1
         data = None if change.event == "delete" else orjson.dumps(change.record)
         new = _Entry(data, change.version, None, self._tick, self._tick, len(data or b""))
@@ -729,7 +772,13 @@ class RecordCache:
     ) -> None:
         """A sweep's re-read replaces the entry (as a change would), unless a change arrived."""
         entry = self._entries.get((resource, id))
-        if not self.serving or (entry.changed if entry is not None else self._floor) > begun[0]:
+        if not self.serving:
+            return
+        if self._stored_since(entry, begun):
+            # A get's fill (or a change) landed while this re-read was in flight: what it holds
+            # may be newer than this read (a hit may already have answered it), never step back.
+            if entry is not None and entry.changed <= begun[0]:
+                self._doubt(resource, id)
             return
         self._tick += 1
         data = None if record is None else orjson.dumps(record)

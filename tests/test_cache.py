@@ -337,3 +337,48 @@ async def test_a_database_restarted_in_the_process_starts_with_an_empty_cache(re
     a.storage.requests.reset()
     assert (await a.resources.things.get(rec["id"]))["n"] == 2 and counts(a) == {}
     await a.disconnect()
+
+
+async def test_overlapping_store_reads_never_step_a_cached_record_back():
+    """Two store reads of a record overlap (a sweep's re-read and a get, or two gets): the one
+    that began first may end last with an older state; it never replaces what the other kept,
+    so a process never reads a record backwards."""
+    store = memory_url()
+    db = await open_cached(store)
+    items, cache = db.resources.things, db.cache
+    assert cache is not None
+    other = Database(store)  # writes the same store without this cache's broker
+    await other.connect()
+    outside = await other.create_resource("things", ITEM)
+    rec = await items.insert({"n": 1})
+    for keep_older in (cache._force, cache.fill):
+        cache.flush()  # the next read asks the store
+        old_begun = cache.begin()  # the first read begins...
+        old = await items.get_versioned(rec["id"])  # ...and reads the record as it was
+        assert old is not None
+        newer = await outside.update(rec["id"], {"n": old.record["n"] + 1})
+        got = await items.get(rec["id"])  # a second read reads the newer state and keeps it
+        assert got == newer
+        keep_older("things", rec["id"], old.record, old.etag, old.version, old_begun)
+        assert await items.get(rec["id"]) == newer  # never back to what the first read saw
+    await other.disconnect()
+    await db.disconnect()
+
+
+async def test_a_late_insert_never_replaces_a_newer_read_of_the_same_incarnation():
+    """The insert of a record reaches this process after a store read already found the record
+    updated (its stamp is taken after the write, so it may be later than the read's start)."""
+    db = await open_cached(memory_url())
+    items, cache = db.resources.things, db.cache
+    assert cache is not None
+    rec = await items.insert({"n": 1})
+    updated = await items.update(rec["id"], {"n": 2})
+    cache.flush()
+    assert await items.get(rec["id"]) == updated  # a fill of version 2
+    late = Change("things", "insert", rec, None, int(time.time() * 1000) + 60_000, 1)
+    cache.on_change(late)
+    assert await items.get(rec["id"]) == updated
+    await items.delete(rec["id"])  # a newer incarnation comes after its tombstone
+    again = await items.insert({"id": rec["id"], "n": 3})
+    assert await items.get(rec["id"]) == again
+    await db.disconnect()
