@@ -405,10 +405,13 @@ async def test_a_websocket_subscriber_of_a_server_process_gets_foreign_writes(
             watcher.kill()
             missed = await notes.insert({"title": "while the watcher was down", "roomId": "r1"})
             watcher.start()
-            (event,) = await read_until(sub, 1)
+            try:
+                (event,) = await read_until(sub, 1)
+            except TimeoutError:
+                raise AssertionError(told([], watcher)) from None
             said = told([event], watcher)
             assert (event.event, event.data.get("id")) == ("insert", missed["id"]), said
-            assert watcher.stop() == 0
+            assert watcher.stop() == 0, told([], watcher)
         finally:
             if watcher.process is not None and watcher.process.poll() is None:
                 watcher.kill()
