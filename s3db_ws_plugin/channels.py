@@ -57,13 +57,14 @@ from .protocol import (
     required_object,
     required_text,
 )
+from .rate_limiters import RateLimit
 
 if TYPE_CHECKING:
     from s3db_auth_drivers import User
     from s3db_core import Database
 
     from .connection import Connection
-    from .plugin import RateLimit, WebSocketPlugin
+    from .plugin import WebSocketPlugin
 
 log = get_logger("s3db.ws.channels")
 
@@ -432,8 +433,6 @@ class Channels:
     def _limiter(self, kind: str) -> RateLimit:
         limiter = self._limiters.get(kind)
         if limiter is None:
-            from .plugin import RateLimit
-
             base = self.plugin.rate_limit_config or {}
             shared = {k: v for k, v in base.items()
                       if k not in ("enabled", "max_requests", "maxRequests", "window_ms",

@@ -17,14 +17,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from s3db_auth_drivers import Credentials
-from s3db_core import Change, Database, Position, await_me_maybe, hookimpl
+from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
 from s3db_core.options import optional_positive_float, positive_float, positive_int
-from s3db_core.plugins import call_each_isolated
 
 from . import hookspecs
 from .auth import SessionAuth
@@ -42,47 +39,34 @@ from .connection import (
     Connection,
     PerIpLimits,
     TrustedProxies,
-    client_address,
-    text_frame,
 )
+from .fanout import FanOut
 from .guards import ResourcePolicy
 from .handlers import Handlers
-from .internals import structlog_var
 from .limits import (
     DEFAULT_LIST_MAX_BYTES,
     DEFAULT_LIST_SCAN_LIMIT,
     DEFAULT_MAX_FRAME_VALUES,
     DEFAULT_MAX_SUBSCRIPTIONS,
     FilterLimits,
-    check_frame,
-    clip,
-    recover_request_id,
 )
 from .metrics import Metrics
 from .protocol import (
     CloseCode,
-    ErrorCode,
     ProtocolError,
-    client_error,
-    decode,
     encode,
     error_frame,
-    parse,
-    request_id_of,
 )
-from .rate_limiters import RateDecision, load_rate_limiter
+from .rate_limiters import RateLimit
 from .recheck import recheck_subscriptions
-from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer, event_frame
+from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer
+from .session import Sessions
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
 
 log = get_logger("s3db.ws")
 
 
-_REQUEST_ID = structlog_var("request_id")
-_DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
-
-RATE_LIMIT_KEYS = ("connection", "user", "ip")
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
 # The JavaScript-style (camelCase) spellings ``WebSocketPlugin.from_seed`` accepts, and the
 # keyword argument each stands for.
@@ -99,12 +83,6 @@ SEED_KEYWORDS = {
     "trustedProxies": "trusted_proxies",
     "proxyHeader": "proxy_header",
 }
-# Frames answered by the reader itself, at once (never behind a slow request).
-_INLINE = frozenset({"ping"})
-# Frames that change what the session is (who, which subscriptions): every later frame of the
-# connection starts only once such a frame is done (a `list` after a `subscribe` sees the
-# subscription in place, so no change falls between the history and the live stream).
-_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe", "join", "leave"})
 
 
 def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
@@ -122,51 +100,6 @@ def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
 def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
     """A GET route at the socket's path: it serves that path's plain HTTP GETs (see ``routes``)."""
     return isinstance(route, web.RouteDef) and route.method == "GET" and route.path == path
-
-
-class RateLimit:
-    """The frame rate limiter and what it is keyed by.
-
-    ``key`` is ``"user"`` (the default: an authenticated connection counts against its user,
-    any other against its IP address, so neither reconnecting nor opening parallel sockets
-    resets the budget), ``"ip"``, ``"connection"``, or a list of them (``["user", "ip"]``): a
-    frame must then be allowed under every key.
-    """
-
-    def __init__(self, config: Mapping[str, Any]) -> None:
-        key = config.get("key", "user")
-        keys = [key] if isinstance(key, str) else key
-        if (
-            not isinstance(keys, list | tuple)
-            or not keys
-            or not all(isinstance(k, str) and k in RATE_LIMIT_KEYS for k in keys)
-        ):
-            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS} or a list of them")
-        self.keys: tuple[str, ...] = tuple(dict.fromkeys(keys))
-        name = config.get("limiter", "memory")
-        options = {k: v for k, v in config.items() if k not in ("enabled", "key", "limiter")}
-        self.limiter = load_rate_limiter(name, options)
-
-    def keys_for(self, conn: Connection) -> list[str]:
-        keys = []
-        for kind in self.keys:
-            if kind == "connection":
-                keys.append(f"conn:{conn.client_id}")
-            elif kind == "user" and conn.user is not None:
-                keys.append(f"user:{conn.user.id}")
-            else:  # "ip", and "user" before (or without) authentication
-                keys.append(f"ip:{conn.remote}")
-        return list(dict.fromkeys(keys))
-
-    async def hit(self, conn: Connection) -> RateDecision:
-        """Count one frame of ``conn``; refused when any of its keys is over the limit."""
-        decision = None
-        for key in self.keys_for(conn):
-            decision = await self.limiter.hit(key)
-            if not decision.allowed:
-                return decision
-        assert decision is not None
-        return decision
 
 
 class WebSocketPlugin:
@@ -309,6 +242,8 @@ class WebSocketPlugin:
         self.workers = WorkerSettings.from_env()
         self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
+        self.sessions = Sessions(self)
+        self.fanout = FanOut(self)
 
     @classmethod
     def from_seed(cls, **options: Any) -> WebSocketPlugin:
@@ -356,68 +291,12 @@ class WebSocketPlugin:
     @hookimpl
     def s3db_change(self, change: Change) -> None:
         """Fan a durable change out (synchronously, so commit order per resource holds)."""
-        policy = self.policies.get(change.resource)
-        if policy is None or self._runner is None:
-            return
-        started = time.perf_counter()
-        try:
-            resumer = self.resumer
-            resumer.positions.advance(change)
-            if not resumer.gate.admit(change):  # older than a version already fanned out
-                return
-            receivers, leaving = self.registry.deliveries(change, policy)
-            if receivers:
-                self._deliver(change, receivers, event_frame(change, policy), policy)
-            if leaving:  # the record left their access: its id, nothing of its new content
-                self._deliver(change, leaving, event_frame(change, policy, leave=True), policy)
-        except Exception:  # the write is durable: never fail it because delivery broke
-            log.exception(
-                "change fan-out failed",
-                error_id=secrets.token_hex(8),
-                resource=change.resource,
-                change_event=change.event,
-            )
-            return
-        self.metrics.event(change.resource, change.event).inc()
-        self.metrics.fanout_seconds.observe(time.perf_counter() - started)
-
-    def _deliver(
-        self,
-        change: Change,
-        receivers: list[Connection],
-        event: dict[str, Any],
-        policy: ResourcePolicy,
-    ) -> None:
-        """Send one event frame, serialized once, to each receiver; a receiver that fails is
-        logged with an error id and never keeps the frame from the others. A connection whose
-        subscription is resuming gets it after the replay (held), or not at all when a replay
-        or snapshot of it already did (guarded)."""
-        payload = encode(event)
-        frame = text_frame(payload)
-        resumer = self.resumer
-        holds, guards = resumer.holds, resumer.guards
-        for conn in receivers:
-            try:
-                if holds and conn in holds:
-                    holds[conn].add(change, payload)
-                elif guards and conn in guards and resumer.guarded(conn, change, policy):
-                    continue
-                else:
-                    conn.send(payload, frame)
-            except Exception:
-                log.exception(
-                    "event delivery failed",
-                    error_id=secrets.token_hex(8),
-                    resource=change.resource,
-                    receiver=conn.client_id,
-                )
-        self.metrics.frames_out.inc(len(receivers))
+        self.fanout.change(change)
 
     def position_of(self, resource: str) -> dict[str, Any] | None:
         """The position of the last change of ``resource`` this process fanned out (a new
         subscription gets every later one), None before the first."""
-        fanned = self.resumer.positions.fanned.get(resource)
-        return None if fanned is None else Position(fanned[1], fanned[0]).to_dict()
+        return self.fanout.position_of(resource)
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:
@@ -433,7 +312,7 @@ class WebSocketPlugin:
         if self.metrics_enabled:  # never on the public listener unless asked for
             app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
-        app.router.add_get(self.path, self._websocket)
+        app.router.add_get(self.path, self.sessions._websocket)
         app.add_routes(self.routes)
         # aiohttp closes a connection whose first request head is not complete within its
         # keep-alive timeout: that is the header deadline against half-sent requests.
@@ -527,200 +406,6 @@ class WebSocketPlugin:
                 "Cache-Control": "no-cache",
                 "Access-Control-Allow-Origin": "*",
             },
-        )
-
-    # -- connections --------------------------------------------------------------------------
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
-            heartbeat=self.heartbeat_interval,
-            max_msg_size=self.max_message_size,
-            compress=self.compression,
-        )
-        if not ws.can_prepare(request).ok:
-            if self._page is not None:
-                return await self._page(request)
-            return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
-        ip = client_address(request, self._proxies)
-        # A socket without credentials in its upgrade request waits for an auth frame: those
-        # are capped separately (the ones with credentials are signed in or rejected at once).
-        pending = self.session_auth.required and not Credentials.from_request(
-            request.headers, request.query
-        ).present
-        refused = self.per_ip.admit(ip, unauthenticated=pending)
-        if refused is not None:
-            log.debug("connection refused", remote=ip, reason=refused)  # debug: a flood is cheap
-            return web.Response(status=429, text=refused + "\n", headers={"Retry-After": "5"})
-        try:
-            await ws.prepare(request)
-            if self._runner is None:  # stopping: do not start a session that would be cut off
-                await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
-                return ws
-            conn = Connection(
-                ws,
-                request,
-                client_id=secrets.token_urlsafe(12),
-                max_queue_bytes=self.max_queue_bytes,
-                compress=self.compression,
-                registry=self.registry,
-                remote=ip,
-            )
-            task = asyncio.current_task()
-            assert task is not None
-            self._handler_tasks.add(task)
-            self.connections.add(conn)
-            # Bound in this handler task's own context (not with ``bound_contextvars``, whose
-            # generator would stay alive for the whole session: ~0.4 KiB per socket).
-            structlog.contextvars.bind_contextvars(client_id=conn.client_id)
-            log.debug("connection opened", remote=conn.remote, peer=request.remote)
-            announced = False
-            try:
-                if await self._auth_phase(conn, request):
-                    if pending:
-                        self.per_ip.authenticated(ip)
-                        pending = False
-                    announced = True
-                    await call_each_isolated(self.db.pm.hook.s3db_ws_connected, connection=conn)
-                    await self._session(conn)
-            finally:
-                self.resumer.release(conn)
-                self.registry.remove_connection(conn)
-                self.connections.discard(conn)
-                await conn.finish()
-                # A subscribe that was in flight when the socket closed may have added its
-                # subscription after the first removal: forget it too (and what it held).
-                self.registry.remove_connection(conn)
-                self.channels.drop_connection(conn)  # after finish: no join is still running
-                if announced:
-                    await call_each_isolated(
-                        self.db.pm.hook.s3db_ws_disconnected,
-                        connection=conn,
-                        code=ws.close_code,
-                    )
-                if conn.overflowed:
-                    self.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
-                self._handler_tasks.discard(task)
-                log.debug("connection closed", close_code=ws.close_code)
-                structlog.contextvars.unbind_contextvars("user_id", "client_id")
-        finally:
-            self.per_ip.release(ip, authenticated=not pending)
-        return ws
-
-    async def _auth_phase(self, conn: Connection, request: web.Request) -> bool:
-        """Authenticate from the upgrade request, else wait for an ``auth`` frame until the
-        absolute deadline ``auth_timeout`` after the upgrade (neither WebSocket pings nor
-        ``ping`` frames extend it). True once the connection is signed in (or anonymous)."""
-        auth = self.session_auth
-        if not await auth.open(conn, request):
-            return False
-        deadline = asyncio.get_running_loop().time() + auth.timeout
-        ws = conn.ws
-        while not conn.authenticated:
-            if conn.closing:
-                return False
-            try:
-                # Our own deadline: aiohttp's receive(timeout) restarts at every control frame.
-                async with asyncio.timeout_at(deadline):
-                    msg = await ws.receive()
-            except TimeoutError:
-                auth.reject(conn, f"no auth frame within {auth.timeout:g} s")
-                return False
-            if conn.closing:
-                return False
-            if msg.type not in _DATA_FRAMES:
-                self._log_receive_error(conn, msg)
-                return False
-            await self._on_frame(conn, msg.data, inline=True)
-        return not conn.closing
-
-    async def _session(self, conn: Connection) -> None:
-        """Read frames until the socket closes. Requests run concurrently, up to
-        ``max_concurrent_requests`` per connection (replies carry their requestId), so a ping
-        or a read is answered while a slow write is in flight; see ``_INLINE``/``_BARRIERS``."""
-        ws = conn.ws
-        while not conn.closing:
-            msg = await ws.receive()
-            if conn.closing:  # closed meanwhile (4408, token expiry): execute nothing more
-                return
-            if msg.type not in _DATA_FRAMES:
-                self._log_receive_error(conn, msg)
-                return
-            await self._on_frame(conn, msg.data)
-
-    @staticmethod
-    def _log_receive_error(conn: Connection, msg: Any) -> None:
-        if msg.type is WSMsgType.ERROR:
-            log.info("connection error", error=str(msg.data)[:200], close_code=conn.ws.close_code)
-
-    async def _on_frame(self, conn: Connection, raw: str | bytes, *, inline: bool = False) -> None:
-        """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
-        request task of the connection (waiting for a slot when all are busy)."""
-        self.metrics.frames_in.inc()
-        rid = None
-        try:
-            try:
-                check_frame(raw, self.max_frame_values)
-            except ProtocolError:  # refused unparsed: its requestId from the raw text
-                rid = recover_request_id(raw)
-                raise
-            msg: Any = decode(raw)
-            bad_json = None
-            rid = request_id_of(msg)
-        except ProtocolError as exc:
-            msg, bad_json = None, exc
-        # structlog's request_id, bound and reset by token (see internals.structlog_var); a request task
-        # copies this context when it is created.
-        token = _REQUEST_ID.set(clip(rid))
-        try:
-            if self.rate_limit is not None:
-                decision = await self.rate_limit.hit(conn)
-                if not decision.allowed:
-                    raise ProtocolError(
-                        ErrorCode.RATE_LIMITED,
-                        f"rate limit exceeded; retry in {decision.retry_after_ms} ms",
-                        retryAfterMs=decision.retry_after_ms,
-                    )
-            if bad_json is not None:
-                raise bad_json
-            req = parse(msg, self.handlers.messages, custom=True)
-            if inline or req.type in _INLINE:
-                await self._run(conn, req, msg)
-                return
-            while conn.requests_in_flight >= self.max_concurrent_requests:
-                await conn.request_done()
-            conn.start_request(self._run(conn, req, msg), barrier=req.type in _BARRIERS)
-        except Exception as exc:
-            self._reply_error(conn, exc, msg, rid)
-        finally:
-            _REQUEST_ID.reset(token)
-
-    async def _run(self, conn: Connection, req: Any, msg: Any) -> None:
-        """Execute one parsed frame and send its answer (or its error)."""
-        try:
-            handlers = self.handlers
-            declared = handlers.messages.get(req.type)
-            if not conn.authenticated and (declared is None or not declared.before_auth):
-                self.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
-                return
-            answer = await handlers.table.get(req.type, handlers.custom)(conn, req)
-            if answer is not None:
-                self.send(conn, answer)
-        except Exception as exc:
-            self._reply_error(conn, exc, msg, req.request_id)
-
-    def _reply_error(self, conn: Connection, exc: Exception, msg: Any, rid: Any) -> None:
-        error = client_error(exc)
-        if error is None:
-            error = self._internal_error(exc, msg)
-        self.send_error(conn, error, rid)
-
-    def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
-        error_id = secrets.token_hex(8)
-        kind = msg.get("type") if isinstance(msg, dict) and isinstance(msg.get("type"), str) else None
-        log.error("internal error", error_id=error_id, frame_type=clip(kind), exc_info=exc)
-        return ProtocolError(
-            ErrorCode.INTERNAL_ERROR,
-            f"internal error; quote errorId {error_id} when reporting it",
-            errorId=error_id,
         )
 
     def send(self, conn: Connection, frame: dict[str, Any]) -> None:

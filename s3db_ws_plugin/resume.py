@@ -131,21 +131,6 @@ class Hold:
         self.size += len(payload)
 
 
-def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> dict[str, Any]:
-    """The ``event`` frame of ``change`` (protected fields stripped), or its ``leave`` frame
-    (the record's id, nothing of its new content): the same for every receiver, built once."""
-    return {
-        "type": "event",
-        "resource": change.resource,
-        "event": "leave" if leave else change.event,
-        "data": {"id": change.record.get("id")} if leave else policy.protected.strip(change.record),
-        "timestamp": change.timestamp,
-        "version": change.version,
-        "offset": change.offset,
-        "epoch": change.epoch,
-    }
-
-
 def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
     """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
     record left what it may see) or ``NOTHING``; the live rule of
