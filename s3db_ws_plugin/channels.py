@@ -339,12 +339,12 @@ class ChannelFrames:
 
     plugin: WebSocketPlugin
 
-    @message("join", channel=channel_name, info=optional_object, self=flag)
+    @message("join", barrier=True, channel=channel_name, info=optional_object, self=flag)
     async def join(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
         return await self.plugin.channels.join(conn, f["channel"], f["info"], f["self"], req.request_id)
 
-    @message("leave", channel=channel_name)
+    @message("leave", barrier=True, channel=channel_name)
     async def leave(self, conn: Connection, req: Request) -> Frame:
         self.plugin.channels.leave(conn, req.fields["channel"])
         return reply("channel:left", req.request_id, channel=req.fields["channel"])

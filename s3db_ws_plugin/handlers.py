@@ -204,16 +204,17 @@ class Handlers(ChannelFrames):
         return answer
 
     # -- frames -------------------------------------------------------------------------------
-    @message("ping", before_auth=True)
+    @message("ping", before_auth=True, inline=True)
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
-    @message("auth", before_auth=True, token=required_text)
+    @message("auth", before_auth=True, barrier=True, token=required_text)
     async def auth(self, conn: Connection, req: Request) -> None:
         await self.plugin.session_auth.frame(conn, req)
 
     @message(
         "subscribe",
+        barrier=True,
         resource=required_text,
         filter=optional_object,
         events=event_kinds,
@@ -280,7 +281,7 @@ class Handlers(ChannelFrames):
             raise
         return None
 
-    @message("unsubscribe", resource=required_text, filter=optional_object)
+    @message("unsubscribe", barrier=True, resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]
         self._resource(conn, name)

@@ -37,12 +37,6 @@ log = get_logger("s3db.ws")
 _REQUEST_ID = structlog_var("request_id")
 _DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 
-# Frames answered by the reader itself, at once (never behind a slow request).
-_INLINE = frozenset({"ping"})
-# Frames that change what the session is (who, which subscriptions): every later frame of the
-# connection starts only once such a frame is done (a `list` after a `subscribe` sees the
-# subscription in place, so no change falls between the history and the live stream).
-_BARRIERS = frozenset({"auth", "subscribe", "unsubscribe", "join", "leave"})
 
 
 class Sessions:
@@ -156,7 +150,8 @@ class Sessions:
     async def _session(self, conn: Connection) -> None:
         """Read frames until the socket closes. Requests run concurrently, up to
         ``max_concurrent_requests`` per connection (replies carry their requestId), so a ping
-        or a read is answered while a slow write is in flight; see ``_INLINE``/``_BARRIERS``."""
+        or a read is answered while a slow write is in flight; each frame runs as its
+        ``@message`` declaration says (``inline``, ``barrier``)."""
         ws = conn.ws
         while not conn.closing:
             msg = await ws.receive()
@@ -202,13 +197,16 @@ class Sessions:
                     )
             if bad_json is not None:
                 raise bad_json
-            req = parse(msg, self.plugin.handlers.messages, custom=True)
-            if inline or req.type in _INLINE:
+            messages = self.plugin.handlers.messages
+            req = parse(msg, messages, custom=True)
+            declared = messages.get(req.type)  # None: a custom type, run as a request
+            if inline or (declared is not None and declared.inline):
                 await self._run(conn, req, msg)
                 return
             while conn.requests_in_flight >= self.plugin.max_concurrent_requests:
                 await conn.request_done()
-            conn.start_request(self._run(conn, req, msg), barrier=req.type in _BARRIERS)
+            barrier = declared is not None and declared.barrier
+            conn.start_request(self._run(conn, req, msg), barrier=barrier)
         except Exception as exc:
             self._reply_error(conn, exc, msg, rid)
         finally:
