@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from s3db_core import Database
 
     from .connection import Connection
-    from .plugin import WebSocketPlugin
+    from .server import Server
 
 log = get_logger("s3db.ws.channels")
 
@@ -335,30 +335,30 @@ def any_value(msg: dict[str, Any], name: str) -> Any:
 
 class ChannelFrames:
     """The channel frames, declared like every other message type (``Handlers`` inherits
-    them); each hands its validated fields to ``plugin.channels``."""
+    them); each hands its validated fields to ``self.channels``."""
 
-    plugin: WebSocketPlugin
+    channels: Channels
 
     @message("join", barrier=True, channel=channel_name, info=optional_object, self=flag)
     async def join(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
-        return await self.plugin.channels.join(conn, f["channel"], f["info"], f["self"], req.request_id)
+        return await self.channels.join(conn, f["channel"], f["info"], f["self"], req.request_id)
 
     @message("leave", barrier=True, channel=channel_name)
     async def leave(self, conn: Connection, req: Request) -> Frame:
-        self.plugin.channels.leave(conn, req.fields["channel"])
+        self.channels.leave(conn, req.fields["channel"])
         return reply("channel:left", req.request_id, channel=req.fields["channel"])
 
     @message("channel:message", channel=channel_name, event=event_name, data=any_value)
     async def channel_message(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
-        await self.plugin.channels.publish(conn, f["channel"], f["event"], f["data"])
+        await self.channels.publish(conn, f["channel"], f["event"], f["data"])
         return reply("channel:sent", req.request_id, channel=f["channel"])
 
     @message("channel:update", channel=channel_name, info=required_object)
     async def channel_update(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
-        member = await self.plugin.channels.update(conn, f["channel"], f["info"])
+        member = await self.channels.update(conn, f["channel"], f["info"])
         return reply("channel:updated", req.request_id, channel=f["channel"], member=member)
 
 
@@ -372,30 +372,18 @@ class Channels:
 
     def __init__(
         self,
-        plugin: WebSocketPlugin,
+        server: Server,
         config: Mapping[str, Any] | None,
-        *,
-        max_per_connection: int = DEFAULT_MAX_CHANNELS_PER_CONNECTION,
-        presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT,
-        rates: Mapping[str, Any] | None = None,
     ) -> None:
         if config is not None and not isinstance(config, Mapping):
             raise ValueError("channels must be a dict {pattern: options}")
-        self.plugin = plugin
+        self.server = server
+        settings = server.settings
         self.policies = [ChannelPolicy.from_config(p, c) for p, c in (config or {}).items()]
-        self.max_per_connection = _count("max_channels_per_connection", max_per_connection, 1)
-        if (
-            isinstance(presence_timeout, bool)
-            or not isinstance(presence_timeout, int | float)
-            or not 0.3 <= presence_timeout <= 3600
-        ):
-            raise ValueError("presence_timeout must be a number of seconds from 0.3 to 3600")
-        self.presence_timeout = float(presence_timeout)
-        merged = {**DEFAULT_CHANNEL_RATES, **(rates or {})}
-        unknown = set(merged) - set(DEFAULT_CHANNEL_RATES)
-        if unknown:
-            raise ValueError(f"channel_rate_limit: unknown key(s) {sorted(unknown)}; use messages, updates")
-        self.rates = {k: _count(f"channel_rate_limit {k!r}", v, 1) for k, v in merged.items()}
+        # Validated by Settings (max_channels_per_connection, presence_timeout, channel_rate_limit).
+        self.max_per_connection = settings.max_channels_per_connection
+        self.presence_timeout = settings.presence_timeout
+        self.rates = dict(settings.channel_rates)
         self._limiters: dict[str, RateLimit] = {}
         self.channels: dict[str, Channel] = {}
         self.of_connection: dict[Connection, set[str]] = {}
@@ -433,7 +421,7 @@ class Channels:
     def _limiter(self, kind: str) -> RateLimit:
         limiter = self._limiters.get(kind)
         if limiter is None:
-            base = self.plugin.rate_limit_config or {}
+            base = self.server.settings.rate_limit or {}
             shared = {k: v for k, v in base.items()
                       if k not in ("enabled", "max_requests", "maxRequests", "window_ms",
                                    "windowMs", "strategy")}  # fmt: skip
@@ -690,7 +678,7 @@ class Channels:
             except Exception:
                 log.exception("channel delivery failed", error_id=secrets.token_hex(8),
                               channel=channel.name, receiver=client_id)  # fmt: skip
-        self.plugin.metrics.frames_out.inc(sent)
+        self.server.metrics.frames_out.inc(sent)
 
     def _presence(self, channel: Channel, kind: str, member: Member) -> None:
         if channel.local:
@@ -718,7 +706,7 @@ class Channels:
             raise _forbidden(f"too many channels on this connection (limit {self.max_per_connection})")
         await self._rate(conn, "updates")
         if policy.join is not None:
-            ctx = ChannelContext(channel=name, user=user, db=self.plugin.db, info=info)
+            ctx = ChannelContext(channel=name, user=user, db=self.server.db, info=info)
             if not await await_me_maybe(policy.join(user, ctx)):
                 raise _forbidden(f"join {name!r} is not allowed")
         if conn.closing:
@@ -787,7 +775,7 @@ class Channels:
         _sized("data", data, policy.max_message_bytes)
         await self._rate(conn, "messages")
         if policy.publish is not None:
-            ctx = ChannelContext(channel=name, user=conn.user, db=self.plugin.db, event=event, data=data)
+            ctx = ChannelContext(channel=name, user=conn.user, db=self.server.db, event=event, data=data)
             if not await await_me_maybe(policy.publish(conn.user, ctx)):
                 raise _forbidden(f"sending on {name!r} is not allowed")
         sender = {"clientId": conn.client_id, "userId": getattr(conn.user, "id", None)}

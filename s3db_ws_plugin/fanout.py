@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from s3db_core import Change, Position
+from s3db_core import Change
 from s3db_core.log import get_logger
 
 from .connection import Connection, text_frame
@@ -16,7 +16,7 @@ from .guards import ResourcePolicy
 from .protocol import encode
 
 if TYPE_CHECKING:
-    from .plugin import WebSocketPlugin
+    from .server import Server
 
 log = get_logger("s3db.ws")
 
@@ -40,21 +40,21 @@ def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> 
 class FanOut:
     """Fans one plugin's changes out to its connections."""
 
-    def __init__(self, plugin: WebSocketPlugin) -> None:
-        self.plugin = plugin
+    def __init__(self, server: Server) -> None:
+        self.server = server
 
     def change(self, change: Change) -> None:
         """Fan a durable change out (synchronously, so commit order per resource holds)."""
-        policy = self.plugin.policies.get(change.resource)
-        if policy is None or self.plugin._runner is None:
+        policy = self.server.policies.get(change.resource)
+        if policy is None or not self.server.serving:
             return
         started = time.perf_counter()
         try:
-            resumer = self.plugin.resumer
+            resumer = self.server.resumer
             resumer.positions.advance(change)
             if not resumer.gate.admit(change):  # older than a version already fanned out
                 return
-            receivers, leaving = self.plugin.registry.deliveries(change, policy)
+            receivers, leaving = self.server.registry.deliveries(change, policy)
             if receivers:
                 self._deliver(change, receivers, event_frame(change, policy), policy)
             if leaving:  # the record left their access: its id, nothing of its new content
@@ -67,8 +67,8 @@ class FanOut:
                 change_event=change.event,
             )
             return
-        self.plugin.metrics.event(change.resource, change.event).inc()
-        self.plugin.metrics.fanout_seconds.observe(time.perf_counter() - started)
+        self.server.metrics.event(change.resource, change.event).inc()
+        self.server.metrics.fanout_seconds.observe(time.perf_counter() - started)
 
     def _deliver(
         self,
@@ -83,7 +83,7 @@ class FanOut:
         or snapshot of it already did (guarded)."""
         payload = encode(event)
         frame = text_frame(payload)
-        resumer = self.plugin.resumer
+        resumer = self.server.resumer
         holds, guards = resumer.holds, resumer.guards
         for conn in receivers:
             try:
@@ -100,10 +100,4 @@ class FanOut:
                     resource=change.resource,
                     receiver=conn.client_id,
                 )
-        self.plugin.metrics.frames_out.inc(len(receivers))
-
-    def position_of(self, resource: str) -> dict[str, Any] | None:
-        """The position of the last change of ``resource`` this process fanned out (a new
-        subscription gets every later one), None before the first."""
-        fanned = self.plugin.resumer.positions.fanned.get(resource)
-        return None if fanned is None else Position(fanned[1], fanned[0]).to_dict()
+        self.server.metrics.frames_out.inc(len(receivers))

@@ -1,8 +1,10 @@
-"""``WebSocketPlugin``: the aiohttp server, the connection lifecycle and the change fan-out.
+"""``WebSocketPlugin``: the pluggy hooks and the aiohttp app (routes, start, stop).
 
 It is an ordinary pluggy plugin of the ``s3db`` project: ``s3db_startup`` starts the server,
 ``s3db_shutdown`` closes every socket with 1001 and stops it, ``s3db_change`` fans a durable
-change out to the connections allowed to see it. The core knows nothing about it.
+change out to the connections allowed to see it. The core knows nothing about it. The work is
+elsewhere: ``settings.py`` (the options, validated once), ``server.py`` (what the parts share),
+``session.py`` (a socket's session), ``fanout.py`` (a change's delivery).
 
     ws = WebSocketPlugin(port=3001, resources={"messages": True})
     await db.use_plugin(ws)
@@ -21,7 +23,6 @@ from aiohttp import web
 
 from s3db_core import Change, Database, await_me_maybe, hookimpl
 from s3db_core.log import get_logger
-from s3db_core.options import optional_positive_float, positive_float, positive_int
 
 from . import hookspecs
 from .auth import SessionAuth
@@ -31,15 +32,9 @@ from .budgets import (
     DEFAULT_MAX_SUBSCRIPTIONS_PER_IP,
     DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
     Holdings,
-    RedisHoldings,
 )
 from .channels import DEFAULT_MAX_CHANNELS_PER_CONNECTION, DEFAULT_PRESENCE_TIMEOUT, Channels
-from .connection import (
-    CLOSE_TIMEOUT,
-    Connection,
-    PerIpLimits,
-    TrustedProxies,
-)
+from .connection import CLOSE_TIMEOUT, Connection, TrustedProxies
 from .fanout import FanOut
 from .guards import ResourcePolicy
 from .handlers import Handlers
@@ -51,50 +46,22 @@ from .limits import (
     FilterLimits,
 )
 from .metrics import Metrics
-from .protocol import (
-    CloseCode,
-    ProtocolError,
-    encode,
-    error_frame,
-)
+from .protocol import CloseCode, ProtocolError, encode
 from .rate_limiters import RateLimit
 from .recheck import recheck_subscriptions
 from .resume import DEFAULT_REPLAY_MAX_BYTES, Resumer
+from .server import Server
 from .session import Sessions
+from .settings import SEED_KEYWORDS, Settings
 from .subscriptions import SubscriptionRegistry
 from .workers import WorkerSettings
+
+__all__ = ["SEED_KEYWORDS", "WebSocketPlugin"]
 
 log = get_logger("s3db.ws")
 
 
 CLIENT_JS = Path(__file__).parent / "static" / "client.js"
-# The JavaScript-style (camelCase) spellings ``WebSocketPlugin.from_seed`` accepts, and the
-# keyword argument each stands for.
-SEED_KEYWORDS = {
-    "rateLimit": "rate_limit",
-    "heartbeatInterval": "heartbeat_interval",
-    "maxMessageSize": "max_message_size",
-    "maxQueueBytes": "max_queue_bytes",
-    "authTimeout": "auth_timeout",
-    "headerTimeout": "header_timeout",
-    "maxConnectionsPerIp": "max_connections_per_ip",
-    "maxUnauthenticatedPerIp": "max_unauthenticated_per_ip",
-    "maxConcurrentRequests": "max_concurrent_requests",
-    "trustedProxies": "trusted_proxies",
-    "proxyHeader": "proxy_header",
-}
-
-
-def _metrics_token(metrics: bool | Mapping[str, Any]) -> str | None:
-    """The bearer token ``/metrics`` requires (``metrics={"token": ...}``), or None."""
-    if isinstance(metrics, bool):
-        return None
-    if not isinstance(metrics, Mapping) or set(metrics) - {"token"}:
-        raise ValueError("metrics must be True, False or {'token': '...'}")
-    token = metrics.get("token")
-    if token is not None and (not isinstance(token, str) or not token):
-        raise ValueError("metrics token must be a non-empty string")
-    return token
 
 
 def _is_page_route(route: web.AbstractRouteDef, path: str) -> TypeGuard[web.RouteDef]:
@@ -160,90 +127,105 @@ class WebSocketPlugin:
         max_subscriptions_per_user: int | None = DEFAULT_MAX_SUBSCRIPTIONS_PER_USER,
         max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.path = path if path.startswith("/") else "/" + path
-        self.session_auth = SessionAuth(self, auth, auth_timeout)
-        self.policies = {
-            name: ResourcePolicy.from_config(name, config)
-            for name, config in (resources or {}).items()
-        }
-        rate = rate_limit
-        # The frame limiter's settings (its engine and key), which the channel limiters reuse.
-        self.rate_limit_config = dict(rate) if rate and rate.get("enabled", True) else None
-        self.rate_limit = RateLimit(rate) if rate and rate.get("enabled", True) else None
-        self.heartbeat_interval = optional_positive_float("heartbeat_interval", heartbeat_interval)
-        # 0 would mean "no limit" to aiohttp's reader: a size must be at least one byte.
-        self.max_message_size = positive_int("max_message_size", max_message_size)
-        self.max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
-        self.compression = bool(compression)
-        self.header_timeout = positive_float("header_timeout", header_timeout)
-        self.per_ip = PerIpLimits(
-            max_connections_per_ip, max_unauthenticated_per_ip
-        )
-        # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
-        self._proxies = TrustedProxies(trusted_proxies, proxy_header)
-        self.max_concurrent_requests = positive_int(
-            "max_concurrent_requests", max_concurrent_requests
-        )
-        # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
-        # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
-        routes = list(routes)
-        self.routes = [r for r in routes if not _is_page_route(r, self.path)]
-        self._page = next((r.handler for r in routes if _is_page_route(r, self.path)), None)
-        # What one client may make the server do (limits.py).
-        self.filter_limits = FilterLimits.from_config(filter_limits)
-        self.max_subscriptions = positive_int("max_subscriptions", max_subscriptions)
-        self.list_scan_limit = positive_int("list_scan_limit", list_scan_limit)
-        self.list_max_bytes = positive_int("list_max_bytes", list_max_bytes)
-        self.max_frame_values = positive_int("max_frame_values", max_frame_values)
-        self.metrics_token = _metrics_token(metrics)
-        self.metrics_enabled = bool(metrics)
-
-        # What one address and one user may hold in subscriptions (budgets.py), shared
-        # across processes when the rate limiter is the Redis one.
-        self.holdings = Holdings(
+        self.settings = Settings.from_options(
+            port=port,
+            host=host,
+            path=path,
+            rate_limit=rate_limit,
+            heartbeat_interval=heartbeat_interval,
+            max_message_size=max_message_size,
+            max_queue_bytes=max_queue_bytes,
+            compression=compression,
+            auth_timeout=auth_timeout,
+            header_timeout=header_timeout,
+            max_connections_per_ip=max_connections_per_ip,
+            max_unauthenticated_per_ip=max_unauthenticated_per_ip,
+            max_concurrent_requests=max_concurrent_requests,
+            filter_limits=filter_limits,
+            max_subscriptions=max_subscriptions,
+            list_scan_limit=list_scan_limit,
+            list_max_bytes=list_max_bytes,
+            replay_max_bytes=replay_max_bytes,
+            max_frame_values=max_frame_values,
+            metrics=metrics,
+            max_channels_per_connection=max_channels_per_connection,
+            presence_timeout=presence_timeout,
+            channel_rate_limit=channel_rate_limit,
             max_subscriptions_per_ip=max_subscriptions_per_ip,
             max_filter_bytes_per_ip=max_filter_bytes_per_ip,
             max_subscriptions_per_user=max_subscriptions_per_user,
             max_filter_bytes_per_user=max_filter_bytes_per_user,
-            shared=RedisHoldings.from_rate_limit(rate) if self.rate_limit else None,
         )
-
-        self.connections: set[Connection] = set()
-        self.registry = SubscriptionRegistry(release=self.holdings.release)
-        self.resumer = Resumer(
-            self.registry,
-            max_hold_bytes=self.max_queue_bytes,
-            # A replay goes out through the send queue, beside the frames held meanwhile: one
-            # that could not fit would close the client with 4408, again at every reconnect.
-            replay_max_bytes=min(
-                positive_int("replay_max_bytes", replay_max_bytes), self.max_queue_bytes // 2
-            ),
-        )
-        self._rechecks: set[asyncio.Task] = set()
-        self.handlers = Handlers(self)
+        settings = self.settings
+        self.host = settings.host
+        self.port = settings.port  # the bound one once started (port 0 picks a free one)
+        self.path = settings.path
+        policies = {
+            name: ResourcePolicy.from_config(name, config)
+            for name, config in (resources or {}).items()
+        }
+        # What the parts share; each receives this, never the plugin (server.py).
+        self.server = Server(settings, policies)
+        self.session_auth = SessionAuth(self.server, auth, settings.auth_timeout, self.recheck)
         # Ephemeral channels (channels.py): broadcast and presence, never stored.
-        self.channels = Channels(
-            self,
-            channels,
-            max_per_connection=max_channels_per_connection,
-            presence_timeout=presence_timeout,
-            rates=channel_rate_limit,
+        self.channels = Channels(self.server, channels)
+        self.handlers = Handlers(self.server, self.session_auth, self.channels)
+        self.channels.register_metrics(self.server.metrics.registry)
+        self.rate_limit = RateLimit(settings.rate_limit) if settings.rate_limit else None
+        # Extra aiohttp routes served beside the socket (an app's pages, say). A GET route at the
+        # socket's own path answers the plain (non-WebSocket) GETs there: an app's page at "/".
+        routes = list(routes)
+        self.routes = [r for r in routes if not _is_page_route(r, self.path)]
+        page = next((r.handler for r in routes if _is_page_route(r, self.path)), None)
+        self.sessions = Sessions(
+            self.server,
+            self.handlers,
+            self.session_auth,
+            self.channels,
+            rate_limit=self.rate_limit,
+            # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
+            proxies=TrustedProxies(trusted_proxies, proxy_header),
+            page=page,
         )
-        self.metrics = Metrics(
-            lambda: len(self.connections),
-            lambda: len(self.registry),
-            lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
-        )
-        self.channels.register_metrics(self.metrics.registry)
+        self.fanout = FanOut(self.server)
+        self._rechecks: set[asyncio.Task] = set()
         self._runner: web.AppRunner | None = None
         # Started by ``s3db serve --workers N``: share the port (SO_REUSEPORT), on a shared broker.
         self.workers = WorkerSettings.from_env()
-        self._handler_tasks: set[asyncio.Task] = set()
         self._started = 0.0
-        self.sessions = Sessions(self)
-        self.fanout = FanOut(self)
+
+    # -- what the parts share, read through the plugin -------------------------------------------
+    @property
+    def policies(self) -> dict[str, ResourcePolicy]:
+        return self.server.policies
+
+    @property
+    def connections(self) -> set[Connection]:
+        return self.server.connections
+
+    @property
+    def registry(self) -> SubscriptionRegistry:
+        return self.server.registry
+
+    @property
+    def holdings(self) -> Holdings:
+        return self.server.holdings
+
+    @property
+    def resumer(self) -> Resumer:
+        return self.server.resumer
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.server.metrics
+
+    @property
+    def max_message_size(self) -> int:
+        return self.settings.max_message_size
+
+    @property
+    def heartbeat_interval(self) -> float | None:
+        return self.settings.heartbeat_interval
 
     @classmethod
     def from_seed(cls, **options: Any) -> WebSocketPlugin:
@@ -262,13 +244,13 @@ class WebSocketPlugin:
     def trusted_proxies(self) -> TrustedProxies:
         """The reverse proxies whose forwarding header gives the client's address; assign a
         list of addresses/networks (or a comma-separated string) to change them."""
-        return self._proxies
+        return self.sessions.proxies
 
     @trusted_proxies.setter
     def trusted_proxies(self, proxies: TrustedProxies | Iterable[str] | str | None) -> None:
         if not isinstance(proxies, TrustedProxies):
-            proxies = TrustedProxies(proxies, self._proxies.header)
-        self._proxies = proxies
+            proxies = TrustedProxies(proxies, self.sessions.proxies.header)
+        self.sessions.proxies = proxies
 
     @property
     def url(self) -> str:
@@ -296,7 +278,7 @@ class WebSocketPlugin:
     def position_of(self, resource: str) -> dict[str, Any] | None:
         """The position of the last change of ``resource`` this process fanned out (a new
         subscription gets every later one), None before the first."""
-        return self.fanout.position_of(resource)
+        return self.server.position_of(resource)
 
     # -- server lifecycle ---------------------------------------------------------------------
     async def start(self, db: Database) -> None:
@@ -305,11 +287,11 @@ class WebSocketPlugin:
             return
         if self.workers is not None:
             self.workers.check_broker(db)
-        self.db = db
+        self.db = self.server.db = db
         hookspecs.add_hookspecs(db.pm)
         app = web.Application()
         app.router.add_get("/health", self._health)
-        if self.metrics_enabled:  # never on the public listener unless asked for
+        if self.settings.metrics_enabled:  # never on the public listener unless asked for
             app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
         app.router.add_get(self.path, self.sessions._websocket)
@@ -320,7 +302,7 @@ class WebSocketPlugin:
             app,
             access_log=None,
             shutdown_timeout=CLOSE_TIMEOUT,
-            keepalive_timeout=self.header_timeout,
+            keepalive_timeout=self.settings.header_timeout,
         )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_port=self.workers is not None)
@@ -332,6 +314,7 @@ class WebSocketPlugin:
         self.port = runner.addresses[0][1]
         await self.holdings.start()
         self._runner = runner
+        self.server.serving = True
         await self.channels.start(db)
         self._started = time.monotonic()
         pages = [
@@ -339,7 +322,7 @@ class WebSocketPlugin:
             for r in self.routes
             if isinstance(r, web.RouteDef) and r.method == "GET"
         ]
-        if self._page is not None:
+        if self.sessions.page is not None:
             pages.insert(0, f"{self.http_url}{self.path}")
         log.info("listening", websocket=self.url, pages=pages, resources=sorted(self.policies))
         if self.workers is not None:
@@ -350,11 +333,12 @@ class WebSocketPlugin:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        self.server.serving = False
         for conn in list(self.connections):
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             self.metrics.closes.labels(str(CloseCode.GOING_AWAY)).inc()
-        if self._handler_tasks:
-            await asyncio.wait(set(self._handler_tasks), timeout=CLOSE_TIMEOUT + 1)
+        if self.sessions.tasks:
+            await asyncio.wait(set(self.sessions.tasks), timeout=CLOSE_TIMEOUT + 1)
         await self.channels.stop()
         await runner.cleanup()
         await self.holdings.close()
@@ -386,9 +370,10 @@ class WebSocketPlugin:
         return True
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        if self.metrics_token is not None:
+        token = self.settings.metrics_token
+        if token is not None:
             given = request.headers.get("Authorization", "")
-            expected = f"Bearer {self.metrics_token}"
+            expected = f"Bearer {token}"
             if not secrets.compare_digest(given.encode(), expected.encode()):
                 return web.Response(
                     status=401,
@@ -410,13 +395,11 @@ class WebSocketPlugin:
 
     def send(self, conn: Connection, frame: dict[str, Any]) -> None:
         """Send one server frame to ``conn`` (counted in the metrics)."""
-        conn.send(encode(frame))
-        self.metrics.frames_out.inc()
+        self.server.send(conn, frame)
 
     def send_error(self, conn: Connection, error: ProtocolError, request_id: Any = None) -> None:
         """Send an ``error`` frame to ``conn`` (counted by code in the metrics)."""
-        self.metrics.error(error.code).inc()
-        self.send(conn, error_frame(error, request_id))
+        self.server.send_error(conn, error, request_id)
 
     # -- channels -----------------------------------------------------------------------------
     async def broadcast(self, channel: str, event: str, data: Any) -> None:
@@ -445,7 +428,12 @@ class WebSocketPlugin:
         ``s3db_change`` hook; ``await`` the task for the number revoked."""
         task = asyncio.get_running_loop().create_task(
             recheck_subscriptions(
-                self, resource, where=where, user_id=user_id, connections=connections
+                self.server,
+                self.handlers.subscription_filter,
+                resource,
+                where=where,
+                user_id=user_id,
+                connections=connections,
             )
         )
         self._rechecks.add(task)

@@ -15,7 +15,7 @@ from s3db_auth_drivers import Credentials
 from s3db_core.log import get_logger
 from s3db_core.plugins import call_each_isolated
 
-from .connection import Connection, client_address
+from .connection import Connection, PerIpLimits, TrustedProxies, client_address
 from .internals import structlog_var
 from .limits import check_frame, clip, recover_request_id
 from .protocol import (
@@ -29,7 +29,11 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from .plugin import WebSocketPlugin
+    from .auth import SessionAuth
+    from .channels import Channels
+    from .handlers import Handlers
+    from .rate_limiters import RateLimit
+    from .server import Server
 
 log = get_logger("s3db.ws")
 
@@ -42,47 +46,71 @@ _DATA_FRAMES = (WSMsgType.TEXT, WSMsgType.BINARY)
 class Sessions:
     """The sessions of one plugin's sockets."""
 
-    def __init__(self, plugin: WebSocketPlugin) -> None:
-        self.plugin = plugin
+    def __init__(
+        self,
+        server: Server,
+        handlers: Handlers,
+        session_auth: SessionAuth,
+        channels: Channels,
+        *,
+        rate_limit: RateLimit | None,
+        proxies: TrustedProxies,
+        page: Any = None,
+    ) -> None:
+        self.server = server
+        settings = self.settings = server.settings
+        self.handlers = handlers
+        self.session_auth = session_auth
+        self.channels = channels
+        self.rate_limit = rate_limit
+        # Whose X-Forwarded-For / Forwarded header names the client (see client_address).
+        self.proxies = proxies
+        # The GET handler of an app's page at the socket's path (plain GETs there), or None.
+        self.page = page
+        self.per_ip = PerIpLimits(
+            settings.max_connections_per_ip, settings.max_unauthenticated_per_ip
+        )
+        # The handler task of each open socket (the plugin's stop waits for them).
+        self.tasks: set[asyncio.Task] = set()
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
-            heartbeat=self.plugin.heartbeat_interval,
-            max_msg_size=self.plugin.max_message_size,
-            compress=self.plugin.compression,
+            heartbeat=self.settings.heartbeat_interval,
+            max_msg_size=self.settings.max_message_size,
+            compress=self.settings.compression,
         )
         if not ws.can_prepare(request).ok:
-            if self.plugin._page is not None:
-                return await self.plugin._page(request)
+            if self.page is not None:
+                return await self.page(request)
             return web.Response(status=426, text="this endpoint speaks WebSocket only\n")
-        ip = client_address(request, self.plugin._proxies)
+        ip = client_address(request, self.proxies)
         # A socket without credentials in its upgrade request waits for an auth frame: those
         # are capped separately (the ones with credentials are signed in or rejected at once).
-        pending = self.plugin.session_auth.required and not Credentials.from_request(
+        pending = self.session_auth.required and not Credentials.from_request(
             request.headers, request.query
         ).present
-        refused = self.plugin.per_ip.admit(ip, unauthenticated=pending)
+        refused = self.per_ip.admit(ip, unauthenticated=pending)
         if refused is not None:
             log.debug("connection refused", remote=ip, reason=refused)  # debug: a flood is cheap
             return web.Response(status=429, text=refused + "\n", headers={"Retry-After": "5"})
         try:
             await ws.prepare(request)
-            if self.plugin._runner is None:  # stopping: do not start a session that would be cut off
+            if not self.server.serving:  # stopping: do not start a session that would be cut off
                 await ws.close(code=CloseCode.GOING_AWAY, message=b"server shutting down")
                 return ws
             conn = Connection(
                 ws,
                 request,
                 client_id=secrets.token_urlsafe(12),
-                max_queue_bytes=self.plugin.max_queue_bytes,
-                compress=self.plugin.compression,
-                registry=self.plugin.registry,
+                max_queue_bytes=self.settings.max_queue_bytes,
+                compress=self.settings.compression,
+                registry=self.server.registry,
                 remote=ip,
             )
             task = asyncio.current_task()
             assert task is not None
-            self.plugin._handler_tasks.add(task)
-            self.plugin.connections.add(conn)
+            self.tasks.add(task)
+            self.server.connections.add(conn)
             # Bound in this handler task's own context (not with ``bound_contextvars``, whose
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)
@@ -91,40 +119,40 @@ class Sessions:
             try:
                 if await self._auth_phase(conn, request):
                     if pending:
-                        self.plugin.per_ip.authenticated(ip)
+                        self.per_ip.authenticated(ip)
                         pending = False
                     announced = True
-                    await call_each_isolated(self.plugin.db.pm.hook.s3db_ws_connected, connection=conn)
+                    await call_each_isolated(self.server.db.pm.hook.s3db_ws_connected, connection=conn)
                     await self._session(conn)
             finally:
-                self.plugin.resumer.release(conn)
-                self.plugin.registry.remove_connection(conn)
-                self.plugin.connections.discard(conn)
+                self.server.resumer.release(conn)
+                self.server.registry.remove_connection(conn)
+                self.server.connections.discard(conn)
                 await conn.finish()
                 # A subscribe that was in flight when the socket closed may have added its
                 # subscription after the first removal: forget it too (and what it held).
-                self.plugin.registry.remove_connection(conn)
-                self.plugin.channels.drop_connection(conn)  # after finish: no join is still running
+                self.server.registry.remove_connection(conn)
+                self.channels.drop_connection(conn)  # after finish: no join is still running
                 if announced:
                     await call_each_isolated(
-                        self.plugin.db.pm.hook.s3db_ws_disconnected,
+                        self.server.db.pm.hook.s3db_ws_disconnected,
                         connection=conn,
                         code=ws.close_code,
                     )
                 if conn.overflowed:
-                    self.plugin.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
-                self.plugin._handler_tasks.discard(task)
+                    self.server.metrics.closes.labels(str(CloseCode.SLOW_CONSUMER)).inc()
+                self.tasks.discard(task)
                 log.debug("connection closed", close_code=ws.close_code)
                 structlog.contextvars.unbind_contextvars("user_id", "client_id")
         finally:
-            self.plugin.per_ip.release(ip, authenticated=not pending)
+            self.per_ip.release(ip, authenticated=not pending)
         return ws
 
     async def _auth_phase(self, conn: Connection, request: web.Request) -> bool:
         """Authenticate from the upgrade request, else wait for an ``auth`` frame until the
         absolute deadline ``auth_timeout`` after the upgrade (neither WebSocket pings nor
         ``ping`` frames extend it). True once the connection is signed in (or anonymous)."""
-        auth = self.plugin.session_auth
+        auth = self.session_auth
         if not await auth.open(conn, request):
             return False
         deadline = asyncio.get_running_loop().time() + auth.timeout
@@ -170,11 +198,11 @@ class Sessions:
     async def _on_frame(self, conn: Connection, raw: str | bytes, *, inline: bool = False) -> None:
         """Count, decode and validate one frame, then run it: here (``inline``, pings) or as a
         request task of the connection (waiting for a slot when all are busy)."""
-        self.plugin.metrics.frames_in.inc()
+        self.server.metrics.frames_in.inc()
         rid = None
         try:
             try:
-                check_frame(raw, self.plugin.max_frame_values)
+                check_frame(raw, self.settings.max_frame_values)
             except ProtocolError:  # refused unparsed: its requestId from the raw text
                 rid = recover_request_id(raw)
                 raise
@@ -187,8 +215,8 @@ class Sessions:
         # copies this context when it is created.
         token = _REQUEST_ID.set(clip(rid))
         try:
-            if self.plugin.rate_limit is not None:
-                decision = await self.plugin.rate_limit.hit(conn)
+            if self.rate_limit is not None:
+                decision = await self.rate_limit.hit(conn)
                 if not decision.allowed:
                     raise ProtocolError(
                         ErrorCode.RATE_LIMITED,
@@ -197,13 +225,13 @@ class Sessions:
                     )
             if bad_json is not None:
                 raise bad_json
-            messages = self.plugin.handlers.messages
+            messages = self.handlers.messages
             req = parse(msg, messages, custom=True)
             declared = messages.get(req.type)  # None: a custom type, run as a request
             if inline or (declared is not None and declared.inline):
                 await self._run(conn, req, msg)
                 return
-            while conn.requests_in_flight >= self.plugin.max_concurrent_requests:
+            while conn.requests_in_flight >= self.settings.max_concurrent_requests:
                 await conn.request_done()
             barrier = declared is not None and declared.barrier
             conn.start_request(self._run(conn, req, msg), barrier=barrier)
@@ -215,14 +243,14 @@ class Sessions:
     async def _run(self, conn: Connection, req: Any, msg: Any) -> None:
         """Execute one parsed frame and send its answer (or its error)."""
         try:
-            handlers = self.plugin.handlers
+            handlers = self.handlers
             declared = handlers.messages.get(req.type)
             if not conn.authenticated and (declared is None or not declared.before_auth):
-                self.plugin.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
+                self.session_auth.reject(conn, "authenticate first: send an auth frame", req.request_id)
                 return
             answer = await handlers.table.get(req.type, handlers.custom)(conn, req)
             if answer is not None:
-                self.plugin.send(conn, answer)
+                self.server.send(conn, answer)
         except Exception as exc:
             self._reply_error(conn, exc, msg, req.request_id)
 
@@ -230,7 +258,7 @@ class Sessions:
         error = client_error(exc)
         if error is None:
             error = self._internal_error(exc, msg)
-        self.plugin.send_error(conn, error, rid)
+        self.server.send_error(conn, error, rid)
 
     def _internal_error(self, exc: Exception, msg: Any) -> ProtocolError:
         error_id = secrets.token_hex(8)

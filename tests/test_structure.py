@@ -16,7 +16,6 @@ import pytest
 from s3db_core import hookspecs
 from s3db_core.plugins import clear_entry_point_cache, load_entry_point
 from s3db_ws_plugin import WebSocketPlugin
-from s3db_ws_plugin.handlers import Handlers
 from s3db_ws_plugin.plugin import SEED_KEYWORDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,14 +121,18 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_each_message_type_is_declared_once_with_its_handler():
-    handlers = Handlers.__new__(Handlers)
-    Handlers.__init__(handlers, plugin=None)  # type: ignore[arg-type]
+    handlers = WebSocketPlugin(port=0).handlers
     assert set(handlers.messages) == set(handlers.table)
     assert sorted(handlers.messages) == [
         "auth", "channel:message", "channel:update", "delete", "get", "insert", "join", "leave",
         "list", "ping", "subscribe", "unsubscribe", "update",
     ]  # fmt: skip
     assert {t for t, m in handlers.messages.items() if m.before_auth} == {"auth", "ping"}
+    # How the session runs each (its declaration says it; no list elsewhere).
+    assert {t for t, m in handlers.messages.items() if m.inline} == {"ping"}
+    assert {t for t, m in handlers.messages.items() if m.barrier} == {
+        "auth", "subscribe", "unsubscribe", "join", "leave",
+    }  # fmt: skip
 
 
 def test_the_constructor_takes_only_its_own_keyword_names():
