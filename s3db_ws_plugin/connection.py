@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from s3db_core.log import get_logger
-from s3db_core.options import optional_positive_int
 
 from .internals import limit_read_size
 from .protocol import CloseCode
@@ -78,10 +77,9 @@ class PerIpLimits:
     """
 
     def __init__(self, max_total: int | None, max_unauthenticated: int | None) -> None:
-        self.max_total = optional_positive_int("max_connections_per_ip", max_total)
-        self.max_unauthenticated = optional_positive_int(
-            "max_unauthenticated_per_ip", max_unauthenticated
-        )
+        # Validated by Settings (max_connections_per_ip, max_unauthenticated_per_ip).
+        self.max_total = max_total
+        self.max_unauthenticated = max_unauthenticated
         self._total: dict[str, int] = {}
         self._unauthenticated: dict[str, int] = {}
 

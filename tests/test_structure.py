@@ -170,3 +170,61 @@ def test_every_package_ships_py_typed():
         "package-data"
     ]
     assert all("py.typed" in data.get(p, []) for p in PACKAGES)
+
+
+def _runtime_imports(package: str) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports when it runs (module-level and
+    inside functions; ``if TYPE_CHECKING:`` blocks, which never run, left out)."""
+    graph: dict[str, set[str]] = {}
+    root = ROOT / package
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_init = parts[-1] == "__init__"
+        if is_init:
+            parts = parts[:-1]
+        name = ".".join(parts)
+        here = parts if is_init else parts[:-1]  # the package a relative import starts from
+        tree = ast.parse(path.read_text())
+        skipped: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(n) for child in node.body for n in ast.walk(child))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                targets.add(module)
+                targets.update(f"{module}.{a.name}" for a in node.names)
+        graph[name] = {t for t in targets if t.startswith(package + ".") or t == package}
+    known = set(graph)
+    return {m: {t for t in ts if t in known and t != m} for m, ts in graph.items()}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle_at_run_time_inside_a_package(package):
+    """A module never imports (at run time, even lazily inside a function) one that imports it
+    back: the parts receive what they need (``server.Server``) instead of reaching back."""
+    graph = _runtime_imports(package)
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if target == package:  # the package itself (its lazy __init__) is not a part
+                continue
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles at run time: {cycles}"
