@@ -718,6 +718,7 @@ class Channels:
             raise _forbidden(f"{name!r} is full (limit {policy.max_members} members)")
         channel.local[conn.client_id] = _Local(conn, receive_own)
         self.of_connection.setdefault(conn, set()).add(name)
+        conn.on_close(self.drop_connection)  # its memberships end with the socket
         answer = reply("channel:joined", request_id, channel=name)
         if policy.presence:
             member = Member(conn.client_id, getattr(user, "id", None), info, now_ms(), self.node)

@@ -88,7 +88,7 @@ async def recheck_subscriptions(
                 revoked += 1
                 continue
             # The read rule follows the connection's user (a refreshed token's claims).
-            sub.read = server.policies[sub.resource].readable(conn.user)
+            server.registry.set_read(sub, server.policies[sub.resource].readable(conn.user))
             if allowed[0] != sub.filter:
                 server.registry.reindex(sub, *allowed)
     if revoked:

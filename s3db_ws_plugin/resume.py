@@ -44,7 +44,7 @@ from s3db_core.log import get_logger
 from .connection import text_frame
 from .limits import page_within
 from .protocol import CloseCode, encode
-from .subscriptions import Delivery
+from .subscriptions import Delivery, delivers
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -133,23 +133,6 @@ class Hold:
         self.size += len(payload)
 
 
-def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
-    """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
-    record left what it may see) or ``NOTHING``; the live rule of
-    ``SubscriptionRegistry.deliveries`` for one subscription (fails closed)."""
-    event = change.event
-    if event not in policy.events or event not in sub.events:
-        return Delivery.NOTHING
-    if policy.requires_user and not policy.role_allows(sub.connection.user):
-        return Delivery.NOTHING
-    after = change.record if event != "delete" else None
-    try:
-        return sub.delivery(event, after, change.previous)
-    except Exception:
-        log.exception("subscription check failed", resource=sub.resource)
-        return Delivery.NOTHING
-
-
 class Positions:
     """What this process has fanned out per resource: the last offset, within its epoch."""
 
@@ -230,15 +213,18 @@ class Resumer:
 
     def hold(self, conn: Connection) -> Hold:
         hold = self.holds[conn] = Hold(self.max_hold_bytes)
+        conn.on_close(self.release)
         return hold
 
     def release(self, conn: Connection) -> None:
+        """Forget ``conn``'s holds and guards (run by the connection when it closes)."""
         self.holds.pop(conn, None)
         self.guards.pop(conn, None)
 
     def guard(self, conn: Connection, guard: ReplayGuard | SnapshotGuard) -> None:
         if not guard.expired:
             self.guards.setdefault(conn, []).append(guard)
+            conn.on_close(self.release)
 
     def guarded(self, conn: Connection, change: Change, policy: ResourcePolicy) -> bool:
         """Whether a live ``change`` for ``conn`` is one a recent replay or snapshot of one of

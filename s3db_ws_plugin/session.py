@@ -111,6 +111,7 @@ class Sessions:
             assert task is not None
             self.tasks.add(task)
             self.server.connections.add(conn)
+            conn.on_close(self.server.connections.discard)
             # Bound in this handler task's own context (not with ``bound_contextvars``, whose
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)
@@ -125,14 +126,14 @@ class Sessions:
                     await call_each_isolated(self.server.db.pm.hook.s3db_ws_connected, connection=conn)
                     await self._session(conn)
             finally:
-                self.server.resumer.release(conn)
-                self.server.registry.remove_connection(conn)
-                self.server.connections.discard(conn)
+                # The connection owns what its owners registered (open connections, the
+                # registry's subscriptions and holdings, the resumer's holds and guards,
+                # channel memberships): forget it now, so no change is fanned out to it...
+                conn.run_cleanups()
                 await conn.finish()
-                # A subscribe that was in flight when the socket closed may have added its
-                # subscription after the first removal: forget it too (and what it held).
-                self.server.registry.remove_connection(conn)
-                self.channels.drop_connection(conn)  # after finish: no join is still running
+                # ...and again once its requests in flight are done: a subscribe or a join
+                # that was running when the socket closed may have added some meanwhile.
+                conn.run_cleanups()
                 if announced:
                     await call_each_isolated(
                         self.server.db.pm.hook.s3db_ws_disconnected,

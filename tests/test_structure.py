@@ -228,3 +228,27 @@ def test_no_import_cycle_at_run_time_inside_a_package(package):
         if module not in state:
             visit(module, [module])
     assert not cycles, f"import cycles at run time: {cycles}"
+
+
+def test_each_piece_of_per_connection_state_has_one_owner_that_registers_its_clean_up():
+    """docs/architecture.md's per-connection table and the code agree both ways: every module
+    that registers a clean-up with a connection (``.on_close(``) is named as the owner of a row
+    forgotten by ``on_close``, and every such owner registers one."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("### Per-connection state") :]
+    rows = re.findall(r"^\| [^|]+ \| `([\w/]+\.py)` \| ([^|]+) \|$", table, re.M)
+    assert rows, "docs/architecture.md needs the '### Per-connection state' table"
+    documented = {module for module, how in rows if "`on_close`" in how}
+    registering = {
+        path.relative_to(ROOT / "s3db_ws_plugin").as_posix()
+        for path in (ROOT / "s3db_ws_plugin").rglob("*.py")
+        if ".on_close(" in path.read_text()
+    }
+    assert registering - documented == set(), (
+        f"add a row (state | module | `on_close` ...) for {sorted(registering - documented)}"
+    )
+    assert documented - registering == set(), (
+        f"these owners register no clean-up: {sorted(documented - registering)}"
+    )
+    owners = [module for module, _ in rows]
+    assert all((ROOT / "s3db_ws_plugin" / m).exists() for m in owners), owners

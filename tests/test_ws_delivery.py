@@ -375,6 +375,9 @@ async def test_invalid_frames_count_against_the_rate_limit():
 class _FakeConnection:
     user = None
 
+    def on_close(self, cleanup):  # the registry hands the connection its clean-up
+        pass
+
 
 def test_index_checks_only_candidate_subscriptions():
     """10,000 subscriptions over 1,000 rooms: a change tests its room's few, not all of them."""
