@@ -294,7 +294,7 @@ class WebSocketPlugin:
         if self.settings.metrics_enabled:  # never on the public listener unless asked for
             app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/client.js", self._client_js)
-        app.router.add_get(self.path, self.sessions._websocket)
+        app.router.add_get(self.path, self.sessions.handle)
         app.add_routes(self.routes)
         # aiohttp closes a connection whose first request head is not complete within its
         # keep-alive timeout: that is the header deadline against half-sent requests.

@@ -73,7 +73,8 @@ class Sessions:
         # The handler task of each open socket (the plugin's stop waits for them).
         self.tasks: set[asyncio.Task] = set()
 
-    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The socket path's GET handler: a WebSocket session (or the page at that path)."""
         ws = web.WebSocketResponse(
             heartbeat=self.settings.heartbeat_interval,
             max_msg_size=self.settings.max_message_size,

@@ -1,7 +1,8 @@
 """Meta-tests on how the code is cut and documented, like datasette's: every hookspec and every
 entry-point group is documented with its signature, docs/architecture.md names every module of
 the three packages, each message type is declared once, and no module reaches for another's
-private function. Each failure says exactly what to add or change."""
+private function or attribute, nor imports one of its own package back at run time. Each failure
+says exactly what to add or change."""
 
 from __future__ import annotations
 
@@ -252,3 +253,68 @@ def test_each_piece_of_per_connection_state_has_one_owner_that_registers_its_cle
     )
     owners = [module for module, _ in rows]
     assert all((ROOT / "s3db_ws_plugin" / m).exists() for m in owners), owners
+
+
+# Private attributes one module still reads on another's objects, each with why it stays.
+PRIVATE_ACCESS_ALLOWED = {
+    ("s3db_core/repair.py", "_partition_keys"): "the key layout, to become a public object",
+    ("s3db_core/repair.py", "_data_prefix"): "the key layout, to become a public object",
+    ("s3db_core/repair.py", "_base"): "the key layout, to become a public object",
+    ("s3db_core/repair.py", "_ref_body"): "the key layout, to become a public object",
+    ("s3db_core/database.py", "_data_prefix"): "the key layout, to become a public object",
+    ("s3db_core/resource.py", "_call_hook"): "a resource runs its database's hooks (its part)",
+    ("s3db_core/resource.py", "_publish"): "a resource publishes through its database (its part)",
+    ("s3db_core/brokers/base.py", "_replace"): "namedtuple's public API despite the underscore",
+    ("s3db_ws_plugin/workers.py", "_exit"): "os._exit: the standard library's public API",
+}
+
+
+def _private_attribute_uses() -> list[tuple[str, str, int]]:
+    """(module, attribute, line) for every ``x._name`` where ``x`` is not ``self``/``cls`` and
+    ``_name`` is not one this module defines (a function, a class, ``self._name = ...``)."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            own = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    own.add(node.name)
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in ("self", "cls")
+                ):
+                    own.add(node.attr)
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    own.add(node.id)
+                elif isinstance(node, ast.ClassDef):
+                    own.add(node.name)
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and node.attr not in own
+                ):
+                    found.append((path.relative_to(ROOT).as_posix(), node.attr, node.lineno))
+    return found
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    offenders = [
+        f"{module}:{line}: ._{attr[1:]}"
+        for module, attr, line in _private_attribute_uses()
+        if (module, attr) not in PRIVATE_ACCESS_ALLOWED
+    ]
+    assert not offenders, (
+        f"use a public method of the other module instead (or allow-list it with a reason): {offenders}"
+    )
+
+
+def test_the_private_access_allow_list_holds_nothing_stale():
+    used = {(module, attr) for module, attr, _ in _private_attribute_uses()}
+    stale = sorted(set(PRIVATE_ACCESS_ALLOWED) - used)
+    assert not stale, f"remove from PRIVATE_ACCESS_ALLOWED (no longer used): {stale}"

@@ -116,6 +116,11 @@ class Channel:
         await self.client.leave_channel(self)
 
     # -- what the client does -----------------------------------------------------------------
+    def end(self, error: ClientError | None = None) -> None:
+        """End the iterator (raising ``error`` to its reader, if given): the client's
+        connection ended for good, or a rejoin was refused. To leave, ``await leave()``."""
+        self._end(error)
+
     def joined(self, reply: dict[str, Any], *, again: bool) -> None:
         """The reply to a join: the member list (on a rejoin, what changed meanwhile is
         reported as presence events)."""
