@@ -281,7 +281,7 @@ class Database:
                 return
             if isinstance(saved, dict) and not migrate:
                 changes = incompatible_changes(saved, definition)
-                if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                if changes and (await self.storage.list(resource.layout.data_prefix, max_keys=1)).keys:
                     raise IncompatibleSchemaError(name, changes)
             resources[name] = {**saved, **definition} if isinstance(saved, dict) else definition
             document.setdefault("version", 1)

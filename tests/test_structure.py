@@ -257,11 +257,6 @@ def test_each_piece_of_per_connection_state_has_one_owner_that_registers_its_cle
 
 # Private attributes one module still reads on another's objects, each with why it stays.
 PRIVATE_ACCESS_ALLOWED = {
-    ("s3db_core/repair.py", "_partition_keys"): "the key layout, to become a public object",
-    ("s3db_core/repair.py", "_data_prefix"): "the key layout, to become a public object",
-    ("s3db_core/repair.py", "_base"): "the key layout, to become a public object",
-    ("s3db_core/repair.py", "_ref_body"): "the key layout, to become a public object",
-    ("s3db_core/database.py", "_data_prefix"): "the key layout, to become a public object",
     ("s3db_core/resource.py", "_call_hook"): "a resource runs its database's hooks (its part)",
     ("s3db_core/resource.py", "_publish"): "a resource publishes through its database (its part)",
     ("s3db_core/brokers/base.py", "_replace"): "namedtuple's public API despite the underscore",
