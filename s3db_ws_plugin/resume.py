@@ -196,6 +196,7 @@ class Resumer:
         replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
     ) -> None:
         self.registry = registry
+        self._release = self.release  # one bound method for every connection's clean-ups
         self.gate = VersionGate()
         self.positions = Positions()
         # Connections whose live frames are held while one of their subscriptions catches up.
@@ -213,7 +214,7 @@ class Resumer:
 
     def hold(self, conn: Connection) -> Hold:
         hold = self.holds[conn] = Hold(self.max_hold_bytes)
-        conn.on_close(self.release)
+        conn.on_close(self._release)
         return hold
 
     def release(self, conn: Connection) -> None:
@@ -224,7 +225,7 @@ class Resumer:
     def guard(self, conn: Connection, guard: ReplayGuard | SnapshotGuard) -> None:
         if not guard.expired:
             self.guards.setdefault(conn, []).append(guard)
-            conn.on_close(self.release)
+            conn.on_close(self._release)
 
     def guarded(self, conn: Connection, change: Change, policy: ResourcePolicy) -> bool:
         """Whether a live ``change`` for ``conn`` is one a recent replay or snapshot of one of

@@ -72,6 +72,8 @@ class Sessions:
         )
         # The handler task of each open socket (the plugin's stop waits for them).
         self.tasks: set[asyncio.Task] = set()
+        # The open connections' clean-up: one bound method for all of them.
+        self._forget = server.connections.discard
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The socket path's GET handler: a WebSocket session (or the page at that path)."""
@@ -112,7 +114,7 @@ class Sessions:
             assert task is not None
             self.tasks.add(task)
             self.server.connections.add(conn)
-            conn.on_close(self.server.connections.discard)
+            conn.on_close(self._forget)
             # Bound in this handler task's own context (not with ``bound_contextvars``, whose
             # generator would stay alive for the whole session: ~0.4 KiB per socket).
             structlog.contextvars.bind_contextvars(client_id=conn.client_id)

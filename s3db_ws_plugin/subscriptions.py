@@ -236,6 +236,8 @@ class SubscriptionRegistry:
     is called with each removed subscription that holds a budget (``sub.hold``)."""
 
     def __init__(self, release: Callable[[Any], None] | None = None) -> None:
+        # One bound method for every connection's clean-up list (none allocated per socket).
+        self._forget = self.remove_connection
         self._by_resource: dict[str, ResourceSubscriptions] = {}
         self._by_connection: dict[Connection, list[Subscription]] = {}
         self._release = release
@@ -256,7 +258,7 @@ class SubscriptionRegistry:
     def add(self, sub: Subscription) -> None:
         self._index(sub)
         self._by_connection.setdefault(sub.connection, []).append(sub)
-        sub.connection.on_close(self.remove_connection)  # forgotten when the socket closes
+        sub.connection.on_close(self._forget)  # forgotten when the socket closes
 
     def remove(self, sub: Subscription) -> None:
         subs = self._by_connection.get(sub.connection)
