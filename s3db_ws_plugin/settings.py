@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from s3db_core.options import (
@@ -144,7 +145,8 @@ class Settings:
         """Every option checked, each with the same error shape (``NAME must be WHAT, got
         VALUE``, ValueError)."""
         max_queue_bytes = positive_int("max_queue_bytes", max_queue_bytes)
-        rate = dict(rate_limit) if rate_limit and rate_limit.get("enabled", True) else None
+        enabled = rate_limit and rate_limit.get("enabled", True)
+        rate = MappingProxyType(dict(rate_limit)) if rate_limit and enabled else None
         return cls(
             host=host,
             port=port,
@@ -182,7 +184,7 @@ class Settings:
                 "max_channels_per_connection", max_channels_per_connection
             ),
             presence_timeout=number_in("presence_timeout", presence_timeout, 0.3, 3600),
-            channel_rates=_channel_rates(channel_rate_limit),
+            channel_rates=MappingProxyType(_channel_rates(channel_rate_limit)),
             max_subscriptions_per_ip=optional_positive_int(
                 "max_subscriptions_per_ip", max_subscriptions_per_ip
             ),

@@ -313,3 +313,18 @@ def test_the_private_access_allow_list_holds_nothing_stale():
     used = {(module, attr) for module, attr, _ in _private_attribute_uses()}
     stale = sorted(set(PRIVATE_ACCESS_ALLOWED) - used)
     assert not stale, f"remove from PRIVATE_ACCESS_ALLOWED (no longer used): {stale}"
+
+
+def test_the_plugin_settings_are_validated_once_and_frozen():
+    """Every option lands in one frozen Settings; the parts read it and validate nothing."""
+    import dataclasses
+
+    plugin = WebSocketPlugin(port=0, max_queue_bytes=4096, rate_limit={"max_requests": 5})
+    settings = plugin.settings
+    assert settings.max_queue_bytes == 4096 and settings.replay_max_bytes == 2048
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_queue_bytes = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.rate_limit["max_requests"] = 1  # type: ignore[index]
+    assert plugin.channels.server is plugin.handlers.server is plugin.sessions.server
+    assert plugin.handlers.settings is settings
