@@ -29,6 +29,10 @@ BENCHMARKS = (
     "latency",
     "broker_memory",
     "scaleout",
+    "channel_fanout",
+    "channel_latency",
+    "channel_store",
+    "channel_presence",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 
