@@ -44,6 +44,7 @@ async def test_join_since_replays_what_was_missed_then_continues_live(broker_url
         node(broker_url) as plugin,
         connect(plugin.url, token=make_token("bob")) as bob,
     ):
+        plugin.db.storage.requests.reset()
         await bob.call("join", channel="hist:1")
         async with connect(plugin.url, token=make_token("alice")) as alice:
             joined = await alice.call("join", channel="hist:1")
@@ -87,6 +88,7 @@ async def test_join_since_replays_what_was_missed_then_continues_live(broker_url
             await alice.sync()
             # nothing was replayed by the refused resumes
             assert not [f for f in alice.inbox if f.get("event") == "message"]
+        assert plugin.db.storage.requests.snapshot() == {}  # history lives in the broker only
 
 
 async def test_replays_are_bounded_by_bytes_and_since_is_validated(broker_url):

@@ -105,6 +105,7 @@ class NatsBroker(StreamBroker):
         self._channel_sub: Any = None
         self._channel_epoch = ""
         self._channel_heads: dict[str, tuple[int, int]] = {}  # channel -> (last seq, previous)
+        self._channel_lock = asyncio.Lock()  # one setup at a time (attach, first append, recover)
         # resource -> the (sequence, bytes) of its latest messages, as far as this process saw.
         self._retained: dict[str, _Retained] = {}
 
@@ -480,8 +481,14 @@ class NatsBroker(StreamBroker):
     def _channel_subject(self, channel: str) -> str:
         return self._channel_prefix + channel.replace(".", "~")
 
-    async def _channel_setup(self, js: JetStreamContext) -> None:
-        """Create (or update) the channels' stream, take its epoch, and read it from now on."""
+    async def _channel_setup(self, js: JetStreamContext, *, again: bool = True) -> None:
+        """Create (or update) the channels' stream, take its epoch, and read it from now on
+        (unless ``again`` is false and that is done already)."""
+        async with self._channel_lock:
+            if again or not self._channel_epoch:
+                await self._channel_setup_locked(js)
+
+    async def _channel_setup_locked(self, js: JetStreamContext) -> None:
         config = StreamConfig(
             name=self._channel_stream,
             subjects=[self._channel_prefix + "*"],
@@ -532,7 +539,7 @@ class NatsBroker(StreamBroker):
                 await asyncio.sleep(0.1)
                 continue
             try:
-                await self._channel_setup(js)
+                await self._channel_setup(js, again=False)
                 if self._nc is not None:
                     await self._nc.flush(timeout=max(1, int(self.options.connect_timeout)))
                 return
@@ -581,6 +588,7 @@ class NatsBroker(StreamBroker):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         sub, self._channel_sub = self._channel_sub, None
+        self._channel_epoch = ""  # a later subscribe reads the stream again
         if sub is not None:
             try:
                 await sub.unsubscribe()
@@ -590,7 +598,7 @@ class NatsBroker(StreamBroker):
     async def _channel_ready(self) -> JetStreamContext:
         js = self._jetstream()
         if not self._channel_epoch:
-            await self._channel_setup(js)
+            await self._channel_setup(js, again=False)
         return js
 
     async def _channel_last(self, js: JetStreamContext, channel: str) -> int | None:
