@@ -24,7 +24,7 @@ BURST = 100
 SECRET = "bench-secret-with-enough-bytes-for-hs256"
 
 
-async def _measure(burst: int) -> tuple[dict[str, int], dict[str, int]]:
+async def _measure(burst: int) -> tuple[dict[str, int], ...]:
     from examples.chat.app import define_resources, delete_expired_typing, resources_config
     from s3db_core import Database
     from s3db_ws_plugin import WebSocketPlugin
@@ -57,10 +57,12 @@ async def _measure(burst: int) -> tuple[dict[str, int], dict[str, int]]:
             for _ in range(burst):
                 await alice.request({"type": "insert", "resource": "typing_indicators",
                                      "data": {"roomId": room["id"]}})  # fmt: skip
+            inserts = counter.snapshot()
             await asyncio.sleep(0.01)  # every indicator has expired (ttl 0)
             await delete_expired_typing(db)  # the cleanup sweep
             by_records = counter.snapshot()
-        return by_channel, by_records
+        sweep = {k: v - inserts.get(k, 0) for k, v in by_records.items() if v - inserts.get(k, 0)}
+        return by_channel, by_records, inserts, sweep
     finally:
         await db.disconnect()
 
@@ -68,7 +70,7 @@ async def _measure(burst: int) -> tuple[dict[str, int], dict[str, int]]:
 def run(quick: bool) -> list[Result]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     burst = 10 if quick else BURST
-    by_channel, by_records = asyncio.run(_measure(burst))
+    by_channel, by_records, inserts, sweep = asyncio.run(_measure(burst))
     ours, base = sum(by_channel.values()), sum(by_records.values())
     return [
         Result(
@@ -80,7 +82,8 @@ def run(quick: bool) -> list[Result]:
             ratio=float(ours),
             ratio_of="ours (requests)",
             target=Target("<=", 0),
-            extra={"channel_by_kind": by_channel, "records_by_kind": by_records},
+            extra={"channel_by_kind": by_channel, "records_by_kind": by_records,
+                   "records_inserts": inserts, "records_sweep": sweep},  # fmt: skip
             notes=["records: one insert per typing message (its guard reads the room) and the "
                    "cleanup sweep (a query, then a delete per expired indicator)"],
         )
