@@ -206,3 +206,25 @@ async def test_python_client_rejoins_from_its_position_and_surfaces_a_reload(red
                 assert (await room.next(timeout=5)).data == 200
         finally:
             await db.disconnect()
+
+
+async def test_an_unreachable_broker_makes_sending_an_error_never_a_hang():
+    from test_channels_scaleout import free_port
+
+    broker = f"redis://127.0.0.1:{free_port()}/0?connect_timeout=0.5&publish_timeout=0.2"
+    async with (
+        node(broker) as plugin,
+        connect(plugin.url, token=make_token("bob")) as bob,
+    ):
+        joined = await bob.call("join", channel="hist:1", timeout=10)
+        assert joined["type"] == "channel:joined" and "position" not in joined
+        resumed = await bob.call("join", channel="hist:1", since={"offset": 1, "epoch": "e"},
+                                 timeout=10)  # fmt: skip
+        assert resumed["recovered"] is False
+        sent = await bob.call("channel:message", channel="hist:1", data=1, timeout=10)
+        assert sent["type"] == "error" and sent["code"] == "INTERNAL_ERROR", sent
+        with pytest.raises(ConnectionError):
+            await plugin.broadcast("hist:1", "note", 1)
+        # channels without history still work on this one process
+        await bob.call("join", channel="room:1")
+        assert (await bob.call("channel:message", channel="room:1", data=2))["type"] == "channel:sent"
