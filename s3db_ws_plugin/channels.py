@@ -262,11 +262,13 @@ class _NodeView:
 @dataclass(slots=True)
 class _Local:
     """A connection's membership of a channel on this node. ``held``: while a join reads the
-    channel's history, what arrives live waits here ((offset or None, payload, frame))."""
+    channel's history, what arrives live waits here ((offset or None, payload, frame)), at most
+    the connection's send queue in bytes (``held_bytes``; -1 once that overflowed)."""
 
     conn: Connection
     receive_own: bool
     held: list[tuple[int | None, bytes, bytes]] | None = None
+    held_bytes: int = 0
 
 
 class Channel:
@@ -716,7 +718,7 @@ class Channels:
             if client_id == sender and not (own and local.receive_own):
                 continue
             if local.held is not None:  # joining: after the replay
-                local.held.append((offset, payload, frame))
+                self._hold(local, offset, payload, frame)
                 continue
             try:
                 local.conn.send(payload, frame)
@@ -725,6 +727,20 @@ class Channels:
                 log.exception("channel delivery failed", error_id=secrets.token_hex(8),
                               channel=channel.name, receiver=client_id)  # fmt: skip
         self.plugin.metrics.frames_out.inc(sent)
+
+    def _hold(self, local: _Local, offset: int | None, payload: bytes, frame: bytes) -> None:
+        assert local.held is not None
+        if local.held_bytes < 0:
+            return
+        local.held_bytes += len(frame)
+        if local.held_bytes > self.plugin.max_queue_bytes:
+            # As a full send queue: closed as a slow consumer; the client resumes from its
+            # last position on its next connection.
+            local.held.clear()
+            local.held_bytes = -1
+            local.conn._overflow()
+            return
+        local.held.append((offset, payload, frame))
 
     def _presence(self, channel: Channel, kind: str, member: Member) -> None:
         if channel.local:

@@ -228,3 +228,31 @@ async def test_an_unreachable_broker_makes_sending_an_error_never_a_hang():
         # channels without history still work on this one process
         await bob.call("join", channel="room:1")
         assert (await bob.call("channel:message", channel="room:1", data=2))["type"] == "channel:sent"
+
+
+async def test_what_waits_for_a_replay_is_bounded_like_the_send_queue():
+    async with (
+        node("local", max_queue_bytes=64 * 1024) as plugin,
+        connect(plugin.url, token=make_token("alice")) as alice,
+        connect(plugin.url, token=make_token("bob")) as bob,
+    ):
+        reads = plugin.channels._reads  # every history read slot taken: alice's join waits
+        for _ in range(16):
+            await reads.acquire()
+        try:
+            await alice.send({"type": "join", "channel": "hist:1", "requestId": "j"})
+            for _ in range(500):
+                channel = plugin.channels.channels.get("hist:1")
+                if channel is not None and channel.local:
+                    break
+                await asyncio.sleep(0.01)
+            for _ in range(12):  # ~96 KiB arrive while her join waits: more than her queue
+                await plugin.broadcast("hist:1", "big", "x" * 8000)
+            code, _ = await alice.closed(timeout=10)
+            assert code == 4408
+        finally:
+            for _ in range(16):
+                reads.release()
+        # the others go on
+        await bob.call("join", channel="hist:1")
+        assert (await bob.call("channel:message", channel="hist:1", data=1))["type"] == "channel:sent"
