@@ -29,6 +29,8 @@ BENCHMARKS = (
     "latency",
     "broker_memory",
     "scaleout",
+    "cache",
+    "watch",
     "channel_fanout",
     "channel_latency",
     "channel_store",

@@ -302,6 +302,7 @@ class WebSocketPlugin:
             lambda: len(self.connections),
             lambda: len(self.registry),
             lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
+            lambda: self.db.stats.snapshot() if hasattr(self, "db") else {},
         )
         self.channels.register_metrics(self.metrics.registry)
         self._runner: web.AppRunner | None = None

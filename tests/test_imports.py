@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLIENT_SIDE = {
     "s3db_ws_plugin",
     "s3db_ws_plugin.client",
+    "s3db_ws_plugin.client.channel",
     "s3db_ws_plugin.client.client",
     "s3db_ws_plugin.client.errors",
     "s3db_ws_plugin.client.subscription",

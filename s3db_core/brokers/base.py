@@ -187,6 +187,7 @@ def encode_change(change: Change) -> bytes:
             "p": change.previous,
             "t": change.timestamp,
             "v": change.version,
+            "g": change.etag,
         }
     )
 
@@ -194,7 +195,8 @@ def encode_change(change: Change) -> bytes:
 def decode_change(data: bytes, offset: int, epoch: str) -> Change:
     fields = loads_body(data)
     return Change(
-        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch
+        fields["r"], fields["e"], fields["d"], fields["p"], fields["t"], fields["v"], offset, epoch,
+        fields.get("g"),
     )
 
 
@@ -270,6 +272,9 @@ class StreamBroker:
         self._reader_task: asyncio.Task[None] | None = None
         self._started = False
         self.dropped = 0  # changes that did not fit in the outage buffer
+        # Continuity of this process's reader, for caches (``watch_continuity``).
+        self.reading = False
+        self._continuity: list[Callable[[str], None]] = []
 
     # engine hooks
     async def _connect(self) -> None:
@@ -324,6 +329,7 @@ class StreamBroker:
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 await self._connect()
+            self._continuity_event("up")
         except Exception as exc:  # the store is the source of truth: keep going, retry later
             log.warning("broker_unreachable", broker=self.name, error=repr(exc))
         self._reader_task = asyncio.get_running_loop().create_task(self._run_reader())
@@ -337,6 +343,7 @@ class StreamBroker:
         if self._buffer and retry is not None and not retry.done():
             await asyncio.wait({retry}, timeout=self.options.connect_timeout)
         self._started = False
+        self._continuity_event("down")
         tasks = {t for t in (self._reader_task, self._retry_task) if t is not None}
         for task in tasks:
             task.cancel()
@@ -349,6 +356,29 @@ class StreamBroker:
         if self._buffer:
             log.warning("broker_closed_with_pending", broker=self.name, pending=len(self._buffer))
         await self._disconnect()
+
+    # continuity of the reader (a record cache serves only while it holds)
+    def watch_continuity(self, callback: Callable[[str], None]) -> None:
+        """``callback(state)`` (sync) hears the reader's continuity: ``"down"`` (disconnected:
+        changes may be missed until ``"up"``), ``"up"`` (reading again, from where it stopped
+        where the server still has it: check ``history`` from the last position seen), and
+        ``"lost"`` (history this process may not have read is gone: start over)."""
+        self._continuity.append(callback)
+
+    def _continuity_event(self, state: str) -> None:
+        if state == "down":
+            if not self.reading:
+                return
+            self.reading = False
+        elif state == "up":
+            if self.reading:
+                return
+            self.reading = True
+        for callback in list(self._continuity):
+            try:
+                callback(state)
+            except Exception:
+                log.exception("continuity_callback_failed", broker=self.name, state=state)
 
     def subscribe(self, listener: Listener) -> None:
         self.listeners.add(listener)

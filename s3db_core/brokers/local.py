@@ -86,6 +86,8 @@ MAX_CHANNEL_RINGS = 10_000  # channels with history one process keeps (least rec
 class LocalBroker:
     """In-process broker with a bounded in-memory history per resource."""
 
+    contiguous_offsets = True
+
     def __init__(self, url: str = "local", config: Mapping[str, Any] | None = None) -> None:
         self.options = BrokerOptions.from_url(url, config)
         self.epoch = new_epoch()

@@ -203,6 +203,7 @@ class NatsBroker(StreamBroker):
             break
         else:
             return
+        self._continuity_event("lost")
         old, self._subscription = self._subscription, None
         if old is not None:
             try:
@@ -236,6 +237,7 @@ class NatsBroker(StreamBroker):
             try:
                 async with asyncio.timeout(self.options.connect_timeout):
                     await self._connect()
+                self._continuity_event("up")
                 log.info("broker_connected", broker=self.name)
                 self._start_retry()
             except asyncio.CancelledError:
@@ -250,6 +252,7 @@ class NatsBroker(StreamBroker):
 
     async def _on_disconnected(self) -> None:
         if self._started:
+            self._continuity_event("down")
             log.warning("nats_disconnected")
 
     async def _on_reconnected(self) -> None:
@@ -260,9 +263,16 @@ class NatsBroker(StreamBroker):
             self._tasks.add(channel_task)
             channel_task.add_done_callback(self._tasks.discard)
         log.info("nats_reconnected")
-        task = asyncio.get_running_loop().create_task(self._recover_stream())
+        task = asyncio.get_running_loop().create_task(self._recover_then_resume())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _recover_then_resume(self) -> None:
+        try:
+            await self._recover_stream()
+        finally:
+            if self._started:
+                self._continuity_event("up")
 
     async def _on_message(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -375,7 +385,7 @@ class NatsBroker(StreamBroker):
             self._heads[resource] = (ack.seq, epoch)
             return Change(
                 change.resource, change.event, change.record, change.previous, change.timestamp,
-                change.version, ack.seq, epoch,
+                change.version, ack.seq, epoch, change.etag,
             )  # fmt: skip
         raise RuntimeError(f"{resource}: lost the append race {RACE_RETRIES} times")
 

@@ -237,6 +237,7 @@ class RedisBroker(StreamBroker):
     """Changes shared through Redis streams, one per resource."""
 
     name = "redis"
+    contiguous_offsets = True  # a jump in a resource's offsets is a gap
     block_ms = 5000  # one XREAD waits at most this long before it is issued again
     batch = 1000  # entries one XREAD returns per stream at most
 
@@ -341,7 +342,7 @@ class RedisBroker(StreamBroker):
             return change
         return Change(
             change.resource, change.event, change.record, change.previous, change.timestamp,
-            change.version, int(offset), epoch.decode(),
+            change.version, int(offset), epoch.decode(), change.etag,
         )  # fmt: skip
 
     async def _position(self, resource: str) -> Position:
@@ -369,6 +370,9 @@ class RedisBroker(StreamBroker):
             try:
                 if not self._cursors:  # Redis was down at start: read from the start time
                     await self._load_cursors(self._started_ms)
+                if not self.reading:  # back after an error: say so before reading on
+                    await self._reader.ping()
+                    self._continuity_event("up")
                 reply: Any = await self._reader.xread(
                     self._cursors, count=self.batch, block=self.block_ms
                 )
@@ -378,6 +382,7 @@ class RedisBroker(StreamBroker):
             except Exception as exc:
                 if not self._started:
                     return
+                self._continuity_event("down")
                 log.warning("reader_retry", error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
