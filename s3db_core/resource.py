@@ -36,6 +36,7 @@ from .schema import Schema
 from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_key_problem
 
 if TYPE_CHECKING:
+    from .cache import RecordCache
     from .database import Database
 
 log = get_logger("s3db.core")
@@ -197,9 +198,26 @@ class Stats:
     times a listing skipped a record it could not read."""
 
     damaged_records: int = 0
+    # The record cache (``Database(cache=...)``): reads answered from it, reads that went to
+    # the store, fills dropped because a change raced them, flushes, and bytes held.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_fills_dropped: int = 0
+    cache_flushes: int = 0
+    cache_bytes: int = 0
+    cache_on: bool = False  # the cache counters are reported only when the cache is on
 
     def snapshot(self) -> dict[str, int]:
-        return {"damaged_records": self.damaged_records}
+        if not self.cache_on:
+            return {"damaged_records": self.damaged_records}
+        return {
+            "damaged_records": self.damaged_records,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_fills_dropped": self.cache_fills_dropped,
+            "cache_flushes": self.cache_flushes,
+            "cache_bytes": self.cache_bytes,
+        }
 
 
 @dataclass(slots=True)
@@ -350,37 +368,76 @@ class Resource:
         )
 
     async def _emit(
-        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int
+        self, event: str, record: dict[str, Any], previous: dict[str, Any] | None, version: int,
+        etag: str | None = None,
     ) -> None:
         # Built once: the broker gives this very object its stream position.
         await self.db._publish(
-            Change.for_stream(self.name, event, record, previous, int(time.time() * 1000), version)  # type: ignore[arg-type]
+            Change.for_stream(self.name, event, record, previous, int(time.time() * 1000), version, etag)  # type: ignore[arg-type]
         )
 
     # -- reads ------------------------------------------------------------------------------
-    async def get_versioned(self, id: str) -> Versioned | None:
+    async def get_versioned(self, id: str, *, consistency: str = "store") -> Versioned | None:
         """The stored record with its ETag and system version (1 GET), or None if it does not
-        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version."""
+        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version. With
+        ``consistency="cache"`` and the record cache on, a hot read costs nothing; its ETag is
+        "" where the cache does not know it, so such a result is for reading only (never pass
+        it to ``update``/``delete`` as ``current``)."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency == "cache":
+            return await self._read_cached(cache, id)
         found = await self._read(id)
         return found[0] if found else None
 
-    async def get_or_none(self, id: str) -> dict[str, Any] | None:
+    async def _read_cached(self, cache: RecordCache, id: str) -> Versioned | None:
+        """A read through the record cache: a hit costs nothing; a miss reads the store and
+        keeps what it found when no change raced it and the stream has caught up."""
+        hit, record, version, etag = cache.lookup_versioned(self.name, id)
+        if hit:
+            return None if record is None else Versioned(record, etag or "", version)
+        begun = cache.begin()
+        found = await self._read(id)
+        cache.read_outside(self.name, id)
+        settled = await cache.settled(self.name)  # else what was read may be ahead
+        if not settled:
+            cache.unsettled(self.name, id)
+        elif found is None:
+            cache.fill(self.name, id, None, None, 0, begun)
+        else:
+            versioned, obj = found
+            cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
+                       _stored_size(obj))  # fmt: skip
+        return found[0] if found is not None else None
+
+    async def get_or_none(self, id: str, *, consistency: str = "cache") -> dict[str, Any] | None:
+        """The record, or None. With the record cache on, a hot read costs no request;
+        ``consistency="store"`` reads the store whatever the cache holds."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency != "store":
+            found = await self._read_cached(cache, id)
+            return found.record if found is not None else None
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:
             return None
         return self._from_stored(id, obj.metadata, obj.body)
 
-    async def get(self, id: str) -> dict[str, Any]:
-        record = await self.get_or_none(id)
+    async def get(self, id: str, *, consistency: str = "cache") -> dict[str, Any]:
+        """The record (``NotFoundError`` if none); ``consistency`` as in ``get_or_none``."""
+        record = await self.get_or_none(id, consistency=consistency)
         if record is None:
             raise NotFoundError(f"{self.name} {id!r} not found")
         return record
 
     async def exists(self, id: str) -> bool:
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None:
+            hit, record = cache.lookup(self.name, id)
+            if hit:
+                return record is not None
         try:
             await self.storage.head(self._key(id))
         except ObjectNotFound:
@@ -417,7 +474,7 @@ class Resource:
         if refs:
             await _all([self.storage.put(k, self._ref_body(), {}) for k in refs])
         try:
-            await self.storage.put(key, body, metadata, if_none_match=True)
+            etag = await self.storage.put(key, body, metadata, if_none_match=True)
         except (PreconditionFailed, StorageError) as exc:
             # A create-only PUT that met an object, or whose reply never came: if the object
             # stored is this very write (its reply was lost and a retry met it), it succeeded.
@@ -430,7 +487,7 @@ class Resource:
                     raise exc from None
                 raise
             if existing is not None and _write_token(existing[1].body) == _write_token(body):
-                await self._emit("insert", record, None, 1)
+                await self._emit("insert", record, None, 1, existing[1].etag)
                 return record
             if isinstance(exc, StorageError):
                 # Not stored yet, but a store that got the request may still apply it after
@@ -439,7 +496,7 @@ class Resource:
             keep = set(self._partition_keys(existing[0].record).values()) if existing else set()
             await self._forget_refs([k for k in refs if k not in keep])
             raise ConflictError(f"{self.name} {id!r} already exists") from None
-        await self._emit("insert", record, None, 1)
+        await self._emit("insert", record, None, 1, etag)
         return record
 
     async def _peek(self, id: str) -> tuple[Versioned, Any] | None:
@@ -502,7 +559,7 @@ class Resource:
                     if sent is not None and _write_token(obj.body) == sent[0]:
                         # Our write did land (its reply was lost and a retry met our own version).
                         _, record, previous, version = sent
-                        return await self._updated(id, record, previous, version)
+                        return await self._updated(id, record, previous, version, etag=obj.etag)
                     if current is not None and current[1] != obj.etag and strict:
                         raise self._stale(id)
                     current = stored
@@ -545,12 +602,13 @@ class Resource:
                         self._check_keys(record, new_refs)
                         await _all([self.storage.put(k, self._ref_body(), {}) for k in new_refs])
                 try:
-                    await self.storage.put(self._key(id), body, metadata, if_match=etag)
+                    new_etag = await self.storage.put(self._key(id), body, metadata, if_match=etag)
                 except StorageError:
                     # No reply at all: the write may have landed; if the store holds it, it did.
                     found = await self._peek(id)
                     if found is not None and _write_token(found[1].body) == _write_token(body):
-                        return await self._updated(id, record, previous, version + 1, stale_refs)
+                        return await self._updated(id, record, previous, version + 1, stale_refs,
+                                                   etag=found[1].etag)  # fmt: skip
                     raise
                 except PreconditionFailed:
                     # Lost the race, or won it and lost the reply: the next read tells which.
@@ -558,11 +616,13 @@ class Resource:
                     if strict or expected_version is not None:
                         found = await self._read(id)
                         if found is not None and _write_token(found[1].body) == sent[0]:
-                            return await self._updated(id, record, previous, version + 1, stale_refs)
+                            return await self._updated(id, record, previous, version + 1,
+                                                       stale_refs, etag=found[1].etag)  # fmt: skip
                         raise self._stale(id) from None
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
-                return await self._updated(id, record, previous, version + 1, stale_refs)
+                return await self._updated(id, record, previous, version + 1, stale_refs,
+                                           etag=new_etag)  # fmt: skip
             raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the update")
 
     async def _updated(
@@ -572,11 +632,12 @@ class Resource:
         previous: dict[str, Any],
         version: int,
         stale_refs: list[str] | None = None,
+        etag: str | None = None,
     ) -> dict[str, Any]:
         """Announce a committed update (right after the write that committed it, so per record
         changes go out in commit order), then remove the references it moved away from."""
         self._locks.note(id, version)
-        await self._emit("update", record, previous, version)
+        await self._emit("update", record, previous, version, etag)
         if stale_refs is None and self.partitions:
             new = self._partition_keys(record)
             stale_refs = [k for p, k in self._partition_keys(previous).items() if new.get(p) != k]
@@ -623,7 +684,7 @@ class Resource:
                     await asyncio.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** min(attempt, 10))))
                     continue
                 self._locks.forget(id)
-                await self._emit("delete", record, record, version)
+                await self._emit("delete", record, record, version, etag)
                 await self._forget_refs(list(self._partition_keys(record).values()))
                 return record
         raise ConflictError(f"{self.name} {id!r} changed {UPDATE_ATTEMPTS} times during the delete")
@@ -650,6 +711,49 @@ class Resource:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
         each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
         receives the stored size of each object read (body and metadata), by id."""
+        cache = self.db.cache
+        if cache is not None and cache.serving:
+            return await self._fetch_cached(cache, ids, sizes)
+        records = await self._fetch_store(ids, sizes)
+        if cache is not None:
+            for id in ids:
+                cache.read_outside(self.name, id)
+        return records
+
+    async def _fetch_cached(
+        self, cache: RecordCache, ids: list[str], sizes: dict[str, int] | None
+    ) -> list[dict[str, Any] | None]:
+        """``_fetch`` through the record cache: hits cost nothing, misses are read and kept."""
+        out: list[dict[str, Any] | None] = []
+        missing: list[int] = []
+        for pos, id in enumerate(ids):
+            hit, record = cache.lookup(self.name, id)
+            if not hit:
+                missing.append(pos)
+            elif record is not None and sizes is not None:
+                entry = cache.lookup_entry(self.name, id)
+                sizes[id] = entry.size if entry is not None else 0
+            out.append(record)
+        if missing:
+            begun = cache.begin()
+            found: list[tuple[str, dict[str, Any], str, int, int]] = []
+            read = await self._fetch_store([ids[p] for p in missing], sizes, found)
+            for pos, record in zip(missing, read, strict=True):
+                out[pos] = record
+            if found and await cache.settled(self.name):
+                for id, record, etag, version, size in found:
+                    cache.fill(self.name, id, record, etag, version, begun, size)
+            else:
+                for id, *_ in found:
+                    cache.unsettled(self.name, id)
+        return out
+
+    async def _fetch_store(
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        fill: list[tuple[str, dict[str, Any], str, int, int]] | None = None,
+    ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
         if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
@@ -661,6 +765,9 @@ class Resource:
                     sizes[id] = _stored_size(obj)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
+                    if fill is not None and obj is not None:  # kept by the caller's cache
+                        fill.append((id, out[-1], obj.etag,  # type: ignore[arg-type]
+                                     _stored_version(obj.metadata), _stored_size(obj)))  # fmt: skip
                 except DamagedRecordError as error:
                     self._skip_damaged(error)
                     out.append(None)
@@ -676,7 +783,11 @@ class Resource:
                         obj = await storage.get(self._key(id))
                 if sizes is not None:
                     sizes[id] = _stored_size(obj)
-                return self._from_stored(id, obj.metadata, obj.body)
+                record = self._from_stored(id, obj.metadata, obj.body)
+                if fill is not None:
+                    fill.append((id, record, obj.etag, _stored_version(obj.metadata),
+                                 _stored_size(obj)))  # fmt: skip
+                return record
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
             except DamagedRecordError as error:
@@ -685,12 +796,27 @@ class Resource:
 
         return list(await asyncio.gather(*(one(i) for i in ids)))
 
-    async def _ids(self, prefix: str, start_after: str | None, page_size: int):
-        """Yield (ids of one LIST page, more_after_this_page)."""
+    async def _ids(self, prefix: str, start_after: str | None, page_size: int, *, cached: bool = True):
+        """Yield (ids of one LIST page, more_after_this_page); ``cached=False``: the store's
+        own listing whatever the record cache holds (repair)."""
+        cache = self.db.cache if cached else None
+        if cache is not None:
+            kept = await cache.ids(self, prefix)
+            if kept is not None:  # the id-set kept by the stream: no LIST
+                while True:
+                    ids, more = cache.page(kept, start_after, page_size)
+                    yield ids, more
+                    if not more or not ids:
+                        return
+                    start_after = ids[-1]
         after = f"{prefix}id={start_after}" if start_after is not None else None
         while True:
             page = await self.storage.list(prefix, start_after=after, max_keys=page_size)
             ids = [k.rsplit("/id=", 1)[1] for k in page.keys]
+            if cache is not None:  # what the store lists outranks what the cache holds
+                cache.listed(self, prefix, start_after, ids, page.next_start_after is None,
+                             page.etags)  # fmt: skip
+                start_after = ids[-1] if ids else start_after
             yield ids, page.next_start_after is not None
             if page.next_start_after is None:
                 return

@@ -2,12 +2,15 @@
 
     s3db serve myapp:make_db [--log-format json|console] [--trusted-proxies 127.0.0.1]
     s3db tail ws://127.0.0.1:3001/ --resource notes [--filter '{"roomId": "r1"}'] [--token T]
+    s3db tail ws://127.0.0.1:3001/ --channel room:lobby [--info '{"name": "tail"}'] [--token T]
     s3db repair STORE_URL [--grace SECONDS] [--dry-run] [--progress-every KEYS]
+    s3db watch STORE_URL --broker BROKER_URL --feed FEED_URL [--state PATH] [--grace SECONDS]
 
 ``serve`` imports ``MODULE:ATTR`` (a Database, or a function or coroutine function returning
 one, with its plugins registered), connects it if needed, and runs until SIGINT or SIGTERM,
 then disconnects it (the WebSocket plugin closes every socket with 1001). ``tail`` subscribes
-with the Python client and prints every event as one JSON line on stdout. Logs go to stderr:
+with the Python client and prints every event as one JSON line on stdout (with ``--channel``
+it joins channels and prints their messages and presence events). Logs go to stderr:
 JSON when stderr is not a terminal, a console renderer when it is.
 """
 
@@ -264,6 +267,13 @@ def _write_line(event: Any) -> None:
     sys.stdout.flush()
 
 
+def _write_channel_line(message: Any) -> None:
+    line = {"channel": message.channel, "event": message.event, "data": message.data,
+            "from": message.sender, "timestamp": message.timestamp}  # fmt: skip
+    sys.stdout.write(orjson.dumps(line).decode() + "\n")
+    sys.stdout.flush()
+
+
 async def tail(
     url: str,
     resources: Sequence[str],
@@ -273,16 +283,21 @@ async def tail(
     api_key: str | None,
     reconnect: bool,
     wait: float = 30.0,
+    channels: Sequence[str] = (),
+    info: dict[str, Any] | None = None,
 ) -> int:
     from .client import Client, ClientError
 
     stop = _stop_event()
     client = Client(url, token=token, api_key=api_key, reconnect=reconnect)
+    joined: list[Any] = []
     try:
         if not await _connect_within(client, wait, stop):
             await client.close()
             return 0
         subs = [await client.subscribe(r, filter=filter, events=events) for r in resources]
+        for name in channels:
+            joined.append(await client.join(name, info=info))
     except ClientError as exc:
         fields = {"code": exc.code, "error": exc.message}
         if exc.code == "UNAUTHORIZED" and not token and not api_key:
@@ -292,16 +307,19 @@ async def tail(
         return 1
     for sub in subs:
         log.info("subscribed", resource=sub.resource, filter=sub.effective_filter)
+    for channel in joined:
+        log.info("joined", channel=channel.name, members=len(channel.members))
 
-    async def pump(sub: Any) -> None:
+    async def pump(source: Any, write: Callable[[Any], None]) -> None:
         try:
-            async for event in sub:
-                _write_line(event)
+            async for event in source:
+                write(event)
         except BrokenPipeError:  # `s3db tail ... | head`: the reader is gone
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             stop.set()
 
-    pumps = [asyncio.create_task(pump(sub)) for sub in subs]
+    pumps = [asyncio.create_task(pump(sub, _write_line)) for sub in subs]
+    pumps += [asyncio.create_task(pump(channel, _write_channel_line)) for channel in joined]
     stopping = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopping, *pumps], return_when=asyncio.FIRST_COMPLETED)
     status = 0
@@ -395,6 +413,10 @@ def _seconds(text: str) -> float:
     return float(number_in("the value", text, 0, MAX_GRACE, text=True))
 
 
+def _watch_grace(text: str) -> float:
+    return float(number_in("the value", text, 0, 60, text=True))
+
+
 def _worker_count(text: str) -> int:
     from .workers import MAX_WORKERS
 
@@ -473,8 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--resource",
         "-r",
         action="append",
-        required=True,
+        default=[],
         help="resource to subscribe to (repeatable)",
+    )
+    tail_cmd.add_argument(
+        "--channel",
+        "-c",
+        action="append",
+        default=[],
+        help="channel to join (repeatable): prints its messages and presence events",
+    )
+    tail_cmd.add_argument(
+        "--info", type=_json_object, help="presence info to join the channels with (JSON)"
     )
     tail_cmd.add_argument("--filter", "-f", type=_json_object, help="subscription filter (JSON)")
     tail_cmd.add_argument("--events", "-e", type=_event_list, help="e.g. insert,update")
@@ -514,7 +546,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="when stderr is not a terminal, a progress line every KEYS keys (or 10 s); "
         "default 10000",
     )
-    for sub in (serve_cmd, tail_cmd, repair_cmd):  # also accepted after the command
+    watch_cmd = commands.add_parser(
+        "watch", help="publish the writes other programs make in the store (its event feed)"
+    )
+    watch_cmd.add_argument("store", help="the store's connection string (s3://... or http(s)://...)")
+    watch_cmd.add_argument(
+        "--broker", required=True, help="the servers' shared broker (redis://... or nats://...)"
+    )
+    watch_cmd.add_argument(
+        "--feed", required=True, help="the store's event feed (seaweedfs://HOST:FILER_PORT or sqs://HOST/ACCOUNT/QUEUE)"
+    )
+    watch_cmd.add_argument(
+        "--state",
+        default="s3db-watch.json",
+        metavar="PATH",
+        help="file that keeps the feed position across restarts (default ./s3db-watch.json)",
+    )
+    watch_cmd.add_argument(
+        "--grace",
+        type=_option(_watch_grace),
+        default=0.5,
+        metavar="SECONDS",
+        help="how long a feed event waits for the stream to carry the same write (default 0.5)",
+    )
+    for sub in (serve_cmd, tail_cmd, repair_cmd, watch_cmd):  # also accepted after the command
         sub.add_argument(
             "--log-format", choices=("auto", "json", "console"), default=argparse.SUPPRESS
         )
@@ -524,7 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.log_format, args.log_level)
     if args.command == "serve" and args.workers > 1:
         from .workers import run_workers
@@ -538,9 +594,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         coro = run_workers(args.target, args.workers, options)
     elif args.command == "serve":
         coro = serve(args.target, args.debug, args.trusted_proxies, args.proxy_header)
+    elif args.command == "watch":
+        from .watch import watch
+
+        coro = watch(args.store, args.broker, args.feed, args.state, args.grace)
     elif args.command == "repair":
         coro = repair(args.store, args.grace, args.dry_run, args.progress_every)
     else:
+        if not args.resource and not args.channel:
+            parser.error("tail: give at least one --resource or --channel")
         coro = tail(
             args.url,
             args.resource,
@@ -550,6 +612,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.api_key,
             reconnect=not args.no_reconnect,
             wait=args.wait,
+            channels=args.channel,
+            info=args.info,
         )
     return asyncio.run(coro)
 

@@ -325,7 +325,7 @@ class Handlers(ChannelFrames):
     async def get(self, conn: Connection, req: Request) -> Frame:
         policy, resource = self._resource(conn, req.fields["resource"])
         id = req.fields["id"]
-        read, found = await _load(policy, conn.user, resource, id)
+        read, found = await _load(policy, conn.user, resource, id, consistency="cache")
         record = found[0] if found else None
         if "get" in policy.guards:  # the context is built only for a guard to see
             await self._guard(policy, "get", conn.user, self._guard_ctx(conn, id=id, record=record))
@@ -413,7 +413,11 @@ class Handlers(ChannelFrames):
 
 
 async def _load(
-    policy: ResourcePolicy, user: User | None, resource: Resource, id: str
+    policy: ResourcePolicy,
+    user: User | None,
+    resource: Resource,
+    id: str,
+    consistency: str = "store",
 ) -> tuple[Predicate | None, Versioned | None]:
     """The read rule bound to ``user`` (once for the frame) and the record ``id`` as the
     guard of ``get``/``update``/``delete`` may see it; run after the role list, before the guard.
@@ -421,9 +425,11 @@ async def _load(
     With a read rule, a missing record and one the rule hides are the same answer,
     ``NOT_FOUND``, given here, before any guard: no guard is handed a record the caller may not
     read, and what a guard would say cannot tell the two apart. Without one, a missing record
-    reaches the guard as ``None``, and its existence shows only after the guard allows."""
+    reaches the guard as ``None``, and its existence shows only after the guard allows.
+    ``consistency="cache"`` (``get``) may answer from the record cache; ``update``/``delete``
+    read the store, whose ETag their conditional write needs."""
     read = policy.readable(user)
-    found = await resource.get_versioned(id)
+    found = await resource.get_versioned(id, consistency=consistency)
     if read is not None and (found is None or not read(found[0])):
         raise NotFoundError(f"{policy.name} {_name(id)!r} not found")
     return read, found

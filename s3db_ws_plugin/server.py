@@ -57,6 +57,7 @@ class Server:
             lambda: len(self.connections),
             lambda: len(self.registry),
             lambda: self.db.stats.damaged_records if hasattr(self, "db") else 0,
+            lambda: self.db.stats.snapshot() if hasattr(self, "db") else {},
         )
 
     def send(self, conn: Connection, frame: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ async def make_db() -> Database:
             port=int(os.environ.get("S3DB_APP_PORT", "3001")),
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": secret}}]},
             resources={"notes": True},
+            channels={"room:*": {"presence": True}},  # for `s3db tail --channel`
         )
     )
     return db

@@ -122,6 +122,7 @@ class Server:
                     "read": {"roomId": {"$ne": "hidden"}},  # see the leave test
                 }
             },
+            channels={"room:*": {"presence": True, "events": ["message", "typing"]}},
         )
         await db.use_plugin(plugin)
         self.db, self.plugin = db, plugin
@@ -423,3 +424,101 @@ def test_a_record_that_leaves_what_the_user_may_see_arrives_as_leave(server, tab
         ("leave", {"id": note["id"]}),
         ("leave", {"id": note["id"]}),
     ]
+
+
+def test_channels_members_messages_presence_and_rejoin_after_a_restart(server, tab):
+    tab.evaluate(
+        """async ({url, pages}) => {
+            const token = (sub) => async () => (await (await fetch(`${pages}/token?sub=${sub}`)).json()).token;
+            const backoff = { initial: 50, maximum: 300 };
+            window.ada = await s3db.connect(url, { token: token("ada"), backoff });
+            window.bob = await s3db.connect(url, { token: token("bob"), backoff });
+            window.reconnected = 0;
+            for (const c of [ada, bob]) c.on("reconnect", () => { reconnected += 1; });
+            window.adaRoom = await ada.join("room:1", { info: { color: "red" } });
+            window.typing = [];
+            adaRoom.on("typing", (m) => typing.push([m.from.userId, m.data.on]));
+            window.presence = [];
+            for (const kind of ["member_added", "member_removed", "member_updated"]) {
+              adaRoom.on(kind, (m) => presence.push([m.event, m.data.userId, m.data.info.color ?? null]));
+            }
+            window.bobRoom = await bob.join("room:1", { info: { color: "blue" }, self: true });
+        }""",
+        {"url": server.ws_url, "pages": server.pages},
+    )
+    tab.wait_for_function("presence.length === 1")
+    assert tab.evaluate("presence") == [["member_added", "bob", "blue"]]
+    members = tab.evaluate("[...adaRoom.members.values()].map((m) => [m.userId, m.info.color]).sort()")
+    assert members == [["ada", "red"], ["bob", "blue"]]
+    assert tab.evaluate("bobRoom.members.size") == 2
+
+    # Bob types: Ada's listener gets it with Bob's user from the token; Bob (self) iterates his own.
+    got = tab.evaluate(
+        """async () => {
+            await bobRoom.send("typing", { on: true, userId: "mallory" });
+            const own = (await bobRoom.next()).value;
+            return { event: own.event, from: own.from.userId, data: own.data };
+        }"""
+    )
+    assert got == {"event": "typing", "from": "bob", "data": {"on": True, "userId": "mallory"}}
+    tab.wait_for_function("typing.length === 1")
+    assert tab.evaluate("typing") == [["bob", True]]
+
+    # Errors: an event the channel does not carry, a channel no pattern declares, joining twice.
+    errors = tab.evaluate(
+        """async () => {
+            const code = async (fn) => { try { await fn(); return null; } catch (err) { return err.code; } };
+            return [await code(() => bobRoom.send("cursor", {})), await code(() => bob.join("nowhere")),
+                    await code(() => bob.join("room:1"))];
+        }"""
+    )
+    assert errors == ["FORBIDDEN", "FORBIDDEN", "INVALID_MESSAGE"]
+
+    # Bob changes his info, then the server restarts: both rejoin by themselves.
+    tab.evaluate("bobRoom.update({ color: 'green' })")
+    tab.wait_for_function("presence.length === 2")
+    assert tab.evaluate("presence[1]") == ["member_updated", "bob", "green"]
+    server.restart()
+    tab.wait_for_function("reconnected === 2", timeout=15_000)
+    tab.wait_for_function(
+        "adaRoom.members.size === 2 && [...adaRoom.members.values()].some((m) => m.info.color === 'green')",
+        timeout=15_000,
+    )
+    assert sorted(m["userId"] for m in server.run(server.plugin.presence("room:1"))) == ["ada", "bob"]
+    tab.evaluate("bobRoom.send('typing', { on: false })")
+    tab.wait_for_function("typing.length === 2")
+    assert tab.evaluate("typing[1]") == ["bob", False]
+
+    # Bob leaves: Ada sees him go; his iterator ends.
+    done = tab.evaluate(
+        """async () => { await bobRoom.leave(); return (await bobRoom.next()).done; }"""
+    )
+    assert done is True
+    tab.wait_for_function("presence.at(-1)[0] === 'member_removed'")
+    assert tab.evaluate("[...adaRoom.members.values()].map((m) => m.userId)") == ["ada"]
+
+
+def test_a_channel_iterator_gets_messages_and_presence_in_order(server, tab):
+    got = tab.evaluate(
+        """async ({url, pages}) => {
+            const token = (sub) => async () => (await (await fetch(`${pages}/token?sub=${sub}`)).json()).token;
+            const ada = await s3db.connect(url, { token: token("ada") });
+            const bob = await s3db.connect(url, { token: token("bob") });
+            const room = await ada.join("room:2");
+            const theirs = await bob.join("room:2", { info: { n: 1 } });
+            await theirs.send("message", { text: "hi" });
+            await theirs.leave();
+            const seen = [];
+            for await (const m of room) {
+              seen.push([m.event, m.from ? m.from.userId : null, m.data.userId ?? m.data.text]);
+              if (seen.length === 3) break;     // break leaves the channel
+            }
+            return { seen, closed: room.closed, left: !ada._channels.has("room:2") };
+        }""",
+        {"url": server.ws_url, "pages": server.pages},
+    )
+    assert got == {
+        "seen": [["member_added", None, "bob"], ["message", "bob", "hi"], ["member_removed", None, "bob"]],
+        "closed": True,
+        "left": True,
+    }

@@ -462,3 +462,23 @@ async def test_without_dev_the_app_mounts_no_dev_login():
                 assert resp.status == 200  # the page itself is still served
     finally:
         await db.disconnect()
+
+
+async def test_the_rooms_channel_admits_only_who_may_see_the_room(chat):
+    alice, bob, carol = await chat.user("alice"), await chat.user("bob"), await chat.user("carol")
+    secret = await alice.insert("chat_rooms", {"name": "secret", "isPrivate": True, "members": ["bob"]})
+    channel = f"chat:{secret['id']}"
+    async with alice.join(channel) as room:
+        async with bob.join(channel) as bobs:
+            added = await room.next(timeout=EVENT_TIMEOUT)
+            assert (added.event, added.data["userId"]) == ("member_added", "bob")
+            await bobs.send("typing", {"on": True})
+            typing = await room.next(timeout=EVENT_TIMEOUT)
+            assert (typing.event, typing.sender["userId"], typing.data) == ("typing", "bob", {"on": True})
+            with pytest.raises(Forbidden):  # the room's channel carries typing only
+                await bobs.send("message", {"text": "stored nowhere"})
+        # An outsider, and a room that does not exist, get the same answer.
+        for name in (channel, "chat:no-such-room", f"chat:{secret['id']}x"):
+            with pytest.raises(Forbidden):
+                await carol.join(name)
+    assert await chat.db.resources.typing_indicators.count() == 0

@@ -19,7 +19,7 @@ from ws_helpers import connect
 
 from examples.collab.app import apply_operation, create_app, remove_idle_cursors
 from examples.common import Options, make_token
-from s3db_ws_plugin.client import Client
+from s3db_ws_plugin.client import Client, Forbidden
 
 SECRET = "collab-test-secret-with-enough-bytes-for-hs256"
 EVENT_TIMEOUT = 5.0
@@ -367,3 +367,24 @@ async def test_python_m_examples_collab_runs():
                      data={"documentId": doc["data"]["id"], "type": "insert", "position": 0, "text": "hi"})
             got = await ok(alice, "get", resource="documents", id=doc["data"]["id"])
             assert got["data"]["version"] == 1 and "content" not in got["data"]
+
+
+async def test_the_documents_channel_carries_cursors_to_collaborators_only(app):
+    db, plugin = app
+    async with user(plugin, "alice") as alice:
+        doc = await shared_document(alice, "bob")
+    channel = f"doc:{doc['id']}"
+    token = lambda name: make_token(SECRET, name, name=name.title())  # noqa: E731
+    async with Client(plugin.url, token=token("alice")) as ada, Client(plugin.url, token=token("bob")) as bob, \
+            Client(plugin.url, token=token("carol")) as carol:  # fmt: skip
+        async with ada.join(channel) as room, bob.join(channel) as bobs:
+            assert {m["userId"] for m in bobs.members.values()} == {"alice", "bob"}
+            await bobs.send("cursor", {"position": 3, "selectionEnd": 3})
+            moved = await room.next(timeout=EVENT_TIMEOUT)
+            while moved.event != "cursor":  # bob's member_added comes first
+                moved = await room.next(timeout=EVENT_TIMEOUT)
+            assert (moved.sender["userId"], moved.data["position"]) == ("bob", 3)
+            for name in (channel, "doc:missing"):
+                with pytest.raises(Forbidden):
+                    await carol.join(name)
+    assert await db.resources.cursors.count() == 0

@@ -46,7 +46,7 @@ def create_room(page, name: str, *, private_with: str | None = None) -> None:
 
 
 def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
-    with served(create_app, typing_ttl=1.0, cleanup_every=0.2) as server, pages_for(request, chromium_browser) as pages:
+    with served(create_app) as server, pages_for(request, chromium_browser) as pages:
         alice = pages.new(f"{server.http_url}/")
         bob = pages.new(f"{server.http_url}/", viewport=PHONE)
         sign_in(alice, "alice")
@@ -56,6 +56,9 @@ def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
         create_room(alice, "general")
         bob.click("#rooms button:has-text('general')")
         expect(bob.locator("#room-title")).to_have_text("# general")
+        for page in (alice, bob):  # who is in the room: the room's channel's presence
+            expect(page.locator("#present li")).to_have_text(["alice", "bob"])
+        expect(alice.locator("#present li.me")).to_have_text("alice")
 
         # Alice types: Bob sees it; she sends: Bob gets the message and the indicator goes.
         alice.locator("#message").press_sequentially("hi bob")
@@ -69,11 +72,12 @@ def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
         expect(alice.locator("#messages li.mine")).to_have_count(1)  # her own, on her side
         expect(bob.locator("#messages li.mine")).to_have_count(0)
 
-        # Bob starts typing and stops: Alice sees him typing until the server's cleanup
-        # deletes the expired indicator.
+        # Bob starts typing and stops: Alice sees him typing until his last announcement is
+        # a few seconds old (nothing was stored, nothing is swept).
         bob.locator("#message").press_sequentially("hmm")
         expect(alice.locator("#typing")).to_have_text("bob is typing…")
-        expect(alice.locator("#typing")).to_have_text("", timeout=5_000)
+        expect(alice.locator("#typing")).to_have_text("", timeout=15_000)
+        assert server.call(lambda: server.db.resources.typing_indicators.count()) == 0
         bob.locator("#message").press_sequentially(", hello alice, " + "a-very-long-word-" * 8)
         bob.click("#composer button[type=submit]")
         expect(alice.locator("#messages li .content")).to_have_count(2)
@@ -85,11 +89,35 @@ def test_two_people_chat_and_see_each_other_typing(request, chromium_browser):
         shoot(alice, "chat-desktop")
         shoot(bob, "chat-phone")
 
-        # Carol arrives later and gets the history.
+        # Carol arrives later and gets the history; everyone sees her arrive, then leave.
         carol = pages.new(f"{server.http_url}/")
         sign_in(carol, "carol")
         carol.click("#rooms button:has-text('general')")
         expect(carol.locator("#messages li .author")).to_have_text(["alice", "bob"])
+        expect(alice.locator("#present li")).to_have_text(["alice", "bob", "carol"])
+        carol.close()
+        expect(alice.locator("#present li")).to_have_text(["alice", "bob"])
+
+
+def test_a_typing_burst_costs_no_store_request(request, chromium_browser):
+    """Typing travels on the room's channel: the store sees nothing of it (through the original's
+    typing_indicators resource every announcement was a PUT, plus the sweeps)."""
+    with served(create_app, cleanup_every=3600) as server, pages_for(request, chromium_browser) as pages:
+        alice, bob = pages.new(f"{server.http_url}/"), pages.new(f"{server.http_url}/")
+        sign_in(alice, "alice")
+        sign_in(bob, "bob")
+        create_room(alice, "quiet")
+        bob.click("#rooms button:has-text('quiet')")
+        expect(alice.locator("#present li")).to_have_text(["alice", "bob"])
+        requests = server.db.storage.requests
+        requests.reset()
+        # About 5 s of typing: several "typing" announcements (one per 2 s at most).
+        alice.locator("#message").press_sequentially("a burst of typing, " * 3, delay=80)
+        expect(bob.locator("#typing")).to_have_text("alice is typing…")
+        alice.locator("#message").fill("")
+        expect(bob.locator("#typing")).to_have_text("", timeout=15_000)
+        assert requests.snapshot() == {}
+        assert pages.errors() == []
 
 
 def post(server, room, author: str, content: str) -> None:

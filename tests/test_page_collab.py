@@ -69,12 +69,27 @@ def test_two_people_edit_one_document_with_live_cursors(request, chromium_browse
         expect(bob.locator("#doc-sharing")).to_have_text("Owned by alice, shared with bob.")
         expect(bob.locator("#share")).to_be_hidden()  # only the owner changes the sharing
 
-        # Each sees the other: in the presence list, and as a labelled cursor in the text.
+        # Each sees the other: in the presence list (the document's channel), and as a labelled
+        # cursor in the text.
         expect(bob.locator("#presence .person[data-user=alice]")).to_be_visible()
         expect(alice.locator("#presence .person[data-user=bob]")).to_be_visible()
+        expect(alice.locator("#presence .person")).to_have_count(2)
+        expect(alice.locator("#presence .person")).to_contain_text(["alice (you)", "bob"])
+        # Alice's cursor reached Bob when he arrived, before she moved it.
+        expect(bob.locator(".remote-cursor[data-user=alice]")).to_have_attribute("data-position", "11")
+        # Moving cursors goes through the channel: no store request (they used to be records).
+        requests = server.db.storage.requests
+        requests.reset()
         alice.locator("#editor").press("Home")
         expect(bob.locator(".remote-cursor[data-user=alice]")).to_have_attribute("data-position", "0")
         expect(bob.locator(".remote-cursor[data-user=alice] .label")).to_have_text("alice")
+        for _ in range(5):
+            alice.locator("#editor").press("ArrowRight")
+        expect(bob.locator(".remote-cursor[data-user=alice]")).to_have_attribute("data-position", "5")
+        assert requests.snapshot() == {}
+        assert server.call(lambda: server.db.resources.cursors.count()) == 0
+        alice.locator("#editor").press("Home")
+        expect(bob.locator(".remote-cursor[data-user=alice]")).to_have_attribute("data-position", "0")
 
         # Bob types at the end; Alice's text and the server's follow, and his cursor moves there.
         bob.locator("#editor").press("End")
@@ -106,6 +121,12 @@ def test_two_people_edit_one_document_with_live_cursors(request, chromium_browse
         carol.goto(f"{server.http_url}/#doc={doc_id}")
         expect(carol.locator("#status")).to_contain_text("NOT_FOUND")
         expect(carol.locator("#editor")).to_have_value("")
+
+        # Bob closes his page: he leaves Alice's presence list and his cursor goes with him.
+        bob.close()
+        expect(alice.locator("#presence .person")).to_contain_text(["alice (you)"])
+        expect(alice.locator("#presence .person")).to_have_count(1)
+        expect(alice.locator(".remote-cursor")).to_have_count(0)
 
 
 def test_on_a_phone_an_opened_document_is_in_view(request, chromium_browser):

@@ -82,6 +82,46 @@ async def test_tail_waits_for_a_server_that_is_not_up_yet(app_env, s3db_token):
         await stop(server)
 
 
+async def test_tail_channel_prints_messages_and_presence_events(app_env, s3db_token):
+    env = {**app_env, "S3DB_TOKEN": s3db_token("tailer")}
+    server = await start("serve", "tests.cli_app:make_db", env=env)
+    try:
+        url = (await log_until(server, "listening"))["websocket"]
+        tail = await start("tail", url, "--channel", "room:lobby", "--info", '{"name": "tail"}', env=env)
+        joined = await log_until(tail, "joined")
+        assert (joined["channel"], joined["members"]) == ("room:lobby", 1)
+
+        async def line() -> dict:
+            async with asyncio.timeout(TIMEOUT):
+                return json.loads(await tail.stdout.readline())
+
+        async with Client(url, token=s3db_token("ada")) as ada:
+            room = await ada.join("room:lobby", info={"name": "Ada"})
+            assert {m["info"]["name"] for m in room.members.values()} == {"tail", "Ada"}
+            added = await line()
+            assert (added["channel"], added["event"], added["from"]) == ("room:lobby", "member_added", None)
+            assert (added["data"]["userId"], added["data"]["info"]) == ("ada", {"name": "Ada"})
+            await room.send("typing", {"on": True})
+            typing = await line()
+            assert (typing["event"], typing["data"], typing["from"]["userId"]) == ("typing", {"on": True}, "ada")
+            assert typing["timestamp"] > 0
+            await room.update({"name": "Ada L."})
+            updated = await line()
+            assert (updated["event"], updated["data"]["info"]) == ("member_updated", {"name": "Ada L."})
+        removed = await line()  # closing the socket leaves the channel
+        assert (removed["event"], removed["data"]["userId"]) == ("member_removed", "ada")
+        assert await stop(tail) == 0
+    finally:
+        await stop(server)
+
+
+async def test_tail_needs_a_resource_or_a_channel(app_env):
+    tail = await start("tail", "ws://127.0.0.1:1/", env=app_env)
+    async with asyncio.timeout(TIMEOUT):
+        out, err = await tail.communicate()
+    assert tail.returncode == 2 and b"--resource or --channel" in err
+
+
 async def test_tail_gives_up_after_its_wait(app_env):
     started = time.monotonic()
     tail = await start("tail", f"ws://127.0.0.1:{free_port()}/", "-r", "notes", "--wait", "1", env=app_env)

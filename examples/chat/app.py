@@ -1,5 +1,9 @@
 """The seed's chat application: rooms, messages with history, typing indicators, JWT auth.
 
+The page shows who is in a room and who is typing through a channel per room (``chat:<roomId>``,
+presence plus a ``typing`` event; nothing stored). The seed's ``typing_indicators`` resource
+stays, with its sweep, for the seed's own JavaScript client.
+
 Resources, events and guards follow the "Chat Application" section of the seed. Where the seed's
 guards leave a hole, these close it the way the seed's comments intend (README.md lists each
 change): guards use the record the plugin already loaded (``ctx.record``), a missing room
@@ -228,6 +232,21 @@ def resources_config(db: Database, *, typing_ttl: float = TYPING_TTL) -> dict[st
     }
 
 
+ROOM_CHANNELS = "chat:*"  # one channel per room: chat:<roomId>
+
+
+def channels_config(db: Database) -> dict[str, Any]:
+    """The plugin's ``channels`` option: ``chat:<roomId>`` carries presence and ``typing``
+    events; only someone who may see the room joins it (an outsider of a private room, or a
+    room that does not exist, gets the same ``FORBIDDEN``)."""
+
+    async def may_join(user: Any, ctx: Any) -> bool:
+        room_id = ctx.channel.split(":", 1)[1]
+        return can_see(await find_record(db.resources.chat_rooms, room_id), user)
+
+    return {ROOM_CHANNELS: {"join": may_join, "presence": True, "events": ["typing"]}}
+
+
 async def delete_expired_typing(db: Database) -> int:
     """The seed's cleanup: delete every typing indicator whose ``expiresAt`` has passed."""
     indicators = db.resources.typing_indicators
@@ -297,6 +316,7 @@ async def create_app(
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db, typing_ttl=typing_ttl),
+            channels=channels_config(db),
             routes=page_routes(options),
         )
 

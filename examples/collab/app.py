@@ -307,6 +307,21 @@ class OperationLog:
                     continue
 
 
+DOCUMENT_CHANNELS = "doc:*"  # one channel per document: doc:<documentId>
+
+
+def channels_config(db: Database) -> dict[str, Any]:
+    """The plugin's ``channels`` option: ``doc:<documentId>`` carries presence and ``cursor``
+    events (the page's live cursors, never stored); only the document's owner and collaborators
+    join it (anyone else, or a document that does not exist: ``FORBIDDEN``)."""
+
+    async def may_join(user: Any, ctx: Any) -> bool:
+        document_id = ctx.channel.split(":", 1)[1]
+        return can_access(await find_record(db.resources.documents, document_id), user)
+
+    return {DOCUMENT_CHANNELS: {"join": may_join, "presence": True, "events": ["cursor"]}}
+
+
 async def remove_idle_cursors(db: Database, max_age: float = CURSOR_TTL) -> int:
     """Delete cursors that have not moved for ``max_age`` seconds (a ``delete`` event each)."""
     cursors = db.resources.cursors
@@ -333,6 +348,7 @@ async def create_app(options: Options) -> tuple[Database, WebSocketPlugin, list[
             host=options.host,
             auth={"required": True, "drivers": [{"driver": "jwt", "config": {"secret": options.jwt_secret}}]},
             resources=resources_config(db),
+            channels=channels_config(db),
             routes=example_page(__file__, options),
         )
 

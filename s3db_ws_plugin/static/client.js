@@ -25,6 +25,19 @@
  * CONNECTION_LOST. A 4401 close reconnects with a fresh token when `token` is a function and is
  * final otherwise. With a token function and a JWT carrying `exp`, a fresh token is sent shortly
  * before it expires, so the connection stays open.
+ *
+ * Channels carry messages and presence between connections, never stored:
+ *
+ *   const room = await db.join("room:lobby", { info: { color: "#c33" } });
+ *   room.members;                                  // Map clientId -> {clientId, userId, info, joinedAt}
+ *   room.on("typing", (m) => show(m.from.userId)); // or room.on("member_added", ...), room.on("*", ...)
+ *   await room.send("typing", { on: true });
+ *   for await (const m of room) console.log(m.event, m.data, m.from);  // when no callback listens
+ *   await room.update({ color: "#3c3" });
+ *   await room.leave();
+ *
+ * After a reconnect the client joins every channel again (with its latest info); members that
+ * came or went meanwhile are reported as member_added / member_removed.
  */
 
 const EVENT_KINDS = ["insert", "update", "delete"];
@@ -319,6 +332,155 @@ function positionOf(value) {
   return null;
 }
 
+// -- channels -------------------------------------------------------------------------------------
+const PRESENCE_EVENTS = ["member_added", "member_removed", "member_updated"];
+
+/**
+ * A joined channel: `members` (a Map clientId -> member), `send`, `update`, `leave`, and its
+ * messages and presence events (`{channel, event, data, from, timestamp}`; `from` is
+ * `{clientId, userId}` for a message and null for a presence event). Listen with
+ * `on(event, fn)` (an event name, or "*" for all), the callback given to `join`, or
+ * `for await`: a channel with a callback or a listener keeps nothing for iteration.
+ */
+export class Channel {
+  constructor(client, name, info, receiveOwn, callback, maxPending) {
+    this.client = client;
+    this.name = name;
+    this.info = info ? { ...info } : null;
+    this.receiveOwn = Boolean(receiveOwn);
+    this.callback = callback || null;
+    this.maxPending = maxPending;
+    this.members = new Map();
+    this.closed = false;
+    this._me = null;
+    this._listeners = new Map();
+    this._buffer = [];
+    this._waiters = [];
+    this._end = null;
+  }
+
+  frame() {
+    const frame = { type: "join", channel: this.name };
+    if (this.info) frame.info = this.info;
+    if (this.receiveOwn) frame.self = true;
+    return frame;
+  }
+
+  /** Call `fn(message)` for `event` ("*": every event); returns a function that stops it. */
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event)?.delete(fn);
+  }
+
+  /** Send `event` with `data` to the other members (and to this one if it joined with `self`). */
+  async send(event = "message", data = null) {
+    await this.client.request({ type: "channel:message", channel: this.name, event, data });
+  }
+
+  /** Replace this member's presence `info`; resolves with the member. */
+  async update(info) {
+    const reply = await this.client.request({ type: "channel:update", channel: this.name, info });
+    this.info = { ...info };
+    const member = reply.member;
+    if (member && typeof member.clientId === "string") this.members.set(member.clientId, member);
+    return member || {};
+  }
+
+  /** Leave the channel; its iterator ends (what it had not read yet is dropped). */
+  async leave() {
+    if (this.closed) return;
+    this._finish();
+    this._buffer.length = 0;
+    await this.client._leaveChannel(this);
+  }
+
+  close() {
+    return this.leave();
+  }
+
+  /** The reply to a join; on a rejoin, who came or went meanwhile becomes presence events. */
+  _joined(reply, again) {
+    if (!Array.isArray(reply.members)) return;
+    const members = new Map();
+    for (const m of reply.members) if (m && typeof m.clientId === "string") members.set(m.clientId, m);
+    if (again) {
+      const now = Date.now();
+      for (const [id, m] of this.members) {
+        if (!members.has(id) && id !== this._me) this._push({ channel: this.name, event: "member_removed", data: m, from: null, timestamp: now });
+      }
+      for (const [id, m] of members) {
+        if (!this.members.has(id) && id !== this.client.clientId) this._push({ channel: this.name, event: "member_added", data: m, from: null, timestamp: now });
+      }
+    }
+    this.members = members;
+    this._me = this.client.clientId; // this client's id in the list (new with each connection)
+  }
+
+  _dispatch(frame) {
+    if (typeof frame.event !== "string") return;
+    const data = frame.data ?? null;
+    let from = frame.from && typeof frame.from === "object" ? frame.from : null;
+    if (PRESENCE_EVENTS.includes(frame.event) && data && typeof data.clientId === "string") {
+      if (frame.event === "member_removed") this.members.delete(data.clientId);
+      else this.members.set(data.clientId, data);
+      from = null;
+    }
+    const timestamp = Number.isInteger(frame.timestamp) ? frame.timestamp : 0;
+    this._push({ channel: this.name, event: frame.event, data, from, timestamp });
+  }
+
+  _push(message) {
+    if (this.closed) return;
+    const listeners = [...(this._listeners.get(message.event) || []), ...(this._listeners.get("*") || [])];
+    if (this.callback) listeners.unshift(this.callback);
+    if (listeners.length || this._listeners.size) {
+      for (const fn of listeners) {
+        try {
+          fn(message);
+        } catch (err) {
+          console.error("s3db channel callback failed", err);
+        }
+      }
+    } else if (this._waiters.length) {
+      this._waiters.shift().resolve({ value: message, done: false });
+    } else if (this._buffer.length >= this.maxPending) {
+      this._finish(new S3dbError("SLOW_CONSUMER", `more than ${this.maxPending} unread messages on "${this.name}": the channel was left`));
+      this.client._leaveChannel(this).catch(() => {});
+    } else {
+      this._buffer.push(message);
+    }
+  }
+
+  _finish(error = null) {
+    if (this.closed) return;
+    this.closed = true;
+    this._end = { error };
+    for (const waiter of this._waiters.splice(0)) {
+      if (error) waiter.reject(error);
+      else waiter.resolve({ value: undefined, done: true });
+    }
+    if (error) this.client._emit("error", error, this);
+  }
+
+  next() {
+    if (this._buffer.length) return Promise.resolve({ value: this._buffer.shift(), done: false });
+    if (this._end) {
+      return this._end.error ? Promise.reject(this._end.error) : Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
+  }
+
+  async return() {
+    await this.leave();
+    return { value: undefined, done: true };
+  }
+
+  [Symbol.asyncIterator]() {
+    return this;
+  }
+}
+
 // -- the client -----------------------------------------------------------------------------------
 export class Client {
   /**
@@ -347,6 +509,7 @@ export class Client {
     this._nextId = 1;
     this._pending = new Map();
     this._streams = new Map();
+    this._channels = new Map(); // joined channels, joined again after a reconnect
     this._listeners = new Map();
     this._readyWaiters = [];
     this._currentToken = null;
@@ -403,6 +566,8 @@ export class Client {
     this._failPending(new S3dbError("CONNECTION_LOST", "the client was closed"));
     for (const stream of this._streams.values()) for (const sub of stream.subs) sub._finish();
     this._streams.clear();
+    for (const channel of this._channels.values()) channel._finish();
+    this._channels.clear();
     this._wakeReady();
     this._emit("close", this);
   }
@@ -495,6 +660,26 @@ export class Client {
     return sub;
   }
 
+  /**
+   * Join a channel: `{ info, self, maxPending }` are optional (`info`: this member's presence
+   * data, an object of at most 1 KiB; `self`: receive this client's own messages too). With a
+   * `callback` every message and presence event is handed to it; otherwise use `channel.on` or
+   * `for await`. The client joins again after a reconnect.
+   */
+  async join(name, { info, self, maxPending } = {}, callback = null) {
+    if (this._channels.has(name)) throw new S3dbError("INVALID_MESSAGE", `this client has already joined "${name}"`);
+    const channel = new Channel(this, name, info, self, callback, maxPending ?? this.maxPending);
+    this._channels.set(name, channel); // before the request: events may follow the reply at once
+    try {
+      await this.request(channel.frame(), { onReply: (reply) => channel._joined(reply, false) });
+    } catch (err) {
+      if (this._channels.get(name) === channel) this._channels.delete(name);
+      channel.closed = true;
+      throw err;
+    }
+    return channel;
+  }
+
   /** Send any frame with a fresh requestId; resolves with its reply or rejects with S3dbError. */
   async request(frame, { onReply = null, waitReady = true } = {}) {
     const deadline = Date.now() + this.requestTimeout;
@@ -563,6 +748,17 @@ export class Client {
       await this.request({ type: "unsubscribe", resource: sub.resource, filter: sub.filter });
     } catch {
       // the connection is going away; the server forgets its subscriptions with it
+    }
+  }
+
+  async _leaveChannel(channel) {
+    if (this._channels.get(channel.name) !== channel) return;
+    this._channels.delete(channel.name);
+    if (this.state !== "open") return;
+    try {
+      await this.request({ type: "leave", channel: channel.name });
+    } catch {
+      // the connection is going away; the server forgets its members with it
     }
   }
 
@@ -696,7 +892,8 @@ export class Client {
   _onFrame(frame) {
     if (!frame || typeof frame !== "object") return;
     if (frame.type === "event") {
-      this._dispatch(frame);
+      if (typeof frame.channel === "string") this._channels.get(frame.channel)?._dispatch(frame);
+      else this._dispatch(frame);
       return;
     }
     const entry = frame.requestId != null ? this._pending.get(frame.requestId) : undefined;
@@ -776,6 +973,8 @@ export class Client {
     this._failPending(error);
     for (const stream of this._streams.values()) for (const sub of stream.subs) sub._finish(error);
     this._streams.clear();
+    for (const channel of this._channels.values()) channel._finish(error);
+    this._channels.clear();
     this._wakeReady();
     this._emit("close", this, error);
   }
@@ -806,6 +1005,7 @@ export class Client {
     }
     this.reconnects += 1;
     await this._resubscribe();
+    if (this._ws && this.state === "reconnecting") await this._rejoin();
     if (this._ws && this.state === "reconnecting") {
       this._setOpen();
       this._emit("reconnect", this);
@@ -824,6 +1024,21 @@ export class Client {
         }
         for (const sub of stream.subs) sub._finish(err);
         this._streams.delete(key);
+      }
+    }
+  }
+
+  async _rejoin() {
+    for (const [name, channel] of [...this._channels.entries()]) {
+      try {
+        await this.request(channel.frame(), { waitReady: false, onReply: (reply) => channel._joined(reply, true) });
+      } catch (err) {
+        if (err.code === "CONNECTION_LOST" || err.code === "TIMEOUT") {
+          this._ws?.close(4000, "rejoin failed");
+          return;
+        }
+        if (this._channels.get(name) === channel) this._channels.delete(name);
+        channel._finish(err); // no longer allowed in: its iterator rejects, "error" is emitted
       }
     }
   }

@@ -1,7 +1,10 @@
-// The chat page: rooms, message history, live messages and typing indicators over /client.js.
+// The chat page: rooms, message history, live messages over /client.js; who is in the room and
+// who is typing through the room's channel (chat:<roomId>: presence and a "typing" event, never
+// stored).
 import { $, avatar, clock, el, handle, showError, signInWith } from "/shared/app.js";
 
-const TYPING_EVERY_MS = 2000; // re-announce "typing" at most this often (the server's TTL is 5 s)
+const TYPING_EVERY_MS = 2000; // re-announce "typing" at most this often while keys are pressed
+const TYPING_SHOWN_MS = 5000; // "x is typing…" goes away this long after their last announcement
 const HISTORY = 50;
 
 const state = {
@@ -10,9 +13,10 @@ const state = {
   rooms: new Map(), // id -> room
   room: null, // the open room
   subs: [], // subscriptions of the open room
+  channel: null, // the open room's channel: its members are who is in the room
   messages: new Map(), // id -> message of the open room
-  typing: new Map(), // userId -> indicator of the open room
-  myTyping: null, // { id, at } of my latest indicator
+  typing: new Map(), // userId -> timer that hides "typing" (from the room's channel)
+  myTyping: null, // { at } of my latest "typing" announcement
 };
 
 // -- rooms ---------------------------------------------------------------------------------
@@ -75,36 +79,91 @@ function renderMessages() {
 }
 
 function renderTyping() {
-  const names = [...state.typing.values()].map((t) => t.username);
+  const names = [...state.typing.keys()];
   const text = names.length === 0 ? ""
     : names.length === 1 ? `${names[0]} is typing…`
       : `${names.slice(0, -1).join(", ")} and ${names.at(-1)} are typing…`;
   $("#typing").textContent = text;
 }
 
+/** Who is in the room: the channel's members, one entry per user (a user may have several tabs). */
+function renderPresence() {
+  const members = state.channel ? [...state.channel.members.values()] : [];
+  const users = [...new Set(members.map((m) => m.userId).filter((id) => typeof id === "string"))].sort();
+  $("#present").replaceChildren(
+    ...users.map((id) => {
+      const item = el("li", { className: id === state.me.id ? "me" : "", textContent: id });
+      item.dataset.userId = id;
+      return item;
+    }),
+  );
+}
+
+function stopShowingTyping(userId) {
+  clearTimeout(state.typing.get(userId));
+  state.typing.delete(userId);
+}
+
+function clearTyping() {
+  for (const timer of state.typing.values()) clearTimeout(timer);
+  state.typing.clear();
+}
+
 function onMessage(event) {
   const message = event.data;
   state.messages.set(message.id, message);
-  state.typing.delete(message.userId); // they sent it: they are no longer typing
+  stopShowingTyping(message.userId); // they sent it: they are no longer typing
   renderMessages();
   renderTyping();
 }
 
-function onTyping(event) {
-  const indicator = event.data;
-  if (event.event === "insert") {
-    if (indicator.userId !== state.me.id) state.typing.set(indicator.userId, indicator);
-  } else if (event.event === "delete") {
-    const shown = state.typing.get(indicator.userId);
-    if (shown && shown.id === indicator.id) state.typing.delete(indicator.userId);
+/** The room's channel: presence changes and "typing" ({on}) from the others. */
+function onChannel(message) {
+  if (message.event === "typing") {
+    const userId = message.from && message.from.userId; // from the sender's token, never its data
+    if (typeof userId !== "string" || userId === state.me.id) return;
+    stopShowingTyping(userId);
+    if (message.data && message.data.on) {
+      state.typing.set(userId, setTimeout(() => {
+        state.typing.delete(userId);
+        renderTyping();
+      }, TYPING_SHOWN_MS));
+    }
+    renderTyping();
+    return;
   }
-  renderTyping();
+  if (message.event === "member_removed" && message.data) {
+    const gone = message.data.userId;
+    if (state.channel && ![...state.channel.members.values()].some((m) => m.userId === gone)) stopShowingTyping(gone);
+    renderTyping();
+  }
+  renderPresence();
+}
+
+async function joinChannel(roomId) {
+  let channel;
+  try {
+    channel = await state.db.join(`chat:${roomId}`, {}, onChannel);
+  } catch (error) {
+    showError(error); // the room works without it: no presence, no typing
+    return;
+  }
+  if (state.room && state.room.id === roomId && !state.channel) {
+    state.channel = channel;
+    renderPresence();
+  } else {
+    await channel.leave(); // another room was opened meanwhile
+  }
 }
 
 async function closeRoom() {
   const subs = state.subs;
+  const channel = state.channel;
   state.subs = [];
-  await Promise.all(subs.map((sub) => sub.unsubscribe()));
+  state.channel = null;
+  clearTyping();
+  renderPresence();
+  await Promise.all([...subs.map((sub) => sub.unsubscribe()), channel ? channel.leave() : null]);
 }
 
 async function openRoom(roomId) {
@@ -112,7 +171,7 @@ async function openRoom(roomId) {
   await closeRoom();
   state.room = state.rooms.get(roomId) || (await db.get("chat_rooms", roomId));
   state.messages = new Map();
-  state.typing = new Map();
+  clearTyping();
   state.myTyping = null;
   location.hash = `room=${encodeURIComponent(roomId)}`;
   renderRoomHeader();
@@ -122,18 +181,15 @@ async function openRoom(roomId) {
   $("#no-room").hidden = true;
   document.body.classList.add("in-room"); // on a phone: the conversation takes the screen
   // Subscribe first, then load the history: nothing falls between the two (ids dedupe).
-  state.subs = await Promise.all([
-    db.subscribe("chat_messages", { filter: { roomId } }, onMessage),
-    db.subscribe("typing_indicators", { filter: { roomId } }, onTyping),
-  ]);
-  await loadHistory();
+  state.subs = [await db.subscribe("chat_messages", { filter: { roomId } }, onMessage)];
+  await Promise.all([loadHistory(), joinChannel(roomId)]);
   $("#message").focus();
 }
 
 /** Back to the room list (the phone's "Rooms" button, or the browser's back button). */
 async function leaveRoom() {
   await closeRoom();
-  Object.assign(state, { room: null, messages: new Map(), typing: new Map(), myTyping: null });
+  Object.assign(state, { room: null, messages: new Map(), myTyping: null });
   $("#room").hidden = true;
   $("#no-room").hidden = false;
   document.body.classList.remove("in-room");
@@ -149,22 +205,18 @@ async function loadHistory() {
 }
 
 // -- composing -------------------------------------------------------------------------------
+// Typing goes through the room's channel: no store request, whatever the typing speed.
 async function announceTyping() {
   const now = Date.now();
-  if (!state.room || (state.myTyping && now - state.myTyping.at < TYPING_EVERY_MS)) return;
-  state.myTyping = { id: null, at: now };
-  const indicator = await state.db.insert("typing_indicators", { roomId: state.room.id });
-  if (state.myTyping && state.myTyping.at === now) state.myTyping.id = indicator.id;
+  const channel = state.channel;
+  if (!channel || (state.myTyping && now - state.myTyping.at < TYPING_EVERY_MS)) return;
+  state.myTyping = { at: now };
+  await channel.send("typing", { on: true });
 }
 
 async function stopTyping(mine = state.myTyping) {
   if (state.myTyping === mine) state.myTyping = null;
-  if (!mine || !mine.id) return;
-  try {
-    await state.db.delete("typing_indicators", mine.id);
-  } catch (error) {
-    if (error.code !== "NOT_FOUND") throw error; // the cleanup got there first
-  }
+  if (mine && state.channel) await state.channel.send("typing", { on: false });
 }
 
 async function sendMessage() {
@@ -212,7 +264,7 @@ async function ready(db, me) {
 }
 
 function onReconnect() {
-  state.typing.clear(); // deletes may have been missed while away
+  clearTyping(); // a "stopped typing" may have been missed while away (the channel rejoins itself)
   renderTyping();
   loadRooms().catch(showError);
   if (state.room) loadHistory().catch(showError);

@@ -1,4 +1,6 @@
 // The collab page: a shared plain-text editor with live cursors, over /client.js.
+// Who is there and where their cursors are travel on the document's channel (doc:<id>:
+// presence and a "cursor" event), never stored.
 //
 // The document's text never leaves the server as such (``content`` is protected): it travels as
 // operations ({type: "insert", position, text} or {type: "delete", position, length}). The page
@@ -22,8 +24,8 @@ const state = {
   pending: [], // my operations sent or queued, not back yet: {op, id, sent}
   shown: "", // what the editor shows (base + pending)
   remoteSinceShown: [], // others' operations folded since the editor was last updated
-  cursors: new Map(), // userId -> cursor record (others' and mine)
-  myCursor: null, // my cursor's id (a Promise while it is being created)
+  channel: null, // the open document's channel: its members are who is there
+  cursors: new Map(), // userId -> {userId, position} of the others (from the channel)
   cursorTimer: null,
 };
 
@@ -151,42 +153,47 @@ function moveCursorSoon() {
   }, CURSOR_EVERY_MS);
 }
 
+// My cursor goes to the others as a "cursor" message on the document's channel: no store request.
 async function moveCursor() {
   const box = editor();
-  const data = { position: box.selectionStart, selectionEnd: box.selectionEnd };
-  const documentId = state.doc.id;
-  if (!state.myCursor) {
-    state.myCursor = state.db.insert("cursors", { documentId, ...data }).then((c) => c.id);
-    remember(await state.myCursor.then((id) => ({ id, documentId, userId: state.me.id, username: state.me.name, ...data })));
+  const channel = state.channel;
+  if (!channel) return;
+  try {
+    await channel.send("cursor", { position: box.selectionStart, selectionEnd: box.selectionEnd });
+  } catch (error) {
+    if (error.code !== "RATE_LIMITED" && !channel.closed) throw error; // the next move says it again
+  }
+}
+
+const isIndex = (n) => Number.isInteger(n) && n >= 0;
+
+/** The document's channel: presence changes, and the others' "cursor" messages. */
+function onChannel(message) {
+  if (message.event === "cursor") {
+    const userId = message.from && message.from.userId; // from the sender's token, never its data
+    const data = message.data || {};
+    if (typeof userId !== "string" || userId === state.me.id || !isIndex(data.position)) return;
+    state.cursors.set(userId, { userId, username: userId, position: data.position });
+    renderCursors();
     return;
   }
-  const id = await state.myCursor;
-  if (state.doc?.id === documentId) await state.db.update("cursors", id, data);
-}
-
-function remember(cursor) {
-  state.cursors.set(cursor.userId, cursor);
-  renderPresence();
-  renderCursors();
-}
-
-function onCursor(event) {
-  const cursor = event.data;
-  if (event.event === "delete") {
-    if (state.cursors.get(cursor.userId)?.id === cursor.id) state.cursors.delete(cursor.userId);
-    renderPresence();
+  if (message.event === "member_added") moveCursor().catch(showError); // so the newcomer sees mine
+  if (message.event === "member_removed" && message.data) {
+    const gone = message.data.userId;
+    if (state.channel && ![...state.channel.members.values()].some((m) => m.userId === gone)) state.cursors.delete(gone);
     renderCursors();
-  } else if (cursor.userId !== state.me.id) {
-    remember(cursor);
   }
+  renderPresence();
 }
 
+/** Who is there: the channel's members, one entry per user (a user may have several tabs). */
 function renderPresence() {
-  const people = [...state.cursors.values()].sort((a, b) => a.username.localeCompare(b.username));
+  const members = state.channel ? [...state.channel.members.values()] : [];
+  const users = [...new Set(members.map((m) => m.userId).filter((id) => typeof id === "string"))].sort();
   $("#presence").replaceChildren(
-    ...people.map((c) => {
-      const person = el("span", { className: "person" }, avatar(c.username), c.userId === state.me.id ? `${c.username} (you)` : c.username);
-      person.dataset.user = c.userId;
+    ...users.map((id) => {
+      const person = el("span", { className: "person" }, avatar(id), id === state.me.id ? `${id} (you)` : id);
+      person.dataset.user = id;
       return person;
     }),
   );
@@ -266,10 +273,9 @@ function renderHeader() {
 
 async function closeDocument() {
   const subs = state.subs;
-  const cursor = state.myCursor;
-  Object.assign(state, { subs: [], doc: null, myCursor: null, cursors: new Map(), pending: [] });
-  await Promise.all(subs.map((s) => s.unsubscribe()));
-  if (cursor) await state.db.delete("cursors", await cursor).catch(() => {});
+  const channel = state.channel;
+  Object.assign(state, { subs: [], doc: null, channel: null, cursors: new Map(), pending: [] });
+  await Promise.all([...subs.map((s) => s.unsubscribe()), channel ? channel.leave() : null]);
 }
 
 async function openDocument(id) {
@@ -293,15 +299,18 @@ async function openDocument(id) {
       renderHeader();
     }),
     db.subscribe("document_operations", { filter: { documentId: id } }, onOperation),
-    db.subscribe("cursors", { filter: { documentId: id } }, onCursor),
   ]);
   const history = await loadHistory(id);
   const held = state.loading;
   state.loading = null;
   for (const op of [...history, ...held]) fold(op);
   state.remoteSinceShown = [];
-  const cursors = await db.list("cursors", { filter: { documentId: id }, limit: 100 });
-  for (const c of cursors.items) if (c.userId !== state.me.id) state.cursors.set(c.userId, c);
+  const channel = await db.join(`doc:${id}`, {}, onChannel);
+  if (state.doc?.id !== id || state.channel) {
+    await channel.leave(); // another document was opened meanwhile
+    return;
+  }
+  state.channel = channel;
   show();
   Object.assign(box, { readOnly: false, placeholder: "Start typing…" });
   renderPresence();
