@@ -261,6 +261,12 @@ PRIVATE_ACCESS_ALLOWED = {
     ("s3db_core/resource.py", "_publish"): "a resource publishes through its database (its part)",
     ("s3db_core/brokers/base.py", "_replace"): "namedtuple's public API despite the underscore",
     ("s3db_ws_plugin/workers.py", "_exit"): "os._exit: the standard library's public API",
+    ("s3db_core/cache.py", "_read"): "the cache fills through the resource's own store read "
+    "(no cache, no hooks): the cache is part of the core's read path",
+    ("s3db_ws_plugin/channels.py", "_overflow"): "a channel's held replay closes the socket as "
+    "a full send queue does (the connection's one slow-consumer path)",
+    ("s3db_ws_plugin/watch.py", "_lost"): "the watcher opens a new epoch on a broker that "
+    "cannot append one now; a public Broker.new_epoch(resource) is the next step",
 }
 
 
