@@ -337,3 +337,36 @@ async def test_a_database_restarted_in_the_process_starts_with_an_empty_cache(re
     a.storage.requests.reset()
     assert (await a.resources.things.get(rec["id"]))["n"] == 2 and counts(a) == {}
     await a.disconnect()
+
+
+async def test_the_memory_the_cache_holds_is_close_to_the_bytes_it_accounts():
+    """``max_bytes`` bounds what the cache accounts (its records' JSON plus a fixed cost each);
+    the memory it really holds must be near that, or the bound means little. (``orjson.dumps``
+    returns bytes that keep the 4 KiB buffer they were written into: kept as they were, a
+    record of 230 bytes held 4.4 KB.)"""
+    import gc
+    import tracemalloc
+
+    db = await open_cached(memory_url())
+    try:
+        notes = await db.create_resource("notes", {"text": "string", "n": "number"})
+        count = 300
+        for n in range(count):
+            await notes.insert({"text": "x" * 200, "n": n})
+        db.cache.flush()
+        gc.collect()
+        tracemalloc.start(2)
+        try:
+            assert len(await notes.query()) == count
+            gc.collect()
+            held = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(True, "*s3db_core/cache.py")]
+            )
+        finally:
+            tracemalloc.stop()
+        total = sum(stat.size for stat in held.statistics("filename"))
+        accounted = db.cache.bytes + db.cache.id_bytes
+        assert accounted > count * 230
+        assert total < 2 * accounted, (total / count, accounted / count)
+    finally:
+        await db.disconnect()
