@@ -460,10 +460,12 @@ class RecordCache:
             not own
             and change.event == "update"
             and entry is not None
-            and entry.data is not None
             and entry.version >= change.version
         ):
-            return False  # an update older than what is cached (publishers racing)
+            # An update older than what is cached (publishers racing), or than a tombstone: the
+            # delete of version v comes after every update up to v (a late update must not bring
+            # the record back; only an insert starts its next life).
+            return False
         self._tick += 1
         data = None if change.event == "delete" else _pack(change.record)
         new = _Entry(data, change.version, None, self._tick, self._tick, len(data or b""))
