@@ -343,7 +343,7 @@ class RecordCache:
         if entry is None:
             stream = self._streams.get(resource)
             defined = self.db.resources.get(resource)
-            ids = stream.ids.get(defined._data_prefix) if stream and defined else None
+            ids = stream.ids.get(defined.layout.data_prefix) if stream and defined else None
             if ids is not None:
                 i = bisect_left(ids, id)
                 if i == len(ids) or ids[i] != id:  # the id-set says it does not exist
@@ -528,7 +528,7 @@ class RecordCache:
         if record is None:
             return set()
         try:
-            return {_prefix_of(k) for k in resource._partition_keys(record).values()}
+            return {_prefix_of(k) for k in resource.layout.partition_keys(record).values()}
         except Exception:
             return set()
 
@@ -553,7 +553,7 @@ class RecordCache:
         record_id = change.record.get("id")
         if resource is None or not isinstance(record_id, str):
             return
-        if prefix == resource._data_prefix:
+        if prefix == resource.layout.data_prefix:
             present = change.event != "delete"
         else:
             present = change.event != "delete" and prefix in self._prefixes(resource, change.record)
@@ -628,11 +628,11 @@ class RecordCache:
         seen = set(ids)
         listed_etags = (
             dict(zip(ids, etags, strict=True))
-            if etags is not None and prefix == resource._data_prefix
+            if etags is not None and prefix == resource.layout.data_prefix
             else {}
         )
         last = ids[-1] if ids and not complete else None
-        data = prefix == resource._data_prefix
+        data = prefix == resource.layout.data_prefix
         doubtful = []
         for (res, id), entry in self._entries.items():
             if res != name or entry.doubt or (after is not None and id <= after):
@@ -679,7 +679,7 @@ class RecordCache:
         listed: dict[str, str | None] = {}
         after: str | None = None
         while True:
-            page = await resource.storage.list(resource._data_prefix, start_after=after)
+            page = await resource.storage.list(resource.layout.data_prefix, start_after=after)
             etags = page.etags or [None] * len(page.keys)  # type: ignore[list-item]
             for key, etag in zip(page.keys, etags, strict=True):
                 listed[key.rsplit("/id=", 1)[1]] = etag
@@ -700,7 +700,7 @@ class RecordCache:
                 stale.append(id)
         stream = self._streams.get(name)
         if stream is not None and stream.ids:
-            ids = stream.ids.get(resource._data_prefix)
+            ids = stream.ids.get(resource.layout.data_prefix)
             drift = ids is not None and (len(ids) != len(listed) or any(i not in listed for i in ids))
             if drift or stale or gone:  # partitions may have moved too: rebuild on next listing
                 self._drop_ids(stream)

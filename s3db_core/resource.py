@@ -8,11 +8,9 @@ filter pinning every field of the partition lists only that prefix.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -20,9 +18,6 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
-import orjson
 
 from s3db_core.log import get_logger
 
@@ -30,6 +25,10 @@ from .change import Change
 from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
+from .layout import KeyLayout
+from .layout import decode_cursor as _decode_cursor
+from .layout import encode_cursor as _encode_cursor
+from .layout import partition_value as _partition_value
 from .limits import check_depth, check_size, merge_patch
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
@@ -243,23 +242,6 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _encode_cursor(last_id: str, order: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"after": last_id, "order": order})).decode()
-
-
-def _decode_cursor(cursor: str, order: str) -> str:
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        after, cursor_order = data["after"], data["order"]
-        if not isinstance(after, str) or cursor_order != order:
-            raise ValueError
-        return after
-    except Exception:
-        raise ValidationError(
-            [{"field": "cursor", "rule": "cursor", "message": "cursor is not one this listing returned"}]
-        ) from None
-
-
 async def _all(operations: list[Any]) -> None:
     """Await store requests concurrently (a lone one directly: no task to schedule)."""
     if len(operations) == 1:
@@ -279,16 +261,6 @@ def _stored_size(obj: Any) -> int:
 def page_cursor(last_id: str, order: str = "asc") -> str:
     """The cursor of a page that ends with ``last_id`` (for a caller that cuts a page short)."""
     return _encode_cursor(last_id, order)
-
-
-_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
-
-
-def _partition_value(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    if _UNQUOTED.fullmatch(text):
-        return text  # the common case, at half the cost of quote()
-    return quote(text, safe="")
 
 
 class Resource:
@@ -323,8 +295,10 @@ class Resource:
                 )
             self.partitions[pname] = sorted(fields)
         self._partition_defs = partitions or {}
-        self._base = f"resource={name}/"  # the storage client adds the connection's prefix
-        self._data_prefix = f"{self._base}data/"
+        # Where its records and partition references live (layout.py; repair reads it too).
+        self.layout = KeyLayout(name, self.partitions)
+        self._base = self.layout.base  # the storage client adds the connection's prefix
+        self._data_prefix = self.layout.data_prefix
         self._locks = _RecordLocks()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -341,17 +315,10 @@ class Resource:
         }
 
     def _key(self, id: str) -> str:
-        return f"{self._data_prefix}id={id}"
+        return self.layout.record_key(id)
 
     def _partition_keys(self, record: dict[str, Any]) -> dict[str, str]:
-        keys = {}
-        for pname, fields in self.partitions.items():
-            values = [record.get(f) for f in fields]
-            if any(v is None for v in values):
-                continue
-            path = "/".join(f"{f}={_partition_value(v)}" for f, v in zip(fields, values, strict=True))
-            keys[pname] = f"{self._base}partition={pname}/{path}/id={record['id']}"
-        return keys
+        return self.layout.partition_keys(record)
 
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         return self._encode({k: v for k, v in record.items() if k != "id"}, version)
@@ -364,11 +331,7 @@ class Resource:
             check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
-    @staticmethod
-    def _ref_body() -> bytes:
-        """A partition reference holds the time it was written (ms), so repair can tell a
-        reference of a write in flight from one left behind."""
-        return str(int(time.time() * 1000)).encode()
+    _ref_body = staticmethod(KeyLayout.reference_body)
 
     def _check_keys(self, record: dict[str, Any], keys: list[str]) -> None:
         """Refuse, before any request, a write whose keys the store could not hold."""
