@@ -121,6 +121,12 @@ class CacheOptions:
         return cls(max_bytes, lists, max_stale, single, float(recovery))
 
 
+def _pack(record: Any) -> bytes:
+    """The record's JSON as the cache keeps it: a copy of what ``orjson.dumps`` returns, whose
+    buffer keeps the 4 KiB it was written into (a record of 230 bytes held 4.3 KB)."""
+    return bytes(memoryview(orjson.dumps(record)))
+
+
 class _Entry:
     __slots__ = ("changed", "data", "doubt", "etag", "filled", "pending", "read_ms", "size", "tick",
                  "version")  # fmt: skip
@@ -406,7 +412,7 @@ class RecordCache:
             self._doubt(resource, id)
             return
         self._tick += 1
-        data = None if record is None else orjson.dumps(record)
+        data = None if record is None else _pack(record)
         changed = entry.changed if entry is not None else 0
         stored = size if size is not None else (len(data) if data is not None else 0)
         new = _Entry(data, version, etag, self._tick, changed, stored)
@@ -454,12 +460,14 @@ class RecordCache:
             not own
             and change.event == "update"
             and entry is not None
-            and entry.data is not None
             and entry.version >= change.version
         ):
-            return False  # an update older than what is cached (publishers racing)
+            # An update older than what is cached (publishers racing), or than a tombstone: the
+            # delete of version v comes after every update up to v (a late update must not bring
+            # the record back; only an insert starts its next life).
+            return False
         self._tick += 1
-        data = None if change.event == "delete" else orjson.dumps(change.record)
+        data = None if change.event == "delete" else _pack(change.record)
         new = _Entry(data, change.version, None, self._tick, self._tick, len(data or b""))
         if own:
             new.pending = mark
@@ -732,7 +740,7 @@ class RecordCache:
         if not self.serving or (entry.changed if entry is not None else self._floor) > begun[0]:
             return
         self._tick += 1
-        data = None if record is None else orjson.dumps(record)
+        data = None if record is None else _pack(record)
         new = _Entry(data, version, etag, self._tick, self._tick, len(data or b""))
         new.filled = True
         new.read_ms = begun[1]

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -222,10 +222,14 @@ class Stats:
 
 @dataclass(slots=True)
 class Page:
-    """One page of a listing; pass ``cursor`` back to continue (None: nothing more)."""
+    """One page of a listing; pass ``cursor`` back to continue (None: nothing more).
+
+    ``versions`` maps the id of each record in ``items`` to its system version (1 on insert,
+    +1 per update), beside the records so that they stay exactly what was stored."""
 
     items: list[dict[str, Any]]
     cursor: str | None
+    versions: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.items)
@@ -706,38 +710,49 @@ class Resource:
         return (best[1], best[2]) if best else (self._data_prefix, False)
 
     async def _fetch(
-        self, ids: list[str], sizes: dict[str, int] | None = None
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
         each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
-        receives the stored size of each object read (body and metadata), by id."""
+        receives the stored size of each object read (body and metadata), by id; ``versions``
+        the system version of each record found."""
         cache = self.db.cache
         if cache is not None and cache.serving:
-            return await self._fetch_cached(cache, ids, sizes)
-        records = await self._fetch_store(ids, sizes)
+            return await self._fetch_cached(cache, ids, sizes, versions)
+        records = await self._fetch_store(ids, sizes, versions=versions)
         if cache is not None:
             for id in ids:
                 cache.read_outside(self.name, id)
         return records
 
     async def _fetch_cached(
-        self, cache: RecordCache, ids: list[str], sizes: dict[str, int] | None
+        self,
+        cache: RecordCache,
+        ids: list[str],
+        sizes: dict[str, int] | None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         """``_fetch`` through the record cache: hits cost nothing, misses are read and kept."""
         out: list[dict[str, Any] | None] = []
         missing: list[int] = []
         for pos, id in enumerate(ids):
-            hit, record = cache.lookup(self.name, id)
+            hit, record, version, _ = cache.lookup_versioned(self.name, id)
             if not hit:
                 missing.append(pos)
-            elif record is not None and sizes is not None:
-                entry = cache.lookup_entry(self.name, id)
-                sizes[id] = entry.size if entry is not None else 0
+            elif record is not None:
+                if versions is not None:
+                    versions[id] = version
+                if sizes is not None:
+                    entry = cache.lookup_entry(self.name, id)
+                    sizes[id] = entry.size if entry is not None else 0
             out.append(record)
         if missing:
             begun = cache.begin()
             found: list[tuple[str, dict[str, Any], str, int, int]] = []
-            read = await self._fetch_store([ids[p] for p in missing], sizes, found)
+            read = await self._fetch_store([ids[p] for p in missing], sizes, found, versions)
             for pos, record in zip(missing, read, strict=True):
                 out[pos] = record
             if found and await cache.settled(self.name):
@@ -753,6 +768,7 @@ class Resource:
         ids: list[str],
         sizes: dict[str, int] | None = None,
         fill: list[tuple[str, dict[str, Any], str, int, int]] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
@@ -761,8 +777,11 @@ class Resource:
             decode = self._from_stored
             out: list[dict[str, Any] | None] = []
             for id, obj in zip(ids, objects, strict=True):
-                if sizes is not None and obj is not None:
-                    sizes[id] = _stored_size(obj)
+                if obj is not None:
+                    if sizes is not None:
+                        sizes[id] = _stored_size(obj)
+                    if versions is not None:
+                        versions[id] = _stored_version(obj.metadata)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
                     if fill is not None and obj is not None:  # kept by the caller's cache
@@ -783,6 +802,8 @@ class Resource:
                         obj = await storage.get(self._key(id))
                 if sizes is not None:
                     sizes[id] = _stored_size(obj)
+                if versions is not None:
+                    versions[id] = _stored_version(obj.metadata)
                 record = self._from_stored(id, obj.metadata, obj.body)
                 if fill is not None:
                     fill.append((id, record, obj.etag, _stored_version(obj.metadata),
@@ -896,6 +917,8 @@ class Resource:
         more than the scan budget left, nor than the byte budget left holds at the sizes read
         so far (``BYTES_FIRST_CHUNK`` before any was read)."""
         items: list[dict[str, Any]] = []
+        versions: dict[str, int] = {}  # of the records kept
+        read_versions: dict[str, int] = {}  # of one chunk's records
         budget = scan_limit
         # Byte budget: what was returned so far, and what was read (to size the next chunk).
         sizes: dict[str, int] | None = {} if max_bytes is not None else None
@@ -914,7 +937,8 @@ class Resource:
                 chunk = ids[start : start + step]
                 if sizes is not None:
                     sizes.clear()
-                records = await self._fetch(chunk, sizes)
+                read_versions.clear()
+                records = await self._fetch(chunk, sizes, read_versions)
                 if sizes is not None:
                     read_bytes += sum(sizes.values())
                     read_count += len(sizes)
@@ -922,19 +946,23 @@ class Resource:
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
+                    if record["id"] in read_versions:
+                        versions[record["id"]] = read_versions[record["id"]]
                     if sizes is not None:
                         kept += sizes.get(record["id"], 0)
                     full = max_bytes is not None and kept >= max_bytes
                     if len(items) == limit or full:
                         done = start + pos == len(ids) - 1 and not more
-                        return Page(items, None if done else _encode_cursor(record["id"], order))
+                        cursor = None if done else _encode_cursor(record["id"], order)
+                        return Page(items, cursor, versions)
                 start += len(chunk)
                 if budget is not None:
                     budget -= len(chunk)
                     if budget <= 0:  # out of scan budget: the page ends after the last id read
                         done = start == len(ids) and not more
-                        return Page(items, None if done else _encode_cursor(chunk[-1], order))
-        return Page(items, None)
+                        cursor = None if done else _encode_cursor(chunk[-1], order)
+                        return Page(items, cursor, versions)
+        return Page(items, None, versions)
 
     async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""

@@ -384,23 +384,38 @@ class SnapshotGuard:
     A store write is durable before its change is published, so a listing may show a record
     whose change reaches the stream after the position read with it, even after the live
     stream seemed to catch up. Per listed record, the changes after the snapshot's position are
-    a chain: older states, then the one the listing showed (``record`` equal to it), then newer
-    ones (the first of which has it as ``previous``). The guard drops the chain up to the listed
-    state and lets the rest through; it ends when every listed record is resolved or after
+    a chain: older states, then the one the listing showed, then newer ones. The listing gives
+    each record's version, so the guard compares versions: it drops states older than the
+    listed one and the listed one itself, and lets the first newer one (a higher version, or
+    the delete of the listed version) and all after it through. A version restarts at 1 when a
+    record is deleted and inserted again, so a record re-inserted between the position and the
+    listing may repeat states it showed (it still ends at the right one). A record listed
+    without a version is compared by content (``record`` equal to the listed one, then
+    ``previous`` equal to it). The guard ends when every listed record is resolved or after
     ``ttl`` seconds (a record the listing showed unchanged since before the position has no
     marker to wait for)."""
 
     __slots__ = ("sub", "resource", "offset", "epoch", "pending", "expires")
 
     def __init__(
-        self, sub: Subscription, offset: int, epoch: str, records: Iterable[Any], ttl: float
+        self,
+        sub: Subscription,
+        offset: int,
+        epoch: str,
+        records: Iterable[Any],
+        ttl: float,
+        versions: dict[str, int] | None = None,
     ) -> None:
         self.sub = sub
         self.resource = sub.resource
         self.offset = offset
         self.epoch = epoch
-        self.pending: dict[Any, dict[str, Any]] = {
-            r.get("id"): r for r in records if isinstance(r, dict) and r.get("id") is not None
+        known = versions or {}
+        # id -> the listed version, or the listed record where no version is known
+        self.pending: dict[Any, int | dict[str, Any]] = {
+            r["id"]: known.get(r["id"]) or r
+            for r in records
+            if isinstance(r, dict) and r.get("id") is not None
         }
         self.expires = asyncio.get_running_loop().time() + ttl
 
@@ -418,6 +433,12 @@ class SnapshotGuard:
         listed = self.pending.get(record.get("id"))
         if listed is None:
             return False
+        if isinstance(listed, int) and change.version > 0:
+            if change.version < listed:
+                return True  # a state older than the listed one
+            del self.pending[record.get("id")]
+            # The listed state itself; else the first state after it (its delete, or newer).
+            return change.version == listed and change.event != "delete"
         if change.event != "delete" and record == listed:
             del self.pending[record.get("id")]  # the listed state itself
             return True
@@ -608,7 +629,9 @@ async def _snapshot(
     server.send(conn, reply(data=data, cursor=cursor, position=_dict(current)))
     if current is None:
         return _nothing
-    guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.guard_ttl)
+    guard = SnapshotGuard(
+        sub, current.offset, current.epoch, records, resumer.guard_ttl, page.versions
+    )
     resumer.guard(conn, guard)  # the live frames after the flush go through it too
     return guard.covers
 

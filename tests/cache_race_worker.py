@@ -35,8 +35,9 @@ def ids_of(seed: int, owner: str) -> list[str]:
 
 
 async def write_loop(res: Any, seed: int, owner: str, rng: random.Random, until: float,
-                     ops: list) -> None:  # fmt: skip
-    """Random insert/update/delete/re-insert on this process's own ids, logged after each."""
+                     ops: list, log: Any = None) -> None:  # fmt: skip
+    """Random insert/update/delete/re-insert on this process's own ids, logged after each (also
+    to ``log``, a file flushed at once, so a process killed mid-run leaves its writes known)."""
     state: dict[str, tuple[int, bool]] = {i: (0, False) for i in ids_of(seed, owner)}
     while time.time() < until:
         id = rng.choice(list(state))
@@ -53,6 +54,9 @@ async def write_loop(res: Any, seed: int, owner: str, rng: random.Random, until:
             kind = "update"
         state[id] = (n, kind != "delete")
         ops.append([time.time(), id, n, kind])
+        if log is not None:
+            log.write(json.dumps(ops[-1]) + "\n")
+            log.flush()
         await asyncio.sleep(rng.uniform(0, 0.02))
 
 
@@ -135,10 +139,12 @@ async def main() -> None:
         )
         for s in seeds
     ]
-    await asyncio.gather(*(
-        write_loop(db.resources[f"race{s}"], s, name, random.Random(f"w{s}{name}"), until, ops)
-        for s in seeds
-    ))  # fmt: skip
+    with open(out + ".ops", "w") as log:
+        await asyncio.gather(*(
+            write_loop(db.resources[f"race{s}"], s, name, random.Random(f"w{s}{name}"), until,
+                       ops, log)
+            for s in seeds
+        ))  # fmt: skip
     say("writes-done")
     assert (await stdin.readline()).strip() == b'"final"'
     await asyncio.sleep(float(settle))
