@@ -11,6 +11,7 @@ import pluggy
 
 from . import hookspecs
 from .brokers import Broker, load_broker
+from .cache import CacheOptions, RecordCache
 from .change import Change
 from .compat import IncompatibleSchemaError, incompatible_changes
 from .errors import ConflictError, StorageError, UnsupportedStoreError
@@ -124,6 +125,9 @@ class Database:
     ``broker`` says where changes go: ``"local"`` (this process only), or a shared
     ``"redis://host:port/db"`` / ``"nats://host:port"`` so every process on it (servers and plain
     writer scripts) sees every change; options in the URL's query or in ``broker_config``.
+
+    ``cache={"max_bytes": ..., "lists": True, "max_stale": ...}`` turns on the record cache kept
+    exact by the change stream (``s3db_core.cache``; ``docs/cache.md``).
     """
 
     def __init__(
@@ -134,6 +138,7 @@ class Database:
         broker_config: dict[str, Any] | None = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_record_size: int = DEFAULT_MAX_RECORD_SIZE,
+        cache: dict[str, Any] | bool | None = None,
     ) -> None:
         self.connection_string = connection_string
         # Input limits every write is checked against before any store request.
@@ -145,6 +150,13 @@ class Database:
         self.pm = pluggy.PluginManager("s3db")
         self.pm.add_hookspecs(hookspecs)
         self.broker: Broker = load_broker(broker, broker_config)
+        # The record cache (off by default; see s3db_core.cache): it hears every change first,
+        # so a plugin's s3db_change that reads the record sees it.
+        self.cache: RecordCache | None = None
+        if cache is not None and cache is not False:
+            self.cache = RecordCache(self, CacheOptions.parse(cache, connection_string, broker))
+            self.stats.cache_on = True
+            self.broker.subscribe(self.cache.on_change)
         self.broker.subscribe(self._dispatch_change)
         self.connected = False
         self._saved_definitions: dict[str, Any] = {}
@@ -172,6 +184,8 @@ class Database:
             await self.storage.close()
             raise
         await self.broker.start()
+        if self.cache is not None:
+            await self.cache.start()
         self.connected = True
         await self._call_hook("s3db_startup", db=self)
         log.debug("connected", store=self.storage.describe())
@@ -203,6 +217,14 @@ class Database:
             raise StorageError(f"{where}: 'resources' is not a JSON object")
         return document, obj.etag
 
+    async def reload_definitions(self) -> None:
+        """Read ``s3db.json`` again and make every resource it records reachable (what ``connect``
+        does): for a process that learns another one changed the definitions (``s3db watch``).
+        Raises ``S3dbError`` when the file cannot be read."""
+        document, _ = await self._read_metadata()
+        self._saved_definitions = document["resources"]
+        self._load_definitions()
+
     def _load_definitions(self) -> None:
         """Make every resource recorded in ``s3db.json`` reachable as ``db.resources.<name>``.
         A resource already defined in this process (connected again) keeps its object; a
@@ -224,6 +246,8 @@ class Database:
             await self._call_hook("s3db_shutdown", db=self)
         finally:
             self.connected = False
+            if self.cache is not None:
+                await self.cache.stop()
             try:
                 await self.broker.close()
             finally:
@@ -281,7 +305,7 @@ class Database:
                 return
             if isinstance(saved, dict) and not migrate:
                 changes = incompatible_changes(saved, definition)
-                if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                if changes and (await self.storage.list(resource.layout.data_prefix, max_keys=1)).keys:
                     raise IncompatibleSchemaError(name, changes)
             resources[name] = {**saved, **definition} if isinstance(saved, dict) else definition
             document.setdefault("version", 1)
@@ -343,6 +367,8 @@ class Database:
 
     async def _publish(self, change: Change) -> Change:
         """Hand a durable change to the broker (never raises: the write already happened)."""
+        if self.cache is not None:  # the writer reads its own write, whatever the broker does
+            self.cache.apply_own(change)
         return await self.broker.publish(change)
 
     async def _dispatch_change(self, change: Change) -> None:

@@ -8,21 +8,16 @@ filter pinning every field of the partition lists only that prefix.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
-import orjson
 
 from s3db_core.log import get_logger
 
@@ -30,6 +25,10 @@ from .change import Change
 from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
+from .layout import KeyLayout
+from .layout import decode_cursor as _decode_cursor
+from .layout import encode_cursor as _encode_cursor
+from .layout import partition_value as _partition_value
 from .limits import check_depth, check_size, merge_patch
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
@@ -37,6 +36,7 @@ from .schema import Schema
 from .storage.base import ObjectNotFound, PreconditionFailed, StorageClient, s3_key_problem
 
 if TYPE_CHECKING:
+    from .cache import RecordCache
     from .database import Database
 
 log = get_logger("s3db.core")
@@ -198,17 +198,38 @@ class Stats:
     times a listing skipped a record it could not read."""
 
     damaged_records: int = 0
+    # The record cache (``Database(cache=...)``): reads answered from it, reads that went to
+    # the store, fills dropped because a change raced them, flushes, and bytes held.
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_fills_dropped: int = 0
+    cache_flushes: int = 0
+    cache_bytes: int = 0
+    cache_on: bool = False  # the cache counters are reported only when the cache is on
 
     def snapshot(self) -> dict[str, int]:
-        return {"damaged_records": self.damaged_records}
+        if not self.cache_on:
+            return {"damaged_records": self.damaged_records}
+        return {
+            "damaged_records": self.damaged_records,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
+            "cache_fills_dropped": self.cache_fills_dropped,
+            "cache_flushes": self.cache_flushes,
+            "cache_bytes": self.cache_bytes,
+        }
 
 
 @dataclass(slots=True)
 class Page:
-    """One page of a listing; pass ``cursor`` back to continue (None: nothing more)."""
+    """One page of a listing; pass ``cursor`` back to continue (None: nothing more).
+
+    ``versions`` maps the id of each record in ``items`` to its system version (1 on insert,
+    +1 per update), beside the records so that they stay exactly what was stored."""
 
     items: list[dict[str, Any]]
     cursor: str | None
+    versions: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.items)
@@ -219,23 +240,6 @@ class Page:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _encode_cursor(last_id: str, order: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"after": last_id, "order": order})).decode()
-
-
-def _decode_cursor(cursor: str, order: str) -> str:
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        after, cursor_order = data["after"], data["order"]
-        if not isinstance(after, str) or cursor_order != order:
-            raise ValueError
-        return after
-    except Exception:
-        raise ValidationError(
-            [{"field": "cursor", "rule": "cursor", "message": "cursor is not one this listing returned"}]
-        ) from None
 
 
 async def _all(operations: list[Any]) -> None:
@@ -257,16 +261,6 @@ def _stored_size(obj: Any) -> int:
 def page_cursor(last_id: str, order: str = "asc") -> str:
     """The cursor of a page that ends with ``last_id`` (for a caller that cuts a page short)."""
     return _encode_cursor(last_id, order)
-
-
-_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
-
-
-def _partition_value(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    if _UNQUOTED.fullmatch(text):
-        return text  # the common case, at half the cost of quote()
-    return quote(text, safe="")
 
 
 class Resource:
@@ -301,8 +295,10 @@ class Resource:
                 )
             self.partitions[pname] = sorted(fields)
         self._partition_defs = partitions or {}
-        self._base = f"resource={name}/"  # the storage client adds the connection's prefix
-        self._data_prefix = f"{self._base}data/"
+        # Where its records and partition references live (layout.py; repair reads it too).
+        self.layout = KeyLayout(name, self.partitions)
+        self._base = self.layout.base  # the storage client adds the connection's prefix
+        self._data_prefix = self.layout.data_prefix
         self._locks = _RecordLocks()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -319,17 +315,10 @@ class Resource:
         }
 
     def _key(self, id: str) -> str:
-        return f"{self._data_prefix}id={id}"
+        return self.layout.record_key(id)
 
     def _partition_keys(self, record: dict[str, Any]) -> dict[str, str]:
-        keys = {}
-        for pname, fields in self.partitions.items():
-            values = [record.get(f) for f in fields]
-            if any(v is None for v in values):
-                continue
-            path = "/".join(f"{f}={_partition_value(v)}" for f, v in zip(fields, values, strict=True))
-            keys[pname] = f"{self._base}partition={pname}/{path}/id={record['id']}"
-        return keys
+        return self.layout.partition_keys(record)
 
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         return self._encode({k: v for k, v in record.items() if k != "id"}, version)
@@ -342,11 +331,7 @@ class Resource:
             check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
-    @staticmethod
-    def _ref_body() -> bytes:
-        """A partition reference holds the time it was written (ms), so repair can tell a
-        reference of a write in flight from one left behind."""
-        return str(int(time.time() * 1000)).encode()
+    _ref_body = staticmethod(KeyLayout.reference_body)
 
     def _check_keys(self, record: dict[str, Any], keys: list[str]) -> None:
         """Refuse, before any request, a write whose keys the store could not hold."""
@@ -396,29 +381,67 @@ class Resource:
         )
 
     # -- reads ------------------------------------------------------------------------------
-    async def get_versioned(self, id: str) -> Versioned | None:
+    async def get_versioned(self, id: str, *, consistency: str = "store") -> Versioned | None:
         """The stored record with its ETag and system version (1 GET), or None if it does not
-        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version."""
+        exist. Unpacks as ``(record, etag)``; ``.version`` is the record's version. With
+        ``consistency="cache"`` and the record cache on, a hot read costs nothing; its ETag is
+        "" where the cache does not know it, so such a result is for reading only (never pass
+        it to ``update``/``delete`` as ``current``)."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency == "cache":
+            return await self._read_cached(cache, id)
         found = await self._read(id)
         return found[0] if found else None
 
-    async def get_or_none(self, id: str) -> dict[str, Any] | None:
+    async def _read_cached(self, cache: RecordCache, id: str) -> Versioned | None:
+        """A read through the record cache: a hit costs nothing; a miss reads the store and
+        keeps what it found when no change raced it and the stream has caught up."""
+        hit, record, version, etag = cache.lookup_versioned(self.name, id)
+        if hit:
+            return None if record is None else Versioned(record, etag or "", version)
+        begun = cache.begin()
+        found = await self._read(id)
+        cache.read_outside(self.name, id)
+        settled = await cache.settled(self.name)  # else what was read may be ahead
+        if not settled:
+            cache.unsettled(self.name, id)
+        elif found is None:
+            cache.fill(self.name, id, None, None, 0, begun)
+        else:
+            versioned, obj = found
+            cache.fill(self.name, id, versioned.record, obj.etag, versioned.version, begun,
+                       _stored_size(obj))  # fmt: skip
+        return found[0] if found is not None else None
+
+    async def get_or_none(self, id: str, *, consistency: str = "cache") -> dict[str, Any] | None:
+        """The record, or None. With the record cache on, a hot read costs no request;
+        ``consistency="store"`` reads the store whatever the cache holds."""
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None and consistency != "store":
+            found = await self._read_cached(cache, id)
+            return found.record if found is not None else None
         try:  # the record alone: no Versioned to build on the most common read
             obj = await self.storage.get(self._key(id))
         except ObjectNotFound:
             return None
         return self._from_stored(id, obj.metadata, obj.body)
 
-    async def get(self, id: str) -> dict[str, Any]:
-        record = await self.get_or_none(id)
+    async def get(self, id: str, *, consistency: str = "cache") -> dict[str, Any]:
+        """The record (``NotFoundError`` if none); ``consistency`` as in ``get_or_none``."""
+        record = await self.get_or_none(id, consistency=consistency)
         if record is None:
             raise NotFoundError(f"{self.name} {id!r} not found")
         return record
 
     async def exists(self, id: str) -> bool:
         validate_id(id)
+        cache = self.db.cache
+        if cache is not None:
+            hit, record = cache.lookup(self.name, id)
+            if hit:
+                return record is not None
         try:
             await self.storage.head(self._key(id))
         except ObjectNotFound:
@@ -687,11 +710,66 @@ class Resource:
         return (best[1], best[2]) if best else (self._data_prefix, False)
 
     async def _fetch(
-        self, ids: list[str], sizes: dict[str, int] | None = None
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
         each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
-        receives the stored size of each object read (body and metadata), by id."""
+        receives the stored size of each object read (body and metadata), by id; ``versions``
+        the system version of each record found."""
+        cache = self.db.cache
+        if cache is not None and cache.serving:
+            return await self._fetch_cached(cache, ids, sizes, versions)
+        records = await self._fetch_store(ids, sizes, versions=versions)
+        if cache is not None:
+            for id in ids:
+                cache.read_outside(self.name, id)
+        return records
+
+    async def _fetch_cached(
+        self,
+        cache: RecordCache,
+        ids: list[str],
+        sizes: dict[str, int] | None,
+        versions: dict[str, int] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        """``_fetch`` through the record cache: hits cost nothing, misses are read and kept."""
+        out: list[dict[str, Any] | None] = []
+        missing: list[int] = []
+        for pos, id in enumerate(ids):
+            hit, record, version, _ = cache.lookup_versioned(self.name, id)
+            if not hit:
+                missing.append(pos)
+            elif record is not None:
+                if versions is not None:
+                    versions[id] = version
+                if sizes is not None:
+                    entry = cache.lookup_entry(self.name, id)
+                    sizes[id] = entry.size if entry is not None else 0
+            out.append(record)
+        if missing:
+            begun = cache.begin()
+            found: list[tuple[str, dict[str, Any], str, int, int]] = []
+            read = await self._fetch_store([ids[p] for p in missing], sizes, found, versions)
+            for pos, record in zip(missing, read, strict=True):
+                out[pos] = record
+            if found and await cache.settled(self.name):
+                for id, record, etag, version, size in found:
+                    cache.fill(self.name, id, record, etag, version, begun, size)
+            else:
+                for id, *_ in found:
+                    cache.unsettled(self.name, id)
+        return out
+
+    async def _fetch_store(
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        fill: list[tuple[str, dict[str, Any], str, int, int]] | None = None,
+        versions: dict[str, int] | None = None,
+    ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
         if get_many is not None:  # a client that reads a batch itself (memory: no tasks)
@@ -699,10 +777,16 @@ class Resource:
             decode = self._from_stored
             out: list[dict[str, Any] | None] = []
             for id, obj in zip(ids, objects, strict=True):
-                if sizes is not None and obj is not None:
-                    sizes[id] = _stored_size(obj)
+                if obj is not None:
+                    if sizes is not None:
+                        sizes[id] = _stored_size(obj)
+                    if versions is not None:
+                        versions[id] = _stored_version(obj.metadata)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
+                    if fill is not None and obj is not None:  # kept by the caller's cache
+                        fill.append((id, out[-1], obj.etag,  # type: ignore[arg-type]
+                                     _stored_version(obj.metadata), _stored_size(obj)))  # fmt: skip
                 except DamagedRecordError as error:
                     self._skip_damaged(error)
                     out.append(None)
@@ -718,7 +802,13 @@ class Resource:
                         obj = await storage.get(self._key(id))
                 if sizes is not None:
                     sizes[id] = _stored_size(obj)
-                return self._from_stored(id, obj.metadata, obj.body)
+                if versions is not None:
+                    versions[id] = _stored_version(obj.metadata)
+                record = self._from_stored(id, obj.metadata, obj.body)
+                if fill is not None:
+                    fill.append((id, record, obj.etag, _stored_version(obj.metadata),
+                                 _stored_size(obj)))  # fmt: skip
+                return record
             except ObjectNotFound:
                 return None  # deleted between LIST and GET
             except DamagedRecordError as error:
@@ -727,12 +817,27 @@ class Resource:
 
         return list(await asyncio.gather(*(one(i) for i in ids)))
 
-    async def _ids(self, prefix: str, start_after: str | None, page_size: int):
-        """Yield (ids of one LIST page, more_after_this_page)."""
+    async def _ids(self, prefix: str, start_after: str | None, page_size: int, *, cached: bool = True):
+        """Yield (ids of one LIST page, more_after_this_page); ``cached=False``: the store's
+        own listing whatever the record cache holds (repair)."""
+        cache = self.db.cache if cached else None
+        if cache is not None:
+            kept = await cache.ids(self, prefix)
+            if kept is not None:  # the id-set kept by the stream: no LIST
+                while True:
+                    ids, more = cache.page(kept, start_after, page_size)
+                    yield ids, more
+                    if not more or not ids:
+                        return
+                    start_after = ids[-1]
         after = f"{prefix}id={start_after}" if start_after is not None else None
         while True:
             page = await self.storage.list(prefix, start_after=after, max_keys=page_size)
             ids = [k.rsplit("/id=", 1)[1] for k in page.keys]
+            if cache is not None:  # what the store lists outranks what the cache holds
+                cache.listed(self, prefix, start_after, ids, page.next_start_after is None,
+                             page.etags)  # fmt: skip
+                start_after = ids[-1] if ids else start_after
             yield ids, page.next_start_after is not None
             if page.next_start_after is None:
                 return
@@ -812,6 +917,8 @@ class Resource:
         more than the scan budget left, nor than the byte budget left holds at the sizes read
         so far (``BYTES_FIRST_CHUNK`` before any was read)."""
         items: list[dict[str, Any]] = []
+        versions: dict[str, int] = {}  # of the records kept
+        read_versions: dict[str, int] = {}  # of one chunk's records
         budget = scan_limit
         # Byte budget: what was returned so far, and what was read (to size the next chunk).
         sizes: dict[str, int] | None = {} if max_bytes is not None else None
@@ -830,7 +937,8 @@ class Resource:
                 chunk = ids[start : start + step]
                 if sizes is not None:
                     sizes.clear()
-                records = await self._fetch(chunk, sizes)
+                read_versions.clear()
+                records = await self._fetch(chunk, sizes, read_versions)
                 if sizes is not None:
                     read_bytes += sum(sizes.values())
                     read_count += len(sizes)
@@ -838,19 +946,23 @@ class Resource:
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
+                    if record["id"] in read_versions:
+                        versions[record["id"]] = read_versions[record["id"]]
                     if sizes is not None:
                         kept += sizes.get(record["id"], 0)
                     full = max_bytes is not None and kept >= max_bytes
                     if len(items) == limit or full:
                         done = start + pos == len(ids) - 1 and not more
-                        return Page(items, None if done else _encode_cursor(record["id"], order))
+                        cursor = None if done else _encode_cursor(record["id"], order)
+                        return Page(items, cursor, versions)
                 start += len(chunk)
                 if budget is not None:
                     budget -= len(chunk)
                     if budget <= 0:  # out of scan budget: the page ends after the last id read
                         done = start == len(ids) and not more
-                        return Page(items, None if done else _encode_cursor(chunk[-1], order))
-        return Page(items, None)
+                        cursor = None if done else _encode_cursor(chunk[-1], order)
+                        return Page(items, cursor, versions)
+        return Page(items, None, versions)
 
     async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""

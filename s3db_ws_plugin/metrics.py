@@ -44,6 +44,10 @@ class TallyCounter:
         return self.counter.collect()
 
 
+def _stat(stats: Callable[[], dict[str, int]], key: str) -> Callable[[], int]:
+    return lambda: stats().get(key, 0)
+
+
 class ReadCounter:
     """A counter kept elsewhere (the database's ``db.stats``), read when the registry is
     collected."""
@@ -88,6 +92,7 @@ class Metrics:
         connections: Callable[[], int],
         subscriptions: Callable[[], int],
         damaged_records: Callable[[], int] = lambda: 0,
+        stats: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -102,6 +107,17 @@ class Metrics:
             "Records a listing skipped because they could not be read back (see s3db repair)",
             damaged_records,
             r,
+        )
+        # The record cache's counters (``Database(cache=...)``; zero when it is off).
+        for key, help_ in (
+            ("cache_hits", "Reads the record cache answered with no store request"),
+            ("cache_misses", "Reads the record cache sent to the store"),
+            ("cache_fills_dropped", "Store reads not kept because a change raced them"),
+            ("cache_flushes", "Times the record cache was emptied (stream continuity lost)"),
+        ):
+            ReadCounter(f"s3db_{key}", help_, _stat(stats, key), r)
+        Gauge("s3db_cache_bytes", "Bytes held by the record cache", registry=r).set_function(
+            lambda: stats().get("cache_bytes", 0)
         )
         self.frames_in = TallyCounter("s3db_ws_frames_received", "Frames received", r)
         self.frames_out = TallyCounter("s3db_ws_frames_sent", "Frames sent (replies and events)", r)

@@ -164,7 +164,7 @@ class Watcher:
             return
         kind = "delete" if change.event == "delete" else "put"
         if change.etag is not None:
-            self.seen.put((resource._key(record_id), kind, change.etag), None)
+            self.seen.put((resource.layout.record_key(record_id), kind, change.etag), None)
         self.known.put(
             (change.resource, record_id),
             None if kind == "delete" else (change.record, change.version),
@@ -215,12 +215,9 @@ class Watcher:
 
     async def _reload_definitions(self) -> None:
         try:
-            document, _ = await self.db._read_metadata()
+            await self.db.reload_definitions()
         except S3dbError as exc:
             log.error("definitions_unreadable", error=str(exc), error_id=secrets.token_hex(8))
-            return
-        self.db._saved_definitions = document["resources"]
-        self.db._load_definitions()
 
     # -- one event ----------------------------------------------------------------------------
     async def handle(self, event: FeedEvent) -> None:

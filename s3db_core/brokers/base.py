@@ -99,6 +99,23 @@ class Broker(Protocol):
     # ``ephemeral_subscribe(handler)`` / ``ephemeral_unsubscribe(handler)`` (sync or async) and
     # ``async ephemeral_publish(payload: bytes)``; engines without them serve one process.
 
+    # Channel history (channels with ``history``): one sequence of offsets per channel, shared
+    # by every process, never stored in the database's store. ``channel_subscribe(handler)`` /
+    # ``channel_unsubscribe(handler)``: ``handler(channel, offset, epoch, payload)`` gets every
+    # channel message of every process, in offset order per channel.
+    # ``async channel_append(channel, payload, *, keep, max_bytes) -> Position`` appends (the
+    # channel keeps its latest ``keep`` messages and at most ``max_bytes`` of them; the newest
+    # always stays) and delivers. ``async channel_position(channel) -> Position``.
+    # ``async channel_history(channel, since, *, keep, max_bytes) -> list[(offset, payload)] |
+    # None``: the messages after ``since``; None when ``since`` is another epoch, has left the
+    # history, or what follows it passes ``max_bytes``.
+
+
+# A channel's history is kept until the channel has been idle (no message) this long.
+CHANNEL_HISTORY_TTL = 3600.0
+CHANNEL_MAX_KEEP = 1000  # the most messages a channel pattern's ``history`` may keep
+ChannelHandler = Callable[[str, int, str, bytes], Awaitable[None] | None]
+
 
 # -- options -------------------------------------------------------------------------------------
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -255,6 +272,9 @@ class StreamBroker:
         self._reader_task: asyncio.Task[None] | None = None
         self._started = False
         self.dropped = 0  # changes that did not fit in the outage buffer
+        # Continuity of this process's reader, for caches (``watch_continuity``).
+        self.reading = False
+        self._continuity: list[Callable[[str], None]] = []
 
     # engine hooks
     async def _connect(self) -> None:
@@ -309,6 +329,7 @@ class StreamBroker:
         try:
             async with asyncio.timeout(self.options.connect_timeout):
                 await self._connect()
+            self._continuity_event("up")
         except Exception as exc:  # the store is the source of truth: keep going, retry later
             log.warning("broker_unreachable", broker=self.name, error=repr(exc))
         self._reader_task = asyncio.get_running_loop().create_task(self._run_reader())
@@ -322,6 +343,7 @@ class StreamBroker:
         if self._buffer and retry is not None and not retry.done():
             await asyncio.wait({retry}, timeout=self.options.connect_timeout)
         self._started = False
+        self._continuity_event("down")
         tasks = {t for t in (self._reader_task, self._retry_task) if t is not None}
         for task in tasks:
             task.cancel()
@@ -334,6 +356,29 @@ class StreamBroker:
         if self._buffer:
             log.warning("broker_closed_with_pending", broker=self.name, pending=len(self._buffer))
         await self._disconnect()
+
+    # continuity of the reader (a record cache serves only while it holds)
+    def watch_continuity(self, callback: Callable[[str], None]) -> None:
+        """``callback(state)`` (sync) hears the reader's continuity: ``"down"`` (disconnected:
+        changes may be missed until ``"up"``), ``"up"`` (reading again, from where it stopped
+        where the server still has it: check ``history`` from the last position seen), and
+        ``"lost"`` (history this process may not have read is gone: start over)."""
+        self._continuity.append(callback)
+
+    def _continuity_event(self, state: str) -> None:
+        if state == "down":
+            if not self.reading:
+                return
+            self.reading = False
+        elif state == "up":
+            if self.reading:
+                return
+            self.reading = True
+        for callback in list(self._continuity):
+            try:
+                callback(state)
+            except Exception:
+                log.exception("continuity_callback_failed", broker=self.name, state=state)
 
     def subscribe(self, listener: Listener) -> None:
         self.listeners.add(listener)

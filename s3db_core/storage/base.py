@@ -35,6 +35,9 @@ class ListPage:
     keys: list[str]
     # Pass back as ``start_after`` (S3 StartAfter) to continue; None when the listing is complete.
     next_start_after: str | None
+    # Each key's ETag (same order as ``keys``) where the store's listing gives it (S3 and memory
+    # do); None otherwise. The record cache's sweep compares them.
+    etags: list[str] | None = None
 
 
 @dataclass

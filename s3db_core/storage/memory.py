@@ -142,12 +142,15 @@ class MemoryStorage:
             i = bisect_left(keys, full_p)
         cut = len(self._root)
         page: list[str] = []
+        etags: list[str] = []
+        objects = self._bucket.objects
         n = len(keys)
         while i < n and len(page) < max_keys:
             k = keys[i]
             if not k.startswith(full_p):
-                return ListPage(page, None)
+                return ListPage(page, None, etags)
             page.append(k[cut:])
+            etags.append(objects[k][2])
             i += 1
         more = i < n and keys[i].startswith(full_p)
-        return ListPage(page, page[-1] if more and page else None)
+        return ListPage(page, page[-1] if more and page else None, etags)

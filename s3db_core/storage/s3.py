@@ -277,9 +277,11 @@ class S3Storage:
         except (ClientError, *_TRANSPORT_ERRORS) as e:
             raise self._failure("LIST", prefix, e) from e
         cut = len(self._root)
-        keys = [obj["Key"][cut:] for obj in resp.get("Contents", ())]
+        contents = resp.get("Contents", ())
+        keys = [obj["Key"][cut:] for obj in contents]
+        etags = [obj.get("ETag", "") for obj in contents]
         more = resp.get("IsTruncated", False) and keys
-        return ListPage(keys, keys[-1] if more else None)
+        return ListPage(keys, keys[-1] if more else None, etags)
 
 
 def _code(e: ClientError) -> str:
