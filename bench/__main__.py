@@ -31,6 +31,10 @@ BENCHMARKS = (
     "scaleout",
     "cache",
     "watch",
+    "channel_fanout",
+    "channel_latency",
+    "channel_store",
+    "channel_presence",
 )
 DEFAULT_OUT = Path(__file__).with_name("results.json")
 

@@ -164,8 +164,9 @@ class WSReader(asyncio.Protocol):
                     events += 1
                     if self.sample:
                         at = buf.find(b'"sent":', start, end)
-                        match = _DIGITS.match(buf, at + 7)
-                        group.latencies.append(time.monotonic_ns() - int(match.group()))
+                        match = _DIGITS.match(buf, at + 7) if at >= 0 else None
+                        if match is not None:  # not a presence event
+                            group.latencies.append(time.monotonic_ns() - int(match.group()))
                 elif self.setup_left:
                     self.setup_left -= 1
                     if not self.setup_left:
@@ -436,7 +437,9 @@ class Rig:
     """Servers and client processes; each client process holds its share of every server's
     sockets. ``setups[g]`` is the list of setup frames per socket for server ``g``."""
 
-    def __init__(self, stack: contextlib.ExitStack, kinds: list[str], name: str) -> None:
+    def __init__(
+        self, stack: contextlib.ExitStack, kinds: list[str], name: str, server: Any = None
+    ) -> None:
         self.kinds = kinds
         n = len(kinds)
         self.progress = _ctx.RawArray("q", CLIENT_PROCS * n)
@@ -444,7 +447,9 @@ class Rig:
         for g, kind in enumerate(kinds):
             slots = [p * n + g for p in range(CLIENT_PROCS)]
             self.servers.append(
-                stack.enter_context(spawn(server_main, kind, self.progress, slots, f"{name}{g}"))
+                stack.enter_context(
+                    spawn(server or server_main, kind, self.progress, slots, f"{name}{g}")
+                )
             )
         self.clients = [
             stack.enter_context(spawn(clients_main, self.progress, p, n))
@@ -522,9 +527,10 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(kinds: list[str], name: str) -> Iterator[Rig]:
+def rig(kinds: list[str], name: str, server: Any = None) -> Iterator[Rig]:
+    """``server``: the server processes' main (default ``server_main``)."""
     with contextlib.ExitStack() as stack:
-        r = Rig(stack, kinds, name)
+        r = Rig(stack, kinds, name, server)
         try:
             yield r
         finally:

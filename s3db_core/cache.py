@@ -127,6 +127,12 @@ class CacheOptions:
         return cls(max_bytes, lists, max_stale, single, float(recovery))
 
 
+def _pack(record: Any) -> bytes:
+    """The record's JSON as the cache keeps it: a copy of what ``orjson.dumps`` returns, whose
+    buffer keeps the 4 KiB it was written into (a record of 230 bytes held 4.3 KB)."""
+    return bytes(memoryview(orjson.dumps(record)))
+
+
 class _Entry:
     __slots__ = ("changed", "data", "doubt", "etag", "filled", "pending", "read_ms", "size", "tick",
                  "version")  # fmt: skip
@@ -360,7 +366,7 @@ class RecordCache:
         if entry is None:
             stream = self._streams.get(resource)
             defined = self.db.resources.get(resource)
-            ids = stream.ids.get(defined._data_prefix) if stream and defined else None
+            ids = stream.ids.get(defined.layout.data_prefix) if stream and defined else None
             if ids is not None:
                 i = bisect_left(ids, id)
                 if i == len(ids) or ids[i] != id:  # the id-set says it does not exist
@@ -430,7 +436,7 @@ class RecordCache:
             self._doubt(resource, id)
             return
         self._tick += 1
-        data = None if record is None else orjson.dumps(record)
+        data = None if record is None else _pack(record)
         changed = entry.changed if entry is not None else 0
         stored = size if size is not None else (len(data) if data is not None else 0)
         new = _Entry(data, version, etag, self._tick, changed, stored)
@@ -485,10 +491,12 @@ class RecordCache:
             not own
             and change.event == "update"
             and entry is not None
-            and entry.data is not None
             and entry.version >= change.version
         ):
-            return False  # an update older than what is cached (publishers racing)
+            # An update older than what is cached (publishers racing), or than a tombstone: the
+            # delete of version v comes after every update up to v (a late update must not bring
+            # the record back; only an insert starts its next life).
+            return False
         elif (
             not own
             and change.event == "insert"
@@ -502,7 +510,7 @@ class RecordCache:
             # incarnation would come after its delete, which leaves a tombstone first.
             return True
         self._tick += 1
-        data = None if change.event == "delete" else orjson.dumps(change.record)
+        data = None if change.event == "delete" else _pack(change.record)
         new = _Entry(data, change.version, None, self._tick, self._tick, len(data or b""))
         if own:
             new.pending = mark
@@ -563,7 +571,7 @@ class RecordCache:
         if record is None:
             return set()
         try:
-            return {_prefix_of(k) for k in resource._partition_keys(record).values()}
+            return {_prefix_of(k) for k in resource.layout.partition_keys(record).values()}
         except Exception:
             return set()
 
@@ -588,7 +596,7 @@ class RecordCache:
         record_id = change.record.get("id")
         if resource is None or not isinstance(record_id, str):
             return
-        if prefix == resource._data_prefix:
+        if prefix == resource.layout.data_prefix:
             present = change.event != "delete"
         else:
             present = change.event != "delete" and prefix in self._prefixes(resource, change.record)
@@ -663,11 +671,11 @@ class RecordCache:
         seen = set(ids)
         listed_etags = (
             dict(zip(ids, etags, strict=True))
-            if etags is not None and prefix == resource._data_prefix
+            if etags is not None and prefix == resource.layout.data_prefix
             else {}
         )
         last = ids[-1] if ids and not complete else None
-        data = prefix == resource._data_prefix
+        data = prefix == resource.layout.data_prefix
         doubtful = []
         for (res, id), entry in self._entries.items():
             if res != name or entry.doubt or (after is not None and id <= after):
@@ -714,7 +722,7 @@ class RecordCache:
         listed: dict[str, str | None] = {}
         after: str | None = None
         while True:
-            page = await resource.storage.list(resource._data_prefix, start_after=after)
+            page = await resource.storage.list(resource.layout.data_prefix, start_after=after)
             etags = page.etags or [None] * len(page.keys)  # type: ignore[list-item]
             for key, etag in zip(page.keys, etags, strict=True):
                 listed[key.rsplit("/id=", 1)[1]] = etag
@@ -735,7 +743,7 @@ class RecordCache:
                 stale.append(id)
         stream = self._streams.get(name)
         if stream is not None and stream.ids:
-            ids = stream.ids.get(resource._data_prefix)
+            ids = stream.ids.get(resource.layout.data_prefix)
             drift = ids is not None and (len(ids) != len(listed) or any(i not in listed for i in ids))
             if drift or stale or gone:  # partitions may have moved too: rebuild on next listing
                 self._drop_ids(stream)
@@ -781,7 +789,7 @@ class RecordCache:
                 self._doubt(resource, id)
             return
         self._tick += 1
-        data = None if record is None else orjson.dumps(record)
+        data = None if record is None else _pack(record)
         new = _Entry(data, version, etag, self._tick, self._tick, len(data or b""))
         new.filled = True
         new.read_ms = begun[1]

@@ -217,6 +217,14 @@ class Database:
             raise StorageError(f"{where}: 'resources' is not a JSON object")
         return document, obj.etag
 
+    async def reload_definitions(self) -> None:
+        """Read ``s3db.json`` again and make every resource it records reachable (what ``connect``
+        does): for a process that learns another one changed the definitions (``s3db watch``).
+        Raises ``S3dbError`` when the file cannot be read."""
+        document, _ = await self._read_metadata()
+        self._saved_definitions = document["resources"]
+        self._load_definitions()
+
     def _load_definitions(self) -> None:
         """Make every resource recorded in ``s3db.json`` reachable as ``db.resources.<name>``.
         A resource already defined in this process (connected again) keeps its object; a
@@ -297,7 +305,7 @@ class Database:
                 return
             if isinstance(saved, dict) and not migrate:
                 changes = incompatible_changes(saved, definition)
-                if changes and (await self.storage.list(resource._data_prefix, max_keys=1)).keys:
+                if changes and (await self.storage.list(resource.layout.data_prefix, max_keys=1)).keys:
                     raise IncompatibleSchemaError(name, changes)
             resources[name] = {**saved, **definition} if isinstance(saved, dict) else definition
             document.setdefault("version", 1)

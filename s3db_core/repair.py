@@ -139,7 +139,7 @@ def _is_our_reference(resource: Resource, key: str) -> bool:
     """Whether ``key`` has the exact shape of a partition reference this resource writes
     (``resource=R/partition=P/f1=v1/.../id=ID`` with P one of its partitions and its fields in
     order). Anything else under the prefix was written by someone else: never touched."""
-    parts = key[len(resource._base) + len("partition=") :].split("/")
+    parts = resource.layout.reference_parts(key)
     fields = resource.partitions.get(parts[0])
     if fields is None or len(parts) != len(fields) + 2:
         return False
@@ -204,13 +204,13 @@ async def _repair_resource(
                 return
         if found is not None:
             out.records += 1
-            expected.update(resource._partition_keys(found.record).values())
+            expected.update(resource.layout.partition_keys(found.record).values())
         tick(out, 1)
 
-    record_key = f"{resource._data_prefix}id="
+    record_key = resource.layout.record_prefix
     after: str | None = None
     while True:
-        page = await storage.list(resource._data_prefix, start_after=after, max_keys=1000)
+        page = await storage.list(resource.layout.data_prefix, start_after=after, max_keys=1000)
         ids = [k[len(record_key) :] for k in page.keys if _is_record_key(record_key, k)]
         await asyncio.gather(*(inspect(i) for i in ids))
         if page.next_start_after is None:
@@ -219,7 +219,7 @@ async def _repair_resource(
     if not resource.partitions:
         return out
     existing: set[str] = set()
-    prefix = f"{resource._base}partition="
+    prefix = resource.layout.partition_prefix
     after = None
     tick(out, phase="references")
     while True:
@@ -232,7 +232,7 @@ async def _repair_resource(
     for key in sorted(expected - existing):
         out.references_added.append(key)
         if not dry_run:
-            await storage.put(key, resource._ref_body(), {})
+            await storage.put(key, resource.layout.reference_body(), {})
         tick(out)
     now_ms = time.time() * 1000
 
@@ -252,7 +252,7 @@ async def _repair_resource(
                 found = await resource.get_versioned(id)
             except DamagedRecordError:
                 return
-            if found is not None and key in resource._partition_keys(found.record).values():
+            if found is not None and key in resource.layout.partition_keys(found.record).values():
                 return  # it became right meanwhile
             out.references_removed.append(key)
             if not dry_run:

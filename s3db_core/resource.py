@@ -8,21 +8,16 @@ filter pinning every field of the partition lists only that prefix.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
-import orjson
 
 from s3db_core.log import get_logger
 
@@ -30,6 +25,10 @@ from .change import Change
 from .encoding import BEHAVIORS, METADATA_LIMIT, decode_record, encode_record, metadata_size
 from .errors import ConflictError, DamagedRecordError, NotFoundError, StorageError, ValidationError
 from .ids import new_id, validate_id
+from .layout import KeyLayout
+from .layout import decode_cursor as _decode_cursor
+from .layout import encode_cursor as _encode_cursor
+from .layout import partition_value as _partition_value
 from .limits import check_depth, check_size, merge_patch
 from .plugins import await_me_maybe
 from .query import compile_filter, equality_terms
@@ -223,10 +222,14 @@ class Stats:
 
 @dataclass(slots=True)
 class Page:
-    """One page of a listing; pass ``cursor`` back to continue (None: nothing more)."""
+    """One page of a listing; pass ``cursor`` back to continue (None: nothing more).
+
+    ``versions`` maps the id of each record in ``items`` to its system version (1 on insert,
+    +1 per update), beside the records so that they stay exactly what was stored."""
 
     items: list[dict[str, Any]]
     cursor: str | None
+    versions: dict[str, int] = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.items)
@@ -237,23 +240,6 @@ class Page:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _encode_cursor(last_id: str, order: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps({"after": last_id, "order": order})).decode()
-
-
-def _decode_cursor(cursor: str, order: str) -> str:
-    try:
-        data = orjson.loads(base64.urlsafe_b64decode(cursor.encode()))
-        after, cursor_order = data["after"], data["order"]
-        if not isinstance(after, str) or cursor_order != order:
-            raise ValueError
-        return after
-    except Exception:
-        raise ValidationError(
-            [{"field": "cursor", "rule": "cursor", "message": "cursor is not one this listing returned"}]
-        ) from None
 
 
 async def _all(operations: list[Any]) -> None:
@@ -275,16 +261,6 @@ def _stored_size(obj: Any) -> int:
 def page_cursor(last_id: str, order: str = "asc") -> str:
     """The cursor of a page that ends with ``last_id`` (for a caller that cuts a page short)."""
     return _encode_cursor(last_id, order)
-
-
-_UNQUOTED = re.compile(r"[A-Za-z0-9_.~-]+")  # what quote(safe="") leaves as it is
-
-
-def _partition_value(value: Any) -> str:
-    text = value if isinstance(value, str) else orjson.dumps(value).decode()
-    if _UNQUOTED.fullmatch(text):
-        return text  # the common case, at half the cost of quote()
-    return quote(text, safe="")
 
 
 class Resource:
@@ -319,8 +295,10 @@ class Resource:
                 )
             self.partitions[pname] = sorted(fields)
         self._partition_defs = partitions or {}
-        self._base = f"resource={name}/"  # the storage client adds the connection's prefix
-        self._data_prefix = f"{self._base}data/"
+        # Where its records and partition references live (layout.py; repair reads it too).
+        self.layout = KeyLayout(name, self.partitions)
+        self._base = self.layout.base  # the storage client adds the connection's prefix
+        self._data_prefix = self.layout.data_prefix
         self._locks = _RecordLocks()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -337,17 +315,10 @@ class Resource:
         }
 
     def _key(self, id: str) -> str:
-        return f"{self._data_prefix}id={id}"
+        return self.layout.record_key(id)
 
     def _partition_keys(self, record: dict[str, Any]) -> dict[str, str]:
-        keys = {}
-        for pname, fields in self.partitions.items():
-            values = [record.get(f) for f in fields]
-            if any(v is None for v in values):
-                continue
-            path = "/".join(f"{f}={_partition_value(v)}" for f, v in zip(fields, values, strict=True))
-            keys[pname] = f"{self._base}partition={pname}/{path}/id={record['id']}"
-        return keys
+        return self.layout.partition_keys(record)
 
     def _to_stored(self, record: dict[str, Any], version: int = 1) -> tuple[dict[str, str], bytes]:
         return self._encode({k: v for k, v in record.items() if k != "id"}, version)
@@ -360,11 +331,7 @@ class Resource:
             check_size(metadata_size(metadata) + len(body), limit)
         return metadata, body
 
-    @staticmethod
-    def _ref_body() -> bytes:
-        """A partition reference holds the time it was written (ms), so repair can tell a
-        reference of a write in flight from one left behind."""
-        return str(int(time.time() * 1000)).encode()
+    _ref_body = staticmethod(KeyLayout.reference_body)
 
     def _check_keys(self, record: dict[str, Any], keys: list[str]) -> None:
         """Refuse, before any request, a write whose keys the store could not hold."""
@@ -743,38 +710,49 @@ class Resource:
         return (best[1], best[2]) if best else (self._data_prefix, False)
 
     async def _fetch(
-        self, ids: list[str], sizes: dict[str, int] | None = None
+        self,
+        ids: list[str],
+        sizes: dict[str, int] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         """The records of ``ids`` (None where one was deleted between LIST and GET): one GET
         each, issued concurrently, at most GET_CONCURRENCY at a time. ``sizes``, when given,
-        receives the stored size of each object read (body and metadata), by id."""
+        receives the stored size of each object read (body and metadata), by id; ``versions``
+        the system version of each record found."""
         cache = self.db.cache
         if cache is not None and cache.serving:
-            return await self._fetch_cached(cache, ids, sizes)
-        records = await self._fetch_store(ids, sizes)
+            return await self._fetch_cached(cache, ids, sizes, versions)
+        records = await self._fetch_store(ids, sizes, versions=versions)
         if cache is not None:
             for id in ids:
                 cache.read_outside(self.name, id)
         return records
 
     async def _fetch_cached(
-        self, cache: RecordCache, ids: list[str], sizes: dict[str, int] | None
+        self,
+        cache: RecordCache,
+        ids: list[str],
+        sizes: dict[str, int] | None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         """``_fetch`` through the record cache: hits cost nothing, misses are read and kept."""
         out: list[dict[str, Any] | None] = []
         missing: list[int] = []
         for pos, id in enumerate(ids):
-            hit, record = cache.lookup(self.name, id)
+            hit, record, version, _ = cache.lookup_versioned(self.name, id)
             if not hit:
                 missing.append(pos)
-            elif record is not None and sizes is not None:
-                entry = cache.lookup_entry(self.name, id)
-                sizes[id] = entry.size if entry is not None else 0
+            elif record is not None:
+                if versions is not None:
+                    versions[id] = version
+                if sizes is not None:
+                    entry = cache.lookup_entry(self.name, id)
+                    sizes[id] = entry.size if entry is not None else 0
             out.append(record)
         if missing:
             begun = cache.begin()
             found: list[tuple[str, dict[str, Any], str, int, int]] = []
-            read = await self._fetch_store([ids[p] for p in missing], sizes, found)
+            read = await self._fetch_store([ids[p] for p in missing], sizes, found, versions)
             for pos, record in zip(missing, read, strict=True):
                 out[pos] = record
             if found and await cache.settled(self.name):
@@ -790,6 +768,7 @@ class Resource:
         ids: list[str],
         sizes: dict[str, int] | None = None,
         fill: list[tuple[str, dict[str, Any], str, int, int]] | None = None,
+        versions: dict[str, int] | None = None,
     ) -> list[dict[str, Any] | None]:
         storage = self.storage
         get_many = getattr(storage, "get_many", None)
@@ -798,8 +777,11 @@ class Resource:
             decode = self._from_stored
             out: list[dict[str, Any] | None] = []
             for id, obj in zip(ids, objects, strict=True):
-                if sizes is not None and obj is not None:
-                    sizes[id] = _stored_size(obj)
+                if obj is not None:
+                    if sizes is not None:
+                        sizes[id] = _stored_size(obj)
+                    if versions is not None:
+                        versions[id] = _stored_version(obj.metadata)
                 try:
                     out.append(None if obj is None else decode(id, obj.metadata, obj.body))
                     if fill is not None and obj is not None:  # kept by the caller's cache
@@ -820,6 +802,8 @@ class Resource:
                         obj = await storage.get(self._key(id))
                 if sizes is not None:
                     sizes[id] = _stored_size(obj)
+                if versions is not None:
+                    versions[id] = _stored_version(obj.metadata)
                 record = self._from_stored(id, obj.metadata, obj.body)
                 if fill is not None:
                     fill.append((id, record, obj.etag, _stored_version(obj.metadata),
@@ -933,6 +917,8 @@ class Resource:
         more than the scan budget left, nor than the byte budget left holds at the sizes read
         so far (``BYTES_FIRST_CHUNK`` before any was read)."""
         items: list[dict[str, Any]] = []
+        versions: dict[str, int] = {}  # of the records kept
+        read_versions: dict[str, int] = {}  # of one chunk's records
         budget = scan_limit
         # Byte budget: what was returned so far, and what was read (to size the next chunk).
         sizes: dict[str, int] | None = {} if max_bytes is not None else None
@@ -951,7 +937,8 @@ class Resource:
                 chunk = ids[start : start + step]
                 if sizes is not None:
                     sizes.clear()
-                records = await self._fetch(chunk, sizes)
+                read_versions.clear()
+                records = await self._fetch(chunk, sizes, read_versions)
                 if sizes is not None:
                     read_bytes += sum(sizes.values())
                     read_count += len(sizes)
@@ -959,19 +946,23 @@ class Resource:
                     if record is None or (predicate is not None and not predicate(record)):
                         continue
                     items.append(record)
+                    if record["id"] in read_versions:
+                        versions[record["id"]] = read_versions[record["id"]]
                     if sizes is not None:
                         kept += sizes.get(record["id"], 0)
                     full = max_bytes is not None and kept >= max_bytes
                     if len(items) == limit or full:
                         done = start + pos == len(ids) - 1 and not more
-                        return Page(items, None if done else _encode_cursor(record["id"], order))
+                        cursor = None if done else _encode_cursor(record["id"], order)
+                        return Page(items, cursor, versions)
                 start += len(chunk)
                 if budget is not None:
                     budget -= len(chunk)
                     if budget <= 0:  # out of scan budget: the page ends after the last id read
                         done = start == len(ids) and not more
-                        return Page(items, None if done else _encode_cursor(chunk[-1], order))
-        return Page(items, None)
+                        cursor = None if done else _encode_cursor(chunk[-1], order)
+                        return Page(items, cursor, versions)
+        return Page(items, None, versions)
 
     async def query(self, filter: dict[str, Any] | None = None) -> builtins.list[dict[str, Any]]:
         """Every record matching ``filter`` (the whole resource, page by page)."""

@@ -16,7 +16,7 @@ Logging in answers ``connected`` (first login) and binds ``user_id`` for the con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -24,14 +24,13 @@ from aiohttp import web
 
 from s3db_auth_drivers import AuthChain, AuthError, Credentials, User
 from s3db_core.log import get_logger
-from s3db_core.options import positive_float
 
 from .limits import clip
 from .protocol import CloseCode, ErrorCode, ProtocolError, Request, now_ms, reply
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .plugin import WebSocketPlugin
+    from .server import Server
 
 log = get_logger("s3db.ws")
 
@@ -44,13 +43,19 @@ class SessionAuth:
     """
 
     def __init__(
-        self, plugin: WebSocketPlugin, config: Mapping[str, Any] | None, timeout: float
+        self,
+        server: Server,
+        config: Mapping[str, Any] | None,
+        timeout: float,
+        recheck: Callable[..., Awaitable[int]],
     ) -> None:
         config = dict(config or {})
-        self.plugin = plugin
+        self.server = server
         self.required = bool(config.get("required", bool(config.get("drivers"))))
         self.chain = AuthChain(config.get("drivers") or [])
-        self.timeout = positive_float("auth_timeout", timeout)
+        self.timeout = timeout  # validated by Settings (auth_timeout)
+        # Re-runs the subscribe guards of given connections (the plugin's ``recheck``).
+        self.recheck = recheck
 
     async def open(self, conn: Connection, request: web.Request) -> bool:
         """Authenticate from the upgrade request's credentials; False when rejected (the
@@ -66,11 +71,11 @@ class SessionAuth:
             self.login(conn, user)
         elif not self.required:
             conn.authenticated = True
-            self.plugin.send(
+            self.server.send(
                 conn, reply("connected", clientId=conn.client_id, user=None, timestamp=now_ms())
             )
         else:  # tell the client at once that an ``auth`` frame is expected, and until when
-            self.plugin.send(conn, reply("auth_required", timeoutMs=int(self.timeout * 1000)))
+            self.server.send(conn, reply("auth_required", timeoutMs=int(self.timeout * 1000)))
         return True
 
     async def frame(self, conn: Connection, req: Request) -> None:
@@ -93,10 +98,10 @@ class SessionAuth:
                 "a refresh token must belong to the connected user; reconnect to switch users",
             )
         refresh = conn.user is not None
-        self.plugin.send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
+        self.server.send(conn, reply("authenticated", req.request_id, user=user.to_dict()))
         self.login(conn, user)
         if refresh and conn.subscriptions:  # new claims may allow less than the old ones did
-            await self.plugin.recheck(connections=[conn])
+            await self.recheck(connections=[conn])
 
     def login(self, conn: Connection, user: User) -> None:
         """``conn`` is ``user`` from now on (re-arming the expiry timer on a refresh)."""
@@ -107,7 +112,7 @@ class SessionAuth:
         structlog.contextvars.bind_contextvars(user_id=clip(user.id))  # claims come from clients
         if first:
             log.info("authenticated", role=clip(user.role))
-            self.plugin.send(
+            self.server.send(
                 conn,
                 reply(
                     "connected", clientId=conn.client_id, user=user.to_dict(), timestamp=now_ms()
@@ -117,9 +122,9 @@ class SessionAuth:
     def reject(self, conn: Connection, message: str, request_id: Any = None) -> None:
         """Send ``error UNAUTHORIZED`` and close with 4401."""
         log.info("unauthorized, closing", reason=clip(message))
-        self.plugin.send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
+        self.server.send_error(conn, ProtocolError(ErrorCode.UNAUTHORIZED, message), request_id)
         conn.close(CloseCode.UNAUTHORIZED, message[:100])
-        self.plugin.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
+        self.server.metrics.closes.labels(str(CloseCode.UNAUTHORIZED)).inc()
 
     def _expired(self, conn: Connection) -> None:
         self.reject(conn, "token expired")

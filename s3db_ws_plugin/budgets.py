@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from s3db_core.log import get_logger
-from s3db_core.options import optional_positive_int
 
 from .protocol import ErrorCode, ProtocolError
 
@@ -79,17 +78,10 @@ class Holdings:
         max_filter_bytes_per_user: int | None = DEFAULT_MAX_FILTER_BYTES_PER_USER,
         shared: RedisHoldings | None = None,
     ) -> None:
+        # Validated by Settings (max_subscriptions_per_ip, ...).
         self.budgets = {
-            "ip": Budget(
-                "ip",
-                optional_positive_int("max_subscriptions_per_ip", max_subscriptions_per_ip),
-                optional_positive_int("max_filter_bytes_per_ip", max_filter_bytes_per_ip),
-            ),
-            "user": Budget(
-                "user",
-                optional_positive_int("max_subscriptions_per_user", max_subscriptions_per_user),
-                optional_positive_int("max_filter_bytes_per_user", max_filter_bytes_per_user),
-            ),
+            "ip": Budget("ip", max_subscriptions_per_ip, max_filter_bytes_per_ip),
+            "user": Budget("user", max_subscriptions_per_user, max_filter_bytes_per_user),
         }
         self.shared = shared
         # key -> [subscriptions, filter bytes]; a key holding nothing is dropped.

@@ -38,6 +38,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Gauge
 
 from s3db_core import await_me_maybe
+from s3db_core.brokers.base import CHANNEL_MAX_KEEP, Position
 from s3db_core.brokers.local import LocalBroker
 from s3db_core.log import get_logger
 
@@ -56,14 +57,16 @@ from .protocol import (
     reply,
     required_object,
     required_text,
+    stream_position,
 )
+from .rate_limiters import RateLimit
 
 if TYPE_CHECKING:
     from s3db_auth_drivers import User
     from s3db_core import Database
 
     from .connection import Connection
-    from .plugin import RateLimit, WebSocketPlugin
+    from .server import Server
 
 log = get_logger("s3db.ws.channels")
 
@@ -84,9 +87,10 @@ DEFAULT_CHANNEL_RATES = {"messages": 20, "updates": 5}  # per second per connect
 STATE_INTERVAL = 1.0  # a node answers at most one state request per this many seconds
 OUTBOX_BYTES = 16 << 20  # bytes waiting for the broker before new messages are dropped
 STATE_PART_BYTES = 256 * 1024  # a node's state goes out in parts of about this size (NATS: 1 MiB max)
+DEFAULT_HISTORY_MAX_BYTES = 1 << 20  # bytes of messages a channel with history keeps
 POLICY_KEYS = frozenset(
-    {"join", "publish", "presence", "events", "history", "max_members", "max_message_bytes",
-     "anonymous"}
+    {"join", "publish", "presence", "events", "history", "history_max_bytes", "max_members",
+     "max_message_bytes", "anonymous"}
 )  # fmt: skip
 
 
@@ -106,6 +110,7 @@ class ChannelPolicy:
     presence: bool = False
     events: frozenset[str] | None = None  # None: any event name
     history: int = 0
+    history_max_bytes: int = DEFAULT_HISTORY_MAX_BYTES
     max_members: int = DEFAULT_MAX_MEMBERS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     anonymous: bool = False
@@ -138,8 +143,13 @@ class ChannelPolicy:
             if not isinstance(config.get(key, False), bool):
                 raise ValueError(f"{where}: {key!r} must be true or false")
         history = _count(f"{where}: 'history'", config.get("history", 0), 0)
-        if history:
-            raise ValueError(f"{where}: 'history' (join with since) is not supported yet; use 0")
+        if history > CHANNEL_MAX_KEEP:
+            raise ValueError(f"{where}: 'history' may keep at most {CHANNEL_MAX_KEEP} messages")
+        history_max_bytes = _count(
+            f"{where}: 'history_max_bytes'",
+            config.get("history_max_bytes", DEFAULT_HISTORY_MAX_BYTES),
+            1024,
+        )
         return cls(
             pattern,
             join=config.get("join"),
@@ -147,6 +157,7 @@ class ChannelPolicy:
             presence=config.get("presence", False),
             events=events,
             history=history,
+            history_max_bytes=history_max_bytes,
             max_members=_count(f"{where}: 'max_members'", config.get("max_members", DEFAULT_MAX_MEMBERS), 1),
             max_message_bytes=_count(
                 f"{where}: 'max_message_bytes'",
@@ -251,10 +262,14 @@ class _NodeView:
 
 @dataclass(slots=True)
 class _Local:
-    """A connection's membership of a channel on this node."""
+    """A connection's membership of a channel on this node. ``held``: while a join reads the
+    channel's history, what arrives live waits here ((offset or None, payload, frame)), at most
+    the connection's send queue in bytes (``held_bytes``; -1 once that overflowed)."""
 
     conn: Connection
     receive_own: bool
+    held: list[tuple[int | None, bytes, bytes]] | None = None
+    held_bytes: int = 0
 
 
 class Channel:
@@ -334,30 +349,35 @@ def any_value(msg: dict[str, Any], name: str) -> Any:
 
 class ChannelFrames:
     """The channel frames, declared like every other message type (``Handlers`` inherits
-    them); each hands its validated fields to ``plugin.channels``."""
+    them); each hands its validated fields to ``self.channels``."""
 
-    plugin: WebSocketPlugin
+    channels: Channels
 
-    @message("join", channel=channel_name, info=optional_object, self=flag)
-    async def join(self, conn: Connection, req: Request) -> Frame:
+    @message(
+        "join", barrier=True, channel=channel_name, info=optional_object, self=flag,
+        since=stream_position,
+    )  # fmt: skip
+    async def join(self, conn: Connection, req: Request) -> Frame | None:
         f = req.fields
-        return await self.plugin.channels.join(conn, f["channel"], f["info"], f["self"], req.request_id)
+        return await self.channels.join(
+            conn, f["channel"], f["info"], f["self"], req.request_id, f["since"]
+        )
 
-    @message("leave", channel=channel_name)
+    @message("leave", barrier=True, channel=channel_name)
     async def leave(self, conn: Connection, req: Request) -> Frame:
-        self.plugin.channels.leave(conn, req.fields["channel"])
+        self.channels.leave(conn, req.fields["channel"])
         return reply("channel:left", req.request_id, channel=req.fields["channel"])
 
     @message("channel:message", channel=channel_name, event=event_name, data=any_value)
     async def channel_message(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
-        await self.plugin.channels.publish(conn, f["channel"], f["event"], f["data"])
+        await self.channels.publish(conn, f["channel"], f["event"], f["data"])
         return reply("channel:sent", req.request_id, channel=f["channel"])
 
     @message("channel:update", channel=channel_name, info=required_object)
     async def channel_update(self, conn: Connection, req: Request) -> Frame:
         f = req.fields
-        member = await self.plugin.channels.update(conn, f["channel"], f["info"])
+        member = await self.channels.update(conn, f["channel"], f["info"])
         return reply("channel:updated", req.request_id, channel=f["channel"], member=member)
 
 
@@ -371,30 +391,18 @@ class Channels:
 
     def __init__(
         self,
-        plugin: WebSocketPlugin,
+        server: Server,
         config: Mapping[str, Any] | None,
-        *,
-        max_per_connection: int = DEFAULT_MAX_CHANNELS_PER_CONNECTION,
-        presence_timeout: float = DEFAULT_PRESENCE_TIMEOUT,
-        rates: Mapping[str, Any] | None = None,
     ) -> None:
         if config is not None and not isinstance(config, Mapping):
             raise ValueError("channels must be a dict {pattern: options}")
-        self.plugin = plugin
+        self.server = server
+        settings = server.settings
         self.policies = [ChannelPolicy.from_config(p, c) for p, c in (config or {}).items()]
-        self.max_per_connection = _count("max_channels_per_connection", max_per_connection, 1)
-        if (
-            isinstance(presence_timeout, bool)
-            or not isinstance(presence_timeout, int | float)
-            or not 0.3 <= presence_timeout <= 3600
-        ):
-            raise ValueError("presence_timeout must be a number of seconds from 0.3 to 3600")
-        self.presence_timeout = float(presence_timeout)
-        merged = {**DEFAULT_CHANNEL_RATES, **(rates or {})}
-        unknown = set(merged) - set(DEFAULT_CHANNEL_RATES)
-        if unknown:
-            raise ValueError(f"channel_rate_limit: unknown key(s) {sorted(unknown)}; use messages, updates")
-        self.rates = {k: _count(f"channel_rate_limit {k!r}", v, 1) for k, v in merged.items()}
+        # Validated by Settings (max_channels_per_connection, presence_timeout, channel_rate_limit).
+        self.max_per_connection = settings.max_channels_per_connection
+        self.presence_timeout = settings.presence_timeout
+        self.rates = dict(settings.channel_rates)
         self._limiters: dict[str, RateLimit] = {}
         self.channels: dict[str, Channel] = {}
         self.of_connection: dict[Connection, set[str]] = {}
@@ -402,6 +410,8 @@ class Channels:
         self._local_view = _NodeView()  # this node's own members (presence channels)
         self._views: dict[str, _NodeView] = {}  # other nodes
         self._broker: Any = None
+        self._history: Any = None  # the broker, once subscribed to channel history
+        self._reads = asyncio.Semaphore(16)  # history reads at once (a rejoin storm queues)
         self._outbox: asyncio.Queue[bytes] | None = None
         self._outbox_bytes = 0
         self.dropped = 0  # messages dropped since the outbox was last full (see _emit)
@@ -432,9 +442,7 @@ class Channels:
     def _limiter(self, kind: str) -> RateLimit:
         limiter = self._limiters.get(kind)
         if limiter is None:
-            from .plugin import RateLimit
-
-            base = self.plugin.rate_limit_config or {}
+            base = self.server.settings.rate_limit or {}
             shared = {k: v for k, v in base.items()
                       if k not in ("enabled", "max_requests", "maxRequests", "window_ms",
                                    "windowMs", "strategy")}  # fmt: skip
@@ -459,6 +467,11 @@ class Channels:
         if not self.policies or self._tasks:
             return
         broker: Any = db.broker
+        if self._history is None and any(p.history for p in self.policies):
+            if not hasattr(broker, "channel_append"):
+                raise ValueError("channels with 'history' need a broker that keeps channel history")
+            await await_me_maybe(broker.channel_subscribe(self._on_history))
+            self._history = broker
         if isinstance(broker, LocalBroker) or not hasattr(broker, "ephemeral_publish"):
             return  # one process: nothing to tell anyone
         self._broker = broker
@@ -477,6 +490,12 @@ class Channels:
             if close is not None:
                 await await_me_maybe(close())
         self._limiters.clear()
+        history, self._history = self._history, None
+        if history is not None:
+            try:
+                await await_me_maybe(history.channel_unsubscribe(self._on_history))
+            except Exception:
+                log.exception("channel history unsubscribe failed")
         if self._broker is None:
             return
         self._emit({"k": "bye"})
@@ -679,11 +698,17 @@ class Channels:
     def _fan(self, channel: Channel, event: Frame, sender: str | None, own: bool = True) -> None:
         """Send ``event`` (serialized once) to the channel's members here, except ``sender``
         unless it joined with ``self`` (and ``own``: never for its own presence events)."""
-        payload = encode(event)
+        self._deliver(channel, encode(event), sender, own, None)
+
+    def _deliver(self, channel: Channel, payload: bytes, sender: str | None, own: bool,
+                 offset: int | None) -> None:  # fmt: skip
         frame = text_frame(payload)
         sent = 0
         for client_id, local in list(channel.local.items()):
             if client_id == sender and not (own and local.receive_own):
+                continue
+            if local.held is not None:  # joining: after the replay
+                self._hold(local, offset, payload, frame)
                 continue
             try:
                 local.conn.send(payload, frame)
@@ -691,7 +716,21 @@ class Channels:
             except Exception:
                 log.exception("channel delivery failed", error_id=secrets.token_hex(8),
                               channel=channel.name, receiver=client_id)  # fmt: skip
-        self.plugin.metrics.frames_out.inc(sent)
+        self.server.metrics.frames_out.inc(sent)
+
+    def _hold(self, local: _Local, offset: int | None, payload: bytes, frame: bytes) -> None:
+        assert local.held is not None
+        if local.held_bytes < 0:
+            return
+        local.held_bytes += len(frame)
+        if local.held_bytes > self.server.settings.max_queue_bytes:
+            # As a full send queue: closed as a slow consumer; the client resumes from its
+            # last position on its next connection.
+            local.held.clear()
+            local.held_bytes = -1
+            local.conn._overflow()
+            return
+        local.held.append((offset, payload, frame))
 
     def _presence(self, channel: Channel, kind: str, member: Member) -> None:
         if channel.local:
@@ -702,8 +741,8 @@ class Channels:
     # -- what clients do ----------------------------------------------------------------------
     async def join(
         self, conn: Connection, name: str, info: dict[str, Any] | None, receive_own: bool,
-        request_id: Any = None,
-    ) -> Frame:  # fmt: skip
+        request_id: Any = None, since: dict[str, Any] | None = None,
+    ) -> Frame | None:  # fmt: skip
         policy = self.policy_for(name)
         if policy is None:
             raise _forbidden(f"join {name!r} is not allowed")
@@ -719,7 +758,7 @@ class Channels:
             raise _forbidden(f"too many channels on this connection (limit {self.max_per_connection})")
         await self._rate(conn, "updates")
         if policy.join is not None:
-            ctx = ChannelContext(channel=name, user=user, db=self.plugin.db, info=info)
+            ctx = ChannelContext(channel=name, user=user, db=self.server.db, info=info)
             if not await await_me_maybe(policy.join(user, ctx)):
                 raise _forbidden(f"join {name!r} is not allowed")
         if conn.closing:
@@ -729,8 +768,11 @@ class Channels:
         # Only once the guard allowed: whether a channel is full is no outsider's business.
         if not again and channel.size() >= policy.max_members:
             raise _forbidden(f"{name!r} is full (limit {policy.max_members} members)")
-        channel.local[conn.client_id] = _Local(conn, receive_own)
+        local = channel.local[conn.client_id] = _Local(conn, receive_own)
+        if policy.history and self._history is not None:
+            local.held = []  # until the reply and the replay are out
         self.of_connection.setdefault(conn, set()).add(name)
+        conn.on_close(self.drop_connection)  # its memberships end with the socket
         answer = reply("channel:joined", request_id, channel=name)
         if policy.presence:
             member = Member(conn.client_id, getattr(user, "id", None), info, now_ms(), self.node)
@@ -740,7 +782,62 @@ class Channels:
             if old is None or old.info != info:
                 self._set_member(channel, member, "member_updated" if old else "member_added")
             answer["members"] = [m.to_dict() for m in channel.members.values()]
-        return answer
+        if local.held is None:
+            return answer
+        await self._join_history(conn, channel, local, answer, since)
+        return None
+
+    async def _join_history(self, conn: Connection, channel: Channel, local: _Local,
+                            answer: Frame, since: dict[str, Any] | None) -> None:  # fmt: skip
+        """Answer a join on a channel with history: the position (and with ``since``, whether
+        it was recovered), the messages after ``since``, then what arrived meanwhile, each
+        message once and in offset order."""
+        policy = channel.policy
+        budget = min(policy.history_max_bytes, self._replay_budget())
+        replay: list[tuple[int, bytes]] | None = []
+        head: Position | None = None
+        try:
+            try:
+                async with self._reads:
+                    head = await self._history.channel_position(channel.name)
+                    if since is not None:
+                        position = Position(since["offset"], since["epoch"])
+                        replay = await self._history.channel_history(
+                            channel.name, position, keep=policy.history, max_bytes=budget
+                        )
+            except Exception as exc:
+                log.warning("channel history unavailable", channel=channel.name, error=repr(exc))
+                replay = None
+            cut = head.offset if head is not None else None
+            if head is not None:
+                answer["position"] = head.to_dict()
+            if since is not None:
+                answer["recovered"] = replay is not None
+                if replay is not None:
+                    answer["position"] = dict(since)
+                    cut = replay[-1][0] if replay else since["offset"]
+            self.server.send(conn, answer)
+            if channel.local.get(conn.client_id) is not local:  # left (or joined again) meanwhile
+                return
+            sent = 0
+            epoch = answer.get("position", {}).get("epoch", "")
+            for offset, payload in replay or ():
+                sender, _, body = payload.partition(b"\n")
+                if sender.decode() == conn.client_id and not local.receive_own:
+                    continue
+                conn.send(_positioned(body, offset, epoch))
+                sent += 1
+            for held_offset, held_payload, frame in local.held or ():
+                if held_offset is not None and cut is not None and held_offset <= cut:
+                    continue  # in the replay, or before the position the reply gave
+                conn.send(held_payload, frame)
+                sent += 1
+            self.server.metrics.frames_out.inc(sent)
+        finally:
+            local.held = None
+
+    def _replay_budget(self) -> int:
+        return int(self.server.resumer.replay_max_bytes)
 
     def _set_member(self, channel: Channel, member: Member, kind: str) -> None:
         channel.members[member.client_id] = member
@@ -788,18 +885,41 @@ class Channels:
         _sized("data", data, policy.max_message_bytes)
         await self._rate(conn, "messages")
         if policy.publish is not None:
-            ctx = ChannelContext(channel=name, user=conn.user, db=self.plugin.db, event=event, data=data)
+            ctx = ChannelContext(channel=name, user=conn.user, db=self.server.db, event=event, data=data)
             if not await await_me_maybe(policy.publish(conn.user, ctx)):
                 raise _forbidden(f"sending on {name!r} is not allowed")
         sender = {"clientId": conn.client_id, "userId": getattr(conn.user, "id", None)}
-        self._send(channel, event, data, sender, conn.client_id)
+        await self._send(channel, event, data, sender, conn.client_id)
 
-    def _send(self, channel: Channel, event: str, data: Any, sender: dict[str, Any],
-              sender_id: str | None) -> None:  # fmt: skip
+    async def _send(self, channel: Channel, event: str, data: Any, sender: dict[str, Any],
+                    sender_id: str | None) -> None:  # fmt: skip
         frame = {"type": "event", "channel": channel.name, "event": event, "data": data,
                  "from": sender, "timestamp": now_ms()}  # fmt: skip
+        policy = channel.policy
+        if policy.history and self._history is not None:
+            # Through the broker: it gives the offset and hands the message to every process
+            # (this one included) in offset order; ``_on_history`` delivers it.
+            payload = (sender_id or "").encode() + b"\n" + encode(frame)
+            try:
+                await self._history.channel_append(
+                    channel.name, payload, keep=policy.history, max_bytes=policy.history_max_bytes
+                )
+            except Exception as exc:
+                log.warning("channel history append failed", channel=channel.name, error=repr(exc))
+                raise ProtocolError(ErrorCode.INTERNAL_ERROR,
+                                    "the channel's history is unavailable; try again") from None  # fmt: skip
+            return
         self._fan(channel, frame, sender_id)
         self._emit({"k": "msg", "c": channel.name, "e": frame})
+
+    def _on_history(self, name: str, offset: int, epoch: str, payload: bytes) -> None:
+        """A message of a channel with history (any process's), in offset order."""
+        channel = self.channels.get(name)
+        if channel is None or not channel.local:
+            return
+        sender, _, body = payload.partition(b"\n")
+        self._deliver(channel, _positioned(body, offset, epoch), sender.decode() or None, True,
+                      offset)  # fmt: skip
 
     async def update(self, conn: Connection, name: str, info: dict[str, Any]) -> dict[str, Any]:
         channel = self._membership(conn, name)
@@ -828,11 +948,20 @@ class Channels:
             raise ValueError(f"{event!r} is not an event name a channel may carry")
         channel = self._channel(name)
         assert channel is not None
-        self._send(channel, event, data, {"clientId": None, "userId": None}, None)
-        self._forget(channel)
+        try:
+            await self._send(channel, event, data, {"clientId": None, "userId": None}, None)
+        except ProtocolError as exc:
+            raise ConnectionError(str(exc)) from None
+        finally:
+            self._forget(channel)
 
     async def presence(self, name: str) -> list[dict[str, Any]]:
         channel = self._named(name)
         if channel is None:
             return []
         return [m.to_dict() for m in channel.members.values()]
+
+
+def _positioned(body: bytes, offset: int, epoch: str) -> bytes:
+    """A message frame (``body``, a JSON object) with its ``offset`` and ``epoch``."""
+    return body[:-1] + b',"offset":%d,"epoch":%s}' % (offset, orjson.dumps(epoch))

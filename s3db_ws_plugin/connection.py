@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import ipaddress
+import secrets
 import struct
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from s3db_core.log import get_logger
-from s3db_core.options import optional_positive_int
 
 from .internals import limit_read_size
 from .protocol import CloseCode
@@ -78,10 +78,9 @@ class PerIpLimits:
     """
 
     def __init__(self, max_total: int | None, max_unauthenticated: int | None) -> None:
-        self.max_total = optional_positive_int("max_connections_per_ip", max_total)
-        self.max_unauthenticated = optional_positive_int(
-            "max_unauthenticated_per_ip", max_unauthenticated
-        )
+        # Validated by Settings (max_connections_per_ip, max_unauthenticated_per_ip).
+        self.max_total = max_total
+        self.max_unauthenticated = max_unauthenticated
         self._total: dict[str, int] = {}
         self._unauthenticated: dict[str, int] = {}
 
@@ -300,6 +299,8 @@ class Connection:
         self._barrier: asyncio.Task | None = None
         # Closed with 4408 because the send queue overflowed.
         self.overflowed = False
+        # What the owners of per-connection state registered to forget it (see ``on_close``).
+        self._cleanups: list[Callable[[Connection], Any]] = []
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id}>"
@@ -478,6 +479,26 @@ class Connection:
             await asyncio.gather(self._close_task, return_exceptions=True)
         if sender is not None:
             await asyncio.gather(sender, return_exceptions=True)
+
+    # -- per-connection state -----------------------------------------------------------------
+    def on_close(self, cleanup: Callable[[Connection], Any]) -> None:
+        """Have ``cleanup(self)`` run when this connection ends: each owner of per-connection
+        state (the registry, the resumer, the channels, the open connections) registers it when
+        it adds some. Registering the same cleanup again (an equal bound method) is a no-op until
+        it has run; one registered after a run waits for the next (``run_cleanups``)."""
+        if cleanup not in self._cleanups:
+            self._cleanups.append(cleanup)
+
+    def run_cleanups(self) -> None:
+        """Run the cleanups registered so far, in order, each isolated (one that raises is
+        logged with an error id and the others run). The session runs them when the socket
+        closes and again once its requests in flight are done (what they added meanwhile)."""
+        cleanups, self._cleanups = self._cleanups, []
+        for cleanup in cleanups:
+            try:
+                cleanup(self)
+            except Exception:
+                log.exception("connection clean-up failed", error_id=secrets.token_hex(8))
 
     # -- token expiry -------------------------------------------------------------------------
     def arm_expiry(self, expires_at: float | None, on_expiry: Any) -> None:

@@ -17,22 +17,19 @@ bounded (``limits.py``) before they are compiled, and compiled once per frame.
 from __future__ import annotations
 
 import functools
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-
-import orjson
 
 from s3db_auth_drivers import User
 from s3db_core import NotFoundError, Resource, ValidationError
 from s3db_core.log import get_logger
 from s3db_core.query import FilterLimitError, check_limits, compile_filter
-from s3db_core.resource import Versioned, page_cursor
+from s3db_core.resource import Versioned
 
 from . import hookspecs
-from .channels import ChannelFrames
+from .channels import ChannelFrames, Channels
 from .guards import Decision, GuardContext, ResourcePolicy, merge_filter
-from .limits import clip, filter_fields, limit_error
+from .limits import filter_fields, limit_error, page_within
 from .protocol import (
     EVENT_KINDS,
     ErrorCode,
@@ -59,8 +56,9 @@ from .resume import subscribe_from
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
+    from .auth import SessionAuth
     from .connection import Connection
-    from .plugin import WebSocketPlugin
+    from .server import Server
 
 Frame = dict[str, Any]
 Handler = Callable[["Connection", Request], Awaitable[Frame | None]]
@@ -78,8 +76,11 @@ class Handlers(ChannelFrames):
     """The frame handlers of one plugin (the channel frames are inherited from
     ``channels.ChannelFrames``)."""
 
-    def __init__(self, plugin: WebSocketPlugin) -> None:
-        self.plugin = plugin
+    def __init__(self, server: Server, session_auth: SessionAuth, channels: Channels) -> None:
+        self.server = server
+        self.channels = channels
+        self.settings = server.settings
+        self.session_auth = session_auth
         # Built from the @message declarations below: type -> declaration, type -> handler.
         self.messages: dict[str, Message] = {}
         self.table: dict[str, Handler] = {}
@@ -92,8 +93,8 @@ class Handlers(ChannelFrames):
 
     # -- helpers ------------------------------------------------------------------------------
     def _resource(self, conn: Connection, name: str) -> tuple[ResourcePolicy, Resource]:
-        policy = self.plugin.policies.get(name)
-        resource = self.plugin.db.resources.get(name) if policy is not None else None
+        policy = self.server.policies.get(name)
+        resource = self.server.db.resources.get(name) if policy is not None else None
         if policy is None or resource is None:
             raise ProtocolError(
                 ErrorCode.RESOURCE_NOT_FOUND,
@@ -110,7 +111,7 @@ class Handlers(ChannelFrames):
         or reads a protected field. Not compiled here: the effective filter is, once."""
         filter = filter or {}
         try:
-            check_limits(filter, self.plugin.filter_limits)
+            check_limits(filter, self.settings.filter_limits)
         except FilterLimitError as exc:
             raise limit_error(exc) from None
         if policy.protected:
@@ -130,7 +131,7 @@ class Handlers(ChannelFrames):
         client filter, and the guard's keys compiled alone (the access part)."""
         effective = merge_filter(client_filter, override)
         try:
-            check_limits(effective, self.plugin.filter_limits)
+            check_limits(effective, self.settings.filter_limits)
         except FilterLimitError as exc:
             raise limit_error(exc) from None
         try:
@@ -185,12 +186,12 @@ class Handlers(ChannelFrames):
         return self._merged(policy, kept, decision.filter_override)[0]
 
     def _guard_ctx(self, conn: Connection, **fields: Any) -> GuardContext:
-        return GuardContext(user=conn.user, db=self.plugin.db, **fields)
+        return GuardContext(user=conn.user, db=self.server.db, **fields)
 
     async def custom(self, conn: Connection, req: Request) -> Frame:
         """A custom message type (see ``protocol.parse``): the first ``s3db_ws_message``
         implementation that answers it; ``UNKNOWN_MESSAGE_TYPE`` when none does."""
-        answer = await hookspecs.answer(self.plugin.db.pm, conn, req.fields["message"])
+        answer = await hookspecs.answer(self.server.db.pm, conn, req.fields["message"])
         if answer is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_MESSAGE_TYPE,
@@ -204,16 +205,17 @@ class Handlers(ChannelFrames):
         return answer
 
     # -- frames -------------------------------------------------------------------------------
-    @message("ping", before_auth=True)
+    @message("ping", before_auth=True, inline=True)
     async def ping(self, conn: Connection, req: Request) -> Frame:
         return reply("pong", req.request_id, timestamp=now_ms())
 
-    @message("auth", before_auth=True, token=required_text)
+    @message("auth", before_auth=True, barrier=True, token=required_text)
     async def auth(self, conn: Connection, req: Request) -> None:
-        await self.plugin.session_auth.frame(conn, req)
+        await self.session_auth.frame(conn, req)
 
     @message(
         "subscribe",
+        barrier=True,
         resource=required_text,
         filter=optional_object,
         events=event_kinds,
@@ -235,11 +237,11 @@ class Handlers(ChannelFrames):
         # before the subscription takes effect, so it never shows more than a list.
         listed = await self.list_filter(conn, policy, client_filter) if f["snapshot"] else None
         events = frozenset(f["events"] or EVENT_KINDS) & policy.events
-        registry = self.plugin.registry
+        registry = self.server.registry
         for old in registry.of(conn, name):
             if old.client_filter == client_filter:  # subscribing again replaces
                 registry.remove(old)
-        limit = self.plugin.max_subscriptions
+        limit = self.settings.max_subscriptions
         if len(registry.of(conn)) >= limit:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
@@ -258,7 +260,7 @@ class Handlers(ChannelFrames):
         )
         # What it holds counts against its address's and user's budgets (FORBIDDEN over one);
         # the registry releases it when the subscription goes.
-        sub.hold = await self.plugin.holdings.reserve(conn, len(encode(effective)))
+        sub.hold = await self.server.holdings.reserve(conn, len(encode(effective)))
         registry.add(sub)
         answer = functools.partial(
             reply,
@@ -270,23 +272,23 @@ class Handlers(ChannelFrames):
         )
         position = None
         if f["since"] is None and not f["snapshot"]:
-            position = self.plugin.position_of(name)  # what this process fanned out last
+            position = self.server.position_of(name)  # what this process fanned out last
             if position is not None:
                 return answer(position=position)
         try:  # replies itself, then sends the replay, the snapshot's stream or what is new
-            await subscribe_from(self.plugin, conn, sub, policy, f, answer, listed)
+            await subscribe_from(self.server, conn, sub, policy, f, answer, listed)
         except BaseException:
             registry.remove(sub)
             raise
         return None
 
-    @message("unsubscribe", resource=required_text, filter=optional_object)
+    @message("unsubscribe", barrier=True, resource=required_text, filter=optional_object)
     async def unsubscribe(self, conn: Connection, req: Request) -> Frame:
         name, filter = req.fields["resource"], req.fields["filter"]
         self._resource(conn, name)
-        for sub in self.plugin.registry.of(conn, name):
+        for sub in self.server.registry.of(conn, name):
             if filter is None or filter in (sub.client_filter, sub.filter):
-                self.plugin.registry.remove(sub)
+                self.server.registry.remove(sub)
         return reply("unsubscribed", req.request_id, resource=name)
 
     @message(
@@ -303,7 +305,7 @@ class Handlers(ChannelFrames):
         client_filter = self._client_filter(policy, f["filter"])
         effective = await self.list_filter(conn, policy, client_filter)
         order = f["order"] or policy.order
-        plugin = self.plugin
+        settings = self.settings
         # The core compiles the effective filter (once) and reads at most the scan budget.
         page = await resource.list(
             filter=effective or None,
@@ -311,11 +313,11 @@ class Handlers(ChannelFrames):
             cursor=f["cursor"],
             order=order,
             where=policy.readable(conn.user),
-            scan_limit=plugin.list_scan_limit,
-            max_bytes=plugin.list_max_bytes,
+            scan_limit=settings.list_scan_limit,
+            max_bytes=settings.list_max_bytes,
         )
         data, cursor = page_within(
-            page.items, page.cursor, policy, order, plugin.list_max_bytes
+            page.items, page.cursor, policy, order, settings.list_max_bytes
         )
         return reply("data", req.request_id, resource=policy.name, data=data, cursor=cursor)
 
@@ -439,53 +441,6 @@ def _shown(policy: ResourcePolicy, read: Predicate | None, record: dict[str, Any
     if read is not None and not read(record):
         return {"id": record["id"]}
     return policy.protected.strip(record)
-
-
-_CHUNK = 32  # records serialized per call while a page is checked against its byte budget
-
-
-def page_within(
-    records: list[dict[str, Any]],
-    cursor: str | None,
-    policy: ResourcePolicy,
-    order: str,
-    max_bytes: int,
-) -> tuple[list[Any], str | None]:
-    """The page's records, stripped of protected fields and serialized once (the reply embeds
-    the bytes), cut after the record that reaches ``max_bytes``, with a cursor after the last
-    one kept. Records are serialized ``_CHUNK`` at a time (one call each, as cheap as one for the
-    whole page) and one by one only in the chunk that reaches the budget. A record that cannot
-    be serialized is left out and logged."""
-    strip = policy.protected.strip if policy.protected else None
-    data: list[Any] = []
-    size = 0
-    for start in range(0, len(records), _CHUNK):
-        chunk = records[start : start + _CHUNK]
-        stripped = [strip(r) for r in chunk] if strip is not None else chunk
-        try:
-            encoded = orjson.dumps(stripped)
-        except TypeError:  # a value orjson refuses: one by one, to find and skip it
-            encoded = None
-        if encoded is not None and size + len(encoded) < max_bytes:
-            data.append(orjson.Fragment(encoded[1:-1]))  # "a,b,c": elements of the outer list
-            size += len(encoded)
-            continue
-        for index, record in enumerate(stripped, start):
-            try:
-                one = encode(record)
-            except Exception:
-                log.exception(
-                    "record left out of a list page",
-                    error_id=secrets.token_hex(8),
-                    resource=policy.name,
-                    record_id=clip(chunk[index - start].get("id")),
-                )
-                continue
-            data.append(orjson.Fragment(one))
-            size += len(one)
-            if size >= max_bytes and index < len(records) - 1:
-                return data, page_cursor(record["id"], order)
-    return data, cursor
 
 
 def _kept(client_filter: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:

@@ -21,14 +21,22 @@ memory or flood the logs. The plugin's options (``filter_limits``, ``max_subscri
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from s3db_core.log import get_logger
 from s3db_core.query import LOGICAL, FilterLimitError, FilterLimits
+from s3db_core.resource import page_cursor
 
-from .protocol import MAX_REQUEST_ID, ErrorCode, ProtocolError, request_id_of
+from .protocol import MAX_REQUEST_ID, ErrorCode, ProtocolError, encode, request_id_of
+
+if TYPE_CHECKING:
+    from .guards import ResourcePolicy
+
+log = get_logger("s3db.ws")
 
 __all__ = [
     "DEFAULT_LIST_MAX_BYTES",
@@ -43,6 +51,7 @@ __all__ = [
     "clip",
     "filter_fields",
     "limit_error",
+    "page_within",
     "recover_request_id",
 ]
 
@@ -133,3 +142,50 @@ def filter_fields(filter: dict[str, Any]) -> Iterator[str]:
                     stack.extend(branch for branch in value if isinstance(branch, dict))
             elif isinstance(key, str):
                 yield key
+
+
+_CHUNK = 32  # records serialized per call while a page is checked against its byte budget
+
+
+def page_within(
+    records: list[dict[str, Any]],
+    cursor: str | None,
+    policy: ResourcePolicy,
+    order: str,
+    max_bytes: int,
+) -> tuple[list[Any], str | None]:
+    """The page's records, stripped of protected fields and serialized once (the reply embeds
+    the bytes), cut after the record that reaches ``max_bytes``, with a cursor after the last
+    one kept. Records are serialized ``_CHUNK`` at a time (one call each, as cheap as one for the
+    whole page) and one by one only in the chunk that reaches the budget. A record that cannot
+    be serialized is left out and logged."""
+    strip = policy.protected.strip if policy.protected else None
+    data: list[Any] = []
+    size = 0
+    for start in range(0, len(records), _CHUNK):
+        chunk = records[start : start + _CHUNK]
+        stripped = [strip(r) for r in chunk] if strip is not None else chunk
+        try:
+            encoded = orjson.dumps(stripped)
+        except TypeError:  # a value orjson refuses: one by one, to find and skip it
+            encoded = None
+        if encoded is not None and size + len(encoded) < max_bytes:
+            data.append(orjson.Fragment(encoded[1:-1]))  # "a,b,c": elements of the outer list
+            size += len(encoded)
+            continue
+        for index, record in enumerate(stripped, start):
+            try:
+                one = encode(record)
+            except Exception:
+                log.exception(
+                    "record left out of a list page",
+                    error_id=secrets.token_hex(8),
+                    resource=policy.name,
+                    record_id=clip(chunk[index - start].get("id")),
+                )
+                continue
+            data.append(orjson.Fragment(one))
+            size += len(one)
+            if size >= max_bytes and index < len(records) - 1:
+                return data, page_cursor(record["id"], order)
+    return data, cursor

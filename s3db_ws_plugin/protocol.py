@@ -216,12 +216,18 @@ def stream_position(msg: dict[str, Any], name: str) -> dict[str, Any] | None:
 # -- message declarations ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Message:
-    """A message type: its fields (validated in this order) and whether it may come before the
-    connection has authenticated."""
+    """A message type: its fields (validated in this order), whether it may come before the
+    connection has authenticated, and how the session runs it: ``inline`` (answered by the
+    reader itself, at once, never behind a slow request) or ``barrier`` (it changes what the
+    session is, who or which subscriptions: every later frame of the connection starts only once
+    it is done, so a ``list`` after a ``subscribe`` sees the subscription in place); otherwise a
+    request task beside the others."""
 
     type: str
     fields: tuple[tuple[str, Field], ...]
     before_auth: bool = False
+    inline: bool = False
+    barrier: bool = False
 
     def validate(self, msg: dict[str, Any]) -> dict[str, Any]:
         return {name: validate(msg, name) for name, validate in self.fields}
@@ -230,7 +236,14 @@ class Message:
 H = TypeVar("H", bound=Callable[..., Any])
 
 
-def message(type: str, *, before_auth: bool = False, **fields: Field) -> Callable[[H], H]:
+def message(
+    type: str,
+    *,
+    before_auth: bool = False,
+    inline: bool = False,
+    barrier: bool = False,
+    **fields: Field,
+) -> Callable[[H], H]:
     """Declare the handler of message ``type`` with its fields beside it::
 
         @message("get", resource=required_text, id=required_text)
@@ -239,7 +252,8 @@ def message(type: str, *, before_auth: bool = False, **fields: Field) -> Callabl
     ``handlers.py`` builds its dispatch table from these declarations."""
 
     def declare(handler: H) -> H:
-        handler.message = Message(type, tuple(fields.items()), before_auth)  # type: ignore[attr-defined]
+        declared = Message(type, tuple(fields.items()), before_auth, inline, barrier)
+        handler.message = declared  # type: ignore[attr-defined]
         return handler
 
     return declare

@@ -31,13 +31,18 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from s3db_core.log import get_logger
 from s3db_core.options import positive_float
 from s3db_core.plugins import load_entry_point
 
+if TYPE_CHECKING:
+    from .connection import Connection
+
 log = get_logger("s3db.rate_limit")
+
+RATE_LIMIT_KEYS = ("connection", "user", "ip")
 
 ENTRY_POINT_GROUP = "s3db.rate_limiters"
 STRATEGIES = ("sliding-window", "token-bucket")
@@ -254,3 +259,48 @@ def load_rate_limiter(name: str, config: Mapping[str, Any] | None = None) -> Rat
         dict(config or {})
     )
     return limiter
+
+
+class RateLimit:
+    """The frame rate limiter and what it is keyed by.
+
+    ``key`` is ``"user"`` (the default: an authenticated connection counts against its user,
+    any other against its IP address, so neither reconnecting nor opening parallel sockets
+    resets the budget), ``"ip"``, ``"connection"``, or a list of them (``["user", "ip"]``): a
+    frame must then be allowed under every key.
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        key = config.get("key", "user")
+        keys = [key] if isinstance(key, str) else key
+        if (
+            not isinstance(keys, list | tuple)
+            or not keys
+            or not all(isinstance(k, str) and k in RATE_LIMIT_KEYS for k in keys)
+        ):
+            raise ValueError(f"rate_limit 'key' must be one of {RATE_LIMIT_KEYS} or a list of them")
+        self.keys: tuple[str, ...] = tuple(dict.fromkeys(keys))
+        name = config.get("limiter", "memory")
+        options = {k: v for k, v in config.items() if k not in ("enabled", "key", "limiter")}
+        self.limiter = load_rate_limiter(name, options)
+
+    def keys_for(self, conn: Connection) -> list[str]:
+        keys = []
+        for kind in self.keys:
+            if kind == "connection":
+                keys.append(f"conn:{conn.client_id}")
+            elif kind == "user" and conn.user is not None:
+                keys.append(f"user:{conn.user.id}")
+            else:  # "ip", and "user" before (or without) authentication
+                keys.append(f"ip:{conn.remote}")
+        return list(dict.fromkeys(keys))
+
+    async def hit(self, conn: Connection) -> RateDecision:
+        """Count one frame of ``conn``; refused when any of its keys is over the limit."""
+        decision = None
+        for key in self.keys_for(conn):
+            decision = await self.limiter.hit(key)
+            if not decision.allowed:
+                return decision
+        assert decision is not None
+        return decision

@@ -23,7 +23,7 @@ await ``plugin.recheck(...)`` before writing anything the removed user must not 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from s3db_core import Change, ForbiddenError, NotFoundError, hookimpl
@@ -33,8 +33,19 @@ from .protocol import ErrorCode, ProtocolError
 from .subscriptions import Subscription
 
 if TYPE_CHECKING:
+    from s3db_auth_drivers import User
+
     from .connection import Connection
+    from .guards import ResourcePolicy
     from .plugin import WebSocketPlugin
+    from .server import Server
+
+    # The subscribe decision: (policy, user, client filter) -> (effective filter, predicate,
+    # access part), raising when refused.
+    Decide = Callable[
+        [ResourcePolicy, User | None, dict[str, Any]],
+        Awaitable[tuple[dict[str, Any], Callable[[Any], bool], Callable[[Any], bool] | None]],
+    ]
 
 log = get_logger("s3db.ws")
 
@@ -50,7 +61,8 @@ def _selected(sub: Subscription, where: Mapping[str, Any] | None) -> bool:
 
 
 async def recheck_subscriptions(
-    plugin: WebSocketPlugin,
+    server: Server,
+    decide: Decide,
     resource: str | None = None,
     *,
     where: Mapping[str, Any] | None = None,
@@ -59,41 +71,42 @@ async def recheck_subscriptions(
 ) -> int:
     """Re-run role and ``subscribe`` checks on the selected subscriptions; returns how many were
     revoked. ``resource`` None means every resource; ``user_id`` limits it to that user's
-    connections, ``connections`` to those."""
+    connections, ``connections`` to those. ``decide`` is the decision ``subscribe`` makes
+    (``Handlers.subscription_filter``)."""
     revoked = 0
-    for conn in list(plugin.connections if connections is None else connections):
+    for conn in list(server.connections if connections is None else connections):
         if conn.closing or (user_id is not None and getattr(conn.user, "id", None) != user_id):
             continue
-        for sub in plugin.registry.of(conn, resource):
+        for sub in server.registry.of(conn, resource):
             if not _selected(sub, where):
                 continue
-            allowed = await _still_allowed(plugin, sub)
-            if sub not in plugin.registry:  # unsubscribed while the guard ran
+            allowed = await _still_allowed(server, decide, sub)
+            if sub not in server.registry:  # unsubscribed while the guard ran
                 continue
             if allowed is None:
-                _revoke(plugin, sub)
+                _revoke(server, sub)
                 revoked += 1
                 continue
             # The read rule follows the connection's user (a refreshed token's claims).
-            sub.read = plugin.policies[sub.resource].readable(conn.user)
+            server.registry.set_read(sub, server.policies[sub.resource].readable(conn.user))
             if allowed[0] != sub.filter:
-                plugin.registry.reindex(sub, *allowed)
+                server.registry.reindex(sub, *allowed)
     if revoked:
         log.info("subscriptions revoked", resource=resource, count=revoked)
     return revoked
 
 
 async def _still_allowed(
-    plugin: WebSocketPlugin, sub: Subscription
+    server: Server, decide: Decide, sub: Subscription
 ) -> tuple[dict[str, Any], Callable[[Any], bool], Callable[[Any], bool] | None] | None:
     """The subscription's effective filter and predicate now (the same decision ``subscribe``
     makes), or None when it is no longer allowed."""
     conn = sub.connection
-    policy = plugin.policies.get(sub.resource)
+    policy = server.policies.get(sub.resource)
     if policy is None or not policy.role_allows(conn.user):
         return None
     try:
-        return await plugin.handlers.subscription_filter(policy, conn.user, sub.client_filter)
+        return await decide(policy, conn.user, sub.client_filter)
     except (ProtocolError, ForbiddenError, NotFoundError):  # refused
         return None
     except Exception:  # fail closed: a guard that cannot decide does not keep the stream open
@@ -101,14 +114,14 @@ async def _still_allowed(
         return None
 
 
-def _revoke(plugin: WebSocketPlugin, sub: Subscription) -> None:
-    plugin.registry.remove(sub)
+def _revoke(server: Server, sub: Subscription) -> None:
+    server.registry.remove(sub)
     error = ProtocolError(
         ErrorCode.FORBIDDEN,
         f"subscription to {sub.resource!r} revoked: no longer allowed",
         {"resource": sub.resource, "filter": sub.client_filter, "revoked": True},
     )
-    plugin.send_error(sub.connection, error)
+    server.send_error(sub.connection, error)
 
 
 class RecheckOnAccessChange:

@@ -42,12 +42,14 @@ from s3db_core import Change, Position
 from s3db_core.log import get_logger
 
 from .connection import text_frame
-from .protocol import CloseCode
-from .subscriptions import Delivery
+from .limits import page_within
+from .protocol import CloseCode, encode
+from .subscriptions import Delivery, delivers
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .guards import ResourcePolicy
+    from .server import Server
     from .subscriptions import Subscription, SubscriptionRegistry
 
 log = get_logger("s3db.ws")
@@ -131,38 +133,6 @@ class Hold:
         self.size += len(payload)
 
 
-def event_frame(change: Change, policy: ResourcePolicy, leave: bool = False) -> dict[str, Any]:
-    """The ``event`` frame of ``change`` (protected fields stripped), or its ``leave`` frame
-    (the record's id, nothing of its new content): the same for every receiver, built once."""
-    return {
-        "type": "event",
-        "resource": change.resource,
-        "event": "leave" if leave else change.event,
-        "data": {"id": change.record.get("id")} if leave else policy.protected.strip(change.record),
-        "timestamp": change.timestamp,
-        "version": change.version,
-        "offset": change.offset,
-        "epoch": change.epoch,
-    }
-
-
-def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
-    """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
-    record left what it may see) or ``NOTHING``; the live rule of
-    ``SubscriptionRegistry.deliveries`` for one subscription (fails closed)."""
-    event = change.event
-    if event not in policy.events or event not in sub.events:
-        return Delivery.NOTHING
-    if policy.requires_user and not policy.role_allows(sub.connection.user):
-        return Delivery.NOTHING
-    after = change.record if event != "delete" else None
-    try:
-        return sub.delivery(event, after, change.previous)
-    except Exception:
-        log.exception("subscription check failed", resource=sub.resource)
-        return Delivery.NOTHING
-
-
 class Positions:
     """What this process has fanned out per resource: the last offset, within its epoch."""
 
@@ -226,6 +196,7 @@ class Resumer:
         replay_max_bytes: int = DEFAULT_REPLAY_MAX_BYTES,
     ) -> None:
         self.registry = registry
+        self._release = self.release  # one bound method for every connection's clean-ups
         self.gate = VersionGate()
         self.positions = Positions()
         # Connections whose live frames are held while one of their subscriptions catches up.
@@ -243,15 +214,18 @@ class Resumer:
 
     def hold(self, conn: Connection) -> Hold:
         hold = self.holds[conn] = Hold(self.max_hold_bytes)
+        conn.on_close(self._release)
         return hold
 
     def release(self, conn: Connection) -> None:
+        """Forget ``conn``'s holds and guards (run by the connection when it closes)."""
         self.holds.pop(conn, None)
         self.guards.pop(conn, None)
 
     def guard(self, conn: Connection, guard: ReplayGuard | SnapshotGuard) -> None:
         if not guard.expired:
             self.guards.setdefault(conn, []).append(guard)
+            conn.on_close(self._release)
 
     def guarded(self, conn: Connection, change: Change, policy: ResourcePolicy) -> bool:
         """Whether a live ``change`` for ``conn`` is one a recent replay or snapshot of one of
@@ -410,23 +384,38 @@ class SnapshotGuard:
     A store write is durable before its change is published, so a listing may show a record
     whose change reaches the stream after the position read with it, even after the live
     stream seemed to catch up. Per listed record, the changes after the snapshot's position are
-    a chain: older states, then the one the listing showed (``record`` equal to it), then newer
-    ones (the first of which has it as ``previous``). The guard drops the chain up to the listed
-    state and lets the rest through; it ends when every listed record is resolved or after
+    a chain: older states, then the one the listing showed, then newer ones. The listing gives
+    each record's version, so the guard compares versions: it drops states older than the
+    listed one and the listed one itself, and lets the first newer one (a higher version, or
+    the delete of the listed version) and all after it through. A version restarts at 1 when a
+    record is deleted and inserted again, so a record re-inserted between the position and the
+    listing may repeat states it showed (it still ends at the right one). A record listed
+    without a version is compared by content (``record`` equal to the listed one, then
+    ``previous`` equal to it). The guard ends when every listed record is resolved or after
     ``ttl`` seconds (a record the listing showed unchanged since before the position has no
     marker to wait for)."""
 
     __slots__ = ("sub", "resource", "offset", "epoch", "pending", "expires")
 
     def __init__(
-        self, sub: Subscription, offset: int, epoch: str, records: Iterable[Any], ttl: float
+        self,
+        sub: Subscription,
+        offset: int,
+        epoch: str,
+        records: Iterable[Any],
+        ttl: float,
+        versions: dict[str, int] | None = None,
     ) -> None:
         self.sub = sub
         self.resource = sub.resource
         self.offset = offset
         self.epoch = epoch
-        self.pending: dict[Any, dict[str, Any]] = {
-            r.get("id"): r for r in records if isinstance(r, dict) and r.get("id") is not None
+        known = versions or {}
+        # id -> the listed version, or the listed record where no version is known
+        self.pending: dict[Any, int | dict[str, Any]] = {
+            r["id"]: known.get(r["id"]) or r
+            for r in records
+            if isinstance(r, dict) and r.get("id") is not None
         }
         self.expires = asyncio.get_running_loop().time() + ttl
 
@@ -444,6 +433,12 @@ class SnapshotGuard:
         listed = self.pending.get(record.get("id"))
         if listed is None:
             return False
+        if isinstance(listed, int) and change.version > 0:
+            if change.version < listed:
+                return True  # a state older than the listed one
+            del self.pending[record.get("id")]
+            # The listed state itself; else the first state after it (its delete, or newer).
+            return change.version == listed and change.event != "delete"
         if change.event != "delete" and record == listed:
             del self.pending[record.get("id")]  # the listed state itself
             return True
@@ -454,17 +449,17 @@ class SnapshotGuard:
 
 
 # -- subscribe {since} / {snapshot} -------------------------------------------------------------
-async def current_position(plugin: Any, resource: str) -> Position | None:
+async def current_position(server: Server, resource: str) -> Position | None:
     """The broker's latest position of ``resource`` (None for a broker without positions),
     read after this call began. Concurrent subscribes share reads: one runs at a time per
     resource and the callers that arrive meanwhile share the next one (a thousand clients
     resubscribing at once cost two reads, not a thousand connections to the broker)."""
-    if getattr(plugin.db.broker, "position", None) is None:
+    if getattr(server.db.broker, "position", None) is None:
         return None
-    resumer: Resumer = plugin.resumer
+    resumer = server.resumer
     state = resumer.position_reads.setdefault(resource, _Coalesced())
     if state.running is None:
-        state.running = asyncio.ensure_future(_position_round(plugin, resource, state))
+        state.running = asyncio.ensure_future(_position_round(server, resource, state))
         return await asyncio.shield(state.running)
     if state.waiting is None:  # one is running, begun before us: share the next
         state.waiting = asyncio.get_running_loop().create_future()
@@ -479,17 +474,17 @@ class _Coalesced:
         self.waiting: asyncio.Future[Position] | None = None
 
 
-async def _position_round(plugin: Any, resource: str, state: _Coalesced) -> Position:
+async def _position_round(server: Server, resource: str, state: _Coalesced) -> Position:
     try:
-        async with plugin.resumer.broker_reads:
-            position: Position = await plugin.db.broker.position(resource)
+        async with server.resumer.broker_reads:
+            position: Position = await server.db.broker.position(resource)
             return position
     finally:
         waiting, state.waiting = state.waiting, None
         if waiting is None:
             state.running = None
         else:
-            state.running = asyncio.ensure_future(_position_round(plugin, resource, state))
+            state.running = asyncio.ensure_future(_position_round(server, resource, state))
             state.running.add_done_callback(lambda task: _settle(waiting, task))
 
 
@@ -505,7 +500,7 @@ def _settle(future: asyncio.Future[Position], task: asyncio.Future[Position]) ->
 
 
 async def subscribe_from(
-    plugin: Any,
+    server: Server,
     conn: Connection,
     sub: Subscription,
     policy: ResourcePolicy,
@@ -518,19 +513,19 @@ async def subscribe_from(
     ``subscribed`` frame; this sends it itself, before the replayed events. ``listed`` is the
     effective filter a ``list`` by the same connection would use (the snapshot's records pass
     it as well as the subscription's own filter)."""
-    resumer: Resumer = plugin.resumer
+    resumer = server.resumer
     resumer.hold(conn)  # before any await: every live frame from now on is held
     name = sub.resource
     covered: Callable[[Change], bool] = _nothing
     replayed: list[tuple[int, bytes]] = []
     try:
-        current = await current_position(plugin, name)
+        current = await current_position(server, name)
         if fields.get("snapshot"):
             covered = await _snapshot(
-                plugin, conn, sub, policy, fields, reply, current, listed or {}
+                server, conn, sub, policy, fields, reply, current, listed or {}
             )
         elif fields.get("since") is None:  # from now: after the broker's latest position
-            plugin.send(conn, reply(position=_dict(current)))
+            server.send(conn, reply(position=_dict(current)))
             if current is not None:
                 guard = ReplayGuard(
                     sub, current.epoch, current.offset, resumer.positions, resumer.guard_ttl
@@ -539,11 +534,11 @@ async def subscribe_from(
                 covered = guard.covers
         else:
             covered, replayed = await _replay(
-                plugin, conn, sub, policy, fields["since"], reply, current
+                server, conn, sub, policy, fields["since"], reply, current
             )
     finally:
         sent = resumer.flush(conn, sub, policy, covered, replayed)
-        plugin.metrics.frames_out.inc(sent)
+        server.metrics.frames_out.inc(sent)
 
 
 def _nothing(change: Change) -> bool:
@@ -551,7 +546,7 @@ def _nothing(change: Change) -> bool:
 
 
 async def _replay(
-    plugin: Any,
+    server: Server,
     conn: Connection,
     sub: Subscription,
     policy: ResourcePolicy,
@@ -559,15 +554,13 @@ async def _replay(
     reply: Callable[..., dict[str, Any]],
     current: Any | None,
 ) -> tuple[Callable[[Change], bool], list[tuple[int, bytes]]]:
-    from .protocol import encode
-
-    resumer: Resumer = plugin.resumer
+    resumer = server.resumer
     name = sub.resource
     offset, epoch = since["offset"], since["epoch"]
     changes = None
     frames: list[tuple[int, bytes]] = []
     if current is not None and current.epoch == epoch and offset <= current.offset:
-        history = plugin.db.broker.history
+        history = server.db.broker.history
         seed = max(0, offset - REPLAY_SEED)
         async with resumer.broker_reads:  # bounded: a reconnect storm queues, never fails
             changes = await history(name, Position(seed, epoch))
@@ -587,12 +580,12 @@ async def _replay(
     else:
         changes_ok = False
     if not changes_ok:
-        plugin.send(conn, reply(recovered=False, position=_dict(current)))
+        server.send(conn, reply(recovered=False, position=_dict(current)))
         if current is None:
             return _nothing, []
         cut, cut_epoch = current.offset, current.epoch
     else:
-        plugin.send(conn, reply(recovered=True, position=Position(offset, epoch).to_dict()))
+        server.send(conn, reply(recovered=True, position=Position(offset, epoch).to_dict()))
         cut, cut_epoch = (last if last is not None else offset), epoch
     guard = ReplayGuard(sub, cut_epoch, cut, resumer.positions, resumer.guard_ttl)
     resumer.guard(conn, guard)  # the replayed changes this process fans out late
@@ -600,7 +593,7 @@ async def _replay(
 
 
 async def _snapshot(
-    plugin: Any,
+    server: Server,
     conn: Connection,
     sub: Subscription,
     policy: ResourcePolicy,
@@ -609,11 +602,9 @@ async def _snapshot(
     current: Any | None,
     listed: dict[str, Any],
 ) -> Callable[[Change], bool]:
-    resumer: Resumer = plugin.resumer
+    resumer = server.resumer
     name = sub.resource
-    resource = plugin.db.resources[name]
-    from .handlers import page_within
-
+    resource = server.db.resources[name]
     order = policy.order
     # As ``list`` reads (its guard's filter, the read rule, the scan budget, the byte budget),
     # and through the subscription's own filter (the subscribe guard's override) as well.
@@ -626,19 +617,21 @@ async def _snapshot(
         limit=fields["limit"],
         order=order,
         where=where,
-        scan_limit=plugin.list_scan_limit,
-        max_bytes=plugin.list_max_bytes,
+        scan_limit=server.settings.list_scan_limit,
+        max_bytes=server.settings.list_max_bytes,
     )
-    data, cursor = page_within(page.items, page.cursor, policy, order, plugin.list_max_bytes)
+    data, cursor = page_within(page.items, page.cursor, policy, order, server.settings.list_max_bytes)
     records = page.items
     if cursor != page.cursor:  # cut by the byte budget: the guard knows only what was sent
         sent = orjson.loads(orjson.dumps(data))  # the page's fragments, as the client reads them
         shown = {r.get("id") for r in sent if isinstance(r, dict)}
         records = [r for r in records if r.get("id") in shown]
-    plugin.send(conn, reply(data=data, cursor=cursor, position=_dict(current)))
+    server.send(conn, reply(data=data, cursor=cursor, position=_dict(current)))
     if current is None:
         return _nothing
-    guard = SnapshotGuard(sub, current.offset, current.epoch, records, resumer.guard_ttl)
+    guard = SnapshotGuard(
+        sub, current.offset, current.epoch, records, resumer.guard_ttl, page.versions
+    )
     resumer.guard(conn, guard)  # the live frames after the flush go through it too
     return guard.covers
 

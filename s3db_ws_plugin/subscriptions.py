@@ -133,6 +133,46 @@ class Subscription:
         return Delivery.RECORD if self.accessible(after) else Delivery.LEAVE
 
 
+def delivers(sub: Subscription, change: Change, policy: ResourcePolicy) -> Delivery:
+    """What ``change`` brings ``sub``'s connection through ``sub``: ``RECORD``, ``LEAVE`` (the
+    record left what it may see) or ``NOTHING``. The live delivery rule for one subscription:
+    ``SubscriptionRegistry.deliveries`` applies the same (``_outcome``) to every candidate, and
+    resume checks replayed and held changes with it."""
+    event = change.event
+    if event not in policy.events:
+        return Delivery.NOTHING
+    after = change.record if event != "delete" else None
+    return _outcome(sub, event, after, change.previous, policy, policy.requires_user)
+
+
+def _outcome(
+    sub: Subscription,
+    event: str,
+    after: dict[str, Any] | None,
+    before: dict[str, Any] | None,
+    policy: ResourcePolicy,
+    check_role: bool,
+) -> Delivery:
+    """The rule itself, for a change whose event ``policy`` broadcasts (fails closed for this
+    subscription, never for the others)."""
+    if event not in sub.events:
+        return Delivery.NOTHING
+    if check_role and not policy.role_allows(sub.connection.user):
+        return Delivery.NOTHING
+    try:
+        if sub.access is None and sub.read is None:  # nothing to leave: the hot path
+            predicate = sub.predicate
+            if (after is not None and predicate(after)) or (
+                before is not None and predicate(before)
+            ):
+                return Delivery.RECORD
+            return Delivery.NOTHING
+        return sub.delivery(event, after, before)
+    except Exception:
+        _failed("subscription check failed", sub.resource)
+        return Delivery.NOTHING
+
+
 def _failed(message: str, resource: str) -> None:
     log.exception(message, error_id=secrets.token_hex(8), resource=resource)
 
@@ -196,6 +236,8 @@ class SubscriptionRegistry:
     is called with each removed subscription that holds a budget (``sub.hold``)."""
 
     def __init__(self, release: Callable[[Any], None] | None = None) -> None:
+        # One bound method for every connection's clean-up list (none allocated per socket).
+        self._forget = self.remove_connection
         self._by_resource: dict[str, ResourceSubscriptions] = {}
         self._by_connection: dict[Connection, list[Subscription]] = {}
         self._release = release
@@ -216,6 +258,7 @@ class SubscriptionRegistry:
     def add(self, sub: Subscription) -> None:
         self._index(sub)
         self._by_connection.setdefault(sub.connection, []).append(sub)
+        sub.connection.on_close(self._forget)  # forgotten when the socket closes
 
     def remove(self, sub: Subscription) -> None:
         subs = self._by_connection.get(sub.connection)
@@ -237,6 +280,10 @@ class SubscriptionRegistry:
         hold, sub.hold = sub.hold, None
         if hold is not None and self._release is not None:
             self._release(hold)
+
+    def set_read(self, sub: Subscription, read: Predicate | None) -> None:
+        """Bind ``sub`` to another read rule (its connection's user changed claims)."""
+        sub.read = read
 
     def reindex(
         self,
@@ -289,25 +336,12 @@ class SubscriptionRegistry:
         for group in groups:
             for sub in group:
                 conn = sub.connection
-                if conn in receivers or event not in sub.events:
+                if conn in receivers:
                     continue
-                if check_role and not policy.role_allows(conn.user):
-                    continue
-                try:
-                    if sub.access is None and sub.read is None:  # nothing to leave: the hot path
-                        predicate = sub.predicate
-                        if (after is not None and predicate(after)) or (
-                            before is not None and predicate(before)
-                        ):
-                            receivers[conn] = None
-                        continue
-                    outcome = sub.delivery(event, after, before)
-                except Exception:  # fail closed for this subscription, never for the others
-                    _failed("subscription check failed", sub.resource)
-                    continue
-                if outcome == Delivery.RECORD:
+                outcome = _outcome(sub, event, after, before, policy, check_role)
+                if outcome is Delivery.RECORD:
                     receivers[conn] = None
-                elif outcome == Delivery.LEAVE:
+                elif outcome is Delivery.LEAVE:
                     leaving[conn] = None
         if leaving:  # a connection another of whose subscriptions still sees the record
             return list(receivers), [conn for conn in leaving if conn not in receivers]

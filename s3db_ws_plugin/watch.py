@@ -4,7 +4,8 @@ subscriber and cache.
 
 The watcher reads the store's own event feed (``s3db_core.feeds``) and, for each record object
 written or deleted that the stream did not already carry (same key and ETag, seen on the broker
-within ``grace`` seconds of the feed event), reads the record and publishes the change
+within ``grace`` seconds of the feed event, and once the watcher has read the stream up to its
+latest change, so its own lag behind the stream never doubles a change), reads the record and publishes the change
 (insert/update/delete with its version and ETag) to the broker. Partition references are
 skipped (they follow their record); ``s3db.json`` makes it read the definitions again; other
 keys are ignored. What it cannot vouch for opens a new epoch on the resource's stream, so
@@ -37,7 +38,7 @@ import orjson
 
 from s3db_core import Change, Database
 from s3db_core.brokers import broker_scheme
-from s3db_core.brokers.base import StreamBroker, new_epoch
+from s3db_core.brokers.base import UNAVAILABLE, StreamBroker, new_epoch
 from s3db_core.database import METADATA_KEY
 from s3db_core.errors import S3dbError
 from s3db_core.feeds import FeedEvent, StoreFeed, load_feed
@@ -47,6 +48,7 @@ from s3db_core.redact import redact
 log = get_logger("s3db.watch")
 
 DEFAULT_GRACE = 0.5  # seconds a feed event waits for the stream to carry the same write
+CATCH_UP = 5.0  # seconds it waits, at most, to have heard the stream up to its latest change
 DEFAULT_REMEMBER = 100_000  # ETags seen on the stream, and records known, kept (each)
 KNOWN_MAX_BYTES = 64 << 20  # bytes of records kept to announce their update or delete
 DATA = "/data/id="
@@ -117,9 +119,44 @@ class Watcher:
         self.known: Bounded = Bounded(remember, KNOWN_MAX_BYTES, _record_size)
         self.stats = WatchStats()
         self.feed: StoreFeed | None = None
+        self.heard: dict[str, int] = {}  # resource -> highest offset its stream handed us
+        self._heard = asyncio.Event()  # set at each change the stream hands us
         self._identity = hashlib.sha256(f"{redact(store)}|{feed}".encode()).hexdigest()[:16]
 
     # -- the stream ---------------------------------------------------------------------------
+    def _on_stream(self, change: Change) -> None:
+        """A change the stream handed us (any process's, our own included)."""
+        if change.offset is not None and change.offset > self.heard.get(change.resource, -1):
+            self.heard[change.resource] = change.offset
+        self._heard.set()
+        self._on_change(change)
+
+    async def _caught_up(self, resource: str) -> None:
+        """Until the stream has handed us ``resource``'s latest change (at most ``CATCH_UP``
+        seconds): on a loaded machine our own reading of the stream may lag behind the store's
+        feed by more than ``grace``, and a change the stream already carries must not be
+        published again (a duplicate), nor an update it announced be taken for one whose
+        previous state is unknown (a needless new epoch)."""
+        latest = await self.db.broker.position(resource)
+        if latest.offset <= 0 or latest.epoch == UNAVAILABLE:
+            return
+        try:
+            async with asyncio.timeout(CATCH_UP):
+                while self.heard.get(resource, -1) < latest.offset:
+                    self._heard.clear()
+                    await self._heard.wait()
+        except TimeoutError:
+            log.warning("stream_behind", resource=resource, offset=latest.offset,
+                        heard=self.heard.get(resource))  # fmt: skip
+
+    async def _baseline(self) -> None:
+        """What the streams held before we listened counts as heard (we never will hear it);
+        read once subscribed, so every later change is handed to us."""
+        for name in list(self.db.resources):
+            latest = await self.db.broker.position(name)
+            if latest.epoch != UNAVAILABLE:
+                self.heard[name] = max(self.heard.get(name, -1), latest.offset)
+
     def _on_change(self, change: Change) -> None:
         resource = self.db.resources.get(change.resource)
         record_id = change.record.get("id") if isinstance(change.record, dict) else None
@@ -127,7 +164,7 @@ class Watcher:
             return
         kind = "delete" if change.event == "delete" else "put"
         if change.etag is not None:
-            self.seen.put((resource._key(record_id), kind, change.etag), None)
+            self.seen.put((resource.layout.record_key(record_id), kind, change.etag), None)
         self.known.put(
             (change.resource, record_id),
             None if kind == "delete" else (change.record, change.version),
@@ -178,12 +215,9 @@ class Watcher:
 
     async def _reload_definitions(self) -> None:
         try:
-            document, _ = await self.db._read_metadata()
+            await self.db.reload_definitions()
         except S3dbError as exc:
             log.error("definitions_unreadable", error=str(exc), error_id=secrets.token_hex(8))
-            return
-        self.db._saved_definitions = document["resources"]
-        self.db._load_definitions()
 
     # -- one event ----------------------------------------------------------------------------
     async def handle(self, event: FeedEvent) -> None:
@@ -210,6 +244,10 @@ class Watcher:
             if resource is None:
                 self.stats.ignored += 1
                 return
+        await self._caught_up(name)
+        if (key, event.kind, event.etag) in self.seen:
+            self.stats.duplicates += 1
+            return
         previous = self.known.get((name, id_), False)  # False: unknown; None: known deleted
         if event.kind == "delete" and not getattr(self.feed, "ordered", True):
             try:  # an unordered feed: the record may have been written again since
@@ -287,12 +325,15 @@ class Watcher:
         except BaseException:
             await self.db.disconnect()
             raise
-        self.db.broker.subscribe(self._on_change)
+        self.db.broker.subscribe(self._on_stream)
         since = self.load_position()
-        log.info("watch_started", store=storage.describe(), resumed=since is not None)
         try:
             if since is None:  # nothing saved: what happened before now cannot be vouched for
                 await self.gap()
+            await self._baseline()
+            # Said once the start-up epochs are open, not before: a subscriber that comes after
+            # this line never sees its stream's epoch change under it (a reload) for the start.
+            log.info("watch_started", store=storage.describe(), resumed=since is not None)
             if ready is not None:
                 ready.set()
             queue: asyncio.Queue[tuple[float, FeedEvent]] = asyncio.Queue(10_000)
@@ -327,7 +368,7 @@ class Watcher:
             reader.cancel()
         finally:
             await feed.close()
-            self.db.broker.unsubscribe(self._on_change)
+            self.db.broker.unsubscribe(self._on_stream)
             await self.db.disconnect()
             log.info("watch_stopped", **{k: v for k, v in vars(self.stats).items()},
                      malformed=feed.malformed)  # fmt: skip

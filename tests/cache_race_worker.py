@@ -34,11 +34,20 @@ def ids_of(seed: int, owner: str) -> list[str]:
     return [f"s{seed}-{owner}-k{j}" for j in range(IDS_PER_SEED)]
 
 
+MIN_WRITES = 10  # per resource and process
+WRITE_CAP = 20.0  # seconds past the planned end at most
+
+
 async def write_loop(res: Any, seed: int, owner: str, rng: random.Random, until: float,
-                     ops: list) -> None:  # fmt: skip
-    """Random insert/update/delete/re-insert on this process's own ids, logged after each."""
+                     ops: list, log: Any = None) -> None:  # fmt: skip
+    """Random insert/update/delete/re-insert on this process's own ids, logged after each (also
+    to ``log``, a file flushed at once, so a process killed mid-run leaves its writes known)."""
     state: dict[str, tuple[int, bool]] = {i: (0, False) for i in ids_of(seed, owner)}
-    while time.time() < until:
+    made = 0
+    # At least MIN_WRITES each, however slow the machine (a loaded CI box once made too few in
+    # the planned time for the test to prove anything), within a hard cap past ``until``.
+    while time.time() < until or (made < MIN_WRITES and time.time() < until + WRITE_CAP):
+        made += 1
         id = rng.choice(list(state))
         n, alive = state[id]
         n += 1
@@ -53,6 +62,9 @@ async def write_loop(res: Any, seed: int, owner: str, rng: random.Random, until:
             kind = "update"
         state[id] = (n, kind != "delete")
         ops.append([time.time(), id, n, kind])
+        if log is not None:
+            log.write(json.dumps(ops[-1]) + "\n")
+            log.flush()
         await asyncio.sleep(rng.uniform(0, 0.02))
 
 
@@ -135,10 +147,12 @@ async def main() -> None:
         )
         for s in seeds
     ]
-    await asyncio.gather(*(
-        write_loop(db.resources[f"race{s}"], s, name, random.Random(f"w{s}{name}"), until, ops)
-        for s in seeds
-    ))  # fmt: skip
+    with open(out + ".ops", "w") as log:
+        await asyncio.gather(*(
+            write_loop(db.resources[f"race{s}"], s, name, random.Random(f"w{s}{name}"), until,
+                       ops, log)
+            for s in seeds
+        ))  # fmt: skip
     say("writes-done")
     assert (await stdin.readline()).strip() == b'"final"'
     await asyncio.sleep(float(settle))

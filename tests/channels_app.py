@@ -36,7 +36,7 @@ async def make() -> Database:
     plugin = WebSocketPlugin(
         port=int(os.environ["S3DB_APP_PORT"]),
         auth=JWT_AUTH,
-        channels={"room:*": {"presence": True}, "chat:*": True},
+        channels={"room:*": {"presence": True}, "chat:*": True, "hist:*": {"history": 50}},
         presence_timeout=float(os.environ.get("S3DB_PRESENCE_TIMEOUT", "30")),
         heartbeat_interval=None,
         routes=[

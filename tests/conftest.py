@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 from s3server import S3Server, start_s3_server
 from services import Service, start_nats, start_redis
 
@@ -124,6 +125,17 @@ def broker_url(request: pytest.FixtureRequest) -> str:
         return "local"
     base = request.getfixturevalue(f"{request.param}_url")
     return f"{base}?prefix=t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_configuration_restored() -> Iterator[None]:
+    """A test that configures structlog in-process (a benchmark's quick run sets a WARNING
+    filter) must not leave it behind: ``capture_logs`` in a later test saw nothing (five tests
+    failed in one full run, none alone)."""
+    saved = structlog.get_config()
+    yield
+    if structlog.get_config() != saved:
+        structlog.configure(**saved)
 
 
 @pytest.fixture(autouse=True)

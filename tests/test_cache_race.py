@@ -4,13 +4,18 @@ Three processes (``cache_race_worker.py``) share SeaweedFS and a broker (Redis, 
 with the cache on and ``max_stale``. Each writes its own ids at random (insert, update, delete,
 re-insert) and reads everyone's (get, and partition listings) through its cache. Meanwhile this
 process writes other ids straight to the store without the broker (a writer that bypasses the
-stream) and restarts the broker (Redis comes back empty: a new epoch; NATS keeps its stream).
+stream) and takes the broker down for a while: Redis comes back empty (a new epoch), or with its
+data (``redis-data``: an append-only file), and NATS keeps its stream. While the broker is down,
+one writer (``VICTIM``) is killed with SIGKILL: the changes it held for the broker are never
+published, so its last writes bypassed the stream like the raw writer's.
 
 Checks, for every seed (each seed is its own resource, run side by side):
 * reads never go backwards within a process (each id's counter ``n`` only grows, and a "not
   found" must be explained by a delete at or after what was already seen);
 * no read is staler than the bound: ``STREAM_BOUND`` for writes made through s3db, and
-  ``max_stale`` plus a sweep (``RAW_BOUND``) for writes that bypassed the stream;
+  ``max_stale`` plus a sweep (``RAW_BOUND``) for writes that bypassed the stream (the raw
+  writer's, and the killed writer's from shortly before the outage on, counted from when the
+  broker answers again);
 * after the writers stop, what every cache holds equals the store.
 A failure names its seed.
 """
@@ -39,6 +44,9 @@ MAX_STALE = 0.5
 STREAM_BOUND = 2.0  # a change through the stream reaches every serving cache within this
 RAW_BOUND = MAX_STALE + 3.0  # a write outside the stream: the sweep period plus one sweep
 OUTAGE_GRACE = 6.0  # a writer publishes what it held through the outage within this
+OUTAGE = 1.0  # the broker stays down this long; the victim is killed at its end
+VICTIM = "c"
+UNPUBLISHED = 0.2  # a write the victim finished this long after the broker went down is held
 DURATION = 5.0
 SETTLE = 2 * MAX_STALE + 1.5
 LINE_DEADLINE = 120.0
@@ -86,17 +94,22 @@ async def _raw_writer(db: Database, until: float, ops: list) -> None:
 def _violations(reads: list, ops: list, outage: tuple[float, float]) -> list[tuple[str, str]]:
     """(id, what went wrong) for each read that went backwards or was too stale. A write made
     around the broker outage (``outage``: killed, answering again) waits in its writer's outage
-    buffer: it is due ``OUTAGE_GRACE`` after the broker answers again."""
+    buffer: it is due ``OUTAGE_GRACE`` after the broker answers again. The victim's writes from
+    then on were never published: they are due like raw writes, from then."""
     history: dict[str, list[tuple[int, str, float]]] = {}
     killed, back = outage
+    victim = f"-{VICTIM}-"
     for done, id, n, kind in ops:
-        bound = RAW_BOUND if "-raw-" in id else STREAM_BOUND
+        lost = victim in id and done >= killed - STREAM_BOUND
+        bound = RAW_BOUND if "-raw-" in id or lost else STREAM_BOUND
         due = done + bound
         if "-raw-" not in id and killed - bound <= done <= back + OUTAGE_GRACE:
             due = max(due, back + OUTAGE_GRACE + bound)
         history.setdefault(id, []).append((n, kind, due))
-    for entries in history.values():
+    for id, entries in history.items():
         entries.sort()
+        if victim in id:  # killed between a write and its log line: one more state may exist
+            entries.append((entries[-1][0] + 1, "delete", float("inf")))
     floors: dict[str, int] = {}
     found = []
     for start, id, n, how in reads:
@@ -126,10 +139,24 @@ def _violations(reads: list, ops: list, outage: tuple[float, float]) -> list[tup
     return found
 
 
+def _logged_ops(path: Path) -> list:
+    """The ops a killed worker logged (its last line may be cut short)."""
+    ops = []
+    for line in path.read_text().splitlines():
+        try:
+            ops.append(json.loads(line))
+        except ValueError:
+            pass
+    return ops
+
+
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("engine", ["redis", "nats"])
+@pytest.mark.parametrize("engine", ["redis", "redis-data", "nats"])
 async def test_every_cache_stays_exact_under_racing_writers_and_faults(engine, s3_server, tmp_path):
-    service = start_redis(persistent=False) if engine == "redis" else start_nats()
+    if engine == "nats":
+        service = start_nats()
+    else:
+        service = start_redis(persistent=engine == "redis-data")
     procs: list[asyncio.subprocess.Process] = []
     raw = None
     try:
@@ -156,16 +183,30 @@ async def test_every_cache_stays_exact_under_racing_writers_and_faults(engine, s
         writer = asyncio.create_task(_raw_writer(raw, until, raw_ops))
         await asyncio.sleep(DURATION * 0.4)
         killed = time.time()
-        await asyncio.to_thread(service.restart)  # Redis comes back empty; NATS keeps its stream
+        await asyncio.to_thread(service.kill)  # the broker is down: writers hold their changes
+        await asyncio.sleep(OUTAGE)
+        log = tmp_path / f"{VICTIM}.json.ops"
+        deadline = time.time() + LINE_DEADLINE
+        while not any(op[0] > killed + UNPUBLISHED for op in _logged_ops(log)):
+            assert time.time() < deadline, "the victim made no write while the broker was down"
+            await asyncio.sleep(0.05)  # a write may wait for the broker before it is held
+        victim = procs[OWNERS.index(VICTIM)]
+        victim.kill()  # SIGKILL, with the changes it held for the broker not yet published
+        await victim.wait()
+        victim_at = time.time()
+        # Redis comes back empty, or with its data; NATS keeps its stream
+        await asyncio.to_thread(service.start)
         back = time.time()
-        for proc in procs:
+        survivors = [p for p in procs if p is not victim]
+        for proc in survivors:
             assert await _line(proc) == "writes-done"
         await writer
-        await _send(procs, "final")
-        for proc in procs:
+        await _send(survivors, "final")
+        for proc in survivors:
             assert await _line(proc) == "reported"
-        results = [json.loads((tmp_path / f"{name}.json").read_text()) for name in OWNERS]
-        for proc in procs:
+        names = [name for name in OWNERS if name != VICTIM]
+        results = [json.loads((tmp_path / f"{name}.json").read_text()) for name in names]
+        for proc in survivors:
             assert await asyncio.wait_for(proc.wait(), LINE_DEADLINE) == 0
     finally:
         for proc in procs:
@@ -176,7 +217,10 @@ async def test_every_cache_stays_exact_under_racing_writers_and_faults(engine, s
             await raw.disconnect()
         service.stop()
 
-    ops = raw_ops + [op for r in results for op in r["ops"]]
+    victim_ops = _logged_ops(tmp_path / f"{VICTIM}.json.ops")
+    unpublished = [op for op in victim_ops if killed + UNPUBLISHED < op[0] <= victim_at]
+    assert unpublished, "the victim made no write while the broker was down"
+    ops = raw_ops + victim_ops + [op for r in results for op in r["ops"]]
     assert len(ops) > len(SEEDS) * len(OWNERS) * 5, "too few writes to prove anything"
     failures: dict[int, list[str]] = {}
     for result in results:
@@ -192,7 +236,8 @@ async def test_every_cache_stays_exact_under_racing_writers_and_faults(engine, s
         if engine == "redis":  # Redis came back empty: every cache had to start over
             assert result["stats"]["cache_flushes"] >= 1, result["stats"]
     reads = sum(len(r["reads"]) for r in results)
-    print(f"{engine}: {len(ops)} writes, {reads} reads, stats {[r['stats'] for r in results]}")
+    print(f"{engine}: {len(ops)} writes ({len(unpublished)} never published), {reads} reads, "
+          f"stats {[r['stats'] for r in results]}")  # fmt: skip
     if failures:
         lines = [f"seed {seed}: {line}" for seed in sorted(failures) for line in failures[seed][:5]]
         pytest.fail(f"{engine}: failing seeds {sorted(failures)}\n" + "\n".join(lines))

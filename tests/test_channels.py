@@ -325,7 +325,7 @@ def test_channels_are_validated_at_construction():
         {"room:*": {"max_members": 0}},
         {"room:*": {"max_message_bytes": True}},
         {"room:*": {"presence": "yes"}},
-        {"room:*": {"history": 10}},
+        {"room:*": {"history": 1001}},
         {"room:*": 5},
         {"": True},
     ]

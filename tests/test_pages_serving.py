@@ -12,7 +12,7 @@ from aiohttp import web
 from ws_helpers import JWT_AUTH, make_token, serve
 
 from examples.common import Options, dev_login_route
-from examples.pages import SHARED, example_page, serve_page
+from examples.pages import SHARED, example_page, render_page, serve_page
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAMES = ("chat", "dashboard", "collab", "notifications", "iot", "multitenant", "leaderboard")
@@ -50,11 +50,16 @@ async def test_a_page_beside_a_socket_on_another_path():
 @pytest.mark.parametrize("name", NAMES)
 async def test_every_example_has_a_page_and_the_shared_assets(name):
     static = EXAMPLES / name / "static"
-    html = (static / "index.html").read_text()
-    for asset in ("/shared/base.css", "/favicon.ico", "/static/"):
+    own = (static / "index.html").read_text()
+    # The head and the top bar are shared (layout.html): the page keeps only its own parts.
+    assert "<head>" not in own and '<header class="topbar">' not in own
+    html = render_page(static / "index.html")
+    for asset in ("/shared/base.css", "/favicon.ico", "/static/", '<header class="topbar">'):
         assert asset in html
     async with serve(routes=serve_page(static, old_path=f"/{name}-old")) as (_db, plugin):
         async with aiohttp.ClientSession() as http:
+            async with http.get(plugin.http_url + "/") as resp:
+                assert await resp.text() == html
             for path, kind in (("/", "text/html"), ("/shared/base.css", "text/css"),
                                ("/shared/app.js", "javascript"), ("/favicon.ico", "image/x-icon")):
                 async with http.get(plugin.http_url + path) as resp:

@@ -1,7 +1,8 @@
 """Meta-tests on how the code is cut and documented, like datasette's: every hookspec and every
 entry-point group is documented with its signature, docs/architecture.md names every module of
 the three packages, each message type is declared once, and no module reaches for another's
-private function. Each failure says exactly what to add or change."""
+private function or attribute, nor imports one of its own package back at run time. Each failure
+says exactly what to add or change."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import pytest
 from s3db_core import hookspecs
 from s3db_core.plugins import clear_entry_point_cache, load_entry_point
 from s3db_ws_plugin import WebSocketPlugin
-from s3db_ws_plugin.handlers import Handlers
 from s3db_ws_plugin.plugin import SEED_KEYWORDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -122,14 +122,18 @@ def test_no_module_imports_another_modules_private_names():
 
 
 def test_each_message_type_is_declared_once_with_its_handler():
-    handlers = Handlers.__new__(Handlers)
-    Handlers.__init__(handlers, plugin=None)  # type: ignore[arg-type]
+    handlers = WebSocketPlugin(port=0).handlers
     assert set(handlers.messages) == set(handlers.table)
     assert sorted(handlers.messages) == [
         "auth", "channel:message", "channel:update", "delete", "get", "insert", "join", "leave",
         "list", "ping", "subscribe", "unsubscribe", "update",
     ]  # fmt: skip
     assert {t for t, m in handlers.messages.items() if m.before_auth} == {"auth", "ping"}
+    # How the session runs each (its declaration says it; no list elsewhere).
+    assert {t for t, m in handlers.messages.items() if m.inline} == {"ping"}
+    assert {t for t, m in handlers.messages.items() if m.barrier} == {
+        "auth", "subscribe", "unsubscribe", "join", "leave",
+    }  # fmt: skip
 
 
 def test_the_constructor_takes_only_its_own_keyword_names():
@@ -167,3 +171,166 @@ def test_every_package_ships_py_typed():
         "package-data"
     ]
     assert all("py.typed" in data.get(p, []) for p in PACKAGES)
+
+
+def _runtime_imports(package: str) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports when it runs (module-level and
+    inside functions; ``if TYPE_CHECKING:`` blocks, which never run, left out)."""
+    graph: dict[str, set[str]] = {}
+    root = ROOT / package
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_init = parts[-1] == "__init__"
+        if is_init:
+            parts = parts[:-1]
+        name = ".".join(parts)
+        here = parts if is_init else parts[:-1]  # the package a relative import starts from
+        tree = ast.parse(path.read_text())
+        skipped: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skipped.update(id(n) for child in node.body for n in ast.walk(child))
+        targets: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                base = here[: len(here) - node.level + 1] if node.level else []
+                module = ".".join([*base, *(node.module or "").split(".")]).strip(".")
+                targets.add(module)
+                targets.update(f"{module}.{a.name}" for a in node.names)
+        graph[name] = {t for t in targets if t.startswith(package + ".") or t == package}
+    known = set(graph)
+    return {m: {t for t in ts if t in known and t != m} for m, ts in graph.items()}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_cycle_at_run_time_inside_a_package(package):
+    """A module never imports (at run time, even lazily inside a function) one that imports it
+    back: the parts receive what they need (``server.Server``) instead of reaching back."""
+    graph = _runtime_imports(package)
+    cycles = []
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if target == package:  # the package itself (its lazy __init__) is not a part
+                continue
+            if state.get(target) == 1:
+                cycles.append(" -> ".join([*path[path.index(target):], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles at run time: {cycles}"
+
+
+def test_each_piece_of_per_connection_state_has_one_owner_that_registers_its_clean_up():
+    """docs/architecture.md's per-connection table and the code agree both ways: every module
+    that registers a clean-up with a connection (``.on_close(``) is named as the owner of a row
+    forgotten by ``on_close``, and every such owner registers one."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("### Per-connection state") :]
+    rows = re.findall(r"^\| [^|]+ \| `([\w/]+\.py)` \| ([^|]+) \|$", table, re.M)
+    assert rows, "docs/architecture.md needs the '### Per-connection state' table"
+    documented = {module for module, how in rows if "`on_close`" in how}
+    registering = {
+        path.relative_to(ROOT / "s3db_ws_plugin").as_posix()
+        for path in (ROOT / "s3db_ws_plugin").rglob("*.py")
+        if ".on_close(" in path.read_text()
+    }
+    assert registering - documented == set(), (
+        f"add a row (state | module | `on_close` ...) for {sorted(registering - documented)}"
+    )
+    assert documented - registering == set(), (
+        f"these owners register no clean-up: {sorted(documented - registering)}"
+    )
+    owners = [module for module, _ in rows]
+    assert all((ROOT / "s3db_ws_plugin" / m).exists() for m in owners), owners
+
+
+# Private attributes one module still reads on another's objects, each with why it stays.
+PRIVATE_ACCESS_ALLOWED = {
+    ("s3db_core/resource.py", "_call_hook"): "a resource runs its database's hooks (its part)",
+    ("s3db_core/resource.py", "_publish"): "a resource publishes through its database (its part)",
+    ("s3db_core/brokers/base.py", "_replace"): "namedtuple's public API despite the underscore",
+    ("s3db_ws_plugin/workers.py", "_exit"): "os._exit: the standard library's public API",
+    ("s3db_core/cache.py", "_read"): "the cache fills through the resource's own store read "
+    "(no cache, no hooks): the cache is part of the core's read path",
+    ("s3db_ws_plugin/channels.py", "_overflow"): "a channel's held replay closes the socket as "
+    "a full send queue does (the connection's one slow-consumer path)",
+    ("s3db_ws_plugin/watch.py", "_lost"): "the watcher opens a new epoch on a broker that "
+    "cannot append one now; a public Broker.new_epoch(resource) is the next step",
+}
+
+
+def _private_attribute_uses() -> list[tuple[str, str, int]]:
+    """(module, attribute, line) for every ``x._name`` where ``x`` is not ``self``/``cls`` and
+    ``_name`` is not one this module defines (a function, a class, ``self._name = ...``)."""
+    found = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            tree = ast.parse(path.read_text())
+            own = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                    own.add(node.name)
+                elif (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.ctx, ast.Store)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id in ("self", "cls")
+                ):
+                    own.add(node.attr)
+                elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                    own.add(node.id)
+                elif isinstance(node, ast.ClassDef):
+                    own.add(node.name)
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                    and node.attr not in own
+                ):
+                    found.append((path.relative_to(ROOT).as_posix(), node.attr, node.lineno))
+    return found
+
+
+def test_no_module_reads_another_modules_private_attributes():
+    offenders = [
+        f"{module}:{line}: ._{attr[1:]}"
+        for module, attr, line in _private_attribute_uses()
+        if (module, attr) not in PRIVATE_ACCESS_ALLOWED
+    ]
+    assert not offenders, (
+        f"use a public method of the other module instead (or allow-list it with a reason): {offenders}"
+    )
+
+
+def test_the_private_access_allow_list_holds_nothing_stale():
+    used = {(module, attr) for module, attr, _ in _private_attribute_uses()}
+    stale = sorted(set(PRIVATE_ACCESS_ALLOWED) - used)
+    assert not stale, f"remove from PRIVATE_ACCESS_ALLOWED (no longer used): {stale}"
+
+
+def test_the_plugin_settings_are_validated_once_and_frozen():
+    """Every option lands in one frozen Settings; the parts read it and validate nothing."""
+    import dataclasses
+
+    plugin = WebSocketPlugin(port=0, max_queue_bytes=4096, rate_limit={"max_requests": 5})
+    settings = plugin.settings
+    assert settings.max_queue_bytes == 4096 and settings.replay_max_bytes == 2048
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.max_queue_bytes = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.rate_limit["max_requests"] = 1  # type: ignore[index]
+    assert plugin.channels.server is plugin.handlers.server is plugin.sessions.server
+    assert plugin.handlers.settings is settings

@@ -14,6 +14,7 @@ import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from broker_helpers import Collector, eventually
@@ -84,6 +85,13 @@ class WatchProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(20)
+
+
+def told(events: list[Any], watcher: WatchProcess) -> str:
+    """What a failed assertion shows: every event the client got, and the watcher's log."""
+    lines = [f"{e.event} v{e.version} {e.data} epoch={e.epoch} offset={e.offset}" for e in events]
+    return "\n".join(["events:", *lines, "watcher log:",
+                      watcher.log.read_text(errors="replace")[-6000:]])  # fmt: skip
 
 
 def versions(seen: Collector, id_: str) -> list[tuple[str, int]]:
@@ -280,6 +288,52 @@ async def test_broker_down_then_watcher_killed_loses_nothing(
         redis.stop()
 
 
+async def test_a_watcher_behind_its_stream_waits_for_it_instead_of_doubling_a_change(
+    s3_server: S3Server, redis_url: str, tmp_path: Path
+) -> None:
+    """On a loaded machine the watcher may read the stream later than the store's feed, past its
+    grace: a write the stream carries is still not published again (a duplicate), nor its update
+    taken for one of a record it never heard of (a needless new epoch)."""
+    from s3db_core.feeds import FeedEvent
+    from s3db_ws_plugin.watch import Watcher
+
+    store = s3_server.url(f"behind-{uuid.uuid4().hex[:8]}")
+    broker = f"{redis_url}?prefix=b{uuid.uuid4().hex[:10]}"
+    server = Database(store, broker=broker)
+    seen = Collector()
+    await server.use_plugin(seen)
+    await server.connect()
+    notes = await server.create_resource("notes", {"text": "string|required"})
+    await notes.insert({"text": "before the watcher"})  # a stream that does not start empty
+    watcher = Watcher(store, broker, "seaweedfs://127.0.0.1:1", tmp_path / "s.json", grace=0)
+    await watcher.db.connect()
+
+    async def busy(change: Any) -> None:  # the loaded machine: the stream reaches it late
+        await asyncio.sleep(1.0)
+
+    async def etag_of(id_: str) -> str:
+        found = await notes.get_versioned(id_)
+        assert found is not None
+        return found[1]
+
+    watcher.db.broker.subscribe(busy)
+    watcher.db.broker.subscribe(watcher._on_stream)
+    await watcher._baseline()
+    try:
+        mine = await notes.insert({"text": "own"})
+        key = notes._key(mine["id"])
+        await watcher.handle(FeedEvent("put", key, await etag_of(mine["id"]), "1.", True))
+        await notes.update(mine["id"], {"text": "own2"})
+        await watcher.handle(FeedEvent("put", key, await etag_of(mine["id"]), "2.", False))
+        assert (watcher.stats.published, watcher.stats.duplicates) == (0, 2)
+        assert watcher.stats.epochs == {}
+        await eventually(lambda: len(versions(seen, mine["id"])) == 2, "own writes", DEADLINE)
+        assert versions(seen, mine["id"]) == [("insert", 1), ("update", 2)]
+    finally:
+        await watcher.db.disconnect()
+        await server.disconnect()
+
+
 def test_what_the_watcher_remembers_is_bounded_by_count_and_bytes() -> None:
     from s3db_ws_plugin.watch import Bounded, _record_size
 
@@ -324,6 +378,8 @@ async def test_a_websocket_subscriber_of_a_server_process_gets_foreign_writes(
         watcher.start()
         try:
             await watcher.wait_started()
+            said = watcher.log.read_text()  # the start-up epoch is open before it says started
+            assert said.index('"new_epoch"') < said.index('"watch_started"'), said
             await client.connect()
             sub = await client.subscribe("notes", filter={"roomId": "r1"})
             # One write at a time (writes closer together than the watcher's read of the
@@ -335,22 +391,27 @@ async def test_a_websocket_subscriber_of_a_server_process_gets_foreign_writes(
             events += await read_until(sub, 1)
             await notes.delete(a["id"])
             events += await read_until(sub, 1)
-            assert [(e.event, e.version, e.data["id"]) for e in events] == [
-                ("insert", 1, a["id"]), ("update", 2, a["id"]), ("delete", 2, a["id"])]  # fmt: skip
-            assert [e.data.get("title") for e in events[:2]] == ["a1", "a2"]
+            said = told(events, watcher)
+            assert [(e.event, e.version, e.data.get("id")) for e in events] == [
+                ("insert", 1, a["id"]), ("update", 2, a["id"]), ("delete", 2, a["id"])], said  # fmt: skip
+            assert [e.data.get("title") for e in events[:2]] == ["a1", "a2"], said
 
             own = await client.insert("notes", {"title": "own", "roomId": "r1"})
             marker = await notes.insert({"title": "marker", "roomId": "r1"})
             events = await read_until(sub, 2)
-            assert [(e.event, e.data["id"]) for e in events] == [
-                ("insert", own["id"]), ("insert", marker["id"])]  # fmt: skip
+            assert [(e.event, e.data.get("id")) for e in events] == [
+                ("insert", own["id"]), ("insert", marker["id"])], told(events, watcher)  # fmt: skip
 
             watcher.kill()
             missed = await notes.insert({"title": "while the watcher was down", "roomId": "r1"})
             watcher.start()
-            (event,) = await read_until(sub, 1)
-            assert (event.event, event.data["id"]) == ("insert", missed["id"])
-            assert watcher.stop() == 0
+            try:
+                (event,) = await read_until(sub, 1)
+            except TimeoutError:
+                raise AssertionError(told([], watcher)) from None
+            said = told([event], watcher)
+            assert (event.event, event.data.get("id")) == ("insert", missed["id"]), said
+            assert watcher.stop() == 0, told([], watcher)
         finally:
             if watcher.process is not None and watcher.process.poll() is None:
                 watcher.kill()

@@ -136,7 +136,7 @@ async def test_disconnect_removes_subscriptions(s3db_server, s3db_connect, s3db_
 
 async def test_event_payload_is_serialized_once_per_change(monkeypatch, s3db_database, watch):
     """The plugin encodes one payload per change, whatever the number of receivers."""
-    from s3db_ws_plugin import plugin as plugin_module
+    from s3db_ws_plugin import fanout as plugin_module
 
     encoded = []
     real_encode = plugin_module.encode
@@ -374,6 +374,9 @@ async def test_invalid_frames_count_against_the_rate_limit():
 # -- the subscription index, without sockets -----------------------------------------------------
 class _FakeConnection:
     user = None
+
+    def on_close(self, cleanup):  # the registry hands the connection its clean-up
+        pass
 
 
 def test_index_checks_only_candidate_subscriptions():

@@ -246,3 +246,47 @@ async def test_a_slow_reader_that_resumes_gets_4408_not_a_bare_disconnect(monkey
             assert frames > 0
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 4408
     assert 'code="4408"' in plugin.metrics.render().decode()
+
+
+async def test_the_connection_forgets_what_it_held_even_what_a_request_added_after_it_closed():
+    """The connection owns its state: the owners (open connections, the registry and the
+    holdings, the resumer, the channels) register clean-ups, and closing runs them, again after
+    the requests in flight: a subscribe whose guard answers after the socket closed leaves no
+    subscription, hold or budget behind; a clean-up that raises does not stop the others."""
+    from s3db_core import hookimpl
+
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    async def slow_subscribe(user, filter):
+        entered.set()
+        await gate.wait()
+        return True
+
+    class Breaks:
+        @hookimpl
+        def s3db_ws_connected(self, connection):
+            connection.on_close(self.fail)
+
+        @staticmethod
+        def fail(connection):
+            raise RuntimeError("a broken clean-up")
+
+    resources = {"notes": {"guard": {"subscribe": slow_subscribe}}}
+    async with serve(notes_resource, resources=resources, channels={"room:*": {"anonymous": True}}) as (db, plugin):
+        db.pm.register(Breaks())
+        async with connect(plugin.url) as client:
+            joined = await client.call("join", channel="room:1", timeout=MARGIN)
+            assert joined["type"] == "channel:joined", joined
+            await client.send({"type": "subscribe", "requestId": "s", "resource": "notes", "since": None})
+            await asyncio.wait_for(entered.wait(), MARGIN)
+        async with asyncio.timeout(MARGIN):
+            while plugin.connections:  # the socket's close reached the server
+                await asyncio.sleep(0.02)
+        gate.set()  # the subscribe completes after the socket is gone
+        async with asyncio.timeout(MARGIN):
+            while plugin.sessions.tasks:  # the session ended: requests done, clean-ups run
+                await asyncio.sleep(0.02)
+        assert len(plugin.registry) == 0
+        assert not plugin.resumer.holds and not plugin.resumer.guards
+        assert plugin.holdings.held("ip:127.0.0.1") == (0, 0)
+        assert not plugin.channels.of_connection

@@ -99,6 +99,23 @@ class Broker(Protocol):
     # ``ephemeral_subscribe(handler)`` / ``ephemeral_unsubscribe(handler)`` (sync or async) and
     # ``async ephemeral_publish(payload: bytes)``; engines without them serve one process.
 
+    # Channel history (channels with ``history``): one sequence of offsets per channel, shared
+    # by every process, never stored in the database's store. ``channel_subscribe(handler)`` /
+    # ``channel_unsubscribe(handler)``: ``handler(channel, offset, epoch, payload)`` gets every
+    # channel message of every process, in offset order per channel.
+    # ``async channel_append(channel, payload, *, keep, max_bytes) -> Position`` appends (the
+    # channel keeps its latest ``keep`` messages and at most ``max_bytes`` of them; the newest
+    # always stays) and delivers. ``async channel_position(channel) -> Position``.
+    # ``async channel_history(channel, since, *, keep, max_bytes) -> list[(offset, payload)] |
+    # None``: the messages after ``since``; None when ``since`` is another epoch, has left the
+    # history, or what follows it passes ``max_bytes``.
+
+
+# A channel's history is kept until the channel has been idle (no message) this long.
+CHANNEL_HISTORY_TTL = 3600.0
+CHANNEL_MAX_KEEP = 1000  # the most messages a channel pattern's ``history`` may keep
+ChannelHandler = Callable[[str, int, str, bytes], Awaitable[None] | None]
+
 
 # -- options -------------------------------------------------------------------------------------
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

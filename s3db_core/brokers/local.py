@@ -10,7 +10,7 @@ restart loses the rings).
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from itertools import islice
 from typing import Any
@@ -18,7 +18,9 @@ from typing import Any
 from ..change import Change
 from ..plugins import await_me_maybe
 from .base import (
+    CHANNEL_HISTORY_TTL,
     BrokerOptions,
+    ChannelHandler,
     EphemeralHandler,
     Listener,
     Listeners,
@@ -65,6 +67,22 @@ class _Ring:
         self.offset = 0
 
 
+class _ChannelRing:
+    """A channel's latest messages: (offset, payload), bounded by count and bytes."""
+
+    __slots__ = ("entries", "offset", "bytes", "used", "epoch")
+
+    def __init__(self) -> None:
+        self.epoch = new_epoch()  # a ring lost (idle, evicted) and made again is a new epoch
+        self.entries: deque[tuple[int, bytes]] = deque()
+        self.offset = 0
+        self.bytes = 0
+        self.used = time.monotonic()
+
+
+MAX_CHANNEL_RINGS = 10_000  # channels with history one process keeps (least recently used out)
+
+
 class LocalBroker:
     """In-process broker with a bounded in-memory history per resource."""
 
@@ -77,6 +95,8 @@ class LocalBroker:
         self._rings: dict[str, _Ring] = {}
         self._ttl_ms = int(self.options.history_ttl * 1000)
         self._ephemeral: list[EphemeralHandler] = []
+        self._channel_handlers: list[ChannelHandler] = []
+        self._channel_rings: OrderedDict[str, _ChannelRing] = OrderedDict()
 
     async def start(self) -> None:
         """Nothing to connect."""
@@ -146,3 +166,64 @@ class LocalBroker:
     async def ephemeral_publish(self, payload: bytes) -> None:
         for handler in list(self._ephemeral):
             await await_me_maybe(handler(payload))
+
+    # -- channel history: in this process only, never stored --------------------------------------
+    def channel_subscribe(self, handler: ChannelHandler) -> None:
+        self._channel_handlers.append(handler)
+
+    def channel_unsubscribe(self, handler: ChannelHandler) -> None:
+        if handler in self._channel_handlers:
+            self._channel_handlers.remove(handler)
+
+    def _channel_ring(self, channel: str, create: bool) -> _ChannelRing | None:
+        rings = self._channel_rings
+        ring = rings.get(channel)
+        now = time.monotonic()
+        if ring is not None and now - ring.used > CHANNEL_HISTORY_TTL:  # idle: history lost
+            del rings[channel]
+            ring = None
+        if ring is None:
+            if not create:
+                return None
+            ring = rings[channel] = _ChannelRing()
+            while len(rings) > MAX_CHANNEL_RINGS:
+                rings.popitem(last=False)
+        rings.move_to_end(channel)
+        ring.used = now
+        return ring
+
+    async def channel_append(
+        self, channel: str, payload: bytes, *, keep: int, max_bytes: int
+    ) -> Position:
+        ring = self._channel_ring(channel, True)
+        assert ring is not None
+        ring.offset += 1
+        entries = ring.entries
+        entries.append((ring.offset, payload))
+        ring.bytes += len(payload)
+        while len(entries) > 1 and (len(entries) > keep or ring.bytes > max_bytes):
+            ring.bytes -= len(entries.popleft()[1])
+        for handler in list(self._channel_handlers):
+            await await_me_maybe(handler(channel, ring.offset, ring.epoch, payload))
+        return Position(ring.offset, ring.epoch)
+
+    async def channel_position(self, channel: str) -> Position:
+        ring = self._channel_ring(channel, True)
+        assert ring is not None
+        return Position(ring.offset, ring.epoch)
+
+    async def channel_history(
+        self, channel: str, since: Position, *, keep: int, max_bytes: int
+    ) -> list[tuple[int, bytes]] | None:
+        ring = self._channel_ring(channel, False)
+        if ring is None or since.epoch != ring.epoch or not 0 <= since.offset <= ring.offset:
+            return None
+        count = ring.offset - since.offset
+        if count == 0:
+            return []
+        if count > min(keep, len(ring.entries)):
+            return None
+        entries = list(islice(ring.entries, len(ring.entries) - count, None))
+        if sum(len(p) for _, p in entries) > max_bytes:
+            return None
+        return entries

@@ -47,6 +47,9 @@ from s3db_core.log import get_logger
 from ..change import Change
 from ..plugins import await_me_maybe
 from .base import (
+    CHANNEL_HISTORY_TTL,
+    CHANNEL_MAX_KEEP,
+    ChannelHandler,
     EphemeralHandler,
     Position,
     StreamBroker,
@@ -64,6 +67,9 @@ WRONG_LAST_SEQUENCE = 10071
 STREAM_NAME_IN_USE = 10058
 RACE_RETRIES = 20
 RECOVER_ATTEMPTS = 25
+CHANNEL_STREAM_BYTES = 64 << 20  # every channel's history together (memory; oldest out first)
+CHANNEL_MAX_MESSAGE = 1 << 20
+MAX_CHANNEL_HEADS = 10_000
 
 
 class NatsBroker(StreamBroker):
@@ -90,6 +96,16 @@ class NatsBroker(StreamBroker):
         self._ephemeral: list[EphemeralHandler] = []
         self._ephemeral_task: asyncio.Task[None] | None = None
         self._ephemeral_sub: Any = None
+        # Channel history: one JetStream stream in memory, a subject per channel, read by every
+        # process through an ordered consumer (offset = stream sequence, chained like changes).
+        self._channel_stream = f"S3DBCH_{self.options.prefix}"
+        self._channel_prefix = f"s3dbch.{self.options.prefix}.h."
+        self._channel_handlers: list[ChannelHandler] = []
+        self._channel_task: asyncio.Task[None] | None = None
+        self._channel_sub: Any = None
+        self._channel_epoch = ""
+        self._channel_heads: dict[str, tuple[int, int]] = {}  # channel -> (last seq, previous)
+        self._channel_lock = asyncio.Lock()  # one setup at a time (attach, first append, recover)
         # resource -> the (sequence, bytes) of its latest messages, as far as this process saw.
         self._retained: dict[str, _Retained] = {}
 
@@ -205,6 +221,8 @@ class NatsBroker(StreamBroker):
         # everything since the first start: its listeners heard that already.
         self._first_attempt = None
         self._heads.clear()
+        self._channel_epoch = ""
+        self._channel_heads.clear()
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await nc.close()
@@ -239,6 +257,11 @@ class NatsBroker(StreamBroker):
 
     async def _on_reconnected(self) -> None:
         self._heads.clear()  # re-read heads: the server may have lost or kept anything
+        self._channel_heads.clear()
+        if self._channel_handlers:
+            channel_task = asyncio.get_running_loop().create_task(self._channel_recover())
+            self._tasks.add(channel_task)
+            channel_task.add_done_callback(self._tasks.discard)
         log.info("nats_reconnected")
         task = asyncio.get_running_loop().create_task(self._recover_then_resume())
         self._tasks.add(task)
@@ -463,6 +486,214 @@ class NatsBroker(StreamBroker):
         if nc is None or nc.is_closed:
             return  # not connected: lost, as ephemeral payloads are
         await nc.publish(self._ephemeral_subject, payload)
+
+    # -- channel history: a JetStream stream in memory, a subject per channel ----------------------
+    def _channel_subject(self, channel: str) -> str:
+        return self._channel_prefix + channel.replace(".", "~")
+
+    async def _channel_setup(self, js: JetStreamContext, *, again: bool = True) -> None:
+        """Create (or update) the channels' stream, take its epoch, and read it from now on
+        (unless ``again`` is false and that is done already)."""
+        async with self._channel_lock:
+            if again or not self._channel_epoch:
+                await self._channel_setup_locked(js)
+
+    async def _channel_setup_locked(self, js: JetStreamContext) -> None:
+        config = StreamConfig(
+            name=self._channel_stream,
+            subjects=[self._channel_prefix + "*"],
+            max_msgs_per_subject=CHANNEL_MAX_KEEP,
+            max_age=CHANNEL_HISTORY_TTL,
+            max_bytes=CHANNEL_STREAM_BYTES,
+            max_msg_size=CHANNEL_MAX_MESSAGE,
+            storage=StorageType.MEMORY,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+        )
+        try:
+            info = await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            info = await js.update_stream(config)
+        self._channel_epoch = self._epoch_of(info)
+        self._channel_heads.clear()
+        old, self._channel_sub = self._channel_sub, None
+        if old is not None:
+            try:
+                await old.unsubscribe()
+            except Exception:
+                pass
+        prefix = len(self._channel_prefix)
+
+        async def deliver(msg: Msg) -> None:
+            channel = msg.subject[prefix:].replace("~", ".")
+            epoch = (msg.headers or {}).get(EPOCH, self._channel_epoch)
+            for handler in list(self._channel_handlers):
+                try:
+                    await await_me_maybe(
+                        handler(channel, msg.metadata.sequence.stream, epoch, msg.data)
+                    )
+                except Exception:
+                    log.exception("channel_handler_failed")
+
+        self._channel_sub = await js.subscribe(
+            self._channel_prefix + "*", cb=deliver, ordered_consumer=True, idle_heartbeat=1.0,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.NEW),
+        )  # fmt: skip
+
+    async def _channel_attach(self) -> None:
+        while True:
+            js = self._js
+            if js is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                await self._channel_setup(js, again=False)
+                if self._nc is not None:
+                    await self._nc.flush(timeout=max(1, int(self.options.connect_timeout)))
+                return
+            except Exception as exc:
+                log.warning("channel_subscribe_retry", error=repr(exc))
+                await asyncio.sleep(0.2)
+
+    async def _channel_recover(self) -> None:
+        """After a reconnect: a server that lost the channels' stream (memory) gets it again,
+        as a new epoch."""
+        js = self._js
+        for _ in range(RECOVER_ATTEMPTS):
+            if js is None or not self._channel_handlers:
+                return
+            try:
+                info = await js.stream_info(self._channel_stream)
+                if self._epoch_of(info) == self._channel_epoch:
+                    return
+                break
+            except NotFoundError:
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        else:
+            return
+        try:
+            await self._channel_setup(js)
+        except Exception as exc:
+            log.warning("channel_stream_recreate_failed", error=repr(exc))
+
+    async def channel_subscribe(self, handler: ChannelHandler) -> None:
+        """Add ``handler``; returns once the stream is read (or after ``connect_timeout``
+        while NATS is unreachable: it is read once connected)."""
+        self._channel_handlers.append(handler)
+        if self._channel_task is None:
+            self._channel_task = asyncio.get_running_loop().create_task(self._channel_attach())
+        await asyncio.wait({self._channel_task}, timeout=self.options.connect_timeout)
+
+    async def channel_unsubscribe(self, handler: ChannelHandler) -> None:
+        if handler in self._channel_handlers:
+            self._channel_handlers.remove(handler)
+        if self._channel_handlers:
+            return
+        task, self._channel_task = self._channel_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        sub, self._channel_sub = self._channel_sub, None
+        self._channel_epoch = ""  # a later subscribe reads the stream again
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    async def _channel_ready(self) -> JetStreamContext:
+        js = self._jetstream()
+        if not self._channel_epoch:
+            await self._channel_setup(js, again=False)
+        return js
+
+    async def _channel_last(self, js: JetStreamContext, channel: str) -> int | None:
+        try:
+            msg = await js.get_msg(self._channel_stream, subject=self._channel_subject(channel))
+        except NotFoundError:
+            return None
+        return int(msg.seq or 0)
+
+    async def _channel_head(self, js: JetStreamContext, channel: str) -> tuple[int, int]:
+        """(expected last subject sequence, previous) for the next append (see ``_head``)."""
+        last = await self._channel_last(js, channel)
+        if last is not None:
+            return last, last
+        state = (await js.stream_info(self._channel_stream)).state
+        return 0, state.first_seq - 1
+
+    async def channel_append(
+        self, channel: str, payload: bytes, *, keep: int, max_bytes: int
+    ) -> Position:
+        js = await self._channel_ready()
+        subject = self._channel_subject(channel)
+        head = self._channel_heads.get(channel) or await self._channel_head(js, channel)
+        for _ in range(RACE_RETRIES):
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(head[0]),
+                EPOCH: self._channel_epoch,
+                PREV: str(head[1]),
+            }
+            try:
+                ack = await js.publish(subject, payload, headers=headers,
+                                       stream=self._channel_stream)  # fmt: skip
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                head = await self._channel_head(js, channel)  # another process appended first
+                continue
+            if len(self._channel_heads) >= MAX_CHANNEL_HEADS:
+                self._channel_heads.clear()
+            self._channel_heads[channel] = (ack.seq, ack.seq)
+            return Position(ack.seq, self._channel_epoch)
+        raise RuntimeError(f"{channel}: lost the append race {RACE_RETRIES} times")
+
+    async def channel_position(self, channel: str) -> Position:
+        js = await self._channel_ready()
+        last = await self._channel_last(js, channel)
+        if last is None:
+            last = (await js.stream_info(self._channel_stream)).state.last_seq
+        return Position(last, self._channel_epoch)
+
+    async def channel_history(
+        self, channel: str, since: Position, *, keep: int, max_bytes: int
+    ) -> list[tuple[int, bytes]] | None:
+        js = await self._channel_ready()
+        if since.epoch != self._channel_epoch:
+            return None
+        last = await self._channel_last(js, channel)
+        if last is None:  # nothing kept: recoverable only if nothing after `since` expired
+            state = (await js.stream_info(self._channel_stream)).state
+            return [] if state.first_seq - 1 <= since.offset <= state.last_seq else None
+        if not 0 <= since.offset <= last:
+            return None
+        subject = self._channel_subject(channel)
+        out: list[tuple[int, bytes]] = []
+        previous, read = since.offset, 0
+        while previous < last:
+            try:
+                msg = await js.get_msg(self._channel_stream, seq=previous + 1, subject=subject,
+                                       next=True)  # fmt: skip
+            except NotFoundError:
+                return None
+            headers = msg.headers or {}
+            link = int(headers.get(PREV, "-1"))
+            if (link > previous if not out else link != previous) or headers.get(
+                EPOCH
+            ) != since.epoch:
+                return None  # a link of the chain has left history
+            previous = int(msg.seq or 0)
+            data = msg.data or b""
+            read += len(data)
+            out.append((previous, data))
+            if len(out) > keep or read > max_bytes:
+                return None  # further back than the channel keeps: never loaded whole
+        return out
+
 
 class _Retained:
     """The (sequence, size) of a resource's latest messages and their total size."""

@@ -47,6 +47,8 @@ from s3db_core.log import get_logger
 from ..change import Change
 from ..plugins import await_me_maybe
 from .base import (
+    CHANNEL_HISTORY_TTL,
+    ChannelHandler,
     EphemeralHandler,
     Position,
     StreamBroker,
@@ -178,6 +180,59 @@ return out
 """
 
 
+# Channel history. KEYS: stream, meta, sizes; ARGV: payload, fresh epoch, keep, max bytes,
+# ttl ms, pub/sub key, channel. Offsets are allocated with the append and announced with the same
+# script (PUBLISH inside it), so every process hears a channel's messages in offset order.
+CHANNEL_APPEND = """
+local epoch = redis.call('HGET', KEYS[2], 'epoch')
+local offset = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+if (not epoch) or (offset > 0 and redis.call('EXISTS', KEYS[1]) == 0) then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'offset', 0, 'bytes', 0)
+end
+offset = redis.call('HINCRBY', KEYS[2], 'offset', 1)
+redis.call('XADD', KEYS[1], '*', 'o', offset, 'd', ARGV[1])
+redis.call('RPUSH', KEYS[3], #ARGV[1])
+local bytes = redis.call('HINCRBY', KEYS[2], 'bytes', #ARGV[1])
+local length = redis.call('XLEN', KEYS[1])
+local keep, maxbytes = tonumber(ARGV[3]), tonumber(ARGV[4])
+while length > 1 and (length > keep or bytes > maxbytes) do
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', length - 1)
+  bytes = redis.call('HINCRBY', KEYS[2], 'bytes', -tonumber(redis.call('LPOP', KEYS[3]) or '0'))
+  length = length - 1
+end
+for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+redis.call('PUBLISH', ARGV[6], offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[1])
+return {offset, epoch}
+"""
+
+# KEYS: stream, meta, sizes; ARGV: fresh epoch, ttl ms. The position (an epoch made if none).
+CHANNEL_POSITION = """
+if redis.call('HSETNX', KEYS[2], 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[1], KEYS[3])
+  redis.call('HSET', KEYS[2], 'offset', 0, 'bytes', 0)
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return {tonumber(redis.call('HGET', KEYS[2], 'offset') or '0'), redis.call('HGET', KEYS[2], 'epoch')}
+"""
+
+# KEYS: stream, meta; ARGV: epoch, since, keep. Offsets are contiguous within an epoch, so the
+# last (offset - since) entries are exactly those after `since`, if that many are kept.
+CHANNEL_HISTORY = """
+if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return false end
+local last = tonumber(redis.call('HGET', KEYS[2], 'offset') or '0')
+local since = tonumber(ARGV[2])
+if since > last or since < 0 then return false end
+if since == last then return {} end
+local count = last - since
+if count > tonumber(ARGV[3]) then return false end
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', count)
+if #entries < count then return false end
+return entries
+"""
+
+
 class RedisBroker(StreamBroker):
     """Changes shared through Redis streams, one per resource."""
 
@@ -220,6 +275,16 @@ class RedisBroker(StreamBroker):
         self._ephemeral: list[EphemeralHandler] = []
         self._ephemeral_task: asyncio.Task[None] | None = None
         self._ephemeral_ready = asyncio.Event()
+        # Channel history: a stream per channel; its messages are announced on their own key.
+        self._channel_key = f"{p}:chhist"
+        self._channel_handlers: list[ChannelHandler] = []
+        self._channel_append_script = self._client.register_script(CHANNEL_APPEND)
+        self._channel_position_script = self._client.register_script(CHANNEL_POSITION)
+        self._channel_history_script = self._client.register_script(CHANNEL_HISTORY)
+
+    def _channel_keys(self, channel: str) -> list[str]:
+        base = f"{self.options.prefix}:ch:{{{channel}}}"
+        return [f"{base}:stream", f"{base}:meta", f"{base}:sizes"]
 
     def stream_key(self, resource: str) -> str:
         return f"{self._key_prefix}{resource}{self._key_suffix}"
@@ -378,6 +443,9 @@ class RedisBroker(StreamBroker):
         """Add ``handler``; returns once Redis has confirmed the subscription (or after
         ``connect_timeout`` while Redis is unreachable: the reader keeps trying)."""
         self._ephemeral.append(handler)
+        await self._ephemeral_start()
+
+    async def _ephemeral_start(self) -> None:
         if self._ephemeral_task is None:
             self._ephemeral_ready = asyncio.Event()
             loop = asyncio.get_running_loop()
@@ -391,8 +459,11 @@ class RedisBroker(StreamBroker):
     async def ephemeral_unsubscribe(self, handler: EphemeralHandler) -> None:
         if handler in self._ephemeral:
             self._ephemeral.remove(handler)
+        await self._ephemeral_stop()
+
+    async def _ephemeral_stop(self) -> None:
         task = self._ephemeral_task
-        if not self._ephemeral and task is not None:
+        if not self._ephemeral and not self._channel_handlers and task is not None:
             self._ephemeral_task = None
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -410,20 +481,25 @@ class RedisBroker(StreamBroker):
             health_check_interval=5, retry=Retry(NoBackoff(), 0),
         )  # fmt: skip
         delay = 0.05
+        channel_key = self._channel_key.encode()
         try:
             while True:
                 pubsub = client.pubsub()
                 try:
-                    await pubsub.subscribe(self._ephemeral_key)
-                    while True:  # the confirmation: from here on nothing published is missed
+                    await pubsub.subscribe(self._ephemeral_key, self._channel_key)
+                    while True:  # the confirmations: from here on nothing published is missed
                         confirmed = await pubsub.get_message(timeout=5.0)
-                        if confirmed is not None and confirmed.get("type") == "subscribe":
+                        if (confirmed is not None and confirmed.get("type") == "subscribe"
+                                and confirmed.get("data") == 2):  # fmt: skip
                             break
                     self._ephemeral_ready.set()
                     delay = 0.05
                     while True:
                         message = await pubsub.get_message(timeout=5.0)
                         if message is None or message.get("type") != "message":
+                            continue
+                        if message["channel"] == channel_key:
+                            await self._on_channel_message(message["data"])
                             continue
                         for handler in list(self._ephemeral):
                             try:
@@ -443,6 +519,70 @@ class RedisBroker(StreamBroker):
                         pass
         finally:
             await client.aclose()
+
+    # -- channel history: a stream per channel, announced by the append script ------------------
+    async def channel_subscribe(self, handler: ChannelHandler) -> None:
+        """Add ``handler``; returns once Redis has confirmed the subscription (see
+        ``ephemeral_subscribe``)."""
+        self._channel_handlers.append(handler)
+        await self._ephemeral_start()
+
+    async def channel_unsubscribe(self, handler: ChannelHandler) -> None:
+        if handler in self._channel_handlers:
+            self._channel_handlers.remove(handler)
+        await self._ephemeral_stop()
+
+    async def _on_channel_message(self, data: bytes) -> None:
+        try:
+            offset, epoch, channel, payload = data.split(b" ", 3)
+            args = (channel.decode(), int(offset), epoch.decode(), payload)
+        except Exception:  # not ours: a stray PUBLISH on the key
+            log.warning("undecodable_channel_message")
+            return
+        for handler in list(self._channel_handlers):
+            try:
+                await await_me_maybe(handler(*args))
+            except Exception:
+                log.exception("channel_handler_failed")
+
+    async def channel_append(
+        self, channel: str, payload: bytes, *, keep: int, max_bytes: int
+    ) -> Position:
+        async with asyncio.timeout(self.options.publish_timeout):
+            offset, epoch = await self._channel_append_script(
+                keys=self._channel_keys(channel),
+                args=[payload, new_epoch(), keep, max_bytes, int(CHANNEL_HISTORY_TTL * 1000),
+                      self._channel_key, channel],
+            )  # fmt: skip
+        return Position(int(offset), epoch.decode())
+
+    async def channel_position(self, channel: str) -> Position:
+        async with asyncio.timeout(self.options.publish_timeout):
+            offset, epoch = await self._channel_position_script(
+                keys=self._channel_keys(channel),
+                args=[new_epoch(), int(CHANNEL_HISTORY_TTL * 1000)],
+            )
+        return Position(int(offset), epoch.decode())
+
+    async def channel_history(
+        self, channel: str, since: Position, *, keep: int, max_bytes: int
+    ) -> list[tuple[int, bytes]] | None:
+        keys = self._channel_keys(channel)
+        async with asyncio.timeout(self.options.connect_timeout):
+            entries = await self._channel_history_script(
+                keys=keys[:2], args=[since.epoch, since.offset, keep]
+            )
+        if entries is None:
+            return None
+        out: list[tuple[int, bytes]] = []
+        total = 0
+        for _id, fields in reversed(entries):
+            values = dict(zip(fields[::2], fields[1::2], strict=True))
+            total += len(values[b"d"])
+            if total > max_bytes:
+                return None
+            out.append((int(values[b"o"]), values[b"d"]))
+        return out
 
 
 def _commit_seq(fields: dict[bytes, Any]) -> int:

@@ -9,7 +9,10 @@
 
 ``members`` follows the presence events as they arrive. After a reconnect the client joins
 again by itself (same ``info`` as the last update); members that came or went meanwhile are
-reported as ``member_added``/``member_removed`` messages.
+reported as ``member_added``/``member_removed`` messages. On a channel that keeps ``history``
+the client remembers the position of the last message and rejoins from it, so the messages
+sent meanwhile arrive in order, none twice; when the server no longer has them all (``recovered``
+false) the iterator yields a ``reload`` message (``data`` None) and the messages after it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 log = get_logger("s3db.client")
 
 MEMBER_ADDED, MEMBER_REMOVED, MEMBER_UPDATED = "member_added", "member_removed", "member_updated"
+RELOAD = "reload"  # some messages sent while disconnected could not be replayed
 PRESENCE = frozenset({MEMBER_ADDED, MEMBER_REMOVED, MEMBER_UPDATED})
 
 
@@ -76,6 +80,10 @@ class Channel:
         self.members: dict[str, dict[str, Any]] = {}
         self.closed = False
         self._me: str | None = None
+        self._former: set[str] = set()  # this client's ids on earlier connections
+        # The position of the last message (channels with history): where a rejoin resumes.
+        self.position: dict[str, Any] | None = None
+        self.recovered: bool | None = None  # whether the last rejoin replayed everything
         self._queue: asyncio.Queue[ChannelMessage | _End] = asyncio.Queue()
 
     def __repr__(self) -> str:
@@ -87,6 +95,8 @@ class Channel:
             frame["info"] = self.info
         if self.receive_own:
             frame["self"] = True
+        if self.position is not None:
+            frame["since"] = self.position
         return frame
 
     # -- what the app does --------------------------------------------------------------------
@@ -116,11 +126,28 @@ class Channel:
         await self.client.leave_channel(self)
 
     # -- what the client does -----------------------------------------------------------------
+    def end(self, error: ClientError | None = None) -> None:
+        """End the iterator (raising ``error`` to its reader, if given): the client's
+        connection ended for good, or a rejoin was refused. To leave, ``await leave()``."""
+        self._end(error)
+
     def joined(self, reply: dict[str, Any], *, again: bool) -> None:
         """The reply to a join: the member list (on a rejoin, what changed meanwhile is
         reported as presence events)."""
+        position = reply.get("position")
+        recovered = reply.get("recovered")
+        if isinstance(recovered, bool):
+            self.recovered = recovered
+        if recovered is False:
+            log.info("channel not recovered: reload", channel=self.name)
+            self._push(ChannelMessage(self.name, RELOAD, None, None, 0))
+        if isinstance(position, dict) and recovered is not True:
+            self.position = position
         listed = reply.get("members")
+        if self._me is not None and self._me != self.client.client_id:
+            self._former.add(self._me)
         if not isinstance(listed, list):
+            self._me = self.client.client_id
             return
         members = {
             m["clientId"]: m for m in listed if isinstance(m, dict) and isinstance(m.get("clientId"), str)
@@ -142,6 +169,11 @@ class Channel:
             return
         data = frame.get("data")
         sender = frame.get("from") if isinstance(frame.get("from"), dict) else None
+        offset, epoch = frame.get("offset"), frame.get("epoch")
+        if isinstance(offset, int) and isinstance(epoch, str):
+            self.position = {"offset": offset, "epoch": epoch}
+            if sender is not None and sender.get("clientId") in self._former and not self.receive_own:
+                return  # replayed: this client sent it on an earlier connection
         if event in PRESENCE and isinstance(data, dict) and isinstance(data.get("clientId"), str):
             if event == MEMBER_REMOVED:
                 self.members.pop(data["clientId"], None)

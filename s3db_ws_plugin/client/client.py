@@ -230,11 +230,10 @@ class Client:
                 await asyncio.wait_for(ws.close(), 2.0)
         self._fail_pending(ConnectionLost("the client was closed"))
         for stream in self._streams.values():
-            for sub in stream.subs:
-                sub._end()
+            stream.end()
         self._streams.clear()
         for channel in self._channels.values():
-            channel._end()
+            channel.end()
         self._channels.clear()
         if self._session is not None:
             await self._session.close()
@@ -401,7 +400,7 @@ class Client:
                 raise
             except ClientError as exc:
                 log.warning("rejoin refused", channel=name, code=exc.code)
-                channel._end(exc)
+                channel.end(exc)
                 self._channels.pop(name, None)
 
     # -- internals: requests ---------------------------------------------------------------
@@ -506,8 +505,7 @@ class Client:
             stream = self._streams[key] = Stream(sub.resource, sub.filter)
         elif "since" in extra:  # a stream already flowing: it continues where it is
             del extra["since"]
-        stream.subs.append(sub)  # before the request: events may follow the reply at once
-        sub._stream = stream
+        stream.attach(sub)  # before the request: events may follow the reply at once
         try:
             reply = await self._request(
                 {**stream.frame(resume=False), **extra}, on_reply=self._subscribed(stream)
@@ -556,8 +554,7 @@ class Client:
                 offset=position.offset if position else None,
                 epoch=position.epoch if position else None,
             )
-            for sub in list(stream.subs):
-                sub._reload(reload)
+            stream.reload(reload)
             return
         current = stream.position
         if position is not None and (
@@ -615,19 +612,17 @@ class Client:
             fresh = stream.fresh(event)
             if not stream.advance(event):  # a new epoch under a live stream: changes were lost
                 lost = Event(resource, RELOAD, {}, event.timestamp, 0, event.offset, event.epoch)
-                for sub in list(stream.subs):
-                    sub._reload(lost)
+                stream.reload(lost)
             if fresh:
                 subs = [s for s in stream.subs if s.wants(kind)]
                 if subs:
                     wanted.append((stream, subs))
         # A leave carries only the id: every subscription of the resource may have shown it.
         matched = [] if kind == "leave" else [
-            subs for stream, subs in wanted if _matches(data, stream.effective)
+            (stream, subs) for stream, subs in wanted if _matches(data, stream.effective)
         ]
-        for subs in matched or [subs for _, subs in wanted]:
-            for sub in subs:
-                sub._push(event)
+        for stream, subs in matched or wanted:
+            stream.push(event, subs)
 
     def _revoked(self, error: ClientError) -> None:
         """The server revoked a subscription (``details.revoked``): its iterators raise."""
@@ -637,8 +632,7 @@ class Client:
         filter = details["filter"] if isinstance(details.get("filter"), dict) else {}
         stream = self._streams.pop(self._key(str(details.get("resource")), filter), None)
         if stream is not None:
-            for sub in stream.subs:
-                sub._end(error)
+            stream.end(error)
 
     async def _resubscribe(self) -> None:
         for key, stream in list(self._streams.items()):
@@ -652,8 +646,7 @@ class Client:
                 raise
             except ClientError as exc:
                 log.warning("resubscribe refused", resource=stream.resource, code=exc.code)
-                for sub in stream.subs:
-                    sub._end(exc)
+                stream.end(exc)
                 self._streams.pop(key, None)
 
     # -- internals: the socket -------------------------------------------------------------
@@ -859,11 +852,10 @@ class Client:
         self._ready.clear()
         self._fail_pending(error)
         for stream in self._streams.values():
-            for sub in stream.subs:
-                sub._end(error)
+            stream.end(error)
         self._streams.clear()
         for channel in self._channels.values():
-            channel._end(error)
+            channel.end(error)
         self._channels.clear()
 
     # -- internals: token refresh -----------------------------------------------------------

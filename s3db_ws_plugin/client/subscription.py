@@ -271,6 +271,29 @@ class Stream:
             self.position = Position(event.offset, event.epoch)
         return True
 
+    # -- what the client does with the subscriptions sharing the stream ---------------------
+    def attach(self, sub: Subscription) -> None:
+        """``sub`` shares this stream from now on (before its request: events may follow the
+        reply at once); its ``position`` is the stream's."""
+        self.subs.append(sub)
+        sub._stream = self
+
+    def push(self, event: Event, subs: list[Subscription] | None = None) -> None:
+        """Hand ``event`` to ``subs`` (those of this stream that want it), or to all of them."""
+        for sub in self.subs if subs is None else subs:
+            sub._push(event)
+
+    def reload(self, event: Event) -> None:
+        """Tell every subscription that changes may have been lost (a ``reload`` event, and
+        each one's ``on_reload``)."""
+        for sub in list(self.subs):
+            sub._reload(event)
+
+    def end(self, error: ClientError | None = None) -> None:
+        """End every subscription's iterator (raising ``error`` to its reader, if given)."""
+        for sub in self.subs:
+            sub._end(error)
+
     def events(self) -> list[str] | None:
         if any(s.events is None for s in self.subs):
             return None
