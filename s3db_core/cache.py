@@ -718,7 +718,7 @@ class RecordCache:
         return fixed
 
     async def _sweep_one(self, name: str, resource: Resource) -> int:
-        begun, _ = self.begin()
+        begun, begun_ms = self.begin()
         listed: dict[str, str | None] = {}
         after: str | None = None
         while True:
@@ -754,6 +754,10 @@ class RecordCache:
                 self._tick += 1
                 tomb = _Entry(None, found.version, None, self._tick, self._tick, 0)
                 tomb.filled = True
+                # A store read like any other: a change stamped before the listing began (a
+                # writer's outage buffer drained late: the delete, then an older incarnation's
+                # insert) is older than this tombstone and must not bring that record back.
+                tomb.read_ms = begun_ms
                 self._store((name, id), tomb)
         sem = asyncio.Semaphore(SWEEP_CONCURRENCY)
 

@@ -416,6 +416,34 @@ async def test_a_late_insert_never_replaces_a_newer_read_of_the_same_incarnation
     again = await items.insert({"id": rec["id"], "n": 3})
     assert await items.get(rec["id"]) == again
     await db.disconnect()
+
+
+async def test_a_sweep_tombstone_is_not_undone_by_an_older_incarnation_published_late():
+    """A writer's outage buffer drains late: the insert of an incarnation long deleted reaches
+    this process after its sweep found the record gone from the store. The tombstone is a store
+    read like a fill: a change stamped before the sweep began is older, never brings the
+    record back (a read after "not found" saw the dead incarnation again)."""
+    store = memory_url()
+    db = await open_cached(store)
+    raw = Database(store)  # another program: same store, no shared broker
+    await raw.connect()
+    outside = await raw.create_resource("things", ITEM, partitions={"byRoom": {"fields": {"room": "string"}}})
+    items, cache = db.resources.things, db.cache
+    assert cache is not None
+    old = await items.insert({"n": 1})
+    late = Change("things", "insert", old, None, int(time.time() * 1000), 1)  # held, not published
+    await items.delete(old["id"])
+    again = await items.insert({"id": old["id"], "n": 3})
+    assert await items.get(old["id"]) == again
+    await outside.delete(old["id"])
+    assert await cache.sweep() == 1
+    assert cache.lookup("things", old["id"]) == (True, None)
+    cache.on_change(late)
+    assert await items.get_or_none(old["id"]) is None
+    await raw.disconnect()
+    await db.disconnect()
+
+
 async def test_the_memory_the_cache_holds_is_close_to_the_bytes_it_accounts():
     """``max_bytes`` bounds what the cache accounts (its records' JSON plus a fixed cost each);
     the memory it really holds must be near that, or the bound means little. (``orjson.dumps``

@@ -155,14 +155,7 @@ def _logged_ops(path: Path) -> list:
     "engine",
     [
         "redis",
-        # Known violation, not fixed yet: after Redis comes back *with* its data, writers drain
-        # the changes they held through the outage, and once in a few runs a process read a
-        # record older than one it had already read (seed 1 on a fresh clone: "list saw n=5 after
-        # n=7"). docs/cache.md says so; the other invariants hold in every run seen.
-        pytest.param("redis-data", marks=pytest.mark.xfail(
-            reason="a read can step back while writers drain an outage buffer (docs/cache.md)",
-            strict=False,
-        )),
+        "redis-data",
         "nats",
     ],
 )  # fmt: skip
