@@ -544,11 +544,17 @@ class RecordCache:
     # -- changes ----------------------------------------------------------------------------------
     def apply_own(self, change: Change) -> None:
         """The writing process's own change, before the write returns (read your writes)."""
+        if not self._running:
+            return  # stopped: nothing is kept (start begins empty)
         self._apply_record(change, own=True)
         self._apply_ids(change, False)
 
     def on_change(self, change: Change) -> None:
         """A change from the stream (every process's, in stream order per resource)."""
+        if not self._running:
+            # Stopped (the database disconnecting): the broker's reader may still hand over its
+            # last batch, which must not refill what stop() emptied.
+            return
         stream = self._streams.get(change.resource)
         if stream is None:
             stream = self._streams[change.resource] = _Stream()
