@@ -43,6 +43,7 @@ from s3db_core.brokers.local import LocalBroker
 from s3db_core.log import get_logger
 
 from .connection import text_frame
+from .guards import ByKey
 from .limits import clip
 from .protocol import (
     ErrorCode,
@@ -168,7 +169,7 @@ class ChannelPolicy:
         )
 
 
-class ChannelContext:
+class ChannelContext(ByKey):
     """What channel guards see, by attribute or by key: ``channel``, ``info`` (join),
     ``event`` and ``data`` (publish), ``user``, ``db``."""
 
@@ -182,14 +183,6 @@ class ChannelContext:
         self.data = data
         self.user = user
         self.db = db
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__slots__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self.__slots__ else default
 
     def __repr__(self) -> str:
         return f"ChannelContext(channel={self.channel!r}, user={self.user!r})"

@@ -239,7 +239,22 @@ def _literal(value: Any, user: Any, parent: Any) -> Any:
     return value
 
 
-class GuardContext:
+class ByKey:
+    """Read a context's slots by key as well as by attribute (``ctx["record"]``,
+    ``ctx.get("data")``): guards written for dicts keep working."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__slots__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__slots__ else default
+
+
+class GuardContext(ByKey):
     """What ``list``/``get``/``update``/``delete`` guards see, by attribute or by key.
 
     ``data`` is the patch to write (mutations are applied); ``record`` is the stored record for
@@ -264,14 +279,6 @@ class GuardContext:
         self.record = record
         self.user = user
         self.db = db
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self.__slots__:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return getattr(self, key) if key in self.__slots__ else default
 
     def __repr__(self) -> str:
         return f"GuardContext(id={self.id!r}, user={self.user!r})"

@@ -16,6 +16,7 @@ from itertools import islice
 from typing import Any
 
 from ..change import Change
+from ..log import get_logger
 from ..plugins import await_me_maybe
 from .base import (
     CHANNEL_HISTORY_TTL,
@@ -28,6 +29,8 @@ from .base import (
     encode_change,
     new_epoch,
 )
+
+log = get_logger("s3db.broker.local")
 
 
 class _Changes(deque[Change]):
@@ -165,7 +168,10 @@ class LocalBroker:
 
     async def ephemeral_publish(self, payload: bytes) -> None:
         for handler in list(self._ephemeral):
-            await await_me_maybe(handler(payload))
+            try:  # isolated, as on Redis and NATS: one failing handler never fails the sender
+                await await_me_maybe(handler(payload))
+            except Exception:
+                log.exception("ephemeral_handler_failed")
 
     # -- channel history: in this process only, never stored --------------------------------------
     def channel_subscribe(self, handler: ChannelHandler) -> None:
